@@ -1,0 +1,135 @@
+"""Backends own the state slabs and run the kernels; they decide nothing about ids or policy.
+
+Interface (CPU here; CUDA in cuda_backend.py mirrors it method for method):
+    run(slots, offsets, x) -> y      advance unique `slots` over ragged rows of x (N, I); y (N, O)
+    read(slot) -> (h, c)             copies, (L, P) and (L, H)
+    write(slot, h, c) / zero(slot) / copy_slot(src, dst)
+    gather(slots) -> (h, c)          (n, L, P), (n, L, H) host copies, for snapshots
+    scatter(slots, h, c)             the reverse
+    forecast(slot, horizon) -> y     (horizon, O), the slot's state untouched
+    grow(capacity)                   keep every slot's state, add zeroed slots
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from .errors import BackendError
+
+log = logging.getLogger("lstm_stream")
+
+# Below this many streams in one call the serial kernel wins: thread fork/join costs ~5-20 µs.
+PARALLEL_MIN_STREAMS = 64
+# Chunks per thread in the parallel kernel: evens out ragged work without hurting weight reuse.
+CHUNKS_PER_THREAD = 4
+
+
+class CPUBackend:
+    """State slabs in host memory, stepped by the numba kernels of kernels/cpu.py."""
+
+    name = "cpu"
+
+    def __init__(self, model, capacity: int, *, threads=None):
+        from .kernels import cpu  # numba loads here, not at `import lstm_stream`
+        from .kernels.layout import scratch_size
+        import numba
+
+        self._k = cpu
+        self.model = model
+        self.wbuf, self.meta = model.packed()
+        dt = np.dtype(model.dtype)
+        L, H, P = model.num_layers, model.hidden_size, model.state_size
+        self.h = np.zeros((capacity, L, P), dt)
+        self.c = np.zeros((capacity, L, H), dt)
+        max_threads = numba.config.NUMBA_NUM_THREADS
+        if threads is not None and not 1 <= threads <= max_threads:
+            raise BackendError(f"threads must be between 1 and {max_threads} (NUMBA_NUM_THREADS), got {threads}")
+        self.threads = threads or min(max_threads, os.cpu_count() or 1)
+        self._set_threads = numba.set_num_threads
+        self._scratch = np.zeros((self.threads * CHUNKS_PER_THREAD, scratch_size(model)), dt)
+        self._one_slot = np.zeros(1, np.int64)
+        self._one_off = np.zeros(2, np.int64)
+
+    def grow(self, capacity: int) -> None:
+        """Enlarge the slabs to `capacity` slots, keeping every stream's state."""
+        for name in ("h", "c"):
+            old = getattr(self, name)
+            new = np.zeros((capacity,) + old.shape[1:], old.dtype)
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+
+    def run(self, slots, offsets, x):
+        """Advance each slots[s] over rows offsets[s]:offsets[s+1] of x; returns y (N, O)."""
+        y = np.empty((x.shape[0], self.model.output_size), self.h.dtype)
+        if len(slots) >= PARALLEL_MIN_STREAMS and self.threads > 1:
+            self._set_threads(self.threads)
+            n_chunks = min(len(slots), self._scratch.shape[0])
+            self._k.step_ragged_parallel(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y,
+                                         self._scratch[:n_chunks])
+        else:
+            self._k.step_ragged(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y, self._scratch)
+        return y
+
+    def run_one(self, slot: int, x):
+        """run() for a single stream without building index arrays (the low-latency path)."""
+        self._one_slot[0] = slot
+        self._one_off[1] = x.shape[0]
+        y = np.empty((x.shape[0], self.model.output_size), self.h.dtype)
+        self._k.step_ragged(self.wbuf, self.meta, self.h, self.c, self._one_slot, self._one_off, x, y,
+                            self._scratch)
+        return y
+
+    def read(self, slot):
+        return self.h[slot].copy(), self.c[slot].copy()
+
+    def write(self, slot, h, c):
+        self.h[slot] = h
+        self.c[slot] = c
+
+    def zero(self, slot):
+        self.h[slot] = 0
+        self.c[slot] = 0
+
+    def copy_slot(self, src, dst):
+        self.h[dst] = self.h[src]
+        self.c[dst] = self.c[src]
+
+    def gather(self, slots):
+        return self.h[slots], self.c[slots]
+
+    def scatter(self, slots, h, c):
+        self.h[slots] = h
+        self.c[slots] = c
+
+    def forecast(self, slot, horizon: int):
+        h, c = self.h[slot : slot + 1].copy(), self.c[slot : slot + 1].copy()
+        y = np.empty((horizon + 1, self.model.output_size), self.h.dtype)
+        self._k.forecast(self.wbuf, self.meta, h, c, y, self._scratch)
+        return y[1:]
+
+
+def cuda_available() -> bool:
+    """True when numba.cuda can see a usable GPU (or the CUDA simulator is on)."""
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:  # numba-cuda missing or broken driver: no GPU for us
+        return False
+
+
+def make_backend(name: str, model, capacity: int, *, threads=None):
+    """Backend by name: 'cpu', 'cuda' (fails clearly without a GPU), or 'auto' (CUDA if usable, logged)."""
+    if name not in ("cpu", "cuda", "auto"):
+        raise BackendError(f"backend must be 'cpu', 'cuda' or 'auto', got {name!r}")
+    if name == "auto":
+        name = "cuda" if cuda_available() else "cpu"
+        log.info("backend=auto chose %s", name)
+    if name == "cpu":
+        return CPUBackend(model, capacity, threads=threads)
+    if not cuda_available():
+        raise BackendError("backend='cuda' needs a usable NVIDIA GPU with numba-cuda installed "
+                           "(pip install 'lstm-stream[cuda]'); none was found. Use backend='cpu' or 'auto'.")
+    from .cuda_backend import CUDABackend
+    return CUDABackend(model, capacity)

@@ -1,0 +1,1 @@
+"""Importers from other frameworks; each imports its framework only when called."""

@@ -1,0 +1,1 @@
+"""Step kernels: cpu.py (numba @njit) and cuda.py (numba.cuda), over the flat layout of layout.py."""

@@ -1,0 +1,271 @@
+"""LSTMModel: validated weights of a stacked LSTM (+ optional projection and head), .npz I/O, fingerprint.
+
+Math follows PyTorch's nn.LSTM, gates in order (i, f, g, o):
+    i = σ(W_ii x + b_ii + W_hi h + b_hi)      f = σ(W_if x + b_if + W_hf h + b_hf)
+    g = tanh(W_ig x + b_ig + W_hg h + b_hg)   o = σ(W_io x + b_io + W_ho h + b_ho)
+    c' = f * c + i * g                         h' = o * tanh(c')      (h' = W_hr h' with proj_size)
+    y  = act(W_head h'_last + b_head)          act in {none, sigmoid, softmax}; no head: y = h'_last
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ModelError
+
+FORMAT_VERSION = 1
+HEAD_ACTIVATIONS = ("none", "sigmoid", "softmax")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One LSTM layer, PyTorch's tensor names and shapes (H hidden, P = proj_size or H, I_l layer input)."""
+
+    w_ih: np.ndarray  # (4H, I_l)
+    w_hh: np.ndarray  # (4H, P)
+    b_ih: np.ndarray  # (4H,)
+    b_hh: np.ndarray  # (4H,)
+    w_hr: np.ndarray | None = None  # (P, H) only with proj_size
+
+
+@dataclass(frozen=True, eq=False)
+class LSTMModel:
+    """A validated LSTM: `layers` (bottom first), optional linear head, dtype float32 or float64."""
+
+    layers: tuple
+    head_w: np.ndarray | None = None  # (O, P)
+    head_b: np.ndarray | None = None  # (O,)
+    head_activation: str = "none"
+    dtype: str = "float32"
+    name: str = "model"
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        _validate(self)
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def input_size(self) -> int:
+        return self.layers[0].w_ih.shape[1]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.layers[0].w_ih.shape[0] // 4
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def proj_size(self) -> int:
+        """PyTorch's proj_size: 0 when the layers have no projection."""
+        w_hr = self.layers[0].w_hr
+        return 0 if w_hr is None else w_hr.shape[0]
+
+    @property
+    def state_size(self) -> int:
+        """Width of h (proj_size, or hidden_size without projection)."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def output_size(self) -> int:
+        return self.state_size if self.head_w is None else self.head_w.shape[0]
+
+    @property
+    def autoregressive(self) -> bool:
+        """True when an output can be fed back as the next input (forecast needs it)."""
+        return self.output_size == self.input_size
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of h and c for one stream."""
+        return np.dtype(self.dtype).itemsize * self.num_layers * (self.state_size + self.hidden_size)
+
+    def config(self) -> dict:
+        """Plain dict of the model's shape and options (JSON-safe)."""
+        return {
+            "format_version": FORMAT_VERSION, "name": self.name, "dtype": self.dtype,
+            "input_size": self.input_size, "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers, "proj_size": self.proj_size,
+            "output_size": self.output_size, "head": self.head_w is not None,
+            "head_activation": self.head_activation,
+        }
+
+    def tensors(self) -> dict:
+        """All weights by name, PyTorch naming (weight_ih_l0, ..., head.weight)."""
+        out = {}
+        for l, layer in enumerate(self.layers):
+            out[f"weight_ih_l{l}"] = layer.w_ih
+            out[f"weight_hh_l{l}"] = layer.w_hh
+            out[f"bias_ih_l{l}"] = layer.b_ih
+            out[f"bias_hh_l{l}"] = layer.b_hh
+            if layer.w_hr is not None:
+                out[f"weight_hr_l{l}"] = layer.w_hr
+        if self.head_w is not None:
+            out["head.weight"] = self.head_w
+            out["head.bias"] = self.head_b
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (first 16 hex digits) of the config and every weight's bytes: identifies a model."""
+        if "fingerprint" not in self._cache:
+            h = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode())
+            for name, arr in self.tensors().items():
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(arr).tobytes())
+            self._cache["fingerprint"] = h.hexdigest()[:16]
+        return self._cache["fingerprint"]
+
+    def packed(self):
+        """(wbuf, meta): the kernels' fused, flat weight layout (see kernels/layout.py)."""
+        if "packed" not in self._cache:
+            from .kernels.layout import pack
+            self._cache["packed"] = pack(self)
+        return self._cache["packed"]
+
+    def astype(self, dtype: str) -> "LSTMModel":
+        """The same model with weights cast to dtype ('float32' or 'float64')."""
+        cast = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
+        layers = tuple(LayerWeights(*(cast(getattr(ly, n)) for n in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")))
+                       for ly in self.layers)
+        return LSTMModel(layers, cast(self.head_w), cast(self.head_b), self.head_activation, dtype, self.name)
+
+    # ---- constructors and I/O ------------------------------------------------------------------
+    @classmethod
+    def from_arrays(cls, tensors: dict, *, head_activation="none", dtype=None, name="model"):
+        """Build from a dict of PyTorch-named arrays (weight_ih_l0, ..., head.weight, head.bias)."""
+        n = 0
+        while f"weight_ih_l{n}" in tensors:
+            n += 1
+        if n == 0:
+            raise ModelError("no LSTM layers found: expected tensors named weight_ih_l0, weight_hh_l0, ...")
+        if dtype is None:
+            dtype = "float64" if np.asarray(tensors["weight_ih_l0"]).dtype == np.float64 else "float32"
+        _check_dtype_name(dtype)
+
+        def get(key, required=True):
+            if key not in tensors:
+                if required:
+                    raise ModelError(f"missing tensor {key!r}")
+                return None
+            return _as_float(key, tensors[key], dtype)
+
+        layers = tuple(LayerWeights(get(f"weight_ih_l{l}"), get(f"weight_hh_l{l}"), get(f"bias_ih_l{l}"),
+                                    get(f"bias_hh_l{l}"), get(f"weight_hr_l{l}", required=False))
+                       for l in range(n))
+        head_w, head_b = get("head.weight", False), get("head.bias", False)
+        if (head_w is None) != (head_b is None):
+            raise ModelError("head needs both 'head.weight' (O, P) and 'head.bias' (O,)")
+        return cls(layers, head_w, head_b, head_activation, dtype, name)
+
+    @classmethod
+    def from_torch(cls, lstm, head=None, *, head_activation="none", dtype="float32", name="model"):
+        """Import an nn.LSTM or nn.LSTMCell (+ optional nn.Linear head). Imports torch only here."""
+        from .convert.torch import tensors_from_torch
+        return cls.from_arrays(tensors_from_torch(lstm, head), head_activation=head_activation,
+                               dtype=dtype, name=name)
+
+    def save(self, path) -> None:
+        """Write weights and versioned config to an .npz file."""
+        arrays = {k: np.ascontiguousarray(v) for k, v in self.tensors().items()}
+        meta = dict(self.config(), fingerprint=self.fingerprint)
+        arrays["__config__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "LSTMModel":
+        """Read a model written by save(); validates everything, checks the stored fingerprint."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise ModelError(f"{path}: not a readable lstm-stream model .npz ({e})") from e
+        if "__config__" not in arrays:
+            raise ModelError(f"{path}: no '__config__' entry; not an lstm-stream model file")
+        try:
+            meta = json.loads(arrays.pop("__config__").tobytes().decode())
+        except ValueError as e:
+            raise ModelError(f"{path}: '__config__' is not valid JSON ({e})") from e
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelError(f"{path}: model format version {version!r}, this lstm-stream reads {FORMAT_VERSION}")
+        model = cls.from_arrays(arrays, head_activation=meta.get("head_activation", "none"),
+                                dtype=meta.get("dtype", "float32"), name=meta.get("name", "model"))
+        if meta.get("fingerprint") not in (None, model.fingerprint):
+            raise ModelError(f"{path}: stored fingerprint {meta['fingerprint']} does not match the weights "
+                             f"({model.fingerprint}); the file is corrupted")
+        return model
+
+
+def load_model(path) -> LSTMModel:
+    """Load an LSTMModel from an .npz file written by LSTMModel.save."""
+    return LSTMModel.load(path)
+
+
+# ---- validation -----------------------------------------------------------------------------------
+def _check_dtype_name(dtype):
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+
+
+def _as_float(key, value, dtype):
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise ModelError(f"tensor {key!r} has dtype {arr.dtype}; expected a real floating-point array")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _expect(name, arr, shape, dtype):
+    if not isinstance(arr, np.ndarray):
+        raise ModelError(f"tensor {name!r} is {type(arr).__name__}; expected a numpy array of shape {shape}")
+    if arr.shape != shape:
+        raise ModelError(f"tensor {name!r} has shape {arr.shape}; expected {shape}")
+    if arr.dtype != np.dtype(dtype):
+        raise ModelError(f"tensor {name!r} has dtype {arr.dtype}; expected {dtype}")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ModelError(f"tensor {name!r} has {bad} non-finite value(s) (NaN or Inf); expected finite weights")
+
+
+def _validate(m: LSTMModel):
+    _check_dtype_name(m.dtype)
+    if m.head_activation not in HEAD_ACTIVATIONS:
+        raise ModelError(f"head_activation must be one of {HEAD_ACTIVATIONS}, got {m.head_activation!r}")
+    if not m.layers:
+        raise ModelError("a model needs at least one LSTM layer")
+    first = m.layers[0]
+    if not isinstance(first.w_ih, np.ndarray) or first.w_ih.ndim != 2 or first.w_ih.shape[0] % 4 \
+            or first.w_ih.shape[0] == 0 or first.w_ih.shape[1] == 0:
+        shape = getattr(first.w_ih, "shape", None)
+        raise ModelError(f"tensor 'weight_ih_l0' has shape {shape}; expected (4*hidden_size, input_size) "
+                         "with both sizes >= 1")
+    H, I = first.w_ih.shape[0] // 4, first.w_ih.shape[1]
+    P = H if first.w_hr is None else (first.w_hr.shape[0] if first.w_hr.ndim == 2 else -1)
+    if first.w_hr is not None and not 0 < P < H:
+        raise ModelError(f"tensor 'weight_hr_l0' has shape {first.w_hr.shape}; expected (proj_size, {H}) "
+                         f"with 0 < proj_size < hidden_size")
+    for l, layer in enumerate(m.layers):
+        _expect(f"weight_ih_l{l}", layer.w_ih, (4 * H, I if l == 0 else P), m.dtype)
+        _expect(f"weight_hh_l{l}", layer.w_hh, (4 * H, P), m.dtype)
+        _expect(f"bias_ih_l{l}", layer.b_ih, (4 * H,), m.dtype)
+        _expect(f"bias_hh_l{l}", layer.b_hh, (4 * H,), m.dtype)
+        if (layer.w_hr is None) != (first.w_hr is None):
+            raise ModelError(f"layer {l}: every layer must have weight_hr (projection) or none must")
+        if layer.w_hr is not None:
+            _expect(f"weight_hr_l{l}", layer.w_hr, (P, H), m.dtype)
+    if m.head_w is not None:
+        if not isinstance(m.head_w, np.ndarray) or m.head_w.ndim != 2 or m.head_w.shape[0] == 0:
+            raise ModelError(f"tensor 'head.weight' has shape {getattr(m.head_w, 'shape', None)}; "
+                             f"expected (output_size, {P}) with output_size >= 1")
+        _expect("head.weight", m.head_w, (m.head_w.shape[0], P), m.dtype)
+        _expect("head.bias", m.head_b, (m.head_w.shape[0],), m.dtype)
+    elif m.head_activation != "none":
+        raise ModelError(f"head_activation {m.head_activation!r} needs a head (head.weight, head.bias)")

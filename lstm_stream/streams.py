@@ -1,0 +1,298 @@
+"""Streams: the object a Python user steps — a model, a backend holding the state slabs, a state store.
+
+    streams = Streams(model)                  # backend="cpu"; "cuda"; "auto"
+    y  = streams.step("pump-7", x)            # x (I,) -> y (O,);  xs (T, I) -> (T, O)
+    Y  = streams.step_many(ids, X)            # X (N, I), one sample per id, ids may repeat -> (N, O)
+    Ys = streams.step_batch(ids, xs)          # ragged: a list of (T_i, I) -> a list of (T_i, O)
+
+Every public method validates first and changes nothing when it raises.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .backends import make_backend
+from .errors import InputError, ModelError, SnapshotError
+from .model import LSTMModel
+from .snapshot import read_snapshot, write_snapshot
+from .state import StateStore, StreamState, check_id
+
+MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
+
+
+class Streams:
+    """Per-stream LSTM state for one model, stepped by a CPU or CUDA backend."""
+
+    def __init__(self, model: LSTMModel, backend: str = "cpu", *, max_streams: int | None = None,
+                 idle_ttl: float | None = None, threads: int | None = None, initial_capacity: int = 64,
+                 clock=time.time):
+        if not isinstance(model, LSTMModel):
+            raise ModelError(f"Streams needs an LSTMModel, got {type(model).__name__}")
+        if idle_ttl is not None and not idle_ttl > 0:
+            raise InputError(f"idle_ttl must be a positive number of seconds or None, got {idle_ttl!r}")
+        self.model = model
+        self.idle_ttl = idle_ttl
+        self._clock = clock
+        self._dtype = np.dtype(model.dtype)
+        self._store = StateStore(max_streams=max_streams, initial_capacity=initial_capacity,
+                                 on_grow=self._grow)
+        self._backend = make_backend(backend, model, self._store.capacity, threads=threads)
+
+    def _grow(self, capacity):
+        self._backend.grow(capacity)
+
+    # ---- introspection -------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """'cpu' or 'cuda': the backend actually in use."""
+        return self._backend.name
+
+    def __len__(self):
+        return len(self._store)
+
+    def __contains__(self, stream_id):
+        return stream_id in self._store
+
+    def ids(self) -> list:
+        """Ids of all streams."""
+        return self._store.ids()
+
+    def stream_info(self, stream_id) -> dict:
+        """{'steps': n, 'last_seen': unix time} of one stream."""
+        slot = self._store.slot(stream_id)
+        return {"steps": int(self._store.steps[slot]), "last_seen": float(self._store.last_seen[slot])}
+
+    def stats(self) -> dict:
+        """Counts and memory figures of the store."""
+        cap = self._store.capacity
+        return {"streams": len(self._store), "capacity": cap, "max_streams": self._store.max_streams,
+                "backend": self.backend, "state_bytes_per_stream": self.model.state_bytes,
+                "bytes_per_slot": self.model.state_bytes + 16,  # + steps (int64) + last_seen (float64)
+                "slab_bytes": cap * (self.model.state_bytes + 16)}
+
+    # ---- validation ------------------------------------------------------------------------------
+    def check_input(self, x, what="x") -> np.ndarray:
+        """x as a C-contiguous (T, I) array of the model's dtype; InputError naming the problem otherwise."""
+        I = self.model.input_size
+        try:
+            arr = np.asarray(x)
+        except Exception as e:  # ragged nested lists and the like
+            raise InputError(f"{what} is not an array of numbers ({e})") from None
+        if arr.dtype.kind not in "fiu":
+            raise InputError(f"{what} has dtype {arr.dtype}; expected real numbers (float or int)")
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2 or arr.shape[1] != I or arr.shape[0] == 0:
+            raise InputError(f"{what} has shape {np.shape(x)}; expected ({I},) for one sample or (T, {I}) "
+                             "for T >= 1 samples")
+        arr = np.ascontiguousarray(arr, dtype=self._dtype)
+        if not np.isfinite(arr).all():
+            raise InputError(f"{what} contains NaN or Inf; expected finite values")
+        return arr
+
+    def _new_ids(self, ids):
+        for i in ids:
+            check_id(i)
+        new = [i for i in dict.fromkeys(ids) if i not in self._store]
+        self._store.reserve(new)
+        return new
+
+    def _slot_or_new(self, stream_id, now):
+        if stream_id in self._store:
+            return self._store.slot(stream_id)
+        slot = self._store.add(stream_id, now)
+        self._backend.zero(slot)
+        return slot
+
+    # ---- stepping --------------------------------------------------------------------------------
+    def step(self, stream_id, x) -> np.ndarray:
+        """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero."""
+        xs = self.check_input(x)
+        self._new_ids([stream_id])
+        now = self._clock()
+        slot = self._slot_or_new(stream_id, now)
+        y = self._backend.run_one(slot, xs)
+        self._store.steps[slot] += xs.shape[0]
+        self._store.last_seen[slot] = now
+        return y[0] if np.ndim(x) == 1 else y
+
+    def step_many(self, ids, X) -> np.ndarray:
+        """One sample per id: X (N, I) -> Y (N, O). Ids may repeat: a stream's samples apply in order."""
+        ids = list(ids)
+        X = self.check_input(X, "X")
+        if X.shape[0] != len(ids):
+            raise InputError(f"X has {X.shape[0]} rows but {len(ids)} ids were given; expected one row per id")
+        self._new_ids(ids)
+        rows = {}
+        for r, i in enumerate(ids):
+            rows.setdefault(i, []).append(r)
+        if len(rows) == len(ids):  # all distinct: rows are already one segment per stream
+            perm = None
+            lengths = np.ones(len(ids), np.int64)
+        else:
+            perm = np.fromiter((r for rs in rows.values() for r in rs), np.int64, len(ids))
+            X = X[perm]
+            lengths = np.fromiter((len(rs) for rs in rows.values()), np.int64, len(rows))
+        y = self._run(list(rows), lengths, X)
+        if perm is None:
+            return y
+        out = np.empty_like(y)
+        out[perm] = y
+        return out
+
+    def step_batch(self, ids, xs) -> list:
+        """Ragged batch: xs[k] (T_k, I) or (I,) for ids[k]; ids may repeat (applied in list order).
+        Returns a list of outputs shaped like each input ((O,) or (T_k, O)). One kernel call in all."""
+        ids = list(ids)
+        if len(ids) != len(xs):
+            raise InputError(f"{len(ids)} ids but {len(xs)} inputs; expected one input per id")
+        arrs = [self.check_input(x, f"input {k}") for k, x in enumerate(xs)]
+        self._new_ids(ids)
+        segs = {}
+        for k, i in enumerate(ids):
+            segs.setdefault(i, []).append(k)
+        order = [k for ks in segs.values() for k in ks]
+        X = np.concatenate([arrs[k] for k in order]) if len(order) > 1 else arrs[0]
+        lengths = np.fromiter((sum(arrs[k].shape[0] for k in ks) for ks in segs.values()), np.int64, len(segs))
+        y = self._run(list(segs), lengths, X)
+        outs, pos = [None] * len(ids), 0
+        for k in order:
+            n = arrs[k].shape[0]
+            outs[k] = y[pos] if np.ndim(xs[k]) == 1 else y[pos:pos + n]
+            pos += n
+        return outs
+
+    def _run(self, unique_ids, lengths, X):
+        now = self._clock()
+        slots = np.fromiter((self._slot_or_new(i, now) for i in unique_ids), np.int64, len(unique_ids))
+        offsets = np.zeros(len(slots) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        y = self._backend.run(slots, offsets, X)
+        self._store.steps[slots] += lengths
+        self._store.last_seen[slots] = now
+        return y
+
+    def forecast(self, stream_id, horizon: int) -> np.ndarray:
+        """Roll the stream forward `horizon` steps feeding each output back as the next input, starting from
+        the output of its current state; returns (horizon, O). The stream's state is not changed."""
+        if not self.model.autoregressive:
+            raise ModelError(f"forecast needs an autoregressive model (output_size == input_size); this model "
+                             f"maps {self.model.input_size} inputs to {self.model.output_size} outputs")
+        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) \
+                or not 1 <= horizon <= MAX_FORECAST_HORIZON:
+            raise InputError(f"horizon must be an int from 1 to {MAX_FORECAST_HORIZON}, got {horizon!r}")
+        return self._backend.forecast(self._store.slot(stream_id), int(horizon))
+
+    # ---- per-stream state ------------------------------------------------------------------------
+    def get_state(self, stream_id) -> StreamState:
+        """A copy of one stream's state."""
+        slot = self._store.slot(stream_id)
+        h, c = self._backend.read(slot)
+        return StreamState(h, c, int(self._store.steps[slot]), float(self._store.last_seen[slot]))
+
+    def set_state(self, stream_id, state) -> None:
+        """Overwrite (or create) a stream's state from a StreamState, an (h, c) pair or a {'h', 'c'} map."""
+        if isinstance(state, StreamState):
+            h, c, steps = state.h, state.c, state.steps
+        elif isinstance(state, dict):
+            h, c, steps = state.get("h"), state.get("c"), state.get("steps", 0)
+        elif isinstance(state, (tuple, list)) and len(state) == 2:
+            (h, c), steps = state, 0
+        else:
+            raise InputError("state must be a StreamState, an (h, c) pair or a dict with 'h' and 'c'")
+        m = self.model
+        h = self._check_state_array(h, "h", (m.num_layers, m.state_size))
+        c = self._check_state_array(c, "c", (m.num_layers, m.hidden_size))
+        self._new_ids([stream_id])
+        now = self._clock()
+        slot = self._slot_or_new(stream_id, now)
+        self._backend.write(slot, h, c)
+        self._store.steps[slot] = int(steps)
+        self._store.last_seen[slot] = now
+
+    def _check_state_array(self, a, name, shape):
+        try:
+            a = np.asarray(a)
+        except Exception:
+            raise InputError(f"state {name!r} is not an array") from None
+        if a.dtype.kind not in "fiu":
+            raise InputError(f"state {name!r} has dtype {a.dtype}; expected real numbers")
+        if a.shape != shape:
+            raise InputError(f"state {name!r} has shape {a.shape}; expected {shape} (num_layers, size)")
+        if not np.isfinite(a).all():
+            raise InputError(f"state {name!r} contains NaN or Inf; expected finite values")
+        return np.ascontiguousarray(a, dtype=self._dtype)
+
+    def copy(self, src, dst) -> None:
+        """Give stream dst (created if new) a copy of src's state and step count."""
+        s = self._store.slot(src)
+        self._new_ids([dst])
+        d = self._slot_or_new(dst, self._clock())
+        if d != s:
+            self._backend.copy_slot(s, d)
+            self._store.steps[d] = self._store.steps[s]
+
+    def reset(self, stream_id) -> None:
+        """Zero a stream's state (it stays in the store)."""
+        slot = self._store.slot(stream_id)
+        self._backend.zero(slot)
+        self._store.steps[slot] = 0
+
+    def drop(self, stream_id) -> None:
+        """Remove a stream; its memory is reused by the next new stream."""
+        slot = self._store.slot(stream_id)
+        self._store.remove(stream_id)
+        self._backend.zero(slot)
+
+    def evict_idle(self, now: float | None = None) -> list:
+        """Drop streams idle for longer than idle_ttl; returns their ids (none when idle_ttl is None)."""
+        if self.idle_ttl is None:
+            return []
+        stale = self._store.idle(self._clock() if now is None else now, self.idle_ttl)
+        for i in stale:
+            self.drop(i)
+        return stale
+
+    # ---- snapshots -------------------------------------------------------------------------------
+    def save_snapshot(self, path) -> int:
+        """Write every stream's state to `path` atomically; returns the file size in bytes."""
+        ids, slots = self._store.ids(), None
+        slots = np.fromiter((self._store.slot(i) for i in ids), np.int64, len(ids))
+        h, c = self._backend.gather(slots)
+        return write_snapshot(path, fingerprint=self.model.fingerprint, ids=ids,
+                              arrays={"h": h, "c": c, "steps": self._store.steps[slots],
+                                      "last_seen": self._store.last_seen[slots]})
+
+    def restore_snapshot(self, path) -> int:
+        """Replace all streams with those of a snapshot of this model; on any error nothing changes.
+        Returns the number of streams restored."""
+        snap = read_snapshot(path, fingerprint=self.model.fingerprint)
+        ids, m = snap["ids"], self.model
+        want = {"h": (len(ids), m.num_layers, m.state_size), "c": (len(ids), m.num_layers, m.hidden_size)}
+        for k, shape in want.items():
+            if snap[k].shape != shape or snap[k].dtype != self._dtype:
+                raise SnapshotError(f"snapshot {path!r}: {k} is {snap[k].dtype}{snap[k].shape}, expected "
+                                    f"{self._dtype}{shape}")
+        if len(set(ids)) != len(ids):
+            raise SnapshotError(f"snapshot {path!r} lists a stream id twice")
+        if self._store.max_streams is not None and len(ids) > self._store.max_streams:
+            raise SnapshotError(f"snapshot {path!r} holds {len(ids)} streams, more than max_streams="
+                                f"{self._store.max_streams}")
+        for i in ids:
+            check_id(i)
+        for i in list(self._store.ids()):
+            self.drop(i)
+        slots = np.fromiter((self._store.add(i, 0.0) for i in ids), np.int64, len(ids))
+        self._backend.scatter(slots, snap["h"], snap["c"])
+        self._store.steps[slots] = snap["steps"]
+        self._store.last_seen[slots] = snap["last_seen"]
+        return len(ids)
+
+    @classmethod
+    def load_snapshot(cls, path, model: LSTMModel, **kwargs) -> "Streams":
+        """A new Streams for `model` holding the streams of snapshot `path` (kwargs as for Streams())."""
+        streams = cls(model, **kwargs)
+        streams.restore_snapshot(path)
+        return streams
