@@ -45,7 +45,7 @@ def write_snapshot(path, *, fingerprint: str, ids: list, arrays: dict) -> int:
     try:
         with open(tmp, "wb") as f:
             for chunk in (_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)), header,
-                          *(memoryview(a).cast("B") for a in arrays.values())):
+                          *(a.reshape(-1).view(np.uint8) for a in arrays.values())):
                 digest.update(chunk)
                 f.write(chunk)
             f.write(digest.digest())

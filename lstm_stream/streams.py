@@ -197,11 +197,16 @@ class Streams:
         if isinstance(state, StreamState):
             h, c, steps = state.h, state.c, state.steps
         elif isinstance(state, dict):
-            h, c, steps = state.get("h"), state.get("c"), state.get("steps", 0)
+            missing = [k for k in ("h", "c") if k not in state]
+            if missing:
+                raise InputError(f"state is missing {missing}; expected a dict with 'h' and 'c' arrays")
+            h, c, steps = state["h"], state["c"], state.get("steps", 0)
         elif isinstance(state, (tuple, list)) and len(state) == 2:
             (h, c), steps = state, 0
         else:
             raise InputError("state must be a StreamState, an (h, c) pair or a dict with 'h' and 'c'")
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise InputError(f"state 'steps' must be a non-negative int, got {steps!r}")
         m = self.model
         h = self._check_state_array(h, "h", (m.num_layers, m.state_size))
         c = self._check_state_array(c, "c", (m.num_layers, m.hidden_size))
@@ -209,7 +214,7 @@ class Streams:
         now = self._clock()
         slot = self._slot_or_new(stream_id, now)
         self._backend.write(slot, h, c)
-        self._store.steps[slot] = int(steps)
+        self._store.steps[slot] = steps
         self._store.last_seen[slot] = now
 
     def _check_state_array(self, a, name, shape):

@@ -1,0 +1,120 @@
+"""Invariant 2: a stream's outputs are bit-identical whatever shares its batch, its order, the thread count."""
+import os
+import secrets
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lstm_stream as ls
+from lstm_stream import backends
+from models import random_model
+
+SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
+
+
+def alone(model, xs_by_id):
+    """Each stream run alone, one sample per call, in a fresh Streams."""
+    out = {}
+    for sid, xs in xs_by_id.items():
+        s = ls.Streams(model, threads=1)
+        out[sid] = np.stack([s.step(sid, x) for x in xs])
+    return out
+
+
+@pytest.mark.parametrize("P", [0, 4])
+def test_interleaved_step_many_with_repeats_is_bit_identical(P):
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=5, H=19, L=2, P=P, O=3)
+    n_streams, n_samples = 40, 1500
+    ids = [f"s{k}" if k % 2 else k for k in range(n_streams)]  # str and int ids mixed
+    order = rng.integers(0, n_streams, n_samples)
+    X = rng.normal(0, 1, (n_samples, 5)).astype(np.float32)
+    xs_by_id = {ids[k]: X[order == k] for k in range(n_streams)}
+    expected = alone(model, xs_by_id)
+
+    streams = ls.Streams(model)
+    got = {i: [] for i in ids}
+    pos = 0
+    while pos < n_samples:  # random batch sizes, repeated ids inside a batch
+        n = int(rng.integers(1, 200))
+        batch_ids = [ids[k] for k in order[pos:pos + n]]
+        Y = streams.step_many(batch_ids, X[pos:pos + n])
+        for i, y in zip(batch_ids, Y):
+            got[i].append(y)
+        pos += n
+    for i in ids:
+        if len(expected[i]):
+            assert np.array_equal(np.stack(got[i]), expected[i]), f"stream {i!r}, seed={SEED}"
+
+
+def test_ragged_step_batch_is_bit_identical():
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=3, H=24, L=3, O=2)
+    seqs = {k: rng.normal(0, 1, (int(rng.integers(1, 60)), 3)).astype(np.float32) for k in range(30)}
+    expected = alone(model, seqs)
+    streams = ls.Streams(model)
+    cursor = {k: 0 for k in seqs}
+    got = {k: [] for k in seqs}
+    while any(cursor[k] < len(seqs[k]) for k in seqs):
+        ids, xs = [], []
+        for k in rng.permutation(list(seqs)):
+            k = int(k)
+            if cursor[k] < len(seqs[k]):
+                n = int(rng.integers(1, 6))
+                chunk = seqs[k][cursor[k]:cursor[k] + n]
+                cursor[k] += len(chunk)
+                ids.append(k)
+                xs.append(chunk if len(chunk) > 1 else chunk[0])  # mix (I,) and (T, I) inputs
+        for k, y in zip(ids, streams.step_batch(ids, xs)):
+            got[k].append(np.atleast_2d(y))
+    for k in seqs:
+        assert np.array_equal(np.concatenate(got[k]), expected[k]), f"stream {k}, seed={SEED}"
+
+
+def test_parallel_kernel_equals_serial(monkeypatch):
+    """Large batches take the parallel kernel; outputs equal the serial kernel's bit for bit."""
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=8, H=32, L=2, O=4)
+    X = rng.normal(0, 1, (10, 500, 8)).astype(np.float32)
+    ids = list(range(500))
+    results = []
+    for threads, min_streams in [(1, 10**9), (2, 1), (2, 10**9)]:
+        monkeypatch.setattr(backends, "PARALLEL_MIN_STREAMS", min_streams)
+        s = ls.Streams(model, threads=min(threads, backends_threads()))
+        results.append(np.stack([s.step_many(ids, X[t]) for t in range(10)]))
+    for r in results[1:]:
+        assert np.array_equal(r, results[0]), f"seed={SEED}"
+
+
+def backends_threads():
+    import numba
+    return numba.config.NUMBA_NUM_THREADS
+
+
+SCRIPT = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+import lstm_stream as ls
+from models import random_model
+rng = np.random.default_rng({seed})
+model = random_model(rng, I=8, H=48, L=2, O=4)
+s = ls.Streams(model, threads={threads})
+X = rng.normal(0, 1, (5, 2000, 8)).astype(np.float32)
+out = np.stack([s.step_many(list(range(2000)), X[t]) for t in range(5)])
+sys.stdout.write(out.tobytes().hex())
+"""
+
+
+def test_thread_count_does_not_change_outputs():
+    """NUMBA_NUM_THREADS=1 vs 2 in separate processes: identical bytes."""
+    tests = os.path.dirname(os.path.dirname(__file__))
+    outs = []
+    for threads in (1, 2):
+        env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+        r = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=tests, seed=SEED, threads=threads)],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert outs[0] == outs[1], f"seed={SEED}"

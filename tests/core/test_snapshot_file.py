@@ -1,0 +1,136 @@
+"""Invariant 3: snapshot, restore (also in a new process), continue == never stopped; bad files change nothing."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lstm_stream as ls
+from lstm_stream.snapshot import read_snapshot
+from models import random_model
+
+TESTS = os.path.dirname(os.path.dirname(__file__))
+
+
+def make(seed=3, **kw):
+    return random_model(np.random.default_rng(seed), I=4, H=20, L=2, P=6, O=3, **kw)
+
+
+def populated(model, rng, n=50, T=30):
+    s = ls.Streams(model)
+    for k in range(n):
+        s.step(f"dev-{k}" if k % 3 else k, rng.normal(0, 1, (int(rng.integers(1, T)), 4)))
+    return s
+
+
+def test_roundtrip_in_process(tmp_path):
+    rng = np.random.default_rng(0)
+    model = make()
+    s = populated(model, rng)
+    s.drop("dev-1")
+    path = tmp_path / "snap.lss"
+    size = s.save_snapshot(path)
+    assert size == path.stat().st_size and not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+    r = ls.Streams.load_snapshot(path, model)
+    assert sorted(map(str, r.ids())) == sorted(map(str, s.ids()))
+    for i in s.ids():
+        a, b = s.get_state(i), r.get_state(i)
+        assert np.array_equal(a.h, b.h) and np.array_equal(a.c, b.c) and a.steps == b.steps
+        assert type(i) is type(next(j for j in r.ids() if j == i))  # int ids stay ints
+    X = rng.normal(0, 1, (len(s), 4))
+    assert np.array_equal(s.step_many(s.ids(), X), r.step_many(s.ids(), X))
+
+
+CONTINUE = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+import lstm_stream as ls
+model = ls.load_model({model!r})
+s = ls.Streams.load_snapshot({snap!r}, model)
+X = np.load({xs!r})
+Y = np.stack([s.step_many(["a", 2, "c"], X[t]) for t in range(len(X))])
+np.save({out!r}, Y)
+"""
+
+
+def test_restore_in_new_process_continues_bit_identically(tmp_path):
+    rng = np.random.default_rng(1)
+    model = make()
+    model.save(tmp_path / "m.npz")
+    warm, cont = rng.normal(0, 1, (40, 3, 4)), rng.normal(0, 1, (60, 3, 4)).astype(np.float32)
+    np.save(tmp_path / "xs.npy", cont)
+    s = ls.Streams(model)
+    for t in range(40):
+        s.step_many(["a", 2, "c"], warm[t])
+    s.save_snapshot(tmp_path / "s.lss")
+    uninterrupted = np.stack([s.step_many(["a", 2, "c"], cont[t]) for t in range(60)])
+    code = CONTINUE.format(tests=TESTS, model=str(tmp_path / "m.npz"), snap=str(tmp_path / "s.lss"),
+                           xs=str(tmp_path / "xs.npy"), out=str(tmp_path / "out.npy"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.load(tmp_path / "out.npy"), uninterrupted)
+
+
+def test_other_model_is_refused_and_nothing_changes(tmp_path):
+    rng = np.random.default_rng(2)
+    s = populated(make(3), rng)
+    s.save_snapshot(tmp_path / "s.lss")
+    other = ls.Streams(make(4))
+    other.step("mine", np.ones(4))
+    before = other.get_state("mine")
+    with pytest.raises(ls.SnapshotError, match="belongs to model"):
+        other.restore_snapshot(tmp_path / "s.lss")
+    assert other.ids() == ["mine"] and np.array_equal(other.get_state("mine").h, before.h)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "magic", "empty"])
+def test_damaged_file_gives_clear_error_and_changes_nothing(tmp_path, damage):
+    rng = np.random.default_rng(5)
+    model = make()
+    s = populated(model, rng, n=10)
+    path = tmp_path / "s.lss"
+    s.save_snapshot(path)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "magic":
+        data[:8] = b"NOTSNAPS"
+    else:
+        data = b""
+    path.write_bytes(bytes(data))
+    target = populated(model, np.random.default_rng(9), n=5)
+    ids, states = target.ids(), [target.get_state(i).c for i in target.ids()]
+    with pytest.raises(ls.SnapshotError, match="truncated|corrupted|not an lstm-stream snapshot"):
+        target.restore_snapshot(path)
+    assert target.ids() == ids
+    assert all(np.array_equal(target.get_state(i).c, c) for i, c in zip(ids, states))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ls.SnapshotError, match="does not exist"):
+        read_snapshot(tmp_path / "nope.lss")
+
+
+def test_failed_write_keeps_previous_snapshot(tmp_path, monkeypatch):
+    model = make()
+    s = populated(model, np.random.default_rng(6), n=5)
+    path = tmp_path / "s.lss"
+    s.save_snapshot(path)
+    good = path.read_bytes()
+    s.step("new", np.ones(4))
+
+    def boom(fd):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        s.save_snapshot(path)
+    assert path.read_bytes() == good and os.listdir(tmp_path) == ["s.lss"]
+
+
+def test_empty_store_snapshot(tmp_path):
+    model = make()
+    ls.Streams(model).save_snapshot(tmp_path / "e.lss")
+    assert len(ls.Streams.load_snapshot(tmp_path / "e.lss", model)) == 0

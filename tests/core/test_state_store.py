@@ -1,0 +1,188 @@
+"""Property tests of the state store through Streams: insert, drop, slot reuse, growth, eviction, full store,
+and bad inputs that must raise a clear error and leave every stream unchanged."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import lstm_stream as ls
+from models import random_model
+
+MODEL = random_model(np.random.default_rng(11), I=3, H=5, L=2, O=2)
+MAX = 12
+IDS = st.one_of(st.sampled_from(["a", "b", "c", "d", "e"]), st.integers(-3, 12))
+SAMPLES = st.lists(st.floats(-5, 5, width=32), min_size=3, max_size=3)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """The store under test vs one private single-stream Streams per id (isolation makes them equal)."""
+
+    def __init__(self):
+        super().__init__()
+        self.clock = Clock()
+        self.streams = ls.Streams(MODEL, max_streams=MAX, idle_ttl=10.0, initial_capacity=2, clock=self.clock)
+        self.solo = {}      # id -> Streams holding just that stream
+        self.seen = {}      # id -> last time stepped/created
+
+    def _solo(self, i):
+        s = ls.Streams(MODEL)
+        s.set_state(i, (np.zeros((2, 5)), np.zeros((2, 5))))
+        return s
+
+    @rule(i=IDS, x=SAMPLES)
+    def step(self, i, x):
+        if i not in self.solo and len(self.solo) >= MAX:
+            with pytest.raises(ls.StoreFullError, match="max_streams"):
+                self.streams.step(i, x)
+            return
+        y = self.streams.step(i, x)
+        self.solo.setdefault(i, self._solo(i))
+        assert np.array_equal(y, self.solo[i].step(i, x))
+        self.seen[i] = self.clock.t
+
+    @rule(i=IDS)
+    def drop(self, i):
+        if i in self.solo:
+            self.streams.drop(i)
+            del self.solo[i], self.seen[i]
+        else:
+            with pytest.raises(ls.UnknownStreamError, match="unknown stream"):
+                self.streams.drop(i)
+
+    @rule(i=IDS)
+    def reset(self, i):
+        if i in self.solo:
+            self.streams.reset(i)
+            self.solo[i] = self._solo(i)
+        else:
+            with pytest.raises(ls.UnknownStreamError):
+                self.streams.reset(i)
+
+    @precondition(lambda self: self.solo)
+    @rule(data=st.data(), dst=IDS)
+    def copy(self, data, dst):
+        src = data.draw(st.sampled_from(sorted(self.solo, key=str)))
+        if dst not in self.solo and len(self.solo) >= MAX:
+            with pytest.raises(ls.StoreFullError):
+                self.streams.copy(src, dst)
+            return
+        self.streams.copy(src, dst)
+        st_ = self.solo[src].get_state(src)
+        s = ls.Streams(MODEL)
+        s.set_state(dst, st_)
+        self.solo[dst] = s
+        self.seen.setdefault(dst, self.clock.t)
+
+    @rule(dt=st.floats(0, 8))
+    def advance_clock_and_evict(self, dt):
+        self.clock.t += dt
+        evicted = self.streams.evict_idle()
+        expect = {i for i, t in self.seen.items() if t < self.clock.t - 10.0}
+        assert set(evicted) == expect
+        for i in expect:
+            del self.solo[i], self.seen[i]
+
+    @rule(i=IDS, bad=st.sampled_from(["nan", "inf", "shape", "dtype", "empty", "3d"]))
+    def bad_input_changes_nothing(self, i, bad):
+        x = {"nan": [0, np.nan, 1], "inf": [np.inf, 0, 0], "shape": [1.0, 2.0], "dtype": ["a", "b", "c"],
+             "empty": np.zeros((0, 3)), "3d": np.zeros((1, 1, 3))}[bad]
+        before = {j: self.streams.get_state(j) for j in self.streams.ids()}
+        with pytest.raises(ls.InputError, match="expected"):
+            self.streams.step(i, x)
+        with pytest.raises(ls.InputError, match="expected"):
+            self.streams.step_many([i, "zz"], np.array([x, x], dtype=object) if bad == "dtype" else [x, x])
+        assert set(self.streams.ids()) == set(before)
+        for j, s in before.items():
+            now = self.streams.get_state(j)
+            assert np.array_equal(now.h, s.h) and np.array_equal(now.c, s.c) and now.steps == s.steps
+
+    @invariant()
+    def same_streams_and_states(self):
+        assert len(self.streams) == len(self.solo)
+        assert set(self.streams.ids()) == set(self.solo)
+        for i, solo in self.solo.items():
+            a, b = self.streams.get_state(i), solo.get_state(i)
+            assert np.array_equal(a.h, b.h) and np.array_equal(a.c, b.c) and a.steps == b.steps
+
+    @invariant()
+    def slots_unique_and_within_capacity(self):
+        store = self.streams._store
+        slots = [s for _, s in store.items()]
+        assert len(slots) == len(set(slots)) and all(0 <= s < store.capacity for s in slots)
+        assert store.capacity <= MAX
+
+
+TestStoreMachine = StoreMachine.TestCase
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 30)), max_size=80))
+def test_slots_are_reused_and_growth_keeps_state(ops):
+    """Adding/dropping in any order: dropped slots are reused before the store grows; states survive growth."""
+    streams = ls.Streams(MODEL, initial_capacity=1)
+    marks = {}
+    for add, i in ops:
+        if add and i not in streams:
+            streams.set_state(i, (np.full((2, 5), i + 0.5), np.full((2, 5), -i)))
+            marks[i] = i
+        elif not add and i in streams:
+            streams.drop(i)
+            del marks[i]
+        used = len(marks)
+        assert streams._store.capacity <= 2 * max(len(streams._store._ids), 1)  # grows only by doubling
+        assert len(streams._store._ids) == used + len(streams._store._free)  # high-water = used + free
+    for i in marks:
+        assert np.all(streams.get_state(i).h == np.float32(i + 0.5))
+        assert np.all(streams.get_state(i).c == -i)
+
+
+@pytest.mark.parametrize("bad_id,msg", [(1.5, "str or an int"), (None, "str or an int"), (True, "str or an int"),
+                                        ("", "non-empty"), ("x" * 300, "at most 256"), (2**70, "int64")])
+def test_bad_ids_are_refused(bad_id, msg):
+    streams = ls.Streams(MODEL)
+    with pytest.raises(ls.InputError, match=msg):
+        streams.step(bad_id, [1, 2, 3])
+    assert len(streams) == 0
+
+
+def test_unknown_stream_errors_name_the_id():
+    streams = ls.Streams(MODEL)
+    for call in (lambda: streams.get_state("ghost"), lambda: streams.reset("ghost"),
+                 lambda: streams.copy("ghost", "x"), lambda: streams.stream_info("ghost")):
+        with pytest.raises(ls.UnknownStreamError, match="unknown stream 'ghost'"):
+            call()
+    assert len(streams) == 0
+
+
+@pytest.mark.parametrize("state,msg", [
+    ((np.zeros((2, 4)), np.zeros((2, 5))), "'h' has shape"),
+    ((np.zeros((2, 5)), np.full((2, 5), np.nan)), "NaN"),
+    ({"h": np.zeros((2, 5))}, "missing \\['c'\\]"),
+    ({"h": np.zeros((2, 5)), "c": np.zeros((2, 5)), "steps": -1}, "non-negative"),
+    ("nope", "StreamState"),
+])
+def test_bad_set_state_is_refused(state, msg):
+    streams = ls.Streams(MODEL)
+    with pytest.raises(ls.InputError, match=msg):
+        streams.set_state("a", state)
+    assert "a" not in streams
+
+
+def test_step_many_length_mismatch_and_full_store_change_nothing():
+    streams = ls.Streams(MODEL, max_streams=2)
+    streams.step("a", [1, 2, 3])
+    before = streams.get_state("a")
+    with pytest.raises(ls.InputError, match="one row per id"):
+        streams.step_many(["a", "b"], np.ones((3, 3)))
+    with pytest.raises(ls.StoreFullError, match="max_streams=2"):
+        streams.step_many(["a", "b", "c"], np.ones((3, 3)))
+    assert streams.ids() == ["a"] and np.array_equal(streams.get_state("a").c, before.c)
+    assert streams.get_state("a").steps == 1

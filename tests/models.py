@@ -1,0 +1,55 @@
+"""Random models for tests: torch modules with fresh seeds, converted to LSTMModel."""
+import numpy as np
+
+import lstm_stream as ls
+
+
+def torch_lstm(seed, I, H, L=1, P=0, O=None, *, head_activation="none", scale=1.0, batch_first=True):
+    """(lstm, head or None, LSTMModel) with PyTorch's init scaled by `scale` (scale <= ~4 stays contractive)."""
+    import torch
+
+    torch.manual_seed(seed)
+    lstm = torch.nn.LSTM(I, H, L, proj_size=P, batch_first=batch_first)
+    head = torch.nn.Linear(P or H, O) if O else None
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.mul_(scale)
+    model = ls.LSTMModel.from_torch(lstm, head, head_activation=head_activation if head else "none")
+    return lstm, head, model
+
+
+def torch_offline(lstm, head, xs, head_activation="none"):
+    """One offline nn.LSTM call over the whole sequence xs (T, I) -> (T, O) as float32 numpy."""
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(np.asarray(xs, np.float32))
+        x = x[None] if lstm.batch_first else x[:, None]
+        out = lstm(x)[0]
+        out = out[0] if lstm.batch_first else out[:, 0]
+        if head is not None:
+            out = head(out)
+            if head_activation == "sigmoid":
+                out = torch.sigmoid(out)
+            elif head_activation == "softmax":
+                out = torch.softmax(out, -1)
+    return out.numpy()
+
+
+def random_model(rng, I=5, H=12, L=2, P=0, O=3, head_activation="softmax", dtype="float32", scale=0.5):
+    """An LSTMModel with weights drawn from rng (no torch needed)."""
+    t = {}
+    for l in range(L):
+        Il = I if l == 0 else (P or H)
+        t[f"weight_ih_l{l}"] = rng.normal(0, scale, (4 * H, Il))
+        t[f"weight_hh_l{l}"] = rng.normal(0, scale, (4 * H, P or H))
+        t[f"bias_ih_l{l}"] = rng.normal(0, scale, 4 * H)
+        t[f"bias_hh_l{l}"] = rng.normal(0, scale, 4 * H)
+        if P:
+            t[f"weight_hr_l{l}"] = rng.normal(0, scale, (P, H))
+    if O:
+        t["head.weight"] = rng.normal(0, scale, (O, P or H))
+        t["head.bias"] = rng.normal(0, scale, O)
+    else:
+        head_activation = "none"
+    return ls.LSTMModel.from_arrays(t, head_activation=head_activation, dtype=dtype)

@@ -1,0 +1,39 @@
+"""The oracle: a float64 numpy LSTM written for clarity, not speed (PyTorch's equations, gates i f g o)."""
+import numpy as np
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def reference_run(model, xs, h0=None, c0=None):
+    """Run `model` over xs (T, I) from state (h0 (L, P), c0 (L, H)) or zeros; returns (ys (T, O), h, c)."""
+    L, H, P = model.num_layers, model.hidden_size, model.state_size
+    h = np.zeros((L, P)) if h0 is None else np.array(h0, np.float64)
+    c = np.zeros((L, H)) if c0 is None else np.array(c0, np.float64)
+    f64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
+    ys = []
+    for x in np.asarray(xs, np.float64):
+        inp = x
+        for l, layer in enumerate(model.layers):
+            gates = f64(layer.w_ih) @ inp + f64(layer.b_ih) + f64(layer.w_hh) @ h[l] + f64(layer.b_hh)
+            i, f, g, o = np.split(gates, 4)
+            c[l] = sigmoid(f) * c[l] + sigmoid(i) * np.tanh(g)
+            hl = sigmoid(o) * np.tanh(c[l])
+            h[l] = hl if layer.w_hr is None else f64(layer.w_hr) @ hl
+            inp = h[l]
+        ys.append(head(model, inp))
+    return np.array(ys), h, c
+
+
+def head(model, h_last):
+    """The model's output for the top layer's h."""
+    if model.head_w is None:
+        return h_last.copy()
+    z = np.asarray(model.head_w, np.float64) @ h_last + np.asarray(model.head_b, np.float64)
+    if model.head_activation == "sigmoid":
+        return sigmoid(z)
+    if model.head_activation == "softmax":
+        e = np.exp(z - z.max())
+        return e / e.sum()
+    return z
