@@ -1,0 +1,266 @@
+"""CUDABackend: the host driver of kernels/cuda.py. It owns device memory, transfers and launch geometry.
+
+The state slab (cap, L*(P+H)) lives on the GPU for the life of the engine; a step copies only the batch's
+plan and inputs in and its outputs out, through pinned host buffers that are reused (they grow by doubling,
+never per step), all on one CUDA stream with a single synchronisation. The weights are copied once; when
+they fit in a block's shared memory, the kernel stages them there and runs a persistent grid (a few blocks
+per SM, each looping over many tiles of streams), so a step reads them from shared memory, not from global.
+Mirrors CPUBackend method for method (see backends.py).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from numba import cuda
+
+from .errors import BackendError
+from .kernels import cuda as k
+
+log = logging.getLogger("lstm_stream")
+
+# Threads per block: enough warps to cover H units once up to this size; more units loop per thread.
+MAX_THREADS = 256
+# Shared memory a block may use without opting in (CUDA's portable default); more needs the opt-in below.
+DEFAULT_SHARED_BYTES = 48 * 1024
+# Blocks per SM we aim for when weights are staged (each stages its own copy, so fewer is cheaper).
+MAX_BLOCKS_PER_SM = 4
+
+
+class CUDABackend:
+    """State slab in GPU memory, stepped by the numba.cuda kernels of kernels/cuda.py."""
+
+    name = "cuda"
+
+    def __init__(self, model, capacity: int):
+        self.model = model
+        self.dtype = np.dtype(model.dtype)
+        wbuf, meta = model.packed()
+        L, H, P, I, O = (model.num_layers, model.hidden_size, model.state_size, model.input_size,
+                         model.output_size)
+        self._L, self._H, self._P, self._I, self._O = L, H, P, I, O
+        self._W = L * (P + H)
+        try:
+            self.stream = cuda.stream()
+            self.wbuf, self.meta = cuda.to_device(wbuf, stream=self.stream), cuda.to_device(meta, stream=self.stream)
+            self.state = self._zeros(capacity)
+            self._kernels = _Kernels(model.dtype)
+        except Exception as e:  # out of memory, no NVVM, driver trouble: fail at construction, clearly
+            raise BackendError(f"backend='cuda' could not set up its kernels and device memory: {e}") from e
+        self.threads = min(MAX_THREADS, max(32, -(-max(H, P, O) // 32) * 32))
+        self._geometry(wbuf, meta)
+        self._pending = []  # slots to zero before the next use of the slab (zero() is batched)
+        self._n_rows, self._n_streams = 0, 0
+        self._ensure(64, 64)
+        self._f_plan = cuda.pinned_array(5, np.int64)
+        self._f_state = cuda.device_array((1, self._W), self.dtype)
+
+    # ---- geometry and buffers -------------------------------------------------------------------------
+    def _geometry(self, wbuf, meta):
+        """Decide whether weights are staged in shared memory, and the dynamic shared bytes per block."""
+        item = self.dtype.itemsize
+        limit = _shared_limit()
+        staged_bytes = k.shared_floats(meta, wbuf.size, True) * item
+        self.staged = staged_bytes <= limit and self._kernels.opt_in_shared(staged_bytes)
+        self.shared_bytes = k.shared_floats(meta, wbuf.size, self.staged) * item
+        if not self.staged and not self._kernels.opt_in_shared(self.shared_bytes):
+            limit = DEFAULT_SHARED_BYTES
+        if self.shared_bytes > limit:
+            raise BackendError(f"model too large for backend='cuda': a block needs {self.shared_bytes} bytes of "
+                               f"shared memory for {k.TILE} streams' state, the device allows {limit}")
+        per_sm = _shared_per_sm() // max(self.shared_bytes, 1)
+        self.blocks_per_sm = max(1, min(MAX_BLOCKS_PER_SM, per_sm, 2048 // self.threads))
+        self.sms = _sm_count()
+        log.info("cuda backend: %d threads/block, %d B shared/block, weights %s shared memory",
+                 self.threads, self.shared_bytes, "staged in" if self.staged else "read from global, not")
+
+    def grid(self, n_streams: int) -> int:
+        """Blocks for a batch: one per tile, capped to a persistent grid when weights are staged."""
+        tiles = -(-n_streams // k.TILE)
+        cap = self.sms * self.blocks_per_sm if self.staged else 1 << 20
+        return max(1, min(tiles, cap))
+
+    def _zeros(self, capacity):
+        return cuda.to_device(np.zeros((capacity, self._W), self.dtype), stream=self.stream)
+
+    def _ensure(self, n_rows: int, n_streams: int):
+        """Grow the pinned and device I/O buffers (by doubling) to hold a batch; never shrinks."""
+        if n_rows > self._n_rows:
+            self._n_rows = max(n_rows, 2 * self._n_rows)
+            self._x_h = cuda.pinned_array((self._n_rows, self._I), self.dtype)
+            self._y_h = cuda.pinned_array((self._n_rows, self._O), self.dtype)
+            self._x_d = cuda.device_array((self._n_rows, self._I), self.dtype, stream=self.stream)
+            self._y_d = cuda.device_array((self._n_rows, self._O), self.dtype, stream=self.stream)
+        if n_streams > self._n_streams:
+            self._n_streams = max(n_streams, 2 * self._n_streams)
+            self._plan_h = cuda.pinned_array(2 * self._n_streams + 3, np.int64)
+            self._plan_d = cuda.device_array(2 * self._n_streams + 3, np.int64, stream=self.stream)
+
+    def _flush(self):
+        """Zero the slots queued by zero() with one launch."""
+        if self._pending:
+            slots = cuda.to_device(np.asarray(self._pending, np.int64), stream=self.stream)
+            self._pending = []
+            n = slots.shape[0] * self._W
+            k.zero_slots_kernel[min(-(-n // 256), 4096), 256, self.stream](self.state, slots)
+
+    # ---- stepping ---------------------------------------------------------------------------------------
+    def run(self, slots, offsets, x):
+        """Advance each slots[s] over rows offsets[s]:offsets[s+1] of x (N, I); returns y (N, O)."""
+        self._flush()
+        S, N = len(slots), x.shape[0]
+        self._ensure(N, S)
+        plan = self._plan_h
+        plan[0], plan[1] = S, int(self.staged)
+        plan[2:2 + S] = slots
+        plan[2 + S:3 + 2 * S] = offsets
+        self._x_h[:N] = x
+        self._plan_d[:2 * S + 3].copy_to_device(plan[:2 * S + 3], stream=self.stream)
+        self._x_d[:N].copy_to_device(self._x_h[:N], stream=self.stream)
+        self._kernels.step(self.grid(S), self.threads, self.stream, self.shared_bytes,
+                           (self.wbuf, self.meta, self.state, self._plan_d, self._x_d, self._y_d))
+        self._y_d[:N].copy_to_host(self._y_h[:N], stream=self.stream)
+        self.stream.synchronize()
+        return self._y_h[:N].copy()
+
+    def run_one(self, slot: int, x):
+        """run() for a single stream."""
+        return self.run((slot,), (0, x.shape[0]), x)
+
+    def forecast(self, slot, horizon: int):
+        """(horizon, O) outputs fed back as inputs from a private copy of the slot's state."""
+        self._flush()
+        self._f_state[0].copy_to_device(self.state[slot], stream=self.stream)
+        self._f_plan[:] = (1, int(self.staged), 0, 0, horizon)
+        plan = cuda.to_device(self._f_plan, stream=self.stream)
+        y = cuda.device_array((horizon + 1, self._O), self.dtype, stream=self.stream)
+        self._kernels.forecast(1, self.threads, self.stream, self.shared_bytes,
+                               (self.wbuf, self.meta, self._f_state, plan, y))
+        out = y.copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        return out[1:]
+
+    # ---- per-slot state -----------------------------------------------------------------------------------
+    def _split(self, rows):
+        """(n, L*(P+H)) slab rows -> h (n, L, P), c (n, L, H) host copies."""
+        r = rows.reshape(rows.shape[0], self._L, self._P + self._H)
+        return np.ascontiguousarray(r[:, :, :self._P]), np.ascontiguousarray(r[:, :, self._P:])
+
+    def _join(self, h, c):
+        """h (n, L, P), c (n, L, H) -> slab rows (n, L*(P+H))."""
+        return np.concatenate([h, c], axis=2).reshape(h.shape[0], self._W).astype(self.dtype, copy=False)
+
+    def read(self, slot):
+        """(h (L, P), c (L, H)) copies of one slot."""
+        self._flush()
+        row = self.state[slot].copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        h, c = self._split(row[None])
+        return h[0], c[0]
+
+    def write(self, slot, h, c):
+        """Overwrite one slot's h (L, P) and c (L, H)."""
+        self._flush()
+        self.state[slot].copy_to_device(np.ascontiguousarray(self._join(h[None], c[None])[0]), stream=self.stream)
+        self.stream.synchronize()
+
+    def zero(self, slot):
+        """Zero one slot (queued; applied before the slab is next used)."""
+        self._pending.append(int(slot))
+
+    def copy_slot(self, src, dst):
+        """dst's state := src's state, on the device."""
+        self._flush()
+        self.state[dst].copy_to_device(self.state[src], stream=self.stream)
+        self.stream.synchronize()
+
+    def gather(self, slots):
+        """h (n, L, P), c (n, L, H) host copies of `slots` (for snapshots)."""
+        self._flush()
+        host = self.state.copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        return self._split(host[np.asarray(slots, np.int64)])
+
+    def scatter(self, slots, h, c):
+        """Write h (n, L, P), c (n, L, H) into `slots` (restoring a snapshot)."""
+        self._flush()
+        host = self.state.copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        host[np.asarray(slots, np.int64)] = self._join(np.asarray(h), np.asarray(c))
+        self.state.copy_to_device(host, stream=self.stream)
+        self.stream.synchronize()
+
+    def grow(self, capacity: int) -> None:
+        """Enlarge the device slab to `capacity` slots, keeping every slot's state; new slots are zero."""
+        self._flush()
+        new = self._zeros(capacity)
+        old = self.state
+        new[:old.shape[0]].copy_to_device(old, stream=self.stream)
+        self.stream.synchronize()
+        self.state = new
+
+
+# ---- device queries (guarded: the simulator and old drivers lack some) ------------------------------------
+def _device_attr(name, default):
+    try:
+        return int(getattr(cuda.get_current_device(), name))
+    except Exception:
+        return default
+
+
+def _sm_count() -> int:
+    return _device_attr("MULTIPROCESSOR_COUNT", 1)
+
+
+def _shared_limit() -> int:
+    """Bytes of dynamic shared memory one block may use (the opt-in maximum where the device has one)."""
+    return max(DEFAULT_SHARED_BYTES, _device_attr("MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", DEFAULT_SHARED_BYTES))
+
+
+def _shared_per_sm() -> int:
+    return _device_attr("MAX_SHARED_MEMORY_PER_MULTIPROCESSOR", DEFAULT_SHARED_BYTES)
+
+
+def _simulated() -> bool:
+    from numba.cuda.core import config
+    return bool(config.ENABLE_CUDASIM)
+
+
+class _Kernels:
+    """step_kernel and forecast_kernel for one dtype: compiled at construction on a GPU (so errors show
+    there) and launched through the compiled kernel, which skips per-call type dispatch; plain launches
+    under the simulator."""
+
+    def __init__(self, dtype):
+        self.sim = _simulated()
+        if not self.sim:
+            a1, a2 = f"{dtype}[::1]", f"{dtype}[:, ::1]"
+            self._step = k.step_kernel.compile(f"void({a1}, int64[::1], {a2}, int64[::1], {a2}, {a2})")
+            self._forecast = k.forecast_kernel.compile(f"void({a1}, int64[::1], {a2}, int64[::1], {a2})")
+
+    def step(self, grid, block, stream, shared, args):
+        if self.sim:
+            return k.step_kernel[grid, block, stream, shared](*args)
+        self._step.launch(args, grid, block, stream, shared)
+
+    def forecast(self, grid, block, stream, shared, args):
+        if self.sim:
+            return k.forecast_kernel[grid, block, stream, shared](*args)
+        self._forecast.launch(args, grid, block, stream, shared)
+
+    def opt_in_shared(self, nbytes: int) -> bool:
+        """Allow nbytes of dynamic shared memory per block (above 48 KiB CUDA needs a per-kernel opt-in).
+        False when that cannot be done; the caller then reads the weights from global memory."""
+        if nbytes <= DEFAULT_SHARED_BYTES or self.sim:
+            return True
+        try:
+            from numba.cuda.cudadrv import driver as drv
+            attr = drv.binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            for kern in (self._step, self._forecast):
+                fn = kern._codelibrary.get_cufunc()
+                drv.driver.cuKernelSetAttribute(attr, nbytes, fn.handle, fn.device.id)
+            return True
+        except Exception as e:  # pragma: no cover - needs a GPU
+            log.warning("cuda backend: shared-memory opt-in of %d bytes failed (%s); weights stay in global "
+                        "memory", nbytes, e)
+            return False

@@ -1,0 +1,282 @@
+"""CUDA step kernels (numba.cuda): the device twin of kernels/cpu.py, the same math in the same order.
+
+Idea: one thread block advances a tile of TILE streams of the batch plan, and loops over tiles with a
+grid stride (a persistent grid keeps the weights it staged in shared memory for many tiles). Thread u
+owns hidden units u, u + NT, ...: for each k it reads the four gate weights W[k, {i,f,g,o}*H + u] once and
+applies them to every stream of the tile (weight reuse), summing over k in order, bias first, then the
+input part, then the recurrent part, exactly as the CPU does. So a stream's arithmetic depends on nothing
+but its own data: not its tile partners, its slot in the tile, the grid or the block size. h and the
+current inputs sit in shared memory (every thread reads them); c stays in the global slab, read and
+written only by the thread that owns the unit. Ragged batches: each stream advances over its own rows;
+a tile slot whose rows are used up idles. No fastmath; NVVM contracts a*b+c into FMAs the same way for
+every stream, so results are deterministic on a device and differ from the CPU only by rounding.
+
+Layouts (floats of the model's dtype):
+    state (cap, L*(P+H))  per layer l at l*(P+H): [h_l (P) | c_l (H)]
+    plan  (2S+3,) int64   [S, flags, slots (S), offsets (S+1)]; flags bit 0: weights staged in shared
+    shared memory         [weights (n, when staged) | xs (TILE, I) | hs (TILE, L, P) | hr (TILE, H)]
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+# Streams per thread block; a compile-time constant because the accumulators are a local array.
+TILE = 4
+_ACC = 4 * TILE  # gate accumulators per owned unit: (TILE, 4)
+
+
+def shared_floats(meta, n_weights: int, staged: bool) -> int:
+    """Floats of dynamic shared memory step_kernel needs: meta (host copy), weights staged or not."""
+    L, I, H, P = (int(v) for v in meta[:4])
+    return (n_weights if staged else 0) + TILE * (I + L * P + H)
+
+
+# ---- activations: the CPU's float32 rational tanh (same constants, same order), libm for float64 --------
+@cuda.jit(device=True)
+def _tanh(x, f32):
+    if not f32:
+        return math.tanh(x)
+    lim = np.float32(7.90531110763549805)
+    z = min(max(x, -lim), lim)
+    z2 = z * z
+    p = z2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
+    p = z2 * p + np.float32(-8.60467152213735e-11)
+    p = z2 * p + np.float32(5.12229709037114e-08)
+    p = z2 * p + np.float32(1.48572235717979e-05)
+    p = z2 * p + np.float32(6.37261928875436e-04)
+    p = z2 * p + np.float32(4.89352455891786e-03)
+    q = z2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
+    q = z2 * q + np.float32(2.26843463243900e-03)
+    q = z2 * q + np.float32(4.89352518554385e-03)
+    r = (z * p) / q
+    return x if abs(x) < np.float32(4e-4) else r
+
+
+@cuda.jit(device=True)
+def _sigmoid(x, f32):
+    if f32:  # σ(x) = (1 + tanh(x/2)) / 2
+        return np.float32(0.5) + np.float32(0.5) * _tanh(np.float32(0.5) * x, f32)
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# ---- plan access --------------------------------------------------------------------------------------
+@cuda.jit(device=True)
+def _rows(plan, s):
+    """(first row, row count) of plan stream s."""
+    S = plan[0]
+    r0 = plan[2 + S + s]
+    return r0, plan[3 + S + s] - r0
+
+
+@cuda.jit(device=True)
+def _active(plan, tile0, n, b, t):
+    """True when tile slot b holds a stream that still has a row at its step t."""
+    return b < n and t < _rows(plan, tile0 + b)[1]
+
+
+# ---- phases of one timestep for one tile (all threads of the block call each) ----------------------------
+@cuda.jit(device=True)
+def _stage_x(meta, plan, x, xshift, sh, base, tile0, n, t):
+    """xs[b] = x[row_b + xshift] for active slots, 0 otherwise.  x: (N, I)."""
+    I = meta[1]
+    for idx in range(cuda.threadIdx.x, TILE * I, cuda.blockDim.x):
+        b, k = idx // I, idx % I
+        v = sh[0] * 0
+        if _active(plan, tile0, n, b, t):
+            v = x[_rows(plan, tile0 + b)[0] + t + xshift, k]
+        sh[base + idx] = v
+
+
+@cuda.jit(device=True)
+def _gemv_tile(w, acc, row, G, H, sh, v0, stride, m):
+    """acc[b, q] += w[row + k*G + q*H] * v_b[k] for k = 0..m-1 in order; v_b[k] = sh[v0 + b*stride + k]."""
+    for k in range(m):
+        r = row + k * G
+        wi, wf, wg, wo = w[r], w[r + H], w[r + 2 * H], w[r + 3 * H]
+        for b in range(TILE):
+            v = sh[v0 + b * stride + k]
+            acc[4 * b] += wi * v
+            acc[4 * b + 1] += wf * v
+            acc[4 * b + 2] += wg * v
+            acc[4 * b + 3] += wo * v
+
+
+@cuda.jit(device=True)
+def _cell(w, meta, state, plan, sh, base, tile0, n, t, l):
+    """Layer l: gates from [input, h_l] for the tile, then c' (in state) and hr = o*tanh(c') (shared)."""
+    L, I, H, P = meta[0], meta[1], meta[2], meta[3]
+    G = 4 * H
+    off_w, K = meta[8 + 3 * l], meta[9 + 3 * l]
+    n_in = K - P
+    hs, hr = base + TILE * I, base + TILE * (I + L * P)
+    in0, in_stride = (base, I) if l == 0 else (hs + (l - 1) * P, L * P)
+    f32 = w.itemsize == 4
+    acc = cuda.local.array(_ACC, dtype=w.dtype)  # (TILE, 4): [i, f, g, o] per slot
+    for u in range(cuda.threadIdx.x, H, cuda.blockDim.x):
+        bias = off_w + K * G + u
+        for b in range(TILE):
+            for q in range(4):
+                acc[4 * b + q] = w[bias + q * H]
+        _gemv_tile(w, acc, off_w + u, G, H, sh, in0, in_stride, n_in)                  # input part
+        _gemv_tile(w, acc, off_w + n_in * G + u, G, H, sh, hs + l * P, L * P, P)       # recurrent part
+        for b in range(TILE):
+            if _active(plan, tile0, n, b, t):
+                ci = l * (P + H) + P + u
+                slot = plan[2 + tile0 + b]
+                i_g = _sigmoid(acc[4 * b], f32)          # i = σ(W_i [x,h] + b_i)
+                f_g = _sigmoid(acc[4 * b + 1], f32)      # f = σ(W_f [x,h] + b_f)
+                g_g = _tanh(acc[4 * b + 2], f32)         # g = tanh(W_g [x,h] + b_g)
+                o_g = _sigmoid(acc[4 * b + 3], f32)      # o = σ(W_o [x,h] + b_o)
+                cj = f_g * state[slot, ci] + i_g * g_g   # c' = f c + i g
+                state[slot, ci] = cj
+                sh[hr + b * H + u] = o_g * _tanh(cj, f32)  # h' = o tanh(c')
+
+
+@cuda.jit(device=True)
+def _new_h(w, meta, plan, sh, base, tile0, n, t, l):
+    """hs[b, l] = hr[b] (or W_hr hr[b] with a projection) for the active slots."""
+    L, I, H, P = meta[0], meta[1], meta[2], meta[3]
+    off_r = meta[10 + 3 * l]
+    hs, hr = base + TILE * I, base + TILE * (I + L * P)
+    for idx in range(cuda.threadIdx.x, TILE * P, cuda.blockDim.x):
+        b, k = idx // P, idx % P
+        if _active(plan, tile0, n, b, t):
+            if off_r < 0:
+                v = sh[hr + b * H + k]
+            else:  # h'[k] = sum_j W_hr^T[j, k] hr[j], j in order from 0
+                v = sh[hr] * 0
+                for j in range(H):
+                    v += w[off_r + j * P + k] * sh[hr + b * H + j]
+            sh[hs + b * L * P + l * P + k] = v
+
+
+@cuda.jit(device=True)
+def _head(w, meta, plan, sh, base, tile0, n, t, y, yshift):
+    """y[row_b + t + yshift] = act(W_head h_last + b) (or h_last) for the active slots.  y: (N, O)."""
+    L, I, P, O = meta[0], meta[1], meta[3], meta[4]
+    hl = base + TILE * I + (L - 1) * P
+    off_w, off_b = meta[8 + 3 * L], meta[9 + 3 * L]
+    f32 = w.itemsize == 4
+    for idx in range(cuda.threadIdx.x, TILE * O, cuda.blockDim.x):
+        b, o = idx // O, idx % O
+        if _active(plan, tile0, n, b, t):
+            if meta[5] == 0:
+                v = sh[hl + b * L * P + o]
+            else:
+                v = w[off_b + o]
+                for k in range(P):
+                    v += w[off_w + k * O + o] * sh[hl + b * L * P + k]
+                if meta[6] == 1:
+                    v = _sigmoid(v, f32)
+            y[_rows(plan, tile0 + b)[0] + t + yshift, o] = v
+    if meta[6] == 2:  # softmax of each row, one thread per row, sequential like the CPU
+        cuda.syncthreads()
+        for b in range(cuda.threadIdx.x, TILE, cuda.blockDim.x):
+            if _active(plan, tile0, n, b, t):
+                _softmax_row(y, _rows(plan, tile0 + b)[0] + t + yshift, O)
+
+
+@cuda.jit(device=True)
+def _softmax_row(y, r, O):
+    m = y[r, 0]
+    for o in range(1, O):
+        m = max(m, y[r, o])
+    s = y[r, 0] * 0
+    for o in range(O):
+        e = math.exp(y[r, o] - m)
+        y[r, o] = e
+        s += e
+    for o in range(O):
+        y[r, o] = y[r, o] / s
+
+
+@cuda.jit(device=True)
+def _timestep(w, meta, state, plan, sh, base, tile0, n, t, x, xshift, y, yshift):
+    """One step t of the tile: stage inputs, every layer, the head; ends with the block in sync."""
+    _stage_x(meta, plan, x, xshift, sh, base, tile0, n, t)
+    cuda.syncthreads()
+    for l in range(meta[0]):
+        _cell(w, meta, state, plan, sh, base, tile0, n, t, l)
+        cuda.syncthreads()
+        _new_h(w, meta, plan, sh, base, tile0, n, t, l)
+        cuda.syncthreads()
+    _head(w, meta, plan, sh, base, tile0, n, t, y, yshift)
+    cuda.syncthreads()
+
+
+# ---- tile state in and out, weight staging --------------------------------------------------------------
+@cuda.jit(device=True)
+def _stage_weights(wbuf, plan, sh):
+    """(weights to read, first free shared float): the shared copy when plan flags say so, else wbuf."""
+    n_w = wbuf.shape[0]
+    if plan[1] & 1:
+        for j in range(cuda.threadIdx.x, n_w, cuda.blockDim.x):
+            sh[j] = wbuf[j]
+        cuda.syncthreads()
+        return sh[:n_w], n_w
+    return wbuf, 0
+
+
+@cuda.jit(device=True)
+def _move_h(meta, state, plan, sh, base, tile0, n, store):
+    """Copy h of the tile's streams between the slab and shared hs (store: shared -> slab)."""
+    L, I, H, P = meta[0], meta[1], meta[2], meta[3]
+    hs = base + TILE * I
+    for idx in range(cuda.threadIdx.x, TILE * L * P, cuda.blockDim.x):
+        b, lk = idx // (L * P), idx % (L * P)
+        if b < n:
+            col = (lk // P) * (P + H) + lk % P
+            slot = plan[2 + tile0 + b]
+            if store:
+                state[slot, col] = sh[hs + idx]
+            else:
+                sh[hs + idx] = state[slot, col]
+        elif not store:
+            sh[hs + idx] = sh[hs + idx] * 0
+
+
+# ---- kernels ------------------------------------------------------------------------------------------------
+@cuda.jit(cache=True)
+def step_kernel(wbuf, meta, state, plan, x, y):
+    """Advance plan's streams over their rows of x (N, I), writing y (N, O).
+    wbuf (n,), meta (8+3L+2,) int64, state (cap, L*(P+H)) in place, plan (2S+3,) int64."""
+    sh = cuda.shared.array(0, dtype=wbuf.dtype)
+    w, base = _stage_weights(wbuf, plan, sh)
+    S = plan[0]
+    for tile0 in range(cuda.blockIdx.x * TILE, S, cuda.gridDim.x * TILE):
+        n = min(TILE, S - tile0)
+        _move_h(meta, state, plan, sh, base, tile0, n, False)
+        T = 0
+        for b in range(n):
+            T = max(T, _rows(plan, tile0 + b)[1])
+        cuda.syncthreads()
+        for t in range(T):
+            _timestep(w, meta, state, plan, sh, base, tile0, n, t, x, 0, y, 0)
+        _move_h(meta, state, plan, sh, base, tile0, n, True)
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def forecast_kernel(wbuf, meta, state, plan, y):
+    """Roll state (1, L*(P+H)) forward in place feeding outputs back as inputs; launch one block.
+    plan (5,) = [1, flags, 0, 0, horizon]; y (horizon+1, O): y[0] from the current state, y[t+1] after y[t]."""
+    sh = cuda.shared.array(0, dtype=wbuf.dtype)
+    w, base = _stage_weights(wbuf, plan, sh)
+    _move_h(meta, state, plan, sh, base, 0, 1, False)
+    cuda.syncthreads()
+    _head(w, meta, plan, sh, base, 0, 1, -1, y, 1)
+    cuda.syncthreads()
+    for t in range(plan[4]):
+        _timestep(w, meta, state, plan, sh, base, 0, 1, t, y, 0, y, 1)
+
+
+@cuda.jit(cache=True)
+def zero_slots_kernel(state, slots):
+    """state[slots[i], :] = 0.  state (cap, W), slots (m,) int64; any grid."""
+    W = state.shape[1]
+    start = cuda.grid(1)
+    for idx in range(start, slots.shape[0] * W, cuda.gridsize(1)):
+        state[slots[idx // W], idx % W] = 0
