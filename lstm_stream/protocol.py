@@ -1,0 +1,257 @@
+"""The wire protocol shared by engine/ and clients/: msgpack maps over ZeroMQ (spec: docs/protocol.md).
+
+    request  {"v": 1, "id": <int|str|nil>, "op": <str>, ...fields of the op}
+    reply    {"v": 1, "id": <echoed>, "ok": true, ...result fields}
+             {"v": 1, "id": <echoed>, "ok": false, "error": {"code": <str>, "message": <str>}}
+    array    {"dtype": "float32", "shape": [T, I], "data": <bin: little-endian, C order>} or nested lists
+
+Evolution is append-only: new ops and fields only, each field with a default; unknown fields are skipped.
+Decoding is bounded (message size, array rank and element count) and never uses pickle. This module imports
+numpy and msgpack only: the client library depends on it and must not load numba.
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 16 * 2**20  # default bound of one encoded message; the daemon's is --max-message-bytes
+MAX_ARRAY_RANK = 4
+MAX_REQUEST_ID_LENGTH = 128     # characters of a str request id
+MAX_STREAMS_PAGE = 100_000      # default and largest `limit` of the streams op
+
+# ---- error codes (stable; clients switch on them) ------------------------------------------------
+BAD_MESSAGE = "bad_message"        # not msgpack, truncated, trailing bytes, not a map, wrong frame count
+BAD_REQUEST = "bad_request"        # a map, but a field is missing or has the wrong type
+BAD_VERSION = "bad_version"        # "v" is not a version this daemon speaks
+UNKNOWN_OP = "unknown_op"
+TOO_LARGE = "too_large"            # the message is larger than the daemon's bound
+BAD_INPUT = "bad_input"            # an array or id is invalid: shape, dtype, NaN/Inf, id length or range
+UNKNOWN_STREAM = "unknown_stream"
+STORE_FULL = "store_full"          # max_streams reached; nothing was applied
+UNSUPPORTED = "unsupported"        # the op cannot run here (forecast on a non-autoregressive model, ...)
+BUSY = "busy"                      # the engine's queue is full; nothing was applied, resend later
+SNAPSHOT_FAILED = "snapshot_failed"
+INTERNAL = "internal"              # a bug: the daemon logged it and keeps serving
+ERROR_CODES = (BAD_MESSAGE, BAD_REQUEST, BAD_VERSION, UNKNOWN_OP, TOO_LARGE, BAD_INPUT, UNKNOWN_STREAM,
+               STORE_FULL, UNSUPPORTED, BUSY, SNAPSHOT_FAILED, INTERNAL)
+
+# ---- ops and their request fields: name -> (kind, default); REQUIRED marks a field without one ----
+REQUIRED = object()
+_STREAM = {"stream": ("id", REQUIRED)}
+REQUEST_FIELDS = {
+    "ping": {},
+    "info": {},
+    "streams": {"offset": ("int", 0), "limit": ("int", MAX_STREAMS_PAGE)},
+    "step": {**_STREAM, "x": ("array", REQUIRED)},
+    "step_many": {"streams": ("ids", REQUIRED), "x": ("array", None), "xs": ("arrays", None)},
+    "forecast": {**_STREAM, "horizon": ("int", REQUIRED)},
+    "get_state": dict(_STREAM),
+    "set_state": {**_STREAM, "h": ("array", REQUIRED), "c": ("array", REQUIRED), "steps": ("int", 0)},
+    "copy": {"src": ("id", REQUIRED), "dst": ("id", REQUIRED)},
+    "reset": dict(_STREAM),
+    "drop": dict(_STREAM),
+    "snapshot": {},
+}
+COMMON_FIELDS = {"lists": ("bool", False)}  # any request: reply arrays as nested lists instead of bin maps
+OPS = tuple(REQUEST_FIELDS)
+STEP_OPS = frozenset({"step", "step_many"})
+# Safe to resend after a timeout: applying them twice leaves the same state (absent concurrent writers).
+IDEMPOTENT_OPS = frozenset({"ping", "info", "streams", "forecast", "get_state", "set_state", "copy", "reset"})
+
+# Wire dtypes: every array travels little-endian; replies use the model's dtype.
+WIRE_DTYPES = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8",
+               "<f4": "<f4", "<f8": "<f8", "<i4": "<i4", "<i8": "<i8"}
+_DTYPE_NAMES = {np.dtype(n): n for n in ("float32", "float64", "int32", "int64")}
+_NATIVE_LE = sys.byteorder == "little"
+
+
+class ProtocolError(Exception):
+    """A message that cannot be served as sent: carries a stable `code` and, when known, the request id."""
+
+    def __init__(self, code: str, message: str, request_id=None):
+        super().__init__(message)
+        self.code, self.message, self.request_id = code, message, request_id
+
+
+class Request:
+    """A decoded, type-checked request: op, id, fields (arrays still undecoded: see to_array)."""
+
+    __slots__ = ("op", "id", "fields", "lists")
+
+    def __init__(self, op, request_id, fields, lists=False):
+        self.op, self.id, self.fields, self.lists = op, request_id, fields, lists
+
+    def __repr__(self):
+        return f"Request(op={self.op!r}, id={self.id!r})"
+
+
+# ---- arrays ---------------------------------------------------------------------------------------
+def array_map(a: np.ndarray) -> dict:
+    """A numpy array as the wire's {"dtype", "shape", "data"} map (data little-endian, C order)."""
+    a = np.asarray(a)
+    name = _DTYPE_NAMES.get(a.dtype) or a.dtype.name
+    if not _NATIVE_LE or a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return {"dtype": name, "shape": list(a.shape), "data": a.tobytes()}  # tobytes is C order
+
+
+def to_array(value, field: str = "array") -> np.ndarray:
+    """A wire array (bin map or nested lists of numbers) as a writable numpy array; ProtocolError if not."""
+    if isinstance(value, dict):
+        return _from_map(value, field)
+    if isinstance(value, (list, tuple)):
+        try:
+            a = np.array(value)
+        except (ValueError, TypeError) as e:
+            raise ProtocolError(BAD_INPUT, f"{field}: nested lists are not a rectangular array ({e})") from None
+        if a.dtype.kind not in "fiu" or a.ndim > MAX_ARRAY_RANK:
+            raise ProtocolError(BAD_INPUT, f"{field}: expected (nested) lists of numbers, got elements of "
+                                           f"type {a.dtype} with rank {a.ndim}")
+        return a
+    raise ProtocolError(BAD_REQUEST, f"{field}: expected an array map {{dtype, shape, data}} or a list of "
+                                     f"numbers, got {type(value).__name__}")
+
+
+def _from_map(m: dict, field: str) -> np.ndarray:
+    dtype, shape, data = m.get("dtype"), m.get("shape"), m.get("data")
+    if dtype not in WIRE_DTYPES:
+        raise ProtocolError(BAD_INPUT, f"{field}.dtype is {dtype!r}; expected one of float32, float64, int32, "
+                                       "int64 (little-endian)")
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_ARRAY_RANK or \
+            not all(type(n) is int and n >= 0 for n in shape):
+        raise ProtocolError(BAD_INPUT, f"{field}.shape is {shape!r}; expected a list of at most "
+                                       f"{MAX_ARRAY_RANK} non-negative ints")
+    if not isinstance(data, (bytes, bytearray)):
+        raise ProtocolError(BAD_INPUT, f"{field}.data is {type(data).__name__}; expected bin (raw bytes)")
+    dt = np.dtype(WIRE_DTYPES[dtype])
+    want = math.prod(shape) * dt.itemsize
+    if len(data) != want:
+        raise ProtocolError(BAD_INPUT, f"{field}.data has {len(data)} bytes; shape {list(shape)} of {dtype} "
+                                       f"needs {want}")
+    # a copy: writable, native byte order, and free of the message buffer
+    return np.frombuffer(data, dt).reshape(shape).astype(dt.newbyteorder("="))
+
+
+def lists_of(a: np.ndarray) -> list:
+    """A numpy array as nested lists (the reply form when a request sets "lists": true)."""
+    return np.asarray(a).tolist()
+
+
+# ---- encoding and decoding -------------------------------------------------------------------------
+def _default(obj):
+    if isinstance(obj, np.ndarray):
+        return array_map(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__} on the wire")
+
+
+class Codec:
+    """Encoder (one reused Packer) and bounded decoder; one per socket owner, not shared between threads."""
+
+    def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES):
+        self.max_message_bytes = max_message_bytes
+        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default)
+
+    def encode(self, msg: dict) -> bytes:
+        """One message (numpy arrays in it become array maps) as msgpack bytes."""
+        return self._packer.pack(msg)
+
+    def request(self, op: str, request_id, fields: dict) -> bytes:
+        """An encoded request."""
+        return self.encode({"v": PROTOCOL_VERSION, "id": request_id, "op": op, **fields})
+
+    def ok(self, request_id, result: dict) -> bytes:
+        """An encoded success reply."""
+        return self.encode({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, **result})
+
+    def error(self, request_id, code: str, message: str) -> bytes:
+        """An encoded error reply."""
+        return self.encode({"v": PROTOCOL_VERSION, "id": request_id, "ok": False,
+                            "error": {"code": code, "message": message}})
+
+    def decode(self, data) -> dict:
+        """msgpack bytes -> map, with size and structure bounds; ProtocolError otherwise."""
+        if len(data) > self.max_message_bytes:
+            raise ProtocolError(TOO_LARGE, f"message of {len(data)} bytes is larger than the bound of "
+                                           f"{self.max_message_bytes} bytes")
+        try:
+            msg = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        except Exception as e:  # msgpack raises ValueError, ExtraData, StackError, UnicodeDecodeError...
+            raise ProtocolError(BAD_MESSAGE, f"not a valid msgpack message ({type(e).__name__}: {e})") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError(BAD_MESSAGE, f"a message must be a msgpack map, got {type(msg).__name__}")
+        return msg
+
+    def decode_request(self, data) -> Request:
+        """Bytes -> Request with op and field types checked; ProtocolError (carrying the id if known)."""
+        return parse_request(self.decode(data))
+
+    def decode_reply(self, data) -> dict:
+        """Bytes -> reply map with "id" and "ok" checked (arrays still maps: see to_array)."""
+        msg = self.decode(data)
+        if "ok" not in msg or "id" not in msg:
+            raise ProtocolError(BAD_MESSAGE, "a reply must have 'id' and 'ok'")
+        return msg
+
+
+def parse_request(msg: dict) -> Request:
+    """Check a decoded map against REQUEST_FIELDS; unknown fields are skipped."""
+    rid = msg.get("id")
+    if not (rid is None or type(rid) is int or (isinstance(rid, str) and len(rid) <= MAX_REQUEST_ID_LENGTH)):
+        raise ProtocolError(BAD_REQUEST, f"'id' must be an int, a str of at most {MAX_REQUEST_ID_LENGTH} "
+                                         f"characters, or nil; got {type(rid).__name__}")
+    version = msg.get("v")
+    if version != PROTOCOL_VERSION:
+        code = BAD_REQUEST if version is None else BAD_VERSION
+        raise ProtocolError(code, f"'v' is {version!r}; this daemon speaks protocol version {PROTOCOL_VERSION}",
+                            rid)
+    op = msg.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError(BAD_REQUEST, f"'op' must be a str, got {type(op).__name__}", rid)
+    spec = REQUEST_FIELDS.get(op)
+    if spec is None:
+        raise ProtocolError(UNKNOWN_OP, f"unknown op {op[:64]!r}; expected one of {', '.join(OPS)}", rid)
+    fields = {}
+    for name, (kind, default) in spec.items():
+        fields[name] = _field(msg, name, kind, default, op, rid)
+    lists = _field(msg, "lists", "bool", False, op, rid)
+    if op == "step_many" and (fields["x"] is None) == (fields["xs"] is None):
+        raise ProtocolError(BAD_REQUEST, "step_many needs exactly one of 'x' (one row per stream) or 'xs' "
+                                         "(a list of arrays, one per stream)", rid)
+    return Request(op, rid, fields, lists)
+
+
+def _field(msg, name, kind, default, op, rid):
+    if name not in msg or msg[name] is None:
+        if default is REQUIRED:
+            raise ProtocolError(BAD_REQUEST, f"op {op!r} needs field {name!r} ({_KIND_TEXT[kind]})", rid)
+        return default
+    value = msg[name]
+    if not _KIND_CHECK[kind](value):
+        raise ProtocolError(BAD_REQUEST, f"field {name!r} of op {op!r} must be {_KIND_TEXT[kind]}, got "
+                                         f"{type(value).__name__}", rid)
+    return value
+
+
+def _is_id(v):
+    return isinstance(v, str) or (type(v) is int)
+
+
+_KIND_CHECK = {
+    "id": _is_id,
+    "ids": lambda v: isinstance(v, list) and all(_is_id(i) for i in v),
+    "int": lambda v: type(v) is int,
+    "bool": lambda v: type(v) is bool,
+    "array": lambda v: isinstance(v, (dict, list)),
+    "arrays": lambda v: isinstance(v, list) and all(isinstance(a, (dict, list)) for a in v),
+}
+_KIND_TEXT = {
+    "id": "a stream id (str or int)", "ids": "a list of stream ids (str or int)", "int": "an int",
+    "bool": "a bool", "array": "an array (map {dtype, shape, data} or nested lists)",
+    "arrays": "a list of arrays",
+}
