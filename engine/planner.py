@@ -1,0 +1,91 @@
+"""Cellular batching planner: turns the step requests of one loop turn into one ragged step_batch call.
+
+Idea: every step request that arrived since the last turn brings one or more (stream, samples) segments. The
+plan lists them in arrival order; Streams.step_batch groups them per stream (keeping that order) and runs one
+kernel call for all of them, so each stream advances exactly as if its requests had come alone. Every request
+is validated here, before the call, so a bad one gets its own error and never fails the batch; store capacity
+is reserved per request in arrival order, so a full store refuses exactly the requests that would overflow it.
+The planner builds lists of ids and arrays only: it never touches weights or state.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lstm_stream.errors import InputError, StoreFullError
+from lstm_stream.protocol import BAD_INPUT, ProtocolError, to_array
+from lstm_stream.state import check_id
+
+
+class StepPlan:
+    """The step segments of one turn: ids and (T_k, I) inputs in arrival order, and who asked for which."""
+
+    def __init__(self, streams):
+        self.streams = streams
+        self.ids: list = []        # one stream id per segment
+        self.xs: list = []         # (T_k, I) validated inputs, one per segment
+        self.parts: list = []      # (request, first segment, segment count, reply form)
+        self._new: set = set()     # ids this plan creates (not yet in the store)
+
+    def __len__(self):
+        return len(self.parts)
+
+    def add(self, req) -> None:
+        """Validate one step/step_many request and append its segments; raises without changing the plan."""
+        f = req.fields
+        if req.op == "step":
+            a = to_array(f["x"], "x")
+            ids, segs, form = [f["stream"]], [self._check(a, "x")], "row" if a.ndim == 1 else "rows"
+        elif f["x"] is not None:
+            ids = f["streams"]
+            X = self._check(to_array(f["x"], "x"), "x")
+            if X.shape[0] != len(ids):
+                raise InputError(f"x has {X.shape[0]} rows but 'streams' lists {len(ids)} ids; expected one row "
+                                 "per stream")
+            segs, form = [X[k:k + 1] for k in range(len(ids))], "matrix"
+        else:
+            ids, xs = f["streams"], f["xs"]
+            if len(xs) != len(ids):
+                raise InputError(f"'xs' has {len(xs)} arrays but 'streams' lists {len(ids)} ids; expected one "
+                                 "array per stream")
+            arrs = [to_array(a, f"xs[{k}]") for k, a in enumerate(xs)]
+            segs = [self._check(a, f"xs[{k}]") for k, a in enumerate(arrs)]
+            form = ["row" if a.ndim == 1 else "rows" for a in arrs]
+        if not ids:
+            raise ProtocolError(BAD_INPUT, "'streams' is empty; expected at least one stream id")
+        self._reserve(ids)
+        self.parts.append((req, len(self.ids), len(ids), form))
+        self.ids.extend(ids)
+        self.xs.extend(segs)
+
+    def _check(self, a, what):
+        return self.streams.check_input(a, what)
+
+    def _reserve(self, ids):
+        for i in ids:
+            check_id(i)
+        new = {i for i in ids if i not in self.streams and i not in self._new}
+        limit = self.streams.stats()["max_streams"] if new else None
+        if limit is not None and len(self.streams) + len(self._new) + len(new) > limit:
+            raise StoreFullError(f"the store is full: {len(self.streams) + len(self._new)} of max_streams={limit} "
+                                 f"streams in use or being created, this request adds {len(new)}; drop streams "
+                                 "or raise --max-streams")
+        self._new |= new
+
+    def run(self) -> list:
+        """One step_batch call for the whole plan; returns [(request, result map)] in arrival order."""
+        if not self.parts:
+            return []
+        outs = self.streams.step_batch(self.ids, self.xs)
+        results = []
+        for req, first, n, form in self.parts:
+            ys = outs[first:first + n]
+            if form == "row":
+                results.append((req, {"y": ys[0][0]}))
+            elif form == "rows":
+                results.append((req, {"y": ys[0]}))
+            elif form == "matrix":
+                results.append((req, {"y": np.concatenate(ys) if n > 1 else ys[0]}))
+            else:
+                results.append((req, {"ys": [y[0] if f == "row" else y for y, f in zip(ys, form)]}))
+        return results
+

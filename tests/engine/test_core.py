@@ -1,0 +1,210 @@
+"""EngineCore in-process: every op, cellular batching, arrival order, isolation of bad requests, limits."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from models import random_model
+
+import lstm_stream as ls
+from engine.core import EngineConfig, EngineCore
+from lstm_stream import protocol as P
+
+I = 4
+
+
+@pytest.fixture(scope="module")
+def ar_model():
+    return random_model(np.random.default_rng(3), I=I, H=8, L=2, O=I, head_activation="none")
+
+
+@pytest.fixture(scope="module")
+def cls_model():
+    return random_model(np.random.default_rng(4), I=I, H=8, L=1, O=3)
+
+
+def make_core(model, **config):
+    return EngineCore(ls.Streams(model, max_streams=config.pop("max_streams", None)), EngineConfig(**config))
+
+
+def req(op, rid=1, **fields):
+    return {"v": 1, "id": rid, "op": op, **fields}
+
+
+def submit_all(core, msgs):
+    """Queue every message, serve one turn; replies decoded, in arrival order."""
+    immediate = [core.submit(k, core.codec.encode(m)) for k, m in enumerate(msgs)]
+    replies = dict(core.step())
+    for k, r in enumerate(immediate):
+        if r is not None:
+            replies[k] = r
+    return [core.codec.decode(replies[k]) for k in range(len(msgs))]
+
+
+def y_of(reply):
+    assert reply["ok"], reply
+    return P.to_array(reply["y"])
+
+
+def test_step_returns_what_streams_returns(ar_model):
+    core, ref = make_core(ar_model), ls.Streams(ar_model)
+    x = np.random.default_rng(0).normal(size=(5, I)).astype(np.float32)
+    np.testing.assert_array_equal(y_of(core.call(req("step", stream="a", x=x[0]))), ref.step("a", x[0]))
+    np.testing.assert_array_equal(y_of(core.call(req("step", stream="a", x=x[1:]))), ref.step("a", x[1:]))
+    np.testing.assert_array_equal(y_of(core.call(req("step", stream=7, x=x[0].tolist()))), ref.step(7, x[0]))
+
+
+def test_one_turn_is_one_kernel_call_in_arrival_order(ar_model):
+    rng = np.random.default_rng(1)
+    xs = rng.normal(size=(30, I)).astype(np.float32)
+    ids = [f"s{k % 4}" for k in range(30)]
+    core = make_core(ar_model)
+    replies = submit_all(core, [req("step", k, stream=i, x=x) for k, (i, x) in enumerate(zip(ids, xs))])
+    assert core.metrics["batches"] == 1 and core.metrics["batched_requests"] == 30
+    ref = ls.Streams(ar_model)
+    for k, (i, x) in enumerate(zip(ids, xs)):
+        assert replies[k]["id"] == k
+        np.testing.assert_array_equal(y_of(replies[k]), ref.step(i, x))
+
+
+def test_step_many_matrix_and_ragged_forms(ar_model):
+    rng = np.random.default_rng(2)
+    core, ref = make_core(ar_model), ls.Streams(ar_model)
+    X = rng.normal(size=(3, I)).astype(np.float32)
+    y = y_of(core.call(req("step_many", streams=["a", "b", "a"], x=X)))
+    np.testing.assert_array_equal(y, ref.step_many(["a", "b", "a"], X))
+    xs = [rng.normal(size=(2, I)), rng.normal(size=I)]
+    r = core.call(req("step_many", streams=["b", "c"], xs=xs))
+    ys = [P.to_array(a) for a in r["ys"]]
+    assert ys[0].shape == (2, I) and ys[1].shape == (I,)
+    np.testing.assert_array_equal(ys[0], ref.step("b", xs[0]))
+    np.testing.assert_array_equal(ys[1], ref.step("c", xs[1]))
+
+
+def test_bad_request_in_a_batch_fails_alone(ar_model):
+    x = np.ones(I, np.float32)
+    core = make_core(ar_model)
+    msgs = [req("step", 0, stream="a", x=x), req("step", 1, stream="b", x=[1.0, np.nan, 0, 0]),
+            req("step", 2, stream="c", x=np.ones(3)), req("step", 3, stream="d" * 300, x=x),
+            req("step_many", 4, streams=["a", "e"], x=np.ones((3, I))), req("step", 5, stream="a", x=x)]
+    replies = submit_all(core, msgs)
+    assert [r["ok"] for r in replies] == [True, False, False, False, False, True]
+    assert {r["error"]["code"] for r in replies if not r["ok"]} == {P.BAD_INPUT}
+    assert "NaN" in replies[1]["error"]["message"] and "(3,)" in replies[2]["error"]["message"]
+    assert sorted(core.streams.ids()) == ["a"] and core.metrics["batches"] == 1
+    ref = ls.Streams(ar_model)
+    ref.step("a", x)
+    np.testing.assert_array_equal(y_of(replies[5]), ref.step("a", x))
+
+
+def test_store_full_refuses_exactly_the_overflowing_requests(ar_model):
+    core = make_core(ar_model, max_streams=3)
+    x = np.zeros(I)
+    msgs = [req("step", k, stream=s, x=x) for k, s in enumerate(["a", "b", "a", "c", "d", "b"])]
+    msgs.append(req("step_many", 6, streams=["a", "e"], x=np.zeros((2, I))))
+    codes = [r["ok"] or r["error"]["code"] for r in submit_all(core, msgs)]
+    assert codes == [True, True, True, True, P.STORE_FULL, True, P.STORE_FULL]
+    assert sorted(core.streams.ids()) == ["a", "b", "c"]
+
+
+def test_other_ops_see_the_steps_that_arrived_before_them(ar_model):
+    core, ref = make_core(ar_model), ls.Streams(ar_model)
+    x = np.full(I, 0.5, np.float32)
+    msgs = [req("step", 0, stream="a", x=x), req("get_state", 1, stream="a"), req("reset", 2, stream="a"),
+            req("step", 3, stream="a", x=x), req("copy", 4, src="a", dst="b"), req("ping", 5),
+            req("step", 6, stream="b", x=x), req("drop", 7, stream="a"), req("step", 8, stream="a", x=x)]
+    r = submit_all(core, msgs)
+    assert all(m["ok"] for m in r), r
+    y1 = ref.step("a", x)
+    np.testing.assert_array_equal(P.to_array(r[1]["h"]), ref.get_state("a").h)
+    assert r[1]["steps"] == 1
+    ref.reset("a")
+    np.testing.assert_array_equal(y_of(r[3]), ref.step("a", x))
+    ref.copy("a", "b")
+    np.testing.assert_array_equal(y_of(r[6]), ref.step("b", x))
+    np.testing.assert_array_equal(y_of(r[8]), y1)  # dropped, then new: from zero state again
+    assert core.metrics["batches"] == 4  # ping does not split a batch; the others do
+
+
+def test_state_ops_and_errors(ar_model, cls_model):
+    core = make_core(ar_model)
+    assert core.call(req("get_state", stream="nope"))["error"]["code"] == P.UNKNOWN_STREAM
+    st = core.call(req("get_state", stream="nope", lists=True))
+    assert st["error"]["code"] == P.UNKNOWN_STREAM
+    h, c = np.ones((2, 8)), np.zeros((2, 8))
+    assert core.call(req("set_state", stream="z", h=h, c=c, steps=5))["ok"]
+    got = core.call(req("get_state", stream="z", lists=True))
+    assert got["h"] == h.tolist() and got["c"] == c.tolist() and got["steps"] == 5
+    bad = core.call(req("set_state", stream="z", h=np.ones((2, 7)), c=c))
+    assert bad["error"]["code"] == P.BAD_INPUT and "(2, 8)" in bad["error"]["message"]
+    assert core.call(req("set_state", stream="z", h=h, c=c, steps=-1))["error"]["code"] == P.BAD_INPUT
+    assert core.call(req("copy", src="nope", dst="y"))["error"]["code"] == P.UNKNOWN_STREAM
+    assert core.call(req("streams"))["streams"] == ["z"]
+    assert core.call(req("streams", offset=-1))["error"]["code"] == P.BAD_REQUEST
+    assert core.call(req("snapshot"))["error"]["code"] == P.UNSUPPORTED
+
+
+def test_forecast(ar_model, cls_model):
+    core, ref = make_core(ar_model), ls.Streams(ar_model)
+    x = np.full((3, I), 0.25)
+    core.call(req("step", stream="a", x=x))
+    ref.step("a", x)
+    y = y_of(core.call(req("forecast", stream="a", horizon=6)))
+    np.testing.assert_array_equal(y, ref.forecast("a", 6))
+    assert core.call(req("forecast", stream="a", horizon=0))["error"]["code"] == P.BAD_INPUT
+    cls = make_core(cls_model)
+    cls.call(req("step", stream="a", x=x))
+    r = cls.call(req("forecast", stream="a", horizon=3))
+    assert r["error"]["code"] == P.UNSUPPORTED and "autoregressive" in r["error"]["message"]
+
+
+def test_info(ar_model):
+    core = make_core(ar_model, max_streams=10)
+    core.call(req("step", stream="a", x=np.zeros(I)))
+    info = core.call(req("info"))
+    assert info["fingerprint"] == ar_model.fingerprint and info["model"] == ar_model.config()
+    assert info["backend"] == "cpu" and info["streams"] == 1 and info["max_streams"] == 10
+    assert info["protocol"] == P.PROTOCOL_VERSION and info["counters"]["batches"] == 1
+
+
+def test_busy_when_the_queue_is_full(ar_model):
+    core = make_core(ar_model, max_pending=3, max_batch=2)
+    x = np.zeros(I)
+    immediate = [core.submit(k, core.codec.request("step", k, {"stream": "a", "x": x})) for k in range(5)]
+    assert immediate[:3] == [None] * 3
+    for data in immediate[3:]:
+        r = core.codec.decode(data)
+        assert r["error"]["code"] == P.BUSY and "not applied" in r["error"]["message"]
+    assert len(core.step()) == 2 and core.pending == 1 and len(core.step()) == 1
+    assert core.streams.stream_info("a")["steps"] == 3
+
+
+def test_undecodable_requests_get_error_replies(ar_model):
+    core = make_core(ar_model, max_message_bytes=1000)
+    cases = [(b"\xc1", P.BAD_MESSAGE), (b"\x93\x01\x02\x03", P.BAD_MESSAGE), (b"\x00" * 1001, P.TOO_LARGE),
+             (core.codec.encode({"v": 1, "id": 9, "op": "fly"}), P.UNKNOWN_OP)]
+    for data, code in cases:
+        r = core.codec.decode(core.submit(None, data))
+        assert r["ok"] is False and r["error"]["code"] == code
+    assert core.pending == 0 and core.metrics["errors"] == 4
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3), st.booleans()), min_size=1, max_size=25),
+       st.integers(1, 6))
+def test_any_split_into_turns_equals_streams_alone(ops, max_batch):
+    model = random_model(np.random.default_rng(5), I=2, H=4, L=1, O=2)
+    core = EngineCore(ls.Streams(model), EngineConfig(max_batch=max_batch))
+    rng = np.random.default_rng(len(ops))
+    msgs, expect = [], []
+    alone = {}
+    for k, (s, T, one) in enumerate(ops):
+        x = rng.normal(size=(2,) if one else (T, 2)).astype(np.float32)
+        msgs.append(core.codec.request("step", k, {"stream": s, "x": x}))
+        alone.setdefault(s, ls.Streams(model))
+        expect.append(alone[s].step(s, x))
+    for k, m in enumerate(msgs):
+        assert core.submit(k, m) is None
+    replies = {}
+    while core.pending:
+        replies.update(core.step())
+    for k, want in enumerate(expect):
+        np.testing.assert_array_equal(y_of(core.codec.decode(replies[k])), want)
