@@ -21,6 +21,7 @@ log = logging.getLogger("lstm_stream")
 
 # Threads per block: enough warps to cover H units once up to this size; more units loop per thread.
 MAX_THREADS = 256
+MIN_THREADS = 32  # one warp
 # Shared memory a block may use without opting in (CUDA's portable default); more needs the opt-in below.
 DEFAULT_SHARED_BYTES = 48 * 1024
 # Blocks per SM we aim for when weights are staged (each stages its own copy, so fewer is cheaper).
@@ -47,7 +48,7 @@ class CUDABackend:
             self._kernels = _Kernels(model.dtype)
         except Exception as e:  # out of memory, no NVVM, driver trouble: fail at construction, clearly
             raise BackendError(f"backend='cuda' could not set up its kernels and device memory: {e}") from e
-        self.threads = min(MAX_THREADS, max(32, -(-max(H, P, O) // 32) * 32))
+        self.threads = min(MAX_THREADS, max(MIN_THREADS, -(-max(H, P, O) // 32) * 32))
         self._geometry(wbuf, meta)
         self._pending = []  # slots to zero before the next use of the slab (zero() is batched)
         self._n_rows, self._n_streams = 0, 0
