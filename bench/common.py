@@ -1,0 +1,202 @@
+"""Shared by every benchmark: interleaved timing, machine facts, markdown sections, subprocess servers.
+
+Timing rule for every comparison: all contenders of one configuration are built in one process, warmed up,
+then timed in rounds; each round times a block of calls of every contender, in a rotating order, so drift
+(other load, turbo, thermal) hits all of them alike. The figure is the median over rounds of time per call.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+# libgomp / ORT pools spin a little after each call; a pause between blocks keeps one contender's spinning
+# threads from stealing a core from the next one on a small machine (the pause is not timed).
+SETTLE_S = 0.002
+
+
+# ---- timing -------------------------------------------------------------------------------------------
+def calibrate(fn, target_s: float, max_calls: int = 1_000_000) -> int:
+    """Number of calls of fn that take about target_s (at least 1)."""
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= target_s / 4 or n >= max_calls:
+            return max(1, min(max_calls, int(n * target_s / max(dt, 1e-9))))
+        n *= 4
+
+
+def interleaved(fns: dict, *, rounds: int, block_s: float, warmup_s: float) -> dict:
+    """{name: median seconds per call} for callables fns {name: fn}, timed in interleaved rounds."""
+    names = list(fns)
+    for name in names:  # warm-up: caches, JIT, thread pools, allocator
+        t_end = time.perf_counter() + warmup_s
+        fns[name]()
+        while time.perf_counter() < t_end:
+            fns[name]()
+    calls = {name: calibrate(fns[name], block_s) for name in names}
+    per_call = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            fn, n = fns[name], calls[name]
+            time.sleep(SETTLE_S)
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                fn()
+            per_call[name].append((time.perf_counter_ns() - t0) * 1e-9 / n)
+    return {name: statistics.median(v) for name, v in per_call.items()}
+
+
+def spread(a: float, b: float) -> float:
+    """Relative spread of two runs' figures: |a - b| / mean."""
+    m = (a + b) / 2
+    return abs(a - b) / m if m else 0.0
+
+
+def percentile(values, q: float) -> float:
+    """q-th percentile (0..100) by nearest rank of a non-empty sequence."""
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
+    return s[k]
+
+
+# ---- machine facts -------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict:
+    """Versions of python and of every library a benchmark may load (None when not installed)."""
+    out = {"python": platform.python_version()}
+    for mod in ("numpy", "numba", "torch", "onnxruntime", "zmq", "msgpack"):
+        try:
+            out["pyzmq" if mod == "zmq" else mod] = __import__(mod).__version__
+        except Exception:  # not installed: say so in the table instead of failing
+            out["pyzmq" if mod == "zmq" else mod] = None
+    return out
+
+
+def machine_lines(extra: dict | None = None) -> list:
+    """Markdown bullet lines naming the machine, the versions and (extra) the thread settings."""
+    v = versions()
+    lines = [f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} "
+             f"{platform.release()}",
+             "- versions: " + ", ".join(f"{k} {val or 'n/a'}" for k, val in v.items()),
+             f"- run at {time.strftime('%Y-%m-%d %H:%M %Z')}; load average before: "
+             f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"]
+    for k, val in (extra or {}).items():
+        lines.append(f"- {k}: {val}")
+    return lines
+
+
+# ---- docs/benchmarks.md sections ------------------------------------------------------------------------
+def markers(name: str):
+    return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+
+
+def write_section(name: str, body: str, path: Path = DOC) -> None:
+    """Replace the text between this benchmark's markers in `path` (appending them if absent); other
+    sections are untouched. An exclusive lock serialises concurrent writers; the file is replaced atomically."""
+    start, end = markers(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text() if path.exists() else "# Benchmarks\n"
+        block = f"{start}\n{body.rstrip()}\n{end}"
+        pat = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+        text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        os.unlink(str(path) + ".lock")
+
+
+def table(header: list, rows: list) -> str:
+    """A markdown table."""
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def goal_line(text: str, met: bool | None, figures: str) -> str:
+    mark = "n/a" if met is None else ("**met**" if met else "**not met**")
+    return f"- {text}: {mark} ({figures})"
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """A number with `digits` significant digits, thousands separated when large."""
+    if x is None:
+        return "n/a"
+    if abs(x) >= 10 ** digits:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+# ---- processes and ports ----------------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**overrides) -> dict:
+    """os.environ with the repo on PYTHONPATH, plus overrides (a value of None removes the variable)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    for k, v in overrides.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+@contextlib.contextmanager
+def subprocess_server(args: list, *, env=None, log_path=None):
+    """Run `args` as a child process for the duration of the block; always terminate (then kill) it."""
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(args, env=env or clean_env(), stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+        if log_path:
+            out.close()
+
+
+def stop_process(proc, timeout: float = 5.0) -> None:
+    """SIGTERM, wait, then SIGKILL: the child is gone when this returns."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def python() -> str:
+    return sys.executable
