@@ -57,6 +57,7 @@ class Replay:
 
     X: np.ndarray
     labels: np.ndarray
+    index: np.ndarray  # (N,) each recording's case number in the source split (the replay order mixes classes)
     class_names: tuple
     channel_names: tuple
     sample_rate_hz: float
@@ -69,7 +70,7 @@ class Replay:
         """The first n recordings (expected accuracy no longer applies, so it is recomputed by callers)."""
         if not 1 <= n <= len(self.X):
             raise ValueError(f"subset size must be in 1..{len(self.X)}, got {n}")
-        return Replay(self.X[:n], self.labels[:n], self.class_names, self.channel_names, self.sample_rate_hz,
+        return Replay(self.X[:n], self.labels[:n], self.index[:n], self.class_names, self.channel_names, self.sample_rate_hz,
                       self.source, self.licence, self.model_fingerprint, self.expected)
 
 
@@ -97,23 +98,26 @@ def load_replay(path=None) -> Replay:
     path = default_model_path().with_name(REPLAY_FILE) if path is None else Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            X, labels, meta = z["X"], z["labels"], json.loads(z["meta"].tobytes().decode())
+            X, labels, index = z["X"], z["labels"], z["index"]
+            meta = json.loads(z["meta"].tobytes().decode())
     except (KeyError, ValueError, OSError) as e:
-        raise ModelError(f"{path}: not a readable replay file with X, labels and meta ({e})") from e
-    return Replay(X, labels, tuple(meta["class_names"]), tuple(meta["channel_names"]),
+        raise ModelError(f"{path}: not a readable replay file with X, labels, index and meta ({e})") from e
+    return Replay(X, labels, index, tuple(meta["class_names"]), tuple(meta["channel_names"]),
                   float(meta["sample_rate_hz"]), meta["source"], meta["licence"], meta["model_fingerprint"],
                   Accuracy(**meta["accuracy"]))
 
 
-def save_replay(path, X, labels, meta: dict) -> None:
-    """Write a replay file: X (N, T, C) float32, labels (N,) int64, meta (JSON: names, rate, source, accuracy)."""
+def save_replay(path, X, labels, meta: dict, index=None) -> None:
+    """Write a replay file: X (N, T, C) float32, labels (N,), source case numbers index (N,), meta (JSON)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
-    if X.ndim != 3 or labels.shape != (X.shape[0],):
-        raise ValueError(f"expected X (N, T, C) and labels (N,), got {X.shape} and {labels.shape}")
+    index = np.arange(len(X)) if index is None else np.ascontiguousarray(index, dtype=np.int64)
+    if X.ndim != 3 or labels.shape != (X.shape[0],) or index.shape != labels.shape:
+        raise ValueError(f"expected X (N, T, C), labels (N,) and index (N,), got {X.shape}, {labels.shape} "
+                         f"and {index.shape}")
     blob = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     with open(path, "wb") as f:
-        np.savez_compressed(f, X=X, labels=labels, meta=blob)
+        np.savez_compressed(f, X=X, labels=labels, index=index, meta=blob)
 
 
 def accuracy(predictions, labels) -> Accuracy:

@@ -55,6 +55,14 @@ def load_split(split: str):
     return np.ascontiguousarray(X.transpose(0, 2, 1)), y
 
 
+def interleave_classes(y):
+    """Recording order that cycles through the classes (first of each, second of each, ...); stable."""
+    rank = np.zeros(len(y), dtype=np.int64)
+    for k in np.unique(y):
+        rank[y == k] = np.arange(np.count_nonzero(y == k))
+    return np.lexsort((y, rank))
+
+
 def step_weights(T: int):
     """Loss weight per timestep: rises linearly, so late steps (more evidence) count more; mean 1."""
     w = np.arange(1, T + 1, dtype=np.float64)
@@ -132,6 +140,8 @@ def main(argv=None):
     raw_lstm = fold_standardisation(lstm, mean, std)
     model = ls.LSTMModel.from_torch(raw_lstm, head=head, head_activation="softmax", name=MODEL_NAME)
 
+    order = interleave_classes(y_test)  # so that the first N recordings (demo --limit N) mix the activities
+    X_test, y_test = X_test[order], y_test[order]
     X_replay = X_test.astype(np.float32)
     train_acc = defaults.accuracy(torch_predictions(raw_lstm, head, X_train.astype(np.float32))[0], y_train)
     torch_pred, torch_probs = torch_predictions(raw_lstm, head, X_replay)
@@ -155,7 +165,7 @@ def main(argv=None):
         "training": {"script": "scripts/train_default_model.py", "seed": SEED, "hidden": HIDDEN,
                      "epochs": EPOCHS, "lr": LR, "noise": NOISE, "torch": torch.__version__},
     }
-    defaults.save_replay(args.out / "default_replay.npz", X_replay, y_test, meta)
+    defaults.save_replay(args.out / "default_replay.npz", X_replay, y_test, meta, index=order)
     print(f"wrote {args.out / 'default_model.npz'} (fingerprint {model.fingerprint}) "
           f"and {args.out / 'default_replay.npz'}")
     print(json.dumps(meta["accuracy"]))

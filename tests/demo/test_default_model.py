@@ -43,13 +43,15 @@ def test_replay_set_is_the_heldout_split(replay):
     assert len(replay.channel_names) == 6 and replay.sample_rate_hz == 10.0
     assert "BasicMotions" in replay.source and "BSD-3-Clause" in replay.licence
     assert np.all(np.isfinite(replay.X))
+    assert sorted(replay.labels[:4].tolist()) == [0, 1, 2, 3]  # the first recordings mix the activities
 
 
 def test_replay_set_equals_aeons_test_split(replay):
     aeon_datasets = pytest.importorskip("aeon.datasets")
     X, labels = aeon_datasets.load_basic_motions(split="test")
-    np.testing.assert_array_equal(replay.X, X.transpose(0, 2, 1).astype(np.float32))
-    assert [replay.class_names[k] for k in replay.labels] == [str(s) for s in labels]
+    assert sorted(replay.index.tolist()) == list(range(40))
+    np.testing.assert_array_equal(replay.X, X[replay.index].transpose(0, 2, 1).astype(np.float32))
+    assert [replay.class_names[k] for k in replay.labels] == [str(s) for s in labels[replay.index]]
 
 
 def test_offline_accuracy_equals_documented_figures(replay):
@@ -108,7 +110,8 @@ def test_replay_round_trip_and_subset(tmp_path, replay):
     defaults.save_replay(path, np.ones((3, 4, 1)), np.array([0, 1, 1]), meta)
     r = defaults.load_replay(path)
     assert r.X.dtype == np.float32 and r.X.shape == (3, 4, 1) and r.class_names == ("a", "b")
-    assert r.subset(2).X.shape == (2, 4, 1)
+    assert r.index.tolist() == [0, 1, 2]
+    assert r.subset(2).X.shape == (2, 4, 1) and r.subset(2).index.tolist() == [0, 1]
     with pytest.raises(ValueError, match="subset size"):
         replay.subset(41)
 
