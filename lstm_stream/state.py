@@ -27,7 +27,7 @@ class StreamState:
 
 
 def check_id(stream_id):
-    """Return stream_id if it is a valid id (non-empty str of <= 256 chars, or an int64); else raise."""
+    """Return the id normalised (numpy ints -> int) if valid (str of 1-256 chars, or an int64); else raise."""
     if isinstance(stream_id, str):
         if not 0 < len(stream_id) <= MAX_ID_LENGTH:
             raise InputError(f"stream id must be a non-empty str of at most {MAX_ID_LENGTH} characters, "
@@ -84,9 +84,11 @@ class StateStore:
 
     # ---- changes ---------------------------------------------------------------------------------
     def reserve(self, new_ids) -> None:
-        """Check that len(new_ids) unknown ids fit under max_streams; raise StoreFullError otherwise."""
+        """Check that the unknown ids among new_ids fit under max_streams; raise StoreFullError otherwise."""
+        if self.max_streams is None or not new_ids:
+            return
         n_new = sum(1 for i in set(new_ids) if i not in self._slots)
-        if self.max_streams is not None and len(self._slots) + n_new > self.max_streams:
+        if len(self._slots) + n_new > self.max_streams:
             raise StoreFullError(f"the store is full: {len(self._slots)} of max_streams={self.max_streams} "
                                  f"streams in use, {n_new} new stream(s) asked for; drop streams or raise "
                                  "max_streams")

@@ -39,6 +39,8 @@ class Streams:
         self._store = StateStore(max_streams=max_streams, initial_capacity=initial_capacity,
                                  on_grow=self._grow)
         self._backend = make_backend(backend, model, self._store.capacity, threads=threads)
+        from .kernels.cpu import all_finite
+        self._all_finite = all_finite
 
     def _grow(self, capacity):
         self._backend.grow(capacity)
@@ -76,28 +78,33 @@ class Streams:
     def check_input(self, x, what="x") -> np.ndarray:
         """x as a C-contiguous (T, I) array of the model's dtype; InputError naming the problem otherwise."""
         I = self.model.input_size
-        try:
-            arr = np.asarray(x)
-        except Exception as e:  # ragged nested lists and the like
-            raise InputError(f"{what} is not an array of numbers ({e})") from None
-        if arr.dtype.kind not in "fiu":
-            raise InputError(f"{what} has dtype {arr.dtype}; expected real numbers (float or int)")
+        if type(x) is np.ndarray and x.dtype == self._dtype and x.flags.c_contiguous:
+            arr = x  # the hot path: already the right dtype and layout
+        else:
+            try:
+                arr = np.asarray(x)
+            except Exception as e:  # ragged nested lists and the like
+                raise InputError(f"{what} is not an array of numbers ({e})") from None
+            if arr.dtype.kind not in "fiu":
+                raise InputError(f"{what} has dtype {arr.dtype}; expected real numbers (float or int)")
+            arr = np.ascontiguousarray(arr, dtype=self._dtype)
         if arr.ndim == 1:
             arr = arr.reshape(1, -1)
         if arr.ndim != 2 or arr.shape[1] != I or arr.shape[0] == 0:
             raise InputError(f"{what} has shape {np.shape(x)}; expected ({I},) for one sample or (T, {I}) "
                              "for T >= 1 samples")
-        arr = np.ascontiguousarray(arr, dtype=self._dtype)
-        if not np.isfinite(arr).all():
+        if not self._all_finite(arr):
             raise InputError(f"{what} contains NaN or Inf; expected finite values")
         return arr
 
-    def _new_ids(self, ids):
+    def _ids(self, ids) -> list:
+        """Validated, normalised ids (numpy ints become int); StoreFullError if the new ones do not fit."""
+        ids = [i if type(i) is str or type(i) is int else check_id(i) for i in ids]
         for i in ids:
-            check_id(i)
-        new = [i for i in dict.fromkeys(ids) if i not in self._store]
-        self._store.reserve(new)
-        return new
+            if i not in self._store:
+                check_id(i)
+        self._store.reserve([i for i in ids if i not in self._store])
+        return ids
 
     def _slot_or_new(self, stream_id, now):
         if stream_id in self._store:
@@ -110,7 +117,7 @@ class Streams:
     def step(self, stream_id, x) -> np.ndarray:
         """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero."""
         xs = self.check_input(x)
-        self._new_ids([stream_id])
+        stream_id, = self._ids((stream_id,))
         now = self._clock()
         slot = self._slot_or_new(stream_id, now)
         y = self._backend.run_one(slot, xs)
@@ -124,7 +131,7 @@ class Streams:
         X = self.check_input(X, "X")
         if X.shape[0] != len(ids):
             raise InputError(f"X has {X.shape[0]} rows but {len(ids)} ids were given; expected one row per id")
-        self._new_ids(ids)
+        ids = self._ids(ids)
         rows = {}
         for r, i in enumerate(ids):
             rows.setdefault(i, []).append(r)
@@ -149,7 +156,7 @@ class Streams:
         if len(ids) != len(xs):
             raise InputError(f"{len(ids)} ids but {len(xs)} inputs; expected one input per id")
         arrs = [self.check_input(x, f"input {k}") for k, x in enumerate(xs)]
-        self._new_ids(ids)
+        ids = self._ids(ids)
         segs = {}
         for k, i in enumerate(ids):
             segs.setdefault(i, []).append(k)
@@ -210,7 +217,7 @@ class Streams:
         m = self.model
         h = self._check_state_array(h, "h", (m.num_layers, m.state_size))
         c = self._check_state_array(c, "c", (m.num_layers, m.hidden_size))
-        self._new_ids([stream_id])
+        stream_id, = self._ids((stream_id,))
         now = self._clock()
         slot = self._slot_or_new(stream_id, now)
         self._backend.write(slot, h, c)
@@ -233,7 +240,7 @@ class Streams:
     def copy(self, src, dst) -> None:
         """Give stream dst (created if new) a copy of src's state and step count."""
         s = self._store.slot(src)
-        self._new_ids([dst])
+        dst, = self._ids((dst,))
         d = self._slot_or_new(dst, self._clock())
         if d != s:
             self._backend.copy_slot(s, d)

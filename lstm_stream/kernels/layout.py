@@ -49,6 +49,12 @@ def pack(model):
     return wbuf, np.asarray(head + meta, dtype=np.int64)
 
 
-def scratch_size(model) -> int:
-    """Floats of per-thread scratch a kernel needs: gates (4H) + h before projection (H) + output (O)."""
-    return 4 * model.hidden_size + model.hidden_size + model.output_size
+# Streams stepped together by the CPU kernel: each weight row read into cache serves this many streams.
+TILE = 8
+
+
+def scratch_size(model, tile: int = TILE) -> int:
+    """Floats of scratch per thread: for each of `tile` streams, gates (4H), layer input [x, h] (K_max)
+    and o*tanh(c) (H). The kernel derives its tile from this row length."""
+    k_max = max(model.input_size, model.state_size) + model.state_size
+    return tile * (5 * model.hidden_size + k_max)

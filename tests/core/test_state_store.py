@@ -186,3 +186,13 @@ def test_step_many_length_mismatch_and_full_store_change_nothing():
         streams.step_many(["a", "b", "c"], np.ones((3, 3)))
     assert streams.ids() == ["a"] and np.array_equal(streams.get_state("a").c, before.c)
     assert streams.get_state("a").steps == 1
+
+
+def test_numpy_int_ids_are_normalised(tmp_path):
+    streams = ls.Streams(MODEL)
+    streams.step(np.int64(5), [1, 2, 3])
+    streams.step_many(np.arange(3), np.ones((3, 3)))
+    assert sorted(streams.ids()) == [0, 1, 2, 5] and all(type(i) is int for i in streams.ids())
+    assert streams.stream_info(5)["steps"] == 1
+    streams.save_snapshot(tmp_path / "s.lss")  # ids must be msgpack-able plain ints
+    assert sorted(ls.Streams.load_snapshot(tmp_path / "s.lss", MODEL).ids()) == [0, 1, 2, 5]
