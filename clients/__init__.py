@@ -1,0 +1,17 @@
+"""Python client library of the lstm-stream daemon: sync and asyncio, numpy in and out, no numba needed.
+
+    from clients import Client
+    with Client("tcp://127.0.0.1:5555") as c:
+        y = c.step("pump-7", x)
+
+The wire format is lstm_stream.protocol (spec: docs/protocol.md); the exception tree is in clients.errors.
+"""
+from ._api import State
+from .aio import AsyncClient
+from .client import DEFAULT_ADDRESS, Client, Pipeline
+from .errors import (BadReply, BadRequest, Busy, ClientClosed, ClientError, InternalError, ServerError, StoreFull,
+                     Timeout, UnknownStream, Unsupported)
+
+__all__ = ["AsyncClient", "BadReply", "BadRequest", "Busy", "Client", "ClientClosed", "ClientError",
+           "DEFAULT_ADDRESS", "InternalError", "Pipeline", "ServerError", "State", "StoreFull", "Timeout",
+           "UnknownStream", "Unsupported"]

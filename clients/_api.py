@@ -1,0 +1,140 @@
+"""The operations every client offers, written once: each method builds a Call and hands it to `self._run`.
+
+Client._run sends it and returns the result, AsyncClient._run returns a coroutine of it, and Pipeline._run
+queues it: so the three mirror each other method for method, with one docstring per method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from lstm_stream import protocol as P
+
+from .errors import BadReply, server_error
+
+
+@dataclass(frozen=True)
+class State:
+    """A copy of one stream's state: h (L, P), c (L, H), steps taken, last-seen unix time."""
+
+    h: np.ndarray
+    c: np.ndarray
+    steps: int = 0
+    last_seen: float = 0.0
+
+
+class Call:
+    """One request to make: op, fields, and how to turn the reply into the method's result."""
+
+    __slots__ = ("op", "fields", "parse")
+
+    def __init__(self, op, fields, parse):
+        self.op, self.fields, self.parse = op, fields, parse
+
+
+def check_reply(reply: dict) -> dict:
+    """The reply if it is a success; the matching ServerError raised if it is an error."""
+    if reply.get("v") != P.PROTOCOL_VERSION:
+        raise BadReply(f"reply speaks protocol version {reply.get('v')!r}; this client speaks "
+                       f"{P.PROTOCOL_VERSION}")
+    if reply.get("ok") is not True:
+        raise server_error(reply)
+    return reply
+
+
+def _array(x) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.name not in P.WIRE_DTYPES:  # e.g. float16, bool: send as float64, the daemon casts
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a)
+
+
+def _y(reply):
+    return P.to_array(reply["y"], "y")
+
+
+def _nothing(reply):
+    return None
+
+
+def _body(reply):
+    return {k: v for k, v in reply.items() if k not in ("v", "id", "ok")}
+
+
+class Api:
+    """Methods shared by Client, AsyncClient and Pipeline."""
+
+    def _run(self, call: Call):  # pragma: no cover - each client defines it
+        raise NotImplementedError
+
+    def ping(self):
+        """Check the daemon answers; returns its clock (unix seconds)."""
+        return self._run(Call("ping", {}, lambda r: r.get("time")))
+
+    def info(self):
+        """Model config and fingerprint, backend, stream counts, limits, counters, last snapshot."""
+        return self._run(Call("info", {}, _body))
+
+    def streams(self, *, offset: int = 0, limit: int = P.MAX_STREAMS_PAGE):
+        """Ids of the daemon's streams (one page: `limit` ids from `offset`)."""
+        return self._run(Call("streams", {"offset": offset, "limit": limit}, lambda r: r["streams"]))
+
+    def step(self, stream, x):
+        """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero."""
+        return self._run(Call("step", {"stream": stream, "x": _array(x)}, _y))
+
+    def step_many(self, inputs: Mapping):
+        """Advance many streams in one message: {id: x (I,) or (T, I)} -> {id: y (O,) or (T, O)}."""
+        ids = list(inputs)
+        arrs = [_array(v) for v in inputs.values()]
+        if arrs and all(a.ndim == 1 for a in arrs) and len({a.shape for a in arrs}) == 1:
+            fields = {"streams": ids, "x": np.stack(arrs)}  # one row per stream: one bin blob
+
+            def parse(reply):
+                return dict(zip(ids, _y(reply)))
+        else:
+            fields = {"streams": ids, "xs": arrs}
+
+            def parse(reply):
+                return dict(zip(ids, (P.to_array(y, "ys") for y in reply["ys"])))
+        return self._run(Call("step_many", fields, parse))
+
+    def forecast(self, stream, horizon: int):
+        """Roll a stream forward `horizon` steps feeding outputs back as inputs -> (horizon, O); the stream's
+        state is not changed. Autoregressive models only."""
+        return self._run(Call("forecast", {"stream": stream, "horizon": int(horizon)}, _y))
+
+    def get_state(self, stream):
+        """A copy of one stream's state (State: h, c, steps, last_seen)."""
+        def parse(r):
+            return State(P.to_array(r["h"], "h"), P.to_array(r["c"], "c"), r["steps"], r["last_seen"])
+        return self._run(Call("get_state", {"stream": stream}, parse))
+
+    def set_state(self, stream, state):
+        """Overwrite (or create) a stream's state from a State/StreamState, an (h, c) pair or {'h', 'c'}."""
+        if isinstance(state, dict):
+            h, c, steps = state["h"], state["c"], state.get("steps", 0)
+        elif isinstance(state, (tuple, list)):
+            (h, c), steps = state, 0
+        else:
+            h, c, steps = state.h, state.c, getattr(state, "steps", 0)
+        fields = {"stream": stream, "h": _array(h), "c": _array(c), "steps": int(steps)}
+        return self._run(Call("set_state", fields, _nothing))
+
+    def copy(self, src, dst):
+        """Give stream dst (created if new) a copy of src's state."""
+        return self._run(Call("copy", {"src": src, "dst": dst}, _nothing))
+
+    def reset(self, stream):
+        """Zero a stream's state (it stays on the daemon)."""
+        return self._run(Call("reset", {"stream": stream}, _nothing))
+
+    def drop(self, stream):
+        """Remove a stream from the daemon."""
+        return self._run(Call("drop", {"stream": stream}, _nothing))
+
+    def snapshot(self):
+        """Write a snapshot now; returns {path, bytes, streams, seconds, reason, time}."""
+        return self._run(Call("snapshot", {}, _body))

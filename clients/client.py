@@ -1,0 +1,188 @@
+"""Synchronous client: one DEALER socket, replies matched by request id, pipelining, Lazy Pirate retries.
+
+    with Client("tcp://127.0.0.1:5555") as c:
+        y = c.step("pump-7", x)
+        with c.pipeline() as p:                 # many requests in flight, one round trip
+            for i, x in items: p.step(i, x)
+        ys = p.results
+
+Timeouts are on by default. After a timeout the socket is replaced (dropping queued requests and late
+replies), and only idempotent ops (protocol.IDEMPOTENT_OPS) are resent; a step is never resent, because it may
+already have been applied. ZeroMQ reconnects by itself, so the same Client keeps working across a daemon
+restart. A Client is for one thread at a time.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+import zmq
+
+from lstm_stream import protocol as P
+
+from ._api import Api, Call, check_reply
+from .errors import BadReply, ClientClosed, ServerError, Timeout
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+DEFAULT_TIMEOUT = 5.0   # seconds per call (per pipeline execute)
+DEFAULT_RETRIES = 2     # extra attempts for idempotent ops after a timeout
+DEFAULT_HWM = 10_000    # messages queued per direction before sends wait (then time out)
+
+
+def check_options(timeout, retries, hwm):
+    """Validate the keyword options shared by Client and AsyncClient."""
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if not (isinstance(retries, int) and retries >= 0):
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    if not (isinstance(hwm, int) and hwm > 0):
+        raise ValueError(f"hwm must be a positive int, got {hwm!r}")
+
+
+def decode_reply(codec, data) -> dict:
+    """Bytes -> reply map; BadReply if it is not one."""
+    try:
+        return codec.decode_reply(data)
+    except P.ProtocolError as e:
+        raise BadReply(f"unreadable reply from the daemon: {e}") from None
+
+
+class Client(Api):
+    """Blocking client of one lstm-stream daemon (tcp:// or ipc:// address)."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT,
+                 retries: int = DEFAULT_RETRIES, hwm: int = DEFAULT_HWM,
+                 max_message_bytes: int = P.MAX_MESSAGE_BYTES, context: zmq.Context | None = None):
+        check_options(timeout, retries, hwm)
+        self.address, self.timeout, self.retries, self.hwm = address, float(timeout), retries, hwm
+        self._ctx = context or zmq.Context.instance()
+        self._codec = P.Codec(max_message_bytes=max_message_bytes)
+        self._ids = itertools.count(1)
+        self._sock = None
+        self._open()
+
+    def _open(self):
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.hwm)
+        sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
+        sock.connect(self.address)
+        self._sock = sock
+
+    def _reopen(self):
+        self._sock.close(0)
+        self._open()
+
+    def close(self) -> None:
+        """Close the socket (pending requests are abandoned)."""
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"Client({self.address!r}, timeout={self.timeout})"
+
+    def pipeline(self) -> "Pipeline":
+        """A Pipeline: queue calls, send them all at once, get results in order."""
+        return Pipeline(self)
+
+    # ---- the round trip ----------------------------------------------------------------------------
+    def _run(self, call: Call):
+        attempts = 1 + (self.retries if call.op in P.IDEMPOTENT_OPS else 0)
+        for attempt in range(attempts):
+            try:
+                reply = self._roundtrip([call])[0]
+            except Timeout:
+                self._reopen()
+                if attempt == attempts - 1:
+                    raise
+                continue
+            return call.parse(check_reply(reply))
+
+    def _roundtrip(self, calls) -> list:
+        """Send every call, then wait (one deadline for all) for their replies; replies in call order."""
+        if self._sock is None:
+            raise ClientClosed(f"{self!r} is closed")
+        deadline = time.monotonic() + self.timeout
+        want, got = {}, {}
+        for call in calls:
+            rid = next(self._ids)
+            want[rid] = call
+            try:
+                self._sock.send(self._codec.request(call.op, rid, call.fields))
+            except zmq.Again:
+                raise Timeout(f"could not send {call.op!r} to {self.address} within {self.timeout} s: the daemon "
+                              "is unreachable or not keeping up (both send queues are full)") from None
+            if len(calls) > 1:
+                self._receive(want, got, 0.0)  # keep our receive queue short while sending a long pipeline
+        while len(got) < len(want):
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._receive(want, got, left):
+                ops = sorted({c.op for r, c in want.items() if r not in got})
+                raise Timeout(f"no reply from {self.address} within {self.timeout} s for {len(want) - len(got)} "
+                              f"request(s) ({', '.join(ops)})")
+        return [got[r] for r in want]
+
+    def _receive(self, want, got, wait) -> bool:
+        """Receive ready replies (waiting up to `wait` s for the first); stale ids are dropped."""
+        if not self._sock.poll(wait * 1000, zmq.POLLIN):
+            return False
+        while True:
+            try:
+                data = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            reply = decode_reply(self._codec, data)
+            if reply["id"] in want:
+                got[reply["id"]] = reply
+
+
+class Pipeline(Api):
+    """Calls queued by the Api methods (which return the pipeline), sent together by execute()."""
+
+    def __init__(self, client: Client):
+        self._client = client
+        self._calls: list = []
+        self.results: list | None = None
+
+    def _run(self, call: Call):
+        self._calls.append(call)
+        return self
+
+    def __len__(self):
+        return len(self._calls)
+
+    def execute(self, *, return_exceptions: bool = False) -> list:
+        """Send all queued calls, wait for every reply, return results in order. The first ServerError is
+        raised unless return_exceptions, which puts exceptions in the list. Never retried: on Timeout the
+        client's socket is replaced and which calls were applied is unknown."""
+        calls, self._calls = self._calls, []
+        try:
+            replies = self._client._roundtrip(calls)
+        except Timeout:
+            self._client._reopen()
+            raise
+        results = []
+        for call, reply in zip(calls, replies):
+            try:
+                results.append(call.parse(check_reply(reply)))
+            except ServerError as e:
+                if not return_exceptions:
+                    raise
+                results.append(e)
+        self.results = results
+        return results
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None and self._calls:
+            self.execute()

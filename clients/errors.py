@@ -1,0 +1,85 @@
+"""The client library's exception tree, in one place.
+
+    ClientError                        base of everything the client raises on purpose
+    ├── Timeout (also TimeoutError)    no reply within `timeout` (the request may or may not have been applied)
+    ├── ClientClosed                   the client was closed
+    ├── BadReply                       the daemon's reply could not be understood (version or format)
+    └── ServerError                    the daemon answered with an error: .code, .message, .request_id
+        ├── BadRequest                 bad_message, bad_request, bad_version, unknown_op, too_large, bad_input
+        ├── UnknownStream (KeyError)   unknown_stream
+        ├── StoreFull                  store_full: nothing was applied
+        ├── Busy                       busy: the engine's queue is full; nothing was applied, resend later
+        ├── Unsupported                unsupported (forecast on a non-autoregressive model, no snapshot dir)
+        └── InternalError              internal, snapshot_failed
+"""
+from __future__ import annotations
+
+from lstm_stream import protocol as P
+
+
+class ClientError(Exception):
+    """Base class of every error the client raises on purpose."""
+
+
+class Timeout(ClientError, TimeoutError):
+    """No reply arrived within the timeout; for steps, the request may or may not have been applied."""
+
+
+class ClientClosed(ClientError):
+    """The client was used after close()."""
+
+
+class BadReply(ClientError):
+    """A reply that is not a valid message of this protocol version."""
+
+
+class ServerError(ClientError):
+    """The daemon replied with an error; `code` is one of lstm_stream.protocol.ERROR_CODES."""
+
+    def __init__(self, code: str, message: str, request_id=None):
+        super().__init__(f"[{code}] {message}")
+        self.code, self.message, self.request_id = code, message, request_id
+
+
+class BadRequest(ServerError, ValueError):
+    """The request was malformed or its input invalid (shape, dtype, NaN/Inf, size, op, version)."""
+
+
+class UnknownStream(ServerError, KeyError):
+    """No stream with that id on the daemon."""
+
+    def __str__(self):  # KeyError would repr() the message
+        return self.args[0]
+
+
+class StoreFull(ServerError):
+    """The daemon holds max_streams streams; the request was not applied."""
+
+
+class Busy(ServerError):
+    """The engine's queue is full; the request was not applied and can be resent later."""
+
+
+class Unsupported(ServerError):
+    """The daemon cannot do this op (e.g. forecast on a non-autoregressive model)."""
+
+
+class InternalError(ServerError):
+    """The daemon failed internally (logged on its side) or could not write a snapshot."""
+
+
+_BY_CODE = {
+    P.BAD_MESSAGE: BadRequest, P.BAD_REQUEST: BadRequest, P.BAD_VERSION: BadRequest, P.UNKNOWN_OP: BadRequest,
+    P.TOO_LARGE: BadRequest, P.BAD_INPUT: BadRequest, P.UNKNOWN_STREAM: UnknownStream,
+    P.STORE_FULL: StoreFull, P.BUSY: Busy, P.UNSUPPORTED: Unsupported, P.SNAPSHOT_FAILED: InternalError,
+    P.INTERNAL: InternalError,
+}
+
+
+def server_error(reply: dict) -> ServerError:
+    """The exception for an error reply (unknown codes from newer daemons become a plain ServerError)."""
+    err = reply.get("error")
+    if not isinstance(err, dict):
+        return ServerError("unknown", f"malformed error reply: {reply!r:.200}", reply.get("id"))
+    code, message = str(err.get("code", "unknown")), str(err.get("message", ""))
+    return _BY_CODE.get(code, ServerError)(code, message, reply.get("id"))
