@@ -1,0 +1,113 @@
+"""The thin ZeroMQ shell around EngineCore: one ROUTER socket, one thread, one loop.
+
+Frames in: [identity, payload] from a DEALER, or [identity, b"", payload] from a REQ (or a DEALER that sends
+an empty delimiter); the reply goes back with the same envelope. Sends never block: ROUTER_MANDATORY makes a
+peer whose queue is full (it stopped reading) or that is gone an error, and that reply is counted as
+dropped and logged, never silently lost.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+
+import zmq
+
+from lstm_stream import protocol as P
+
+log = logging.getLogger("lstm_stream.engine")
+
+MAX_POLL_SECONDS = 0.1  # the loop re-checks the stop flag at least this often (signals set it)
+SHUTDOWN_LINGER_MS = 1000  # at exit, time given to ZeroMQ to deliver the last replies (linger is 0 otherwise)
+
+
+class Server:
+    """Binds a ROUTER socket and runs EngineCore until stop() (or SIGTERM via the CLI) is called."""
+
+    def __init__(self, core, binds, *, context=None):
+        self.core = core
+        self._stop = threading.Event()
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        cfg = core.config
+        self._sock = sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, cfg.hwm)
+        sock.setsockopt(zmq.RCVHWM, cfg.hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * cfg.max_message_bytes)
+        self.endpoints = []
+        try:
+            for b in [binds] if isinstance(binds, str) else binds:
+                sock.bind(b)
+                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+                log.info("listening on %s", self.endpoints[-1])
+        except zmq.ZMQError:
+            self._close(0)
+            raise
+        self._dropped_logged = 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish the current turn, serve what is queued, and return (signal-safe)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """The loop: poll (timeout only for housekeeping), drain, step, reply, housekeep; until stop()."""
+        core, sock = self.core, self._sock
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        deadline = core.housekeep()
+        try:
+            while not self._stop.is_set():
+                wait = 0 if core.pending else min(max(deadline - time.monotonic(), 0.0), MAX_POLL_SECONDS)
+                if poller.poll(wait * 1000):
+                    self._drain()
+                self._send_all(core.step())
+                deadline = core.housekeep()
+            while core.pending:  # answer what was accepted before stopping
+                self._send_all(core.step())
+        finally:
+            self._close(SHUTDOWN_LINGER_MS)
+
+    def _close(self, linger_ms):
+        self._sock.close(linger_ms)
+        if self._own_ctx:
+            self._ctx.term()  # returns once the last replies are sent, or after linger_ms
+
+    def _drain(self) -> None:
+        """Read every ready frame without blocking, up to read_per_turn; refusals are answered at once."""
+        sock, core = self._sock, self.core
+        for _ in range(core.config.read_per_turn):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) == 2:
+                envelope, body = frames[:1], frames[1]
+            elif len(frames) == 3 and frames[1] == b"":
+                envelope, body = frames[:2], frames[2]
+            else:
+                env = frames[:2] if len(frames) > 2 and frames[1] == b"" else frames[:1]
+                self._send(env, core.reject(P.BAD_MESSAGE, f"expected one payload frame (after an optional "
+                                                           f"empty delimiter), got {len(frames) - 1} frames"))
+                continue
+            reply = core.submit(envelope, body)
+            if reply is not None:
+                self._send(envelope, reply)
+
+    def _send_all(self, replies) -> None:
+        for envelope, data in replies:
+            self._send(envelope, data)
+
+    def _send(self, envelope, data) -> None:
+        try:
+            self._sock.send_multipart([*envelope, data], zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # Again: the peer's queue is full; EHOSTUNREACH: the peer is gone
+            self.core.metrics["replies_dropped"] += 1
+            n = self.core.metrics["replies_dropped"]
+            if n >= 2 * self._dropped_logged:  # log 1, 2, 4, 8, ... drops: visible without flooding
+                self._dropped_logged = n
+                why = "its queue is full (it is not reading replies)" if e.errno == zmq.EAGAIN else \
+                    "it disconnected" if e.errno == errno.EHOSTUNREACH else str(e)
+                log.warning("dropped a reply to a client: %s; %d replies dropped so far", why, n)
