@@ -1,0 +1,229 @@
+"""Server benchmark: the lstm-stream daemon against a ZeroMQ echo server (the floor) and a naive torch server.
+
+    python -m bench.server            # full run: writes its section of docs/benchmarks.md
+    python -m bench.server --quick    # smoke run: prints only (add --doc to write anyway)
+
+All three servers run at once as child processes on free loopback ports (127.0.0.1), one thread each, and are
+always stopped at the end; the load generator (bench/loadgen.py) runs in this process. Each measurement goes
+round by round over the servers in a rotating order; the whole set runs twice (two passes).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import common
+from .contenders import Spec, torch_modules
+from .loadgen import LoadGen, step_pool
+
+ECHO, DAEMON, NAIVE, CLIENT = "echo (ZeroMQ + msgpack floor)", "lstm-stream daemon", "naive torch server", \
+    "lstm-stream daemon via clients.Client"
+SERVERS = (ECHO, DAEMON, NAIVE)
+SPEC = Spec(8, 64)
+STREAMS = 1024          # distinct streams in the one-sample-per-message load
+WINDOW = 256            # messages in flight, one sample each
+MANY = 100              # streams per message
+MANY_STREAMS = 10_000   # distinct streams in the many-per-message load
+MANY_WINDOW = 16        # messages in flight, MANY samples each
+READY_TIMEOUT_S = 180   # a cold daemon compiles its kernels before it answers
+FULL = dict(rounds=6, lat_count=500, block_s=0.5)
+QUICK = dict(rounds=2, lat_count=100, block_s=0.1)
+
+
+def server_args(name, endpoint, model_path, threads):
+    py = [common.python()]
+    if name == ECHO:
+        return py + ["-m", "bench.servers", "echo", "--bind", endpoint]
+    if name == NAIVE:
+        return py + ["-m", "bench.servers", "naive", "--bind", endpoint, "--model", model_path,
+                     "--threads", str(threads)]
+    return py + ["-m", "engine.cli", "serve", "--model", model_path, "--bind", endpoint,
+                 "--threads", str(threads), "--log-level", "warning"]
+
+
+@contextlib.contextmanager
+def running_servers(tmp: Path, model_path: str, threads: int, ctx):
+    """{name: LoadGen} for the three servers, started together and ready; stopped on exit, always."""
+    with contextlib.ExitStack() as stack:
+        procs, gens = {}, {}
+        for name in SERVERS:
+            endpoint = f"tcp://127.0.0.1:{common.free_port()}"
+            log = tmp / f"{name.split()[0]}.log"
+            procs[name] = (stack.enter_context(common.subprocess_server(
+                server_args(name, endpoint, model_path, threads), log_path=log)), log)
+            gens[name] = LoadGen(endpoint, ctx)
+            stack.callback(gens[name].close)
+        for name, gen in gens.items():
+            proc, log = procs[name]
+            try:
+                gen.wait_ready(READY_TIMEOUT_S, proc)
+            except Exception:
+                sys.stderr.write(f"--- {name} log ---\n{log.read_text(errors='replace')[-3000:]}\n")
+                raise
+        yield gens
+
+
+def rounds(blocks: dict, n_rounds: int) -> dict:
+    """{name: [values of every round]}: blocks {name: fn() -> list of values}, rotating order per round."""
+    names = list(blocks)
+    out = {n: [] for n in names}
+    for r in range(n_rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(common.SETTLE_S)
+            out[name].extend(blocks[name]())
+    return out
+
+
+def client_blocks(client, timing):
+    """Latency and pipelined-throughput blocks through the real client library (what a user gets)."""
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((WINDOW, SPEC.I), dtype=np.float32)
+    ids = [f"c{k}" for k in range(WINDOW)]
+
+    def latency():
+        out = []
+        for k in range(timing["lat_count"]):
+            t0 = time.perf_counter_ns()
+            client.step("c-lat", xs[k % WINDOW])
+            out.append((time.perf_counter_ns() - t0) * 1e-9)
+        return out
+
+    def pipelined():
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < timing["block_s"]:
+            with client.pipeline() as p:
+                for k in range(WINDOW):
+                    p.step(ids[k], xs[k])
+            n += WINDOW
+        return [n / (time.perf_counter() - t0)]
+    return latency, pipelined
+
+
+def one_pass(gens, client, timing) -> dict:
+    """{(measure, contender): values} for one pass over every measurement."""
+    lat_pool = step_pool(1, SPEC.I, prefix="lat")
+    one_pool = step_pool(STREAMS, SPEC.I)
+    many_pool = step_pool(MANY_STREAMS, SPEC.I, per_message=MANY, prefix="m")
+    c_lat, c_pipe = client_blocks(client, timing)
+    res = {}
+    lat = {n: (lambda g=g: g.latency(lat_pool, timing["lat_count"])) for n, g in gens.items()}
+    lat[CLIENT] = c_lat
+    for name, v in rounds(lat, timing["rounds"]).items():
+        res[("latency", name)] = v
+    one = {n: (lambda g=g: [g.throughput(one_pool, WINDOW, timing["block_s"])]) for n, g in gens.items()}
+    one[CLIENT] = c_pipe
+    for name, v in rounds(one, timing["rounds"]).items():
+        res[("one", name)] = v
+    many = {n: (lambda g=g: [MANY * g.throughput(many_pool, MANY_WINDOW, timing["block_s"])])
+            for n, g in gens.items()}
+    for name, v in rounds(many, timing["rounds"]).items():
+        res[("many", name)] = v
+    return res
+
+
+def summarise(passes: list) -> dict:
+    """{(measure, contender, stat): [figure of each pass]} with stat p50/p99 (latency) or rate (median)."""
+    out = {}
+    for res in passes:
+        for (measure, name), v in res.items():
+            if measure == "latency":
+                out.setdefault((measure, name, "p50"), []).append(common.percentile(v, 50))
+                out.setdefault((measure, name, "p99"), []).append(common.percentile(v, 99))
+            else:
+                out.setdefault((measure, name, "rate"), []).append(statistics.median(v))
+    return out
+
+
+def fig(s, key):
+    v = s.get(key)
+    return (float(np.mean(v)), f"±{common.spread(*v[:2]) * 50:.1f}%" if v and len(v) > 1 else "n/a") \
+        if v else (None, "n/a")
+
+
+def report(s, args) -> str:
+    lines = ["## Server: the daemon against the ZeroMQ floor and a naive torch server", "",
+             "`python -m bench.server` — model I=8 H=64 + head of 4 outputs; every server a child process on "
+             "127.0.0.1, one thread each (daemon `--threads 1`, naive `torch.set_num_threads(1)`); the load "
+             "generator (pre-encoded msgpack requests, one DEALER) in the bench process. The echo server "
+             "decodes each request and answers with its input: ZeroMQ + msgpack, no work. The naive server "
+             "keeps torch (h, c) in a dict and runs nn.LSTMCell per message. The daemon is also measured "
+             f"through `clients.Client` (step; pipelines of {WINDOW} steps). Two passes; ± is half their "
+             "spread.", ""]
+    lines += common.machine_lines({"thread settings": "servers 1 thread each; generator in the bench process",
+                                   "mode": "quick (smoke run: figures not meaningful)" if args.quick
+                                   else f"full ({FULL['rounds']} rounds per pass, 2 passes)"})
+    e50, d50 = fig(s, ("latency", ECHO, "p50"))[0], fig(s, ("latency", DAEMON, "p50"))[0]
+    e1, d1, n1 = (fig(s, ("one", x, "rate"))[0] for x in (ECHO, DAEMON, NAIVE))
+    dm = fig(s, ("many", DAEMON, "rate"))[0]
+    lines += ["", "### Goals", "",
+              common.goal_line("one request in flight: daemon p50 within 1.15× of the echo floor",
+                               d50 / e50 <= 1.15, f"{d50 / e50:.2f}×: {d50 * 1e6:.0f} vs {e50 * 1e6:.0f} µs"),
+              common.goal_line(f"one sample per message, {WINDOW} in flight: daemon ≥ 0.8× echo",
+                               d1 / e1 >= 0.8, f"{d1 / e1:.2f}×: {d1:,.0f} vs {e1:,.0f} samples/s"),
+              common.goal_line("... and ≥ 4× the naive torch server", d1 / n1 >= 4,
+                               f"{d1 / n1:.2f}×: {d1:,.0f} vs {n1:,.0f} samples/s"),
+              common.goal_line(f"{MANY} streams per message: daemon ≥ 1,000,000 samples/s", dm >= 1e6,
+                               f"{dm:,.0f} samples/s"), ""]
+    rows = []
+    for name in SERVERS + (CLIENT,):
+        p50, sp50 = fig(s, ("latency", name, "p50"))
+        p99, sp99 = fig(s, ("latency", name, "p99"))
+        one, sone = fig(s, ("one", name, "rate"))
+        many, smany = fig(s, ("many", name, "rate"))
+        rows.append([name, common.fmt(p50 and p50 * 1e6), sp50, common.fmt(p99 and p99 * 1e6), sp99,
+                     common.fmt(one), sone, common.fmt(many), smany])
+    lines.append(common.table(["server", "p50 µs (1 in flight)", "spread", "p99 µs", "spread",
+                               f"samples/s (1 per msg, {WINDOW} in flight)", "spread",
+                               f"samples/s ({MANY} per msg, {MANY_WINDOW} in flight)", "spread"], rows))
+    return "\n".join(lines) + "\n"
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(description="lstm-stream server benchmark (see docs/benchmarks.md)")
+    ap.add_argument("--quick", action="store_true", help="short smoke run; prints only unless --doc")
+    ap.add_argument("--threads", type=int, default=1, help="threads of each server (default 1)")
+    ap.add_argument("--doc", type=Path, default=None)
+    ap.add_argument("--no-doc", action="store_true")
+    a = ap.parse_args(argv)
+    if a.doc is None and not a.quick and not a.no_doc:
+        a.doc = common.DOC
+    return a
+
+
+def main(argv=None) -> int:
+    import zmq
+
+    from clients import Client
+
+    args = parse(argv)
+    timing = QUICK if args.quick else FULL
+    ctx = zmq.Context()
+    try:
+        with tempfile.TemporaryDirectory(prefix="lstm-bench-") as tmp:
+            model_path = str(Path(tmp) / "model.npz")
+            torch_modules(SPEC)[2].save(model_path)
+            with running_servers(Path(tmp), model_path, args.threads, ctx) as gens, \
+                    Client(gens[DAEMON].endpoint, timeout=10.0, context=ctx) as client:
+                passes = []
+                for p in range(2):
+                    passes.append(one_pass(gens, client, timing))
+                    print(f"pass {p + 1} done", flush=True)
+    finally:
+        ctx.destroy(0)
+    text = report(summarise(passes), args)
+    print(text)
+    if args.doc and not args.no_doc:
+        common.write_section("server", text, args.doc)
+        print(f"wrote {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
