@@ -1,0 +1,99 @@
+"""The asyncio client against a real daemon: 1,000 requests in flight on one connection, timeouts, errors."""
+import asyncio
+import inspect
+import time
+
+import numpy as np
+import pytest
+from daemons import DaemonFactory
+
+import lstm_stream as ls
+from clients import AsyncClient, Client, ClientClosed, Timeout, UnknownStream
+
+I = 4
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, served_models):
+    factory = DaemonFactory(tmp_path_factory.mktemp("aio"))
+    path, model = served_models["cls"]
+    try:
+        yield factory("--model", path).endpoint, model
+    finally:
+        factory.close()
+
+
+def run(coro, timeout=120):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def test_1000_requests_in_flight_on_one_connection_all_answered_and_matched(served):
+    endpoint, model = served
+    rng = np.random.default_rng(0)
+    n_streams, per_stream = 250, 4
+    xs = {f"a{k}": rng.normal(size=(per_stream, I)).astype(np.float32) for k in range(n_streams)}
+    calls = [(i, t) for t in range(per_stream) for i in xs]  # each stream's steps sent in order
+
+    async def main():
+        async with AsyncClient(endpoint, timeout=60) as c:
+            tasks = [asyncio.ensure_future(c.step(i, xs[i][t])) for i, t in calls]
+            await asyncio.sleep(0)  # every task has sent its request, none has its reply yet
+            peak = c.in_flight
+            results = await asyncio.gather(*tasks)
+            return peak, results, c.in_flight
+
+    peak, results, left = run(main())
+    assert peak == len(calls) == 1000 and left == 0
+    want = {i: ls.Streams(model).step(i, x) for i, x in xs.items()}
+    for (i, t), y in zip(calls, results):
+        np.testing.assert_array_equal(y, want[i][t], err_msg=f"{i} step {t}")
+
+
+def test_every_method_and_typed_errors(served):
+    endpoint, model = served
+
+    async def main():
+        async with AsyncClient(endpoint) as c:
+            x = np.ones(I)
+            y = await c.step("b", x)
+            many = await c.step_many({"b2": x, "b3": x})
+            s = await c.get_state("b")
+            await c.set_state("b4", s)
+            await c.copy("b", "b5")
+            await c.reset("b2")
+            await c.drop("b3")
+            ids = await c.streams()
+            info = await c.info()
+            with pytest.raises(UnknownStream):
+                await c.get_state("never")
+            return y, many, s, ids, info, await c.ping()
+
+    y, many, s, ids, info, pong = run(main())
+    np.testing.assert_array_equal(y, many["b2"])
+    assert s.steps == 1 and {"b", "b2", "b4", "b5"} <= set(ids) and "b3" not in ids
+    assert info["fingerprint"] == model.fingerprint and pong > 0
+
+
+def test_timeout_and_close(tmp_path):
+    async def main():
+        c = AsyncClient(f"ipc://{tmp_path}/nobody.sock"[:100], timeout=0.2, retries=1)
+        t0 = time.monotonic()
+        with pytest.raises(Timeout):
+            await c.step("a", np.zeros(I))
+        assert time.monotonic() - t0 < 0.5
+        with pytest.raises(Timeout):
+            await c.info()
+        assert time.monotonic() - t0 >= 0.55 and c.in_flight == 0
+        await c.close()
+        with pytest.raises(ClientClosed):
+            await c.ping()
+
+    run(main())
+
+
+def test_async_client_mirrors_client():
+    public = {n for n in dir(Client) if not n.startswith("_") and callable(getattr(Client, n))} - {"pipeline"}
+    assert public <= set(dir(AsyncClient))
+    assert inspect.iscoroutinefunction(AsyncClient._run) and inspect.iscoroutinefunction(AsyncClient.close)
+    for name in public - {"close"}:
+        assert getattr(AsyncClient, name) is getattr(Client, name), name  # one definition, awaited here

@@ -1,0 +1,138 @@
+"""The sync client against a real daemon: every method, errors, pipelining, timeouts."""
+import time
+
+import numpy as np
+import pytest
+from daemons import DaemonFactory
+
+import lstm_stream as ls
+from clients import (BadRequest, Client, ClientClosed, ServerError, State, Timeout, UnknownStream,
+                     Unsupported)
+
+I = 4
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, served_models):
+    """(endpoint, model) of a daemon with the autoregressive model and a snapshot dir."""
+    tmp = tmp_path_factory.mktemp("client")
+    factory = DaemonFactory(tmp)
+    path, model = served_models["ar"]
+    try:
+        yield factory("--model", path, "--snapshot-dir", tmp / "state").endpoint, model
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def client(served):
+    with Client(served[0], timeout=10) as c:
+        yield c
+
+
+def test_step_and_step_many_equal_the_core(client, served):
+    ref = ls.Streams(served[1])
+    rng = np.random.default_rng(0)
+    x1, xs, X = rng.normal(size=I), rng.normal(size=(3, I)).astype(np.float32), rng.normal(size=(2, I))
+    np.testing.assert_array_equal(client.step("t1", x1), ref.step("t1", x1))
+    np.testing.assert_array_equal(client.step("t1", xs), ref.step("t1", xs))
+    np.testing.assert_array_equal(client.step(42, x1.tolist()), ref.step(42, x1))
+    out = client.step_many({"t1": X[0], 42: X[1]})
+    assert list(out) == ["t1", 42]
+    np.testing.assert_array_equal(out["t1"], ref.step("t1", X[0]))
+    np.testing.assert_array_equal(out[42], ref.step(42, X[1]))
+    ragged = client.step_many({"t2": xs, "t3": x1})
+    assert ragged["t2"].shape == (3, I) and ragged["t3"].shape == (I,)
+    np.testing.assert_array_equal(ragged["t2"], ref.step("t2", xs))
+
+
+def test_state_ops(client, served):
+    x = np.full(I, 0.3)
+    client.step("s", x)
+    s = client.get_state("s")
+    assert isinstance(s, State) and s.steps == 1 and s.h.shape == (2, 16) and s.last_seen > 0
+    client.set_state("s2", s)
+    client.copy("s", "what-if")
+    np.testing.assert_array_equal(client.step("s2", x), client.step("what-if", x))
+    client.set_state("s3", (s.h, s.c))
+    client.set_state("s4", {"h": s.h, "c": s.c, "steps": 9})
+    assert client.get_state("s4").steps == 9
+    client.reset("s")
+    assert client.get_state("s").steps == 0 and not client.get_state("s").h.any()
+    client.drop("s")
+    assert "s" not in client.streams()
+    with pytest.raises(UnknownStream) as e:
+        client.get_state("s")
+    assert isinstance(e.value, KeyError) and e.value.code == "unknown_stream" and "'s'" in str(e.value)
+
+
+def test_forecast_does_not_touch_the_stream(client, served):
+    ref = ls.Streams(served[1])
+    x = np.random.default_rng(1).normal(size=(4, I))
+    client.step("f", x)
+    ref.step("f", x)
+    before = client.get_state("f")
+    np.testing.assert_array_equal(client.forecast("f", horizon=50), ref.forecast("f", 50))
+    after = client.get_state("f")
+    np.testing.assert_array_equal(before.h, after.h)
+    assert before.steps == after.steps
+
+
+def test_info_streams_snapshot_ping(client, served):
+    client.step("i", np.zeros(I))
+    info = client.info()
+    assert info["fingerprint"] == served[1].fingerprint and info["model"]["input_size"] == I
+    assert info["streams"] >= 1 and info["backend"] == "cpu"
+    assert "i" in client.streams() and len(client.streams(limit=1)) == 1
+    snap = client.snapshot()
+    assert snap["streams"] == info["streams"] and snap["bytes"] > 0
+    assert abs(client.ping() - time.time()) < 60
+
+
+def test_errors_are_typed(client):
+    with pytest.raises(BadRequest) as e:
+        client.step("e", np.zeros(I + 1))
+    assert isinstance(e.value, ValueError) and e.value.code == "bad_input" and f"({I},)" in str(e.value)
+    with pytest.raises(BadRequest, match="NaN"):
+        client.step("e", [0, np.nan, 0, 0])
+    client.step("e0", np.zeros(I))
+    with pytest.raises(ServerError, match="horizon"):
+        client.forecast("e0", horizon=10**9)
+    assert client.ping()  # still serving
+
+
+def test_pipeline_results_in_order_with_exceptions(client):
+    with client.pipeline() as p:
+        for k in range(100):
+            p.step(f"p{k % 7}", np.full(I, k / 100))
+        p.get_state("p3")
+    assert len(p.results) == 101 and p.results[-1].steps == 14
+    p = client.pipeline().step("p0", np.zeros(I)).get_state("never").ping()
+    res = p.execute(return_exceptions=True)
+    assert isinstance(res[1], UnknownStream) and res[2] is not None
+    with pytest.raises(UnknownStream):
+        client.pipeline().get_state("never").execute()
+
+
+def test_timeouts_raise_clearly_and_only_idempotent_ops_retry(tmp_path):
+    endpoint = f"ipc://{tmp_path}/nobody.sock"[:100]
+    with Client(endpoint, timeout=0.2, retries=2) as c:
+        t0 = time.monotonic()
+        with pytest.raises(Timeout, match="no reply") as e:
+            c.step("a", np.zeros(I))
+        assert isinstance(e.value, TimeoutError) and time.monotonic() - t0 < 0.5  # a step is never resent
+        t0 = time.monotonic()
+        with pytest.raises(Timeout):
+            c.ping()
+        assert time.monotonic() - t0 >= 0.55  # ping is idempotent: 3 attempts
+    with pytest.raises(ClientClosed):
+        c.ping()
+
+
+@pytest.mark.parametrize("opts", [{"timeout": 0}, {"timeout": None}, {"retries": -1}, {"hwm": 0}])
+def test_options_are_validated_and_keyword_only(opts):
+    with pytest.raises(ValueError):
+        Client("tcp://127.0.0.1:1", **opts)
+    with pytest.raises(TypeError):
+        Client("tcp://127.0.0.1:1", 5.0)
+

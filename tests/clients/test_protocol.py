@@ -1,0 +1,100 @@
+"""The wire module: arrays, bounds, request checking, evolution rules, and no numba on the client side."""
+import subprocess
+import sys
+
+import msgpack
+import numpy as np
+import pytest
+
+from lstm_stream import protocol as P
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", ">f4", ">f8"])
+@pytest.mark.parametrize("shape", [(4,), (3, 4), (0, 2), (2, 1, 3)])
+def test_arrays_round_trip_as_little_endian_bytes(dtype, shape):
+    a = (np.arange(int(np.prod(shape))).reshape(shape) * 1.5).astype(dtype)
+    m = P.array_map(a)
+    assert m["shape"] == list(shape) and m["dtype"] == np.dtype(dtype).name
+    assert m["data"] == a.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+    back = P.to_array(msgpack.unpackb(msgpack.packb(m)))
+    np.testing.assert_array_equal(back, a)
+    assert back.flags.writeable and back.dtype.isnative
+
+
+def test_plain_lists_are_arrays_too():
+    np.testing.assert_array_equal(P.to_array([[1, 2.5], [3, 4]]), [[1, 2.5], [3, 4]])
+    for bad in ([[1, 2], [3]], ["a", "b"], [{"x": 1}]):
+        with pytest.raises(P.ProtocolError) as e:
+            P.to_array(bad)
+        assert e.value.code == P.BAD_INPUT
+    with pytest.raises(P.ProtocolError) as e:
+        P.to_array("1,2")
+    assert e.value.code == P.BAD_REQUEST
+
+
+@pytest.mark.parametrize("m, words", [
+    ({"dtype": "float16", "shape": [1], "data": b"\0\0"}, "dtype"),
+    ({"dtype": "float32", "shape": [2], "data": b"\0" * 4}, "needs 8"),
+    ({"dtype": "float32", "shape": [1, 1, 1, 1, 1], "data": b"\0" * 4}, "at most 4"),
+    ({"dtype": "float32", "shape": [1.0], "data": b"\0" * 4}, "non-negative ints"),
+    ({"dtype": "float32", "shape": [1], "data": "abcd"}, "bin"),
+])
+def test_bad_array_maps_name_the_problem(m, words):
+    with pytest.raises(P.ProtocolError, match=words) as e:
+        P.to_array(m, "x")
+    assert e.value.code == P.BAD_INPUT and "x." in e.value.message
+
+
+def test_codec_bounds_and_structure():
+    codec = P.Codec(max_message_bytes=100)
+    with pytest.raises(P.ProtocolError) as e:
+        codec.decode(b"\x90" * 101)
+    assert e.value.code == P.TOO_LARGE
+    for data in (b"", b"\xc1", msgpack.packb({"a": 1})[:-1], msgpack.packb({"a": 1}) + b"\0",
+                 msgpack.packb([1]), msgpack.packb({1: 2})):
+        with pytest.raises(P.ProtocolError) as e:
+            codec.decode(data)
+        assert e.value.code == P.BAD_MESSAGE, data
+
+
+def test_requests_unknown_fields_skipped_defaults_filled():
+    codec = P.Codec()
+    req = codec.decode_request(codec.encode({"v": 1, "id": "r", "op": "streams", "future_field": [1, 2]}))
+    assert req.op == "streams" and req.id == "r" and req.fields == {"offset": 0, "limit": P.MAX_STREAMS_PAGE}
+    req = codec.decode_request(codec.request("step", 5, {"stream": 3, "x": np.ones(2), "lists": True}))
+    assert req.lists and req.fields["stream"] == 3 and P.to_array(req.fields["x"]).tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("msg, code, rid", [
+    ({"v": 1, "id": 1.5, "op": "ping"}, P.BAD_REQUEST, None),
+    ({"v": 2, "id": 3, "op": "ping"}, P.BAD_VERSION, 3),
+    ({"id": 3, "op": "ping"}, P.BAD_REQUEST, 3),
+    ({"v": 1, "id": 3, "op": "nope"}, P.UNKNOWN_OP, 3),
+    ({"v": 1, "id": 3, "op": "step", "x": [1]}, P.BAD_REQUEST, 3),
+    ({"v": 1, "id": 3, "op": "step", "stream": [1], "x": [1]}, P.BAD_REQUEST, 3),
+    ({"v": 1, "id": 3, "op": "step_many", "streams": ["a"]}, P.BAD_REQUEST, 3),
+    ({"v": 1, "id": 3, "op": "forecast", "stream": "a", "horizon": True}, P.BAD_REQUEST, 3),
+    ({"v": 1, "id": 3, "op": "ping", "lists": 1}, P.BAD_REQUEST, 3),
+])
+def test_bad_requests_carry_code_and_id(msg, code, rid):
+    with pytest.raises(P.ProtocolError) as e:
+        P.parse_request(msg)
+    assert (e.value.code, e.value.request_id) == (code, rid)
+
+
+def test_replies_and_the_tables_are_consistent():
+    codec = P.Codec()
+    assert codec.decode_reply(codec.ok(4, {"y": np.zeros(2)}))["ok"] is True
+    err = codec.decode_reply(codec.error(4, P.BUSY, "later"))
+    assert err == {"v": 1, "id": 4, "ok": False, "error": {"code": "busy", "message": "later"}}
+    assert P.IDEMPOTENT_OPS <= set(P.OPS) and P.STEP_OPS <= set(P.OPS)
+    assert len(set(P.ERROR_CODES)) == len(P.ERROR_CODES)
+
+
+def test_client_side_imports_load_no_numba():
+    code = ("import sys, clients, lstm_stream.protocol, clients.aio; "
+            "bad = sorted(m for m in sys.modules if m == 'numba' or m.startswith('numba.') "
+            "or m in ('lstm_stream.model', 'lstm_stream.streams', 'lstm_stream.kernels')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
