@@ -125,3 +125,23 @@ def test_start_errors_exit_2_with_a_message(daemon, served_models, bad):
     d = daemon(*args, wait=False)
     assert d.wait_exit(120) == 2
     assert "cannot start" in d.log()
+
+
+def test_a_client_faster_than_the_engine_gets_busy_replies_and_nothing_is_lost(daemon, served_models):
+    import asyncio
+
+    from clients import AsyncClient, Busy
+    d = daemon("--model", served_models["ar"][0], "--max-batch", "2", "--max-pending", "8")
+
+    async def flood():
+        async with AsyncClient(d.endpoint, timeout=60) as c:
+            results = await asyncio.gather(*(c.step("b", np.full(I, 0.1)) for _ in range(500)),
+                                           return_exceptions=True)
+            return results, (await c.get_state("b")).steps, await c.info()
+
+    results, steps, info = asyncio.run(asyncio.wait_for(flood(), 120))
+    busy = [r for r in results if isinstance(r, Busy)]
+    ok = [r for r in results if isinstance(r, np.ndarray)]
+    assert len(busy) + len(ok) == 500 and busy and ok  # every request answered: applied, or refused as busy
+    assert steps == len(ok) and info["counters"]["busy"] == len(busy)  # a busy request was not applied
+    assert "resend" in str(busy[0])
