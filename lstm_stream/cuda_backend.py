@@ -16,6 +16,7 @@ from numba import cuda
 
 from .errors import BackendError
 from .kernels import cuda as k
+from .kernels import cuda_wide as kw
 
 log = logging.getLogger("lstm_stream")
 
@@ -26,6 +27,8 @@ MIN_THREADS = 32  # one warp
 DEFAULT_SHARED_BYTES = 48 * 1024
 # Blocks per SM we aim for when weights are staged (each stages its own copy, so fewer is cheaper).
 MAX_BLOCKS_PER_SM = 4
+# Without staged weights, batches of fewer tiles than this many per SM take the wide path (cuda_wide.py).
+WIDE_BELOW_TILES_PER_SM = 1
 
 
 class CUDABackend:
@@ -53,7 +56,8 @@ class CUDABackend:
         self._pending = []  # slots to zero before the next use of the slab (zero() is batched)
         self._n_rows, self._n_streams = 0, 0
         self._ensure(64, 64)
-        self._f_plan = cuda.pinned_array(5, np.int64)
+        self._f_plan = cuda.pinned_array(6, np.int64)
+        self._one_slot, self._one_off = np.zeros(1, np.int64), np.zeros(2, np.int64)
         self._f_state = cuda.device_array((1, self._W), self.dtype)
 
     # ---- geometry and buffers -------------------------------------------------------------------------
@@ -69,6 +73,9 @@ class CUDABackend:
         if self.shared_bytes > limit:
             raise BackendError(f"model too large for backend='cuda': a block needs {self.shared_bytes} bytes of "
                                f"shared memory for {k.TILE} streams' state, the device allows {limit}")
+        self.wide_shared = k.TILE * int(meta[7]) * item  # gates_kernel: (TILE, K_max) input vectors
+        self.wide_ok = self._kernels.opt_in_shared(self.wide_shared, ("gates_kernel",))
+        self._work = None
         per_sm = _shared_per_sm() // max(self.shared_bytes, 1)
         self.blocks_per_sm = max(1, min(MAX_BLOCKS_PER_SM, per_sm, 2048 // self.threads))
         self.sms = _sm_count()
@@ -94,8 +101,8 @@ class CUDABackend:
             self._y_d = cuda.device_array((self._n_rows, self._O), self.dtype, stream=self.stream)
         if n_streams > self._n_streams:
             self._n_streams = max(n_streams, 2 * self._n_streams)
-            self._plan_h = cuda.pinned_array(2 * self._n_streams + 3, np.int64)
-            self._plan_d = cuda.device_array(2 * self._n_streams + 3, np.int64, stream=self.stream)
+            self._plan_h = cuda.pinned_array(2 * self._n_streams + 4, np.int64)
+            self._plan_d = cuda.device_array(2 * self._n_streams + 4, np.int64, stream=self.stream)
 
     def _flush(self):
         """Zero the slots queued by zero() with one launch."""
@@ -106,37 +113,66 @@ class CUDABackend:
             k.zero_slots_kernel[min(-(-n // 256), 4096), 256, self.stream](self.state, slots)
 
     # ---- stepping ---------------------------------------------------------------------------------------
-    def run(self, slots, offsets, x):
-        """Advance each slots[s] over rows offsets[s]:offsets[s+1] of x (N, I); returns y (N, O)."""
+    def run(self, slots, offsets, x, t_max=None):
+        """Advance each slots[s] over rows offsets[s]:offsets[s+1] of x; returns y (N, O)."""
         self._flush()
         S, N = len(slots), x.shape[0]
+        T = int(np.max(np.diff(offsets))) if t_max is None else t_max
         self._ensure(N, S)
         plan = self._plan_h
-        plan[0], plan[1] = S, int(self.staged)
-        plan[2:2 + S] = slots
-        plan[2 + S:3 + 2 * S] = offsets
+        plan[0], plan[1], plan[2] = S, int(self.staged), T
+        plan[3:3 + S] = slots
+        plan[3 + S:4 + 2 * S] = offsets
         self._x_h[:N] = x
-        self._plan_d[:2 * S + 3].copy_to_device(plan[:2 * S + 3], stream=self.stream)
+        self._plan_d[:2 * S + 4].copy_to_device(plan[:2 * S + 4], stream=self.stream)
         self._x_d[:N].copy_to_device(self._x_h[:N], stream=self.stream)
-        self._kernels.step(self.grid(S), self.threads, self.stream, self.shared_bytes,
-                           (self.wbuf, self.meta, self.state, self._plan_d, self._x_d, self._y_d))
+        if self._wide(S):
+            self._run_wide(S, T)
+        else:
+            self._kernels.launch("step_kernel", self.grid(S), self.threads, self.stream, self.shared_bytes,
+                                 (self.wbuf, self.meta, self.state, self._plan_d, self._x_d, self._y_d))
         self._y_d[:N].copy_to_host(self._y_h[:N], stream=self.stream)
         self.stream.synchronize()
         return self._y_h[:N].copy()
 
     def run_one(self, slot: int, x):
         """run() for a single stream."""
-        return self.run((slot,), (0, x.shape[0]), x)
+        self._one_off[1] = x.shape[0]
+        self._one_slot[0] = slot
+        return self.run(self._one_slot, self._one_off, x, x.shape[0])
+
+    def _wide(self, n_streams: int) -> bool:
+        """Spread each stream over many blocks (kernels/cuda_wide.py) when the weights are not in shared
+        memory and the batch has too few tiles to keep every SM busy with one block per tile."""
+        return self.wide_ok and not self.staged and -(-n_streams // k.TILE) < self.sms * WIDE_BELOW_TILES_PER_SM
+
+    def _run_wide(self, S, T):
+        """T_max x L x (gates, hidden) launches, then the head for each step."""
+        if self._work is None or self._work.shape[0] < S:
+            self._work = cuda.device_array((max(S, 2 * (0 if self._work is None else self._work.shape[0])),
+                                            self._H), self.dtype, stream=self.stream)
+        L, NT, st = self._L, self.threads, self.stream
+        gates_grid = (-(-self._H // NT), min(-(-S // k.TILE), 65535))
+        flat = lambda n: max(1, min(-(-n // NT), 65535))  # noqa: E731  1-D grids over n items
+        args = (self.wbuf, self.meta, self.state, self._plan_d)
+        for t in range(T):
+            for l in range(L):
+                self._kernels.launch("gates_kernel", gates_grid, NT, st, self.wide_shared,
+                                     args + (self._x_d, self._work, t * L + l))
+                self._kernels.launch("hidden_kernel", flat(S * self._P), NT, st, 0, args + (self._work, t * L + l))
+            self._kernels.launch("head_kernel", flat(S * self._O), NT, st, 0, args + (self._y_d, t))
+            if self.model.head_activation == "softmax":
+                self._kernels.launch("softmax_kernel", flat(S), NT, st, 0, (self.meta, self._plan_d, self._y_d, t))
 
     def forecast(self, slot, horizon: int):
         """(horizon, O) outputs fed back as inputs from a private copy of the slot's state."""
         self._flush()
         self._f_state[0].copy_to_device(self.state[slot], stream=self.stream)
-        self._f_plan[:] = (1, int(self.staged), 0, 0, horizon)
+        self._f_plan[:] = (1, int(self.staged), horizon, 0, 0, horizon)
         plan = cuda.to_device(self._f_plan, stream=self.stream)
         y = cuda.device_array((horizon + 1, self._O), self.dtype, stream=self.stream)
-        self._kernels.forecast(1, self.threads, self.stream, self.shared_bytes,
-                               (self.wbuf, self.meta, self._f_state, plan, y))
+        self._kernels.launch("forecast_kernel", 1, self.threads, self.stream, self.shared_bytes,
+                             (self.wbuf, self.meta, self._f_state, plan, y))
         out = y.copy_to_host(stream=self.stream)
         self.stream.synchronize()
         return out[1:]
@@ -227,41 +263,57 @@ def _simulated() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
+_SIGNATURES = {  # kernel: argument types; A1 = dtype[::1], A2 = dtype[:, ::1]
+    "step_kernel": "A1, int64[::1], A2, int64[::1], A2, A2",
+    "forecast_kernel": "A1, int64[::1], A2, int64[::1], A2",
+    "gates_kernel": "A1, int64[::1], A2, int64[::1], A2, A2, int64",
+    "hidden_kernel": "A1, int64[::1], A2, int64[::1], A2, int64",
+    "head_kernel": "A1, int64[::1], A2, int64[::1], A2, int64",
+    "softmax_kernel": "int64[::1], int64[::1], A2, int64",
+}
+
+
 class _Kernels:
-    """step_kernel and forecast_kernel for one dtype: compiled at construction on a GPU (so errors show
-    there) and launched through the compiled kernel, which skips per-call type dispatch; plain launches
-    under the simulator."""
+    """The kernels for one dtype, compiled for their one signature (step and forecast at construction, so
+    errors show there) and launched through the compiled kernel, which skips per-call type dispatch.
+    Plain launches under the simulator."""
 
     def __init__(self, dtype):
         self.sim = _simulated()
+        self.dtype = dtype
+        self._compiled, self._shared = {}, {}
         if not self.sim:
-            a1, a2 = f"{dtype}[::1]", f"{dtype}[:, ::1]"
-            self._step = k.step_kernel.compile(f"void({a1}, int64[::1], {a2}, int64[::1], {a2}, {a2})")
-            self._forecast = k.forecast_kernel.compile(f"void({a1}, int64[::1], {a2}, int64[::1], {a2})")
+            for name in ("step_kernel", "forecast_kernel"):
+                self._get(name)
 
-    def step(self, grid, block, stream, shared, args):
+    def _get(self, name):
+        if name not in self._compiled:
+            sig = _SIGNATURES[name].replace("A1", f"{self.dtype}[::1]").replace("A2", f"{self.dtype}[:, ::1]")
+            self._compiled[name] = _module_of(name).__dict__[name].compile(f"void({sig})")
+        return self._compiled[name]
+
+    def launch(self, name, grid, block, stream, shared, args):
+        """name[grid, block, stream, shared](*args)."""
         if self.sim:
-            return k.step_kernel[grid, block, stream, shared](*args)
-        self._step.launch(args, grid, block, stream, shared)
+            return _module_of(name).__dict__[name][grid, block, stream, shared](*args)
+        self._get(name).launch(args, grid, block, stream, shared)
 
-    def forecast(self, grid, block, stream, shared, args):
-        if self.sim:
-            return k.forecast_kernel[grid, block, stream, shared](*args)
-        self._forecast.launch(args, grid, block, stream, shared)
-
-    def opt_in_shared(self, nbytes: int) -> bool:
+    def opt_in_shared(self, nbytes: int, names=("step_kernel", "forecast_kernel")) -> bool:
         """Allow nbytes of dynamic shared memory per block (above 48 KiB CUDA needs a per-kernel opt-in).
-        False when that cannot be done; the caller then reads the weights from global memory."""
+        False when that cannot be done; the caller then needs less."""
         if nbytes <= DEFAULT_SHARED_BYTES or self.sim:
             return True
         try:
             from numba.cuda.cudadrv import driver as drv
             attr = drv.binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-            for kern in (self._step, self._forecast):
-                fn = kern._codelibrary.get_cufunc()
+            for name in names:
+                fn = self._get(name)._codelibrary.get_cufunc()
                 drv.driver.cuKernelSetAttribute(attr, nbytes, fn.handle, fn.device.id)
             return True
         except Exception as e:  # pragma: no cover - needs a GPU
-            log.warning("cuda backend: shared-memory opt-in of %d bytes failed (%s); weights stay in global "
-                        "memory", nbytes, e)
+            log.warning("cuda backend: shared-memory opt-in of %d bytes failed (%s)", nbytes, e)
             return False
+
+
+def _module_of(name):
+    return k if name in ("step_kernel", "forecast_kernel") else kw

@@ -13,7 +13,7 @@ every stream, so results are deterministic on a device and differ from the CPU o
 
 Layouts (floats of the model's dtype):
     state (cap, L*(P+H))  per layer l at l*(P+H): [h_l (P) | c_l (H)]
-    plan  (2S+3,) int64   [S, flags, slots (S), offsets (S+1)]; flags bit 0: weights staged in shared
+    plan  (2S+4,) int64   [S, flags, T_max, slots (S), offsets (S+1)]; flags bit 0: weights in shared
     shared memory         [weights (n, when staged) | xs (TILE, I) | hs (TILE, L, P) | hr (TILE, H)]
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from numba import cuda
 # Streams per thread block; a compile-time constant because the accumulators are a local array.
 TILE = 4
 _ACC = 4 * TILE  # gate accumulators per owned unit: (TILE, 4)
+PLAN_HEAD = 3  # plan[0:3] = S, flags, T_max; then slots, then offsets
 
 
 def shared_floats(meta, n_weights: int, staged: bool) -> int:
@@ -36,7 +37,8 @@ def shared_floats(meta, n_weights: int, staged: bool) -> int:
 
 # ---- activations: the CPU's float32 rational tanh (same constants, same order), libm for float64 --------
 @cuda.jit(device=True)
-def _tanh(x, f32):
+def tanh(x, f32):
+    """tanh: the CPU's clamped rational approximation when f32, else libdevice tanh."""
     if not f32:
         return math.tanh(x)
     lim = np.float32(7.90531110763549805)
@@ -56,25 +58,25 @@ def _tanh(x, f32):
 
 
 @cuda.jit(device=True)
-def _sigmoid(x, f32):
+def sigmoid(x, f32):
+    """Logistic sigmoid: through tanh when f32 (as the CPU), else 1 / (1 + exp(-x))."""
     if f32:  # σ(x) = (1 + tanh(x/2)) / 2
-        return np.float32(0.5) + np.float32(0.5) * _tanh(np.float32(0.5) * x, f32)
+        return np.float32(0.5) + np.float32(0.5) * tanh(np.float32(0.5) * x, f32)
     return 1.0 / (1.0 + math.exp(-x))
 
 
 # ---- plan access --------------------------------------------------------------------------------------
 @cuda.jit(device=True)
-def _rows(plan, s):
+def rows(plan, s):
     """(first row, row count) of plan stream s."""
-    S = plan[0]
-    r0 = plan[2 + S + s]
-    return r0, plan[3 + S + s] - r0
+    r0 = plan[PLAN_HEAD + plan[0] + s]
+    return r0, plan[PLAN_HEAD + plan[0] + s + 1] - r0
 
 
 @cuda.jit(device=True)
 def _active(plan, tile0, n, b, t):
     """True when tile slot b holds a stream that still has a row at its step t."""
-    return b < n and t < _rows(plan, tile0 + b)[1]
+    return b < n and t < rows(plan, tile0 + b)[1]
 
 
 # ---- phases of one timestep for one tile (all threads of the block call each) ----------------------------
@@ -86,12 +88,12 @@ def _stage_x(meta, plan, x, xshift, sh, base, tile0, n, t):
         b, k = idx // I, idx % I
         v = sh[0] * 0
         if _active(plan, tile0, n, b, t):
-            v = x[_rows(plan, tile0 + b)[0] + t + xshift, k]
+            v = x[rows(plan, tile0 + b)[0] + t + xshift, k]
         sh[base + idx] = v
 
 
 @cuda.jit(device=True)
-def _gemv_tile(w, acc, row, G, H, sh, v0, stride, m):
+def gemv_tile(w, acc, row, G, H, sh, v0, stride, m):
     """acc[b, q] += w[row + k*G + q*H] * v_b[k] for k = 0..m-1 in order; v_b[k] = sh[v0 + b*stride + k]."""
     for k in range(m):
         r = row + k * G
@@ -120,19 +122,24 @@ def _cell(w, meta, state, plan, sh, base, tile0, n, t, l):
         for b in range(TILE):
             for q in range(4):
                 acc[4 * b + q] = w[bias + q * H]
-        _gemv_tile(w, acc, off_w + u, G, H, sh, in0, in_stride, n_in)                  # input part
-        _gemv_tile(w, acc, off_w + n_in * G + u, G, H, sh, hs + l * P, L * P, P)       # recurrent part
+        gemv_tile(w, acc, off_w + u, G, H, sh, in0, in_stride, n_in)                  # input part
+        gemv_tile(w, acc, off_w + n_in * G + u, G, H, sh, hs + l * P, L * P, P)       # recurrent part
         for b in range(TILE):
             if _active(plan, tile0, n, b, t):
-                ci = l * (P + H) + P + u
-                slot = plan[2 + tile0 + b]
-                i_g = _sigmoid(acc[4 * b], f32)          # i = σ(W_i [x,h] + b_i)
-                f_g = _sigmoid(acc[4 * b + 1], f32)      # f = σ(W_f [x,h] + b_f)
-                g_g = _tanh(acc[4 * b + 2], f32)         # g = tanh(W_g [x,h] + b_g)
-                o_g = _sigmoid(acc[4 * b + 3], f32)      # o = σ(W_o [x,h] + b_o)
-                cj = f_g * state[slot, ci] + i_g * g_g   # c' = f c + i g
-                state[slot, ci] = cj
-                sh[hr + b * H + u] = o_g * _tanh(cj, f32)  # h' = o tanh(c')
+                slot = plan[PLAN_HEAD + tile0 + b]
+                sh[hr + b * H + u] = unit_update(acc, b, state, slot, l * (P + H) + P + u, f32)
+
+
+@cuda.jit(device=True)
+def unit_update(acc, b, state, slot, ci, f32):
+    """Tile slot b's unit from its gate sums acc[b, :]: stores c' at state[slot, ci], returns o*tanh(c')."""
+    i_g = sigmoid(acc[4 * b], f32)          # i = σ(W_i [x,h] + b_i)
+    f_g = sigmoid(acc[4 * b + 1], f32)      # f = σ(W_f [x,h] + b_f)
+    g_g = tanh(acc[4 * b + 2], f32)         # g = tanh(W_g [x,h] + b_g)
+    o_g = sigmoid(acc[4 * b + 3], f32)      # o = σ(W_o [x,h] + b_o)
+    cj = f_g * state[slot, ci] + i_g * g_g   # c' = f c + i g
+    state[slot, ci] = cj
+    return o_g * tanh(cj, f32)              # h' = o tanh(c')
 
 
 @cuda.jit(device=True)
@@ -170,17 +177,18 @@ def _head(w, meta, plan, sh, base, tile0, n, t, y, yshift):
                 for k in range(P):
                     v += w[off_w + k * O + o] * sh[hl + b * L * P + k]
                 if meta[6] == 1:
-                    v = _sigmoid(v, f32)
-            y[_rows(plan, tile0 + b)[0] + t + yshift, o] = v
+                    v = sigmoid(v, f32)
+            y[rows(plan, tile0 + b)[0] + t + yshift, o] = v
     if meta[6] == 2:  # softmax of each row, one thread per row, sequential like the CPU
         cuda.syncthreads()
         for b in range(cuda.threadIdx.x, TILE, cuda.blockDim.x):
             if _active(plan, tile0, n, b, t):
-                _softmax_row(y, _rows(plan, tile0 + b)[0] + t + yshift, O)
+                softmax_row(y, rows(plan, tile0 + b)[0] + t + yshift, O)
 
 
 @cuda.jit(device=True)
-def _softmax_row(y, r, O):
+def softmax_row(y, r, O):
+    """y[r, :O] = softmax(y[r, :O]), sequentially in the CPU's order (max, exp and sum, divide)."""
     m = y[r, 0]
     for o in range(1, O):
         m = max(m, y[r, o])
@@ -229,7 +237,7 @@ def _move_h(meta, state, plan, sh, base, tile0, n, store):
         b, lk = idx // (L * P), idx % (L * P)
         if b < n:
             col = (lk // P) * (P + H) + lk % P
-            slot = plan[2 + tile0 + b]
+            slot = plan[PLAN_HEAD + tile0 + b]
             if store:
                 state[slot, col] = sh[hs + idx]
             else:
@@ -242,7 +250,7 @@ def _move_h(meta, state, plan, sh, base, tile0, n, store):
 @cuda.jit(cache=True)
 def step_kernel(wbuf, meta, state, plan, x, y):
     """Advance plan's streams over their rows of x (N, I), writing y (N, O).
-    wbuf (n,), meta (8+3L+2,) int64, state (cap, L*(P+H)) in place, plan (2S+3,) int64."""
+    wbuf (n,), meta (8+3L+2,) int64, state (cap, L*(P+H)) in place, plan (2S+4,) int64."""
     sh = cuda.shared.array(0, dtype=wbuf.dtype)
     w, base = _stage_weights(wbuf, plan, sh)
     S = plan[0]
@@ -251,7 +259,7 @@ def step_kernel(wbuf, meta, state, plan, x, y):
         _move_h(meta, state, plan, sh, base, tile0, n, False)
         T = 0
         for b in range(n):
-            T = max(T, _rows(plan, tile0 + b)[1])
+            T = max(T, rows(plan, tile0 + b)[1])
         cuda.syncthreads()
         for t in range(T):
             _timestep(w, meta, state, plan, sh, base, tile0, n, t, x, 0, y, 0)
@@ -262,14 +270,14 @@ def step_kernel(wbuf, meta, state, plan, x, y):
 @cuda.jit(cache=True)
 def forecast_kernel(wbuf, meta, state, plan, y):
     """Roll state (1, L*(P+H)) forward in place feeding outputs back as inputs; launch one block.
-    plan (5,) = [1, flags, 0, 0, horizon]; y (horizon+1, O): y[0] from the current state, y[t+1] after y[t]."""
+    plan (6,) = [1, flags, horizon, 0, 0, horizon]; y (horizon+1, O): y[0] from the current state, y[t+1] after y[t]."""
     sh = cuda.shared.array(0, dtype=wbuf.dtype)
     w, base = _stage_weights(wbuf, plan, sh)
     _move_h(meta, state, plan, sh, base, 0, 1, False)
     cuda.syncthreads()
     _head(w, meta, plan, sh, base, 0, 1, -1, y, 1)
     cuda.syncthreads()
-    for t in range(plan[4]):
+    for t in range(plan[2]):
         _timestep(w, meta, state, plan, sh, base, 0, 1, t, y, 0, y, 1)
 
 

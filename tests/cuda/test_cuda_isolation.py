@@ -66,15 +66,19 @@ GEOMETRIES = {  # name: monkeypatches of cuda_backend
     "default": {},
     "few threads (units loop per thread)": {"MAX_THREADS": 8, "MIN_THREADS": 8},
     "one persistent block for all tiles": {"MAX_BLOCKS_PER_SM": 1, "_sm_count": lambda: 1},
-    "weights read from global memory": {"_Kernels.opt_in_shared": lambda self, n: False},
+    "weights read from global memory": {"_Kernels.opt_in_shared": lambda self, n, names=(): False},
+    "wide path (units over blocks)": {"CUDABackend._wide": lambda self, n: True},
+    "wide path, few threads": {"CUDABackend._wide": lambda self, n: True, "MAX_THREADS": 8, "MIN_THREADS": 8},
 }
 
 
-def test_launch_geometry_does_not_change_outputs(monkeypatch, seed):
+@pytest.mark.parametrize("P,O,act", [(0, 3, "softmax"), (4, 3, "sigmoid"), (0, 0, "none")])
+def test_launch_geometry_and_path_do_not_change_outputs(P, O, act, monkeypatch, seed):
     rng = np.random.default_rng(seed)
-    model = random_model(rng, I=2, H=big(11, 300), L=2, P=big(4, 0), O=3, head_activation="softmax")
+    model = random_model(rng, I=2, H=big(11, 300), L=2, P=P, O=O, head_activation=act)
     n = big(9, 3000)
-    X = rng.normal(0, 1, (big(2, 5), n, 2)).astype(np.float32)
+    batches = [[rng.normal(0, 1, (int(rng.integers(1, 4)), 2)).astype(np.float32) for _ in range(n)]
+               for _ in range(2)]  # ragged: 1 to 3 steps per stream
     results = {}
     for name, patches in GEOMETRIES.items():
         with monkeypatch.context() as m:
@@ -84,7 +88,7 @@ def test_launch_geometry_does_not_change_outputs(monkeypatch, seed):
             s = ls.Streams(model, backend="cuda")
             if name == "weights read from global memory":
                 assert not s._backend.staged
-            results[name] = np.stack([s.step_many(list(range(n)), X[t]) for t in range(len(X))])
+            results[name] = np.concatenate([np.concatenate(s.step_batch(list(range(n)), xs)) for xs in batches])
     for name, r in results.items():
         assert np.array_equal(r, results["default"]), f"{name}: seed={seed}"
 
