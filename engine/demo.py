@@ -66,15 +66,14 @@ def _run(args) -> int:
     from lstm_stream.defaults import load_replay
     replay = load_replay()
     _check_options(args, len(replay.X))
-    whole = args.limit in (None, len(replay.X))  # the documented figures apply to the whole replay set only
-    if not whole:
+    if args.limit:
         replay = replay.subset(args.limit)
     if args.connect:
-        return _replay_and_report(args, replay, args.connect, whole)
+        return _replay_and_report(args, replay, args.connect)
     print("starting a daemon with the default model (the first start compiles the kernels) ...", flush=True)
     with Daemon(backend=args.backend) as daemon:
         print(f"daemon ready at {daemon.address} (pid {daemon.pid})", flush=True)
-        return _replay_and_report(args, replay, daemon.address, whole)
+        return _replay_and_report(args, replay, daemon.address)
 
 
 def _check_options(args, n_recordings):
@@ -95,7 +94,7 @@ def _check_options(args, n_recordings):
         raise DemoError(f"--timeout must be a positive number of seconds, got {args.timeout}")
 
 
-def _replay_and_report(args, replay, address, whole: bool) -> int:
+def _replay_and_report(args, replay, address) -> int:
     from clients import Client
     from lstm_stream.defaults import accuracy, load_default_model, offline_outputs
     with Client(address, timeout=args.timeout) as client:
@@ -106,8 +105,7 @@ def _replay_and_report(args, replay, address, whole: bool) -> int:
     record = ReplayRecord(N, T, len(replay.class_names))
     pace = "as fast as possible" if args.speed == 0 else (
         f"{replay.sample_rate_hz:g} Hz x {args.speed:g}" + (" (real time)" if args.speed == 1 else ""))
-    title = (f"lstm-stream demo: {N} smartwatch streams -> {address}, {pace}. "
-             f"Cells: stream, true activity -> predicted now, probability, ok/--")
+    title = f"lstm-stream demo: {N} smartwatch streams -> {address}, {pace}"
     view = LiveView(record, replay.labels, replay.class_names, title=title,
                     stream=_PlainStdout() if args.plain else sys.stdout)
     if not view.tty:
@@ -128,7 +126,7 @@ def _replay_and_report(args, replay, address, whole: bool) -> int:
     match = streaming == offline
     print(f"match: {'yes' if match else 'NO'}; outputs bit-identical to offline: {'yes' if identical else 'NO'} "
           f"(max |diff| {np.nanmax(np.abs(record.outputs - offline_y)):.1e})")
-    if whole:
+    if replay.expected is not None:  # documented for the whole replay set only
         print(f"documented accuracy: {replay.expected}  "
               f"({'equal' if offline == replay.expected else 'DIFFERENT'}; lstm_stream/data/README.md)")
     print(f"{record.steps_done} steps in {record.elapsed:.2f} s ({record.steps_done / record.elapsed:,.0f} steps/s), "

@@ -15,6 +15,7 @@ import numpy as np
 
 CELL_WIDTH = 34  # characters per stream cell: "07 walking   -> running    93% ok"
 MAX_ROWS = 12  # rows of stream cells drawn live; more streams are summarised in one line
+LEGEND = "cell: stream  true activity -> prediction now  probability  ok=right --=wrong"
 
 
 class ReplayRecord:
@@ -94,22 +95,27 @@ class LiveView:
         if self.tty:
             self._redraw(self.render_table())
 
-    def progress_line(self) -> str:
-        """One plain line: progress, throughput, streams currently right, latency percentiles."""
+    def progress_line(self, with_latency: bool = True) -> str:
+        """One plain line: progress, throughput, streams currently right (and latency percentiles)."""
         rec, done = self.record, self.record.steps_done
         rate = done / rec.elapsed if rec.elapsed > 0 else 0.0
         right, started = self._currently_right()
-        return (f"{done * 100 // self.total:3d}%  {done}/{self.total} steps  {rate:,.0f} steps/s  "
-                f"right now {right}/{started} streams  {latency_line(rec)}")
+        line = (f"{done * 100 // self.total:3d}%  {done}/{self.total} steps  {rate:,.0f} steps/s  "
+                f"right now {right}/{started} streams")
+        return f"{line}  {latency_line(rec)}" if with_latency else line
 
     def render_table(self) -> list:
-        """The live view as lines: title, progress bar and figures, then a grid of per-stream cells."""
-        rec, done = self.record, self.record.steps_done
+        """The live view as lines: title, progress bar, latency, legend, then a grid of per-stream cells.
+
+        Every line fits the terminal's width, so that moving the cursor up by the line count redraws in place.
+        """
+        done = self.record.steps_done
         width = max(CELL_WIDTH, shutil.get_terminal_size((100, 24)).columns - 1)
-        bar_width = max(10, min(40, width - 60))
+        bar_width = max(10, min(40, width - 75))
         filled = bar_width * done // self.total
-        lines = [self.title,
-                 f"[{'#' * filled}{'.' * (bar_width - filled)}] {self.progress_line()}"[:width + 40], ""]
+        header = [self.title, f"[{'#' * filled}{'.' * (bar_width - filled)}] {self.progress_line(False)}",
+                  f"round-trip {latency_line(self.record)}", LEGEND, ""]
+        lines = [line[:width] for line in header]
         cols = max(1, width // (CELL_WIDTH + 2))
         cells = [self._cell(n) for n in range(len(self.labels))]
         rows = [cells[i:i + cols] for i in range(0, len(cells), cols)]

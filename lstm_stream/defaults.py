@@ -64,14 +64,15 @@ class Replay:
     source: str
     licence: str
     model_fingerprint: str
-    expected: Accuracy  # the documented offline accuracy of the default model on all N recordings
+    expected: Accuracy | None  # documented offline accuracy of the default model on these recordings
 
     def subset(self, n: int) -> "Replay":
-        """The first n recordings (expected accuracy no longer applies, so it is recomputed by callers)."""
+        """The first n recordings; `expected` (documented for the whole set) is None unless n is all of them."""
         if not 1 <= n <= len(self.X):
             raise ValueError(f"subset size must be in 1..{len(self.X)}, got {n}")
-        return Replay(self.X[:n], self.labels[:n], self.index[:n], self.class_names, self.channel_names, self.sample_rate_hz,
-                      self.source, self.licence, self.model_fingerprint, self.expected)
+        expected = self.expected if n == len(self.X) else None
+        return Replay(self.X[:n], self.labels[:n], self.index[:n], self.class_names, self.channel_names,
+                      self.sample_rate_hz, self.source, self.licence, self.model_fingerprint, expected)
 
 
 def _data_path(name: str) -> Path:

@@ -112,6 +112,7 @@ def test_replay_round_trip_and_subset(tmp_path, replay):
     assert r.X.dtype == np.float32 and r.X.shape == (3, 4, 1) and r.class_names == ("a", "b")
     assert r.index.tolist() == [0, 1, 2]
     assert r.subset(2).X.shape == (2, 4, 1) and r.subset(2).index.tolist() == [0, 1]
+    assert replay.subset(40).expected == DOCUMENTED and replay.subset(39).expected is None
     with pytest.raises(ValueError, match="subset size"):
         replay.subset(41)
 

@@ -1,6 +1,7 @@
 """`lstm-stream demo` end to end against real daemons on loopback: streaming accuracy equals offline accuracy."""
 import io
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -37,6 +38,13 @@ def run_demo(capsys, *args):
 def offline_text(n: int) -> str:
     """The offline accuracy of the default model on the first n replay recordings, computed here."""
     return str(defaults.evaluate_offline(replay=defaults.load_replay().subset(n)))
+
+
+def test_serve_without_model_serves_the_default_model(default_daemon):
+    with Client(default_daemon.endpoint) as c:
+        info = c.info()
+    assert info["fingerprint"] == defaults.load_default_model().fingerprint
+    assert info["model"]["name"] == "basicmotions-activity"
 
 
 def test_demo_with_its_own_daemon_reports_offline_accuracy(capsys):
@@ -101,6 +109,12 @@ def test_demo_reports_a_missing_daemon(capsys):
 def test_demo_bad_options_are_clear_errors(capsys, args, message):
     code, out, err, _ = run_demo(capsys, *args)
     assert code == 2 and message in err
+
+
+def test_demo_plot_without_matplotlib_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    code, out, err, _ = run_demo(capsys, "--plot", "x.png", "--limit", 1)
+    assert code == 2 and "--plot needs matplotlib: pip install 'lstm-stream[plot]'" in err
 
 
 class FakeTerminal(io.StringIO):
