@@ -1,0 +1,43 @@
+"""python -m bench [--quick] [--doc PATH | --no-doc] [--only kernel server ...]: every benchmark in turn.
+
+Each runs in its own process (`python -m bench.NAME`), so thread settings and loaded libraries of one never
+touch the next; one that fails is reported and the others still run (the exit status says so).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from . import common
+
+BENCHMARKS = ("kernel", "server", "startup", "memory")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="run every lstm-stream benchmark (results: docs/benchmarks.md)")
+    ap.add_argument("--quick", action="store_true", help="short smoke runs; print only unless --doc")
+    ap.add_argument("--doc", help="markdown file to update (default docs/benchmarks.md on full runs)")
+    ap.add_argument("--no-doc", action="store_true", help="print only")
+    ap.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
+    a = ap.parse_args(argv)
+    extra = (["--quick"] if a.quick else []) + (["--doc", a.doc] if a.doc else []) + \
+        (["--no-doc"] if a.no_doc else [])
+    failed = []
+    for name in a.only:
+        print(f"==== bench.{name} ====", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.run([sys.executable, "-m", f"bench.{name}", *extra], env=common.clean_env(),
+                            cwd=common.ROOT).returncode
+        print(f"==== bench.{name}: {'ok' if rc == 0 else f'FAILED ({rc})'} in {time.perf_counter() - t0:.0f} s",
+              flush=True)
+        if rc != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Smoke test of bench/: the modules import, and the kernel cross-check runs at tiny size and can fail.
+No timing is asserted anywhere: the benchmarks measure, they do not judge."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ is not installed with the package; it runs from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from bench import common, contenders as C  # noqa: E402
+
+pytest.importorskip("torch")
+TINY = C.Spec(I=3, H=5, L=2, O=2)
+
+
+def test_bench_modules_import():
+    import importlib
+    for name in ("bench.__main__", "bench.kernel", "bench.server", "bench.startup", "bench.memory", "bench.peak",
+                 "bench.servers"):
+        assert callable(getattr(importlib.import_module(name), "main", None)), name
+
+
+def test_kernel_crosscheck_agrees_at_tiny_size():
+    assert C.crosscheck(TINY, n=3, steps=3) <= C.TOLERANCE
+
+
+def test_kernel_crosscheck_catches_a_wrong_contender(monkeypatch):
+    run = C.TorchLSTM.run
+    monkeypatch.setattr(C.TorchLSTM, "run", lambda self, X: run(self, X) + 1e-3)
+    with pytest.raises(AssertionError, match="nn.LSTM"):
+        C.crosscheck(TINY, n=3, steps=2)
+
+
+def test_write_section_replaces_only_its_own(tmp_path):
+    doc = tmp_path / "b.md"
+    common.write_section("a", "first A", doc)
+    common.write_section("b", "first B", doc)
+    common.write_section("a", "second A", doc)
+    text = doc.read_text()
+    assert "second A" in text and "first B" in text and "first A" not in text
