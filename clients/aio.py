@@ -35,7 +35,7 @@ class AsyncClient(Api):
         self._codec = P.Codec(max_message_bytes=max_message_bytes)
         self._ids = itertools.count(1)
         self._pending: dict = {}     # request id -> Future of its reply
-        self._sock = None
+        self._sock = self._raw = None
         self._reader = None
         self._closed = False
 
@@ -44,7 +44,7 @@ class AsyncClient(Api):
             raise ClientClosed(f"{self!r} is closed")
         if self._reader is not None and self._reader.done():  # the reader died: start over on a new socket
             self._sock.close(0)
-            self._sock = self._reader = None
+            self._sock = self._raw = self._reader = None
         if self._sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
@@ -52,6 +52,7 @@ class AsyncClient(Api):
             sock.setsockopt(zmq.RCVHWM, self.hwm)
             sock.connect(self.address)
             self._sock = sock
+            self._raw = zmq.Socket.shadow(sock.underlying)  # the same socket, plain (non-future) calls
             self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def close(self) -> None:
@@ -67,7 +68,7 @@ class AsyncClient(Api):
         self._fail_pending(ClientClosed(f"{self!r} was closed while waiting"))
         if self._sock is not None:
             self._sock.close(0)
-            self._sock = None
+            self._sock = self._raw = None
         if self._own_ctx:
             self._ctx.term()
 
@@ -100,32 +101,42 @@ class AsyncClient(Api):
     async def _roundtrip(self, call: Call) -> dict:
         self._ensure_open()
         rid = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._pending[rid] = fut
+        timer = loop.call_later(self.timeout, _expire, fut, call.op, self)
         try:
             data = self._codec.request(call.op, rid, call.fields)
-            return await asyncio.wait_for(self._send_and_wait(data, fut), self.timeout)
-        except asyncio.TimeoutError:
-            raise Timeout(f"no reply from {self.address} within {self.timeout} s for {call.op!r}") from None
+            sent = self._sock.send(data)  # done at once unless our send queue is full
+            if not sent.done():  # wait for room, bounded by the call's timer
+                await asyncio.wait([sent, fut], return_when=asyncio.FIRST_COMPLETED)
+                if not sent.done():
+                    sent.cancel()
+            if sent.done() and not sent.cancelled():
+                sent.result()  # raises a socket error, if any
+            return await fut
         finally:
+            timer.cancel()
             self._pending.pop(rid, None)
-
-    async def _send_and_wait(self, data, fut):
-        await self._sock.send(data)
-        return await fut
 
     async def _read_loop(self):
         """Receive replies for as long as the client is open and hand each to the call that waits for it."""
+        raw, pending = self._raw, self._pending
         try:
             while True:
                 data = await self._sock.recv()
-                try:
-                    reply = decode_reply(self._codec, data)
-                except BadReply:
-                    continue  # cannot tell whose it is; that call will time out
-                fut = self._pending.get(reply["id"])
-                if fut is not None and not fut.done():
-                    fut.set_result(reply)
+                while data is not None:  # then drain everything ready without a future per message
+                    try:
+                        reply = decode_reply(self._codec, data)
+                    except BadReply:
+                        reply = {"id": None}  # cannot tell whose it is; that call will time out
+                    fut = pending.get(reply["id"])
+                    if fut is not None and not fut.done():
+                        fut.set_result(reply)
+                    try:
+                        data = raw.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        data = None
         except asyncio.CancelledError:
             raise
         except Exception as e:  # socket closed under us, or a bug: no one must wait forever
@@ -136,3 +147,9 @@ class AsyncClient(Api):
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
+
+
+def _expire(fut, op, client):
+    """The call's timer: fail its future with Timeout unless the reply came first."""
+    if not fut.done():
+        fut.set_exception(Timeout(f"no reply from {client.address} within {client.timeout} s for {op!r}"))

@@ -132,7 +132,7 @@ class EngineCore:
             return
         self.metrics["batches"] += 1
         self.metrics["batched_requests"] += len(plan)
-        self.metrics["batched_samples"] += sum(x.shape[0] for x in plan.xs)
+        self.metrics["batched_samples"] += plan.samples
         self._mutated()
         try:
             results, err = plan.run(), None

@@ -17,13 +17,15 @@ from lstm_stream.state import check_id
 
 
 class StepPlan:
-    """The step segments of one turn: ids and (T_k, I) inputs in arrival order, and who asked for which."""
+    """The step segments of one turn: ids and inputs in arrival order, and which request asked for which."""
 
     def __init__(self, streams):
         self.streams = streams
         self.ids: list = []        # one stream id per segment
-        self.xs: list = []         # (T_k, I) validated inputs, one per segment
+        self.chunks: list = []     # validated inputs: (T, I) for one segment, or (N, I) for N one-row segments
         self.parts: list = []      # (request, first segment, segment count, reply form)
+        self.samples = 0           # rows over all segments
+        self._rows_only = True     # every segment is one row: the turn can run as one step_many
         self._new: set = set()     # ids this plan creates (not yet in the store)
 
     def __len__(self):
@@ -34,28 +36,32 @@ class StepPlan:
         f = req.fields
         if req.op == "step":
             a = to_array(f["x"], "x")
-            ids, segs, form = [f["stream"]], [self._check(a, "x")], "row" if a.ndim == 1 else "rows"
+            ids, chunks, form = [f["stream"]], [self._check(a, "x")], "row" if a.ndim == 1 else "rows"
+            rows_only = chunks[0].shape[0] == 1
         elif f["x"] is not None:
             ids = f["streams"]
             X = self._check(to_array(f["x"], "x"), "x")
             if X.shape[0] != len(ids):
                 raise InputError(f"x has {X.shape[0]} rows but 'streams' lists {len(ids)} ids; expected one row "
                                  "per stream")
-            segs, form = [X[k:k + 1] for k in range(len(ids))], "matrix"
+            chunks, form, rows_only = [X], "matrix", True
         else:
             ids, xs = f["streams"], f["xs"]
             if len(xs) != len(ids):
                 raise InputError(f"'xs' has {len(xs)} arrays but 'streams' lists {len(ids)} ids; expected one "
                                  "array per stream")
             arrs = [to_array(a, f"xs[{k}]") for k, a in enumerate(xs)]
-            segs = [self._check(a, f"xs[{k}]") for k, a in enumerate(arrs)]
+            chunks = [self._check(a, f"xs[{k}]") for k, a in enumerate(arrs)]
             form = ["row" if a.ndim == 1 else "rows" for a in arrs]
+            rows_only = all(c.shape[0] == 1 for c in chunks)
         if not ids:
             raise ProtocolError(BAD_INPUT, "'streams' is empty; expected at least one stream id")
         self._reserve(ids)
         self.parts.append((req, len(self.ids), len(ids), form))
         self.ids.extend(ids)
-        self.xs.extend(segs)
+        self.chunks.extend(chunks)
+        self.samples += sum(c.shape[0] for c in chunks)
+        self._rows_only &= rows_only
 
     def _check(self, a, what):
         return self.streams.check_input(a, what)
@@ -72,20 +78,30 @@ class StepPlan:
         self._new |= new
 
     def run(self) -> list:
-        """One step_batch call for the whole plan; returns [(request, result map)] in arrival order."""
+        """One kernel call for the whole plan; returns [(request, result map)] in arrival order."""
         if not self.parts:
             return []
-        outs = self.streams.step_batch(self.ids, self.xs)
+        if self._rows_only:  # one sample per segment (the common case): one vectorised step_many
+            X = self.chunks[0] if len(self.chunks) == 1 else np.concatenate(self.chunks)
+            Y = self.streams.step_many(self.ids, X)
+
+            def seg(k, n=1):  # outputs of segments k..k+n-1 as one (rows, O) array
+                return Y[k:k + n]
+        else:  # some segment has several timesteps: the ragged step_batch
+            segs = self.chunks
+            if any(part[3] == "matrix" for part in self.parts):
+                segs = [c[k:k + 1] for c in self.chunks for k in range(c.shape[0])]
+            outs = self.streams.step_batch(self.ids, segs)
+
+            def seg(k, n=1):
+                return outs[k] if n == 1 else np.concatenate(outs[k:k + n])
         results = []
         for req, first, n, form in self.parts:
-            ys = outs[first:first + n]
             if form == "row":
-                results.append((req, {"y": ys[0][0]}))
-            elif form == "rows":
-                results.append((req, {"y": ys[0]}))
-            elif form == "matrix":
-                results.append((req, {"y": np.concatenate(ys) if n > 1 else ys[0]}))
+                results.append((req, {"y": seg(first)[0]}))
+            elif form in ("rows", "matrix"):
+                results.append((req, {"y": seg(first, n)}))
             else:
-                results.append((req, {"ys": [y[0] if f == "row" else y for y, f in zip(ys, form)]}))
+                results.append((req, {"ys": [seg(first + j)[0] if f == "row" else seg(first + j)
+                                             for j, f in enumerate(form)]}))
         return results
-
