@@ -98,3 +98,15 @@ def test_client_side_imports_load_no_numba():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_spec_documents_every_op_field_and_error_code():
+    from pathlib import Path
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    for op, fields in P.REQUEST_FIELDS.items():
+        assert f"### `{op}`" in spec, op
+        for name in fields:
+            assert f"`{name}`" in spec, (op, name)
+    for code in P.ERROR_CODES:
+        assert f"| `{code}` |" in spec, code
+    assert f"version {P.PROTOCOL_VERSION}" in spec
