@@ -54,6 +54,7 @@ class CUDABackend:
         self.threads = min(MAX_THREADS, max(MIN_THREADS, -(-max(H, P, O) // 32) * 32))
         self._geometry(wbuf, meta)
         self._pending = []  # slots to zero before the next use of the slab (zero() is batched)
+        self._zero_h, self._zero_d = cuda.pinned_array(0, np.int64), None
         self._n_rows, self._n_streams = 0, 0
         self._ensure(64, 64)
         self._f_plan = cuda.pinned_array(6, np.int64)
@@ -105,12 +106,17 @@ class CUDABackend:
             self._plan_d = cuda.device_array(2 * self._n_streams + 4, np.int64, stream=self.stream)
 
     def _flush(self):
-        """Zero the slots queued by zero() with one launch."""
-        if self._pending:
-            slots = cuda.to_device(np.asarray(self._pending, np.int64), stream=self.stream)
+        """Zero the slots queued by zero() with one launch (through a reused pinned/device buffer)."""
+        m = len(self._pending)
+        if m:
+            if self._zero_h.shape[0] < m:
+                self._zero_h = cuda.pinned_array(2 * m, np.int64)
+                self._zero_d = cuda.device_array(2 * m, np.int64, stream=self.stream)
+            self._zero_h[:m] = self._pending
             self._pending = []
-            n = slots.shape[0] * self._W
-            k.zero_slots_kernel[min(-(-n // 256), 4096), 256, self.stream](self.state, slots)
+            self._zero_d[:m].copy_to_device(self._zero_h[:m], stream=self.stream)
+            n = m * self._W
+            k.zero_slots_kernel[min(-(-n // 256), 4096), 256, self.stream](self.state, self._zero_d[:m])
 
     # ---- stepping ---------------------------------------------------------------------------------------
     def run(self, slots, offsets, x, t_max=None):
@@ -143,8 +149,10 @@ class CUDABackend:
 
     def _wide(self, n_streams: int) -> bool:
         """Spread each stream over many blocks (kernels/cuda_wide.py) when the weights are not in shared
-        memory and the batch has too few tiles to keep every SM busy with one block per tile."""
-        return self.wide_ok and not self.staged and -(-n_streams // k.TILE) < self.sms * WIDE_BELOW_TILES_PER_SM
+        memory, a block cannot cover all H units at once, and the batch has too few tiles to keep every SM
+        busy with one block per tile."""
+        return (self.wide_ok and not self.staged and self._H > self.threads
+                and -(-n_streams // k.TILE) < self.sms * WIDE_BELOW_TILES_PER_SM)
 
     def _run_wide(self, S, T):
         """T_max x L x (gates, hidden) launches, then the head for each step."""
