@@ -208,3 +208,23 @@ def test_any_split_into_turns_equals_streams_alone(ops, max_batch):
         replies.update(core.step())
     for k, want in enumerate(expect):
         np.testing.assert_array_equal(y_of(core.codec.decode(replies[k])), want)
+
+
+def test_housekeeping_evicts_idle_streams_and_logs_metrics(ar_model, caplog):
+    now = [1000.0]
+    streams = ls.Streams(ar_model, idle_ttl=10.0, clock=lambda: now[0])
+    core = EngineCore(streams, EngineConfig(evict_every=1.0, metrics_every=60.0), clock=lambda: now[0])
+    core.call(req("step", stream="old", x=np.zeros(I)))
+    now[0] += 8
+    core.call(req("step", stream="new", x=np.zeros(I)))
+    core.call(req("step", stream="new", x=np.ones(3)))  # one error among three requests
+    now[0] += 5
+    with caplog.at_level("INFO", logger="lstm_stream.engine"):
+        deadline = core.housekeep()
+        assert streams.ids() == ["new"] and deadline == now[0] + 1.0
+        now[0] += 60
+        core.housekeep()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("evicted 1 streams idle" in m for m in lines)
+    metrics = [r for r in caplog.records if r.getMessage().startswith("served 3 requests")]
+    assert metrics and metrics[0].levelname == "WARNING" and "errors 1 (33.33%)" in metrics[0].getMessage()

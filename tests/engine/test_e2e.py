@@ -145,3 +145,10 @@ def test_a_client_faster_than_the_engine_gets_busy_replies_and_nothing_is_lost(d
     assert len(busy) + len(ok) == 500 and busy and ok  # every request answered: applied, or refused as busy
     assert steps == len(ok) and info["counters"]["busy"] == len(busy)  # a busy request was not applied
     assert "resend" in str(busy[0])
+
+
+def test_serve_without_model_uses_the_shipped_default(daemon):
+    defaults = pytest.importorskip("lstm_stream.defaults")
+    d = daemon()
+    with Client(d.endpoint) as c:
+        assert c.info()["fingerprint"] == defaults.load_default_model().fingerprint
