@@ -233,8 +233,13 @@ class EngineCore:
     def _ok(self, req, result) -> bytes:
         if req.lists:
             result = {k: _listify(v) for k, v in result.items()}
+        try:
+            data = self.codec.ok(req.id, result)
+        except Exception as e:  # a result the wire cannot carry is a bug; the client still gets an answer
+            log.exception("cannot encode the reply to %s", req.op)
+            return self._exc_bytes(req, e)
         self.metrics["ok"] += 1
-        return self.codec.ok(req.id, result)
+        return data
 
     def _exc_bytes(self, req, e) -> bytes:
         if isinstance(e, P.ProtocolError):
