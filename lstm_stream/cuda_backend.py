@@ -288,6 +288,7 @@ class _Kernels:
 
     def __init__(self, dtype):
         self.sim = _simulated()
+        self.direct = not self.sim  # launch through the compiled kernel (skips per-call type dispatch)
         self.dtype = dtype
         self._compiled, self._shared = {}, {}
         if not self.sim:
@@ -301,10 +302,20 @@ class _Kernels:
         return self._compiled[name]
 
     def launch(self, name, grid, block, stream, shared, args):
-        """name[grid, block, stream, shared](*args)."""
-        if self.sim:
-            return _module_of(name).__dict__[name][grid, block, stream, shared](*args)
-        self._get(name).launch(args, grid, block, stream, shared)
+        """name[grid, block, stream, shared](*args), on a GPU straight through the compiled kernel."""
+        if self.direct:
+            try:
+                from numba.cuda.cudadrv.driver import _to_core_stream
+                from numba.cuda.errors import normalize_kernel_dimensions
+                g, b = normalize_kernel_dimensions(grid, block)
+                return self._get(name).launch(args, g, b, _to_core_stream(stream), shared)
+            except (AttributeError, ImportError, TypeError) as e:  # pragma: no cover - numba-cuda internals moved
+                log.warning("cuda backend: direct kernel launch unavailable (%s); using numba's dispatcher", e)
+                self.direct = False
+        kern = _module_of(name).__dict__[name]
+        if not self.sim:
+            self._get(name)  # compiled for its one signature (and opted in to shared memory) before use
+        kern[grid, block, stream, shared](*args)
 
     def opt_in_shared(self, nbytes: int, names=("step_kernel", "forecast_kernel")) -> bool:
         """Allow nbytes of dynamic shared memory per block (above 48 KiB CUDA needs a per-kernel opt-in).
