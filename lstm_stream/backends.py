@@ -123,13 +123,22 @@ def make_backend(name: str, model, capacity: int, *, threads=None):
     """Backend by name: 'cpu', 'cuda' (fails clearly without a GPU), or 'auto' (CUDA if usable, logged)."""
     if name not in ("cpu", "cuda", "auto"):
         raise BackendError(f"backend must be 'cpu', 'cuda' or 'auto', got {name!r}")
-    if name == "auto":
-        name = "cuda" if cuda_available() else "cpu"
-        log.info("backend=auto chose %s", name)
-    if name == "cpu":
-        return CPUBackend(model, capacity, threads=threads)
-    if not cuda_available():
+    if name in ("cuda", "auto") and cuda_available():
+        from .cuda_backend import CUDABackend
+        try:
+            backend = CUDABackend(model, capacity)
+        except BackendError as e:
+            if name == "cuda":
+                raise
+            log.warning("backend=auto: a GPU is visible but unusable (%s); using cpu", e)
+        else:
+            if name == "auto":
+                log.info("backend=auto chose cuda")
+            return backend
+    elif name == "cuda":
         raise BackendError("backend='cuda' needs a usable NVIDIA GPU with numba-cuda installed "
-                           "(pip install 'lstm-stream[cuda]'); none was found. Use backend='cpu' or 'auto'.")
-    from .cuda_backend import CUDABackend
-    return CUDABackend(model, capacity)
+                           "(pip install 'lstm-stream[cu12]' or '[cu13]'); none was found. Use backend='cpu' "
+                           "or 'auto'.")
+    elif name == "auto":
+        log.info("backend=auto chose cpu (no usable GPU)")
+    return CPUBackend(model, capacity, threads=threads)
