@@ -23,6 +23,8 @@ DOC = ROOT / "docs" / "benchmarks.md"
 # libgomp / ORT pools spin a little after each call; a pause between blocks keeps one contender's spinning
 # threads from stealing a core from the next one on a small machine (the pause is not timed).
 SETTLE_S = 0.002
+# A 1-minute load average above this per CPU before a run marks its figures as taken on a busy machine.
+BUSY_LOAD_PER_CPU = 0.25
 
 
 # ---- timing -------------------------------------------------------------------------------------------
@@ -76,13 +78,24 @@ def percentile(values, q: float) -> float:
 
 # ---- machine facts -------------------------------------------------------------------------------------
 def cpu_model() -> str:
+    """'AMD EPYC (AVX-512; L2 1024K, L3 32768K)': the model name, widest SIMD and per-core caches."""
+    name, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2" if flags else "?"
+    caches = []
+    for idx in (2, 3):
+        with contextlib.suppress(OSError):
+            size = Path(f"/sys/devices/system/cpu/cpu0/cache/index{idx}/size").read_text().strip()
+            caches.append(f"L{idx} {size}")
+    return f"{name} ({simd}" + (f"; {', '.join(caches)}" if caches else "") + ")"
 
 
 def versions() -> dict:
@@ -99,11 +112,14 @@ def versions() -> dict:
 def machine_lines(extra: dict | None = None) -> list:
     """Markdown bullet lines naming the machine, the versions and (extra) the thread settings."""
     v = versions()
+    load = os.getloadavg()
+    busy = load[0] > BUSY_LOAD_PER_CPU * (os.cpu_count() or 1)
     lines = [f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} "
              f"{platform.release()}",
              "- versions: " + ", ".join(f"{k} {val or 'n/a'}" for k, val in v.items()),
              f"- run at {time.strftime('%Y-%m-%d %H:%M %Z')}; load average before: "
-             f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"]
+             f"{', '.join(f'{x:.2f}' for x in load)}"
+             + (" — **the machine was busy: figures (2-thread ones above all) are not reliable**" if busy else "")]
     for k, val in (extra or {}).items():
         lines.append(f"- {k}: {val}")
     return lines
