@@ -81,7 +81,12 @@ class StepPlan:
         """One kernel call for the whole plan; returns [(request, result map)] in arrival order."""
         if not self.parts:
             return []
-        if self._rows_only:  # one sample per segment (the common case): one vectorised step_many
+        if len(self.ids) == 1:  # a request alone (low load): the single-stream, lowest-latency path
+            Y = self.streams.step(self.ids[0], self.chunks[0])
+
+            def seg(k, n=1):
+                return Y
+        elif self._rows_only:  # one sample per segment (the common case): one vectorised step_many
             X = self.chunks[0] if len(self.chunks) == 1 else np.concatenate(self.chunks)
             Y = self.streams.step_many(self.ids, X)
 
