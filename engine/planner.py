@@ -5,7 +5,10 @@ plan lists them in arrival order; Streams.step_batch groups them per stream (kee
 kernel call for all of them, so each stream advances exactly as if its requests had come alone. Every request
 is validated here, before the call, so a bad one gets its own error and never fails the batch; store capacity
 is reserved per request in arrival order, so a full store refuses exactly the requests that would overflow it.
-The planner builds lists of ids and arrays only: it never touches weights or state.
+The call is Streams.step for a lone one-stream request (lowest latency), Streams.step_many when every segment
+is one sample (vectorised), Streams.step_batch otherwise; all three run the same kernel per stream, so a
+stream's outputs are bit-identical whichever is used. The planner builds lists of ids and arrays only: it
+never touches weights or state.
 """
 from __future__ import annotations
 
