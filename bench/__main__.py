@@ -24,12 +24,17 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     extra = (["--quick"] if a.quick else []) + (["--doc", a.doc] if a.doc else []) + \
         (["--no-doc"] if a.no_doc else [])
+    common.exit_on_sigterm()
     failed = []
     for name in a.only:
         print(f"==== bench.{name} ====", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.run([sys.executable, "-m", f"bench.{name}", *extra], env=common.clean_env(),
-                            cwd=common.ROOT).returncode
+        proc = subprocess.Popen([sys.executable, "-m", f"bench.{name}", *extra], env=common.clean_env(),
+                                cwd=common.ROOT)
+        try:
+            rc = proc.wait()
+        finally:
+            common.stop_process(proc)  # on SIGTERM or Ctrl-C here: the child stops its servers and exits
         print(f"==== bench.{name}: {'ok' if rc == 0 else f'FAILED ({rc})'} in {time.perf_counter() - t0:.0f} s",
               flush=True)
         if rc != 0:

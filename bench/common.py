@@ -214,5 +214,11 @@ def stop_process(proc, timeout: float = 5.0) -> None:
             proc.wait()
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so `finally` blocks (which stop the child servers) run."""
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def python() -> str:
     return sys.executable

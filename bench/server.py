@@ -203,6 +203,7 @@ def main(argv=None) -> int:
     from clients import Client
 
     args = parse(argv)
+    common.exit_on_sigterm()
     timing = QUICK if args.quick else FULL
     ctx = zmq.Context()
     try:

@@ -156,6 +156,7 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    common.exit_on_sigterm()
     text = report(run(args.warm), args)
     print(text)
     if args.doc and not args.no_doc:
