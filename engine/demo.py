@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,6 +29,7 @@ from .demo_view import LiveView, ReplayRecord, latency_line, plot_stream
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 DAEMON_START_TIMEOUT = 120.0  # seconds; a first start compiles the kernels (later starts load numba's cache)
 DAEMON_STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+LISTENING = re.compile(r"listening on (tcp://\S+)")  # the daemon's log line naming the endpoint it bound
 
 
 class DemoError(Exception):
@@ -214,19 +215,16 @@ class _PlainStdout:
         return False
 
 
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Daemon:
-    """`lstm-stream serve` (default model) as a child process on a free loopback port; stopped on exit."""
+    """`lstm-stream serve` (default model) as a child process on a loopback port it picks; stopped on exit.
+
+    The daemon binds tcp://127.0.0.1:* (the kernel picks a free port, so no other process can race for it)
+    and logs the endpoint it got, which is read back from its log.
+    """
 
     def __init__(self, *, backend: str = "cpu", start_timeout: float = DAEMON_START_TIMEOUT):
         self.backend, self.start_timeout = backend, start_timeout
-        self.address = f"tcp://127.0.0.1:{free_loopback_port()}"
+        self.address: str | None = None
         self._proc = None
         self._log = None
 
@@ -236,11 +234,11 @@ class Daemon:
         return self._proc.pid
 
     def __enter__(self):
-        self._log = tempfile.TemporaryFile(mode="w+")
+        self._log = tempfile.TemporaryFile(mode="a+")  # O_APPEND: the child's writes go to the end however we seek
         root = str(Path(__file__).resolve().parents[1])  # so `-m engine.cli` works from a checkout too
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--bind", self.address, "--backend", self.backend,
-               "--log-level", "warning"]
+        cmd = [sys.executable, "-m", "engine.cli", "serve", "--bind", "tcp://127.0.0.1:*", "--backend",
+               self.backend, "--log-level", "info"]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, env=env)
         try:
             self._wait_ready()
@@ -253,23 +251,40 @@ class Daemon:
         from clients import Client
         from clients.errors import ClientError
         deadline = time.monotonic() + self.start_timeout
+        while self.address is None:
+            self._check_alive()
+            found = LISTENING.search(self._read_log())
+            if found:
+                self.address = found.group(1)
+            elif time.monotonic() > deadline:
+                raise DemoError(f"the daemon did not report its endpoint within {self.start_timeout:.0f} s:\n"
+                                f"{self.log_tail()}")
+            else:
+                time.sleep(0.05)
         with Client(self.address, timeout=0.5, retries=0) as client:
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    raise DemoError(f"the daemon exited with status {self._proc.returncode} before answering:\n"
-                                    f"{self.log_tail()}")
+            while True:
+                self._check_alive()
                 try:
                     client.ping()
                     return
                 except ClientError:
-                    time.sleep(0.1)
-        raise DemoError(f"the daemon did not answer at {self.address} within {self.start_timeout:.0f} s:\n"
-                        f"{self.log_tail()}")
+                    if time.monotonic() > deadline:
+                        raise DemoError(f"the daemon did not answer at {self.address} within "
+                                        f"{self.start_timeout:.0f} s:\n{self.log_tail()}") from None
+                    time.sleep(0.05)
+
+    def _check_alive(self):
+        if self._proc.poll() is not None:
+            raise DemoError(f"the daemon exited with status {self._proc.returncode} before answering:\n"
+                            f"{self.log_tail()}")
+
+    def _read_log(self) -> str:
+        self._log.seek(0)
+        return self._log.read()
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the daemon wrote to stdout and stderr."""
-        self._log.seek(0)
-        return "".join(self._log.readlines()[-lines:]) or "(no output)"
+        return "\n".join(self._read_log().splitlines()[-lines:]) or "(no output)"
 
     def __exit__(self, *exc):
         if self._proc is not None and self._proc.poll() is None:
