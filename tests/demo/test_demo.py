@@ -25,7 +25,7 @@ def daemons(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def default_daemon(daemons):
-    return daemons(endpoint=free_tcp_endpoint())
+    return daemons()  # ipc:// in a fresh directory: no port another process could take
 
 
 def run_demo(capsys, *args):
@@ -88,7 +88,7 @@ def test_demo_refuses_a_daemon_serving_another_model(capsys, daemons, tmp_path):
     other = ls.LSTMModel.from_arrays({"weight_ih_l0": rng.normal(size=(8, 6)), "weight_hh_l0": rng.normal(size=(8, 2)),
                                       "bias_ih_l0": np.zeros(8), "bias_hh_l0": np.zeros(8)}, name="other")
     other.save(tmp_path / "other.npz")
-    daemon = daemons("--model", tmp_path / "other.npz", endpoint=free_tcp_endpoint())
+    daemon = daemons("--model", tmp_path / "other.npz")
     code, out, err, _ = run_demo(capsys, "--connect", daemon.endpoint, "--limit", 1)
     assert code == 2
     assert "serves model 'other'" in err and "not the default model" in err
