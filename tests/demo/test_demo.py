@@ -10,6 +10,7 @@ from daemons import DaemonFactory, free_tcp_endpoint
 import lstm_stream as ls
 from clients import Client
 from engine.cli import main
+from engine.demo import offline_run
 from engine.demo_view import LiveView, ReplayRecord
 from lstm_stream import defaults
 
@@ -141,3 +142,13 @@ def test_live_view_draws_a_table_in_place_on_a_terminal():
     assert "02 standing   -> ..." in text
     assert "2/6 steps" in text and "right now 1/2 streams" in text
     np.testing.assert_array_equal(record.predictions(), [[1, -1], [0, -1], [-1, -1]])
+
+
+def test_offline_run_uses_the_daemons_backend_when_it_can():
+    X = defaults.load_replay().X[:2]
+    cpu, used_cpu = offline_run(X, "cpu")
+    assert used_cpu == "cpu"
+    np.testing.assert_array_equal(cpu, defaults.offline_outputs(defaults.load_default_model(), X))
+    other, used = offline_run(X, "cuda")  # the CPU when this process has no usable GPU
+    assert used in ("cuda", "cpu")
+    np.testing.assert_allclose(other, cpu, atol=1e-5)
