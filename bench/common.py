@@ -109,6 +109,20 @@ def versions() -> dict:
     return out
 
 
+def code_version() -> str:
+    """'git 1a2b3c4' plus the measured code's uncommitted files, so a table names what it measured."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lstm_stream", "engine", "clients"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    files = [line[3:] for line in dirty if line.strip()]
+    return f"git {head or '?'}" + (f" with uncommitted changes in {', '.join(files[:6])}"
+                                   + (" …" if len(files) > 6 else "") if files else "")
+
+
 def machine_lines(extra: dict | None = None) -> list:
     """Markdown bullet lines naming the machine, the versions and (extra) the thread settings."""
     v = versions()
@@ -117,6 +131,7 @@ def machine_lines(extra: dict | None = None) -> list:
     lines = [f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} "
              f"{platform.release()}",
              "- versions: " + ", ".join(f"{k} {val or 'n/a'}" for k, val in v.items()),
+             f"- code measured: {code_version()}",
              f"- run at {time.strftime('%Y-%m-%d %H:%M %Z')}; load average before: "
              f"{', '.join(f'{x:.2f}' for x in load)}"
              + (" — **the machine was busy: figures (2-thread ones above all) are not reliable**" if busy else "")]
