@@ -76,9 +76,12 @@ def test_float64_model_matches_reference_tightly(seed):
     assert np.abs(ys - ref).max() < 1e-12, f"seed={seed}"
 
 
-@pytest.mark.parametrize("dtype,tol", [("float32", 2e-6), ("float64", 1e-13)])
+@pytest.mark.parametrize("dtype,tol", [("float32", 2e-5), ("float64", 1e-13)])
 def test_one_step_large_weights(dtype, tol, seed):
-    """Saturating gates (weights ~N(0, 2)) from random states: one step matches the reference."""
+    """Saturating gates (weights ~N(0, 2)) from random states: one step matches the reference.
+
+    Here the gate pre-activations are sums of ~40 terms with sum |w u| up to ~150, so their float32 rounding
+    alone is ~150 * 6e-8 ~ 1e-5 (PyTorch's float32 LSTM has the same): the bound is 2e-5, and 1e-13 in float64."""
     rng = np.random.default_rng(seed)
     model = random_model(rng, I=4, H=33, L=2, P=0, O=3, head_activation="sigmoid", dtype=dtype, scale=2.0)
     streams = ls.Streams(model)
@@ -90,7 +93,9 @@ def test_one_step_large_weights(dtype, tol, seed):
         y = streams.step("s", x.astype(dtype))
         ref, h_ref, c_ref = reference_run(model, x.astype(dtype)[None], h0, c0)
         assert np.abs(y - ref[0]).max() < tol, f"seed={seed}"
-        assert np.abs(streams.get_state("s").c - c_ref).max() < 4 * tol, f"seed={seed}"
+        # c is not bounded (|c| reaches ~10 here): its error scales with its magnitude.
+        c_err = np.abs(streams.get_state("s").c - c_ref) / (1 + np.abs(c_ref))
+        assert c_err.max() < 2 * tol, f"seed={seed}"
 
 
 def test_batch_first_false_and_lstm_cell(seed):
