@@ -51,6 +51,7 @@ class CPUBackend:
         self._scratch = np.zeros((self.threads * CHUNKS_PER_THREAD, scratch_size(model)), dt)
         self._one_slot = np.zeros(1, np.int64)
         self._one_off = np.zeros(2, np.int64)
+        self._plan = np.zeros(3, np.int64)  # [slot, 0, T] for step_checked
 
     def grow(self, capacity: int) -> None:
         """Enlarge the slabs to `capacity` slots, keeping every stream's state."""
@@ -80,6 +81,16 @@ class CPUBackend:
         self._k.step_ragged(self.wbuf, self.meta, self.h, self.c, self._one_slot, self._one_off, x, y,
                             self._scratch)
         return y
+
+    def step_checked(self, slot: int, x):
+        """run_one() that first checks x for NaN/Inf in the same compiled call; None (nothing changed) if any."""
+        plan = self._plan
+        plan[0] = slot
+        plan[2] = x.shape[0]
+        y = np.empty((x.shape[0], self.model.output_size), self.h.dtype)
+        if self._k.step_one(self.wbuf, self.meta, self.h, self.c, plan, x, y, self._scratch):
+            return y
+        return None
 
     def read(self, slot):
         return self.h[slot].copy(), self.c[slot].copy()

@@ -78,6 +78,12 @@ class StateStore:
         except (KeyError, TypeError):
             raise UnknownStreamError(f"unknown stream {stream_id!r}") from None
 
+    def get_slot(self, stream_id):
+        """Slot of a known stream given as a plain str or int, else None (the hot path's lookup; 1.0 and True,
+        which hash like 1, never match)."""
+        t = type(stream_id)
+        return self._slots.get(stream_id) if t is str or t is int else None
+
     def items(self):
         """(id, slot) pairs of all streams."""
         return self._slots.items()

@@ -41,6 +41,7 @@ class Streams:
         self._backend = make_backend(backend, model, self._store.capacity, threads=threads)
         from .kernels.cpu import all_finite
         self._all_finite = all_finite
+        self._step_checked = getattr(self._backend, "step_checked", None)
 
     def _grow(self, capacity):
         self._backend.grow(capacity)
@@ -75,8 +76,9 @@ class Streams:
                 "slab_bytes": cap * (self.model.state_bytes + 16)}
 
     # ---- validation ------------------------------------------------------------------------------
-    def check_input(self, x, what="x") -> np.ndarray:
-        """x as a C-contiguous (T, I) array of the model's dtype; InputError naming the problem otherwise."""
+    def check_input(self, x, what="x", *, finite=True) -> np.ndarray:
+        """x as a C-contiguous (T, I) array of the model's dtype; InputError naming the problem otherwise.
+        (finite=False skips the NaN/Inf check, for callers whose compiled step does it.)"""
         I = self.model.input_size
         if type(x) is np.ndarray and x.dtype == self._dtype and x.flags.c_contiguous:
             arr = x  # the hot path: already the right dtype and layout
@@ -93,7 +95,7 @@ class Streams:
         if arr.ndim != 2 or arr.shape[1] != I or arr.shape[0] == 0:
             raise InputError(f"{what} has shape {np.shape(x)}; expected ({I},) for one sample or (T, {I}) "
                              "for T >= 1 samples")
-        if not self._all_finite(arr):
+        if finite and not self._all_finite(arr):
             raise InputError(f"{what} contains NaN or Inf; expected finite values")
         return arr
 
@@ -116,6 +118,18 @@ class Streams:
     # ---- stepping --------------------------------------------------------------------------------
     def step(self, stream_id, x) -> np.ndarray:
         """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero."""
+        slot = self._store.get_slot(stream_id)
+        if slot is None or self._step_checked is None:
+            return self._step_slow(stream_id, x)
+        xs = self.check_input(x, finite=False)
+        y = self._step_checked(slot, xs)  # NaN/Inf checked in the same compiled call
+        if y is None:
+            raise InputError("x contains NaN or Inf; expected finite values")
+        self._store.steps[slot] += xs.shape[0]
+        self._store.last_seen[slot] = self._clock()
+        return y if xs is x or np.ndim(x) != 1 else y[0]
+
+    def _step_slow(self, stream_id, x):
         xs = self.check_input(x)
         stream_id, = self._ids((stream_id,))
         now = self._clock()
