@@ -21,7 +21,7 @@ import numpy as np
 
 from . import common
 from .contenders import Spec, torch_modules
-from .loadgen import LoadGen, step_pool
+from .loadgen import LoadGen, ServerFailed, step_pool
 
 ECHO, DAEMON, NAIVE, CLIENT = "echo (ZeroMQ + msgpack floor)", "lstm-stream daemon", "naive torch server", \
     "lstm-stream daemon via clients.Client"
@@ -33,6 +33,7 @@ MANY = 100              # streams per message
 MANY_STREAMS = 10_000   # distinct streams in the many-per-message load
 MANY_WINDOW = 16        # messages in flight, MANY samples each
 READY_TIMEOUT_S = 180   # a cold daemon compiles its kernels before it answers
+START_ATTEMPTS = 3      # a server that exits at once (port taken since we picked it) gets another port
 FULL = dict(rounds=6, lat_count=500, block_s=0.5)
 QUICK = dict(rounds=2, lat_count=100, block_s=0.1)
 
@@ -50,23 +51,26 @@ def server_args(name, endpoint, model_path, threads):
 
 @contextlib.contextmanager
 def running_servers(tmp: Path, model_path: str, threads: int, ctx):
-    """{name: LoadGen} for the three servers, started together and ready; stopped on exit, always."""
+    """{name: LoadGen} for the three servers, each started and ready; all stopped on exit, always.
+    A server that exits before answering (say its free port was taken meanwhile) is retried on another."""
     with contextlib.ExitStack() as stack:
-        procs, gens = {}, {}
+        gens = {}
         for name in SERVERS:
-            endpoint = f"tcp://127.0.0.1:{common.free_port()}"
-            log = tmp / f"{name.split()[0]}.log"
-            procs[name] = (stack.enter_context(common.subprocess_server(
-                server_args(name, endpoint, model_path, threads), log_path=log)), log)
-            gens[name] = LoadGen(endpoint, ctx)
-            stack.callback(gens[name].close)
-        for name, gen in gens.items():
-            proc, log = procs[name]
-            try:
-                gen.wait_ready(READY_TIMEOUT_S, proc)
-            except Exception:
-                sys.stderr.write(f"--- {name} log ---\n{log.read_text(errors='replace')[-3000:]}\n")
-                raise
+            for attempt in range(START_ATTEMPTS):
+                endpoint = f"tcp://127.0.0.1:{common.free_port()}"
+                log = tmp / f"{name.split()[0]}{attempt}.log"
+                proc = stack.enter_context(common.subprocess_server(
+                    server_args(name, endpoint, model_path, threads), log_path=log))
+                gen = LoadGen(endpoint, ctx)
+                stack.callback(gen.close)
+                try:
+                    gen.wait_ready(READY_TIMEOUT_S, proc)
+                    break
+                except ServerFailed:
+                    sys.stderr.write(f"--- {name} log ---\n{log.read_text(errors='replace')[-3000:]}\n")
+                    if proc.poll() is None or attempt == START_ATTEMPTS - 1:
+                        raise
+            gens[name] = gen
         yield gens
 
 
