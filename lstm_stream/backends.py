@@ -33,12 +33,12 @@ class CPUBackend:
 
     def __init__(self, model, capacity: int, *, threads=None):
         from .kernels import cpu  # numba loads here, not at `import lstm_stream`
-        from .kernels.layout import scratch_size
+        from .kernels.layout import CPU_BLOCK, scratch_size
         import numba
 
         self._k = cpu
         self.model = model
-        self.wbuf, self.meta = model.packed()
+        self.wbuf, self.meta = model.packed(CPU_BLOCK)
         dt = np.dtype(model.dtype)
         L, H, P = model.num_layers, model.hidden_size, model.state_size
         self.h = np.zeros((capacity, L, P), dt)

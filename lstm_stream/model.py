@@ -121,12 +121,14 @@ class LSTMModel:
             self._cache["fingerprint"] = h.hexdigest()[:16]
         return self._cache["fingerprint"]
 
-    def packed(self):
-        """(wbuf, meta): the kernels' fused, flat weight layout (see kernels/layout.py)."""
-        if "packed" not in self._cache:
+    def packed(self, block=None):
+        """(wbuf, meta): the kernels' fused, flat weight layout, gate columns in blocks of `block` (see
+        kernels/layout.py; None = one block, the CUDA layout)."""
+        key = ("packed", block)
+        if key not in self._cache:
             from .kernels.layout import pack
-            self._cache["packed"] = pack(self)
-        return self._cache["packed"]
+            self._cache[key] = pack(self, block)
+        return self._cache[key]
 
     def astype(self, dtype: str) -> "LSTMModel":
         """The same model with weights cast to dtype ('float32' or 'float64')."""
