@@ -141,59 +141,78 @@ class Streams:
 
     def step_many(self, ids, X) -> np.ndarray:
         """One sample per id: X (N, I) -> Y (N, O). Ids may repeat: a stream's samples apply in order."""
-        ids = list(ids)
+        ids = ids if isinstance(ids, list) else list(ids)
         X = self.check_input(X, "X")
         if X.shape[0] != len(ids):
             raise InputError(f"X has {X.shape[0]} rows but {len(ids)} ids were given; expected one row per id")
-        ids = self._ids(ids)
-        rows = {}
-        for r, i in enumerate(ids):
-            rows.setdefault(i, []).append(r)
-        if len(rows) == len(ids):  # all distinct: rows are already one segment per stream
-            perm = None
-            lengths = np.ones(len(ids), np.int64)
-        else:
-            perm = np.fromiter((r for rs in rows.values() for r in rs), np.int64, len(ids))
-            X = X[perm]
-            lengths = np.fromiter((len(rs) for rs in rows.values()), np.int64, len(rows))
-        y = self._run(list(rows), lengths, X)
-        if perm is None:
-            return y
-        out = np.empty_like(y)
-        out[perm] = y
-        return out
+        return self._segments(ids, None, X)
 
     def step_batch(self, ids, xs) -> list:
         """Ragged batch: xs[k] (T_k, I) or (I,) for ids[k]; ids may repeat (applied in list order).
         Returns a list of outputs shaped like each input ((O,) or (T_k, O)). One kernel call in all."""
-        ids = list(ids)
+        ids = ids if isinstance(ids, list) else list(ids)
         if len(ids) != len(xs):
             raise InputError(f"{len(ids)} ids but {len(xs)} inputs; expected one input per id")
         arrs = [self.check_input(x, f"input {k}") for k, x in enumerate(xs)]
-        ids = self._ids(ids)
-        segs = {}
-        for k, i in enumerate(ids):
-            segs.setdefault(i, []).append(k)
-        order = [k for ks in segs.values() for k in ks]
-        X = np.concatenate([arrs[k] for k in order]) if len(order) > 1 else arrs[0]
-        lengths = np.fromiter((sum(arrs[k].shape[0] for k in ks) for ks in segs.values()), np.int64, len(segs))
-        y = self._run(list(segs), lengths, X)
-        outs, pos = [None] * len(ids), 0
-        for k in order:
-            n = arrs[k].shape[0]
-            outs[k] = y[pos] if np.ndim(xs[k]) == 1 else y[pos:pos + n]
+        lengths = np.fromiter((a.shape[0] for a in arrs), np.int64, len(arrs))
+        Y = self._segments(ids, lengths, np.concatenate(arrs) if len(arrs) > 1 else arrs[0])
+        outs, pos = [], 0
+        for x, n in zip(xs, lengths.tolist()):
+            outs.append(Y[pos] if np.ndim(x) == 1 else Y[pos:pos + n])
             pos += n
         return outs
 
-    def _run(self, unique_ids, lengths, X):
+    def step_segments(self, ids, lengths, X) -> np.ndarray:
+        """Ragged batch in one array: segment k is the next lengths[k] rows of X (N, I), for ids[k]; ids may
+        repeat (segments apply in order). Returns Y (N, O), row for row. One kernel call."""
+        ids = ids if isinstance(ids, list) else list(ids)
+        X = self.check_input(X, "X")
+        lengths = np.asarray(lengths)
+        if lengths.dtype.kind not in "iu" or lengths.shape != (len(ids),) or (len(ids) and lengths.min() < 1):
+            raise InputError(f"lengths must be {len(ids)} integers >= 1, one per id; got {lengths!r}")
+        if int(lengths.sum()) != X.shape[0]:
+            raise InputError(f"lengths add up to {int(lengths.sum())} rows but X has {X.shape[0]}; expected equal")
+        return self._segments(ids, lengths.astype(np.int64), X)
+
+    def unknown(self, ids) -> list:
+        """The ids (as given) that are not streams in the store yet, or are not plain str/int."""
+        get = self._store.get_slot
+        return [i for i in ids if get(i) is None]
+
+    def _segments(self, ids, lengths, X):
+        """Validated X; lengths None means one row per id. Creates new streams, runs one kernel call."""
         now = self._clock()
-        slots = np.fromiter((self._slot_or_new(i, now) for i in unique_ids), np.int64, len(unique_ids))
-        offsets = np.zeros(len(slots) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        y = self._backend.run(slots, offsets, X)
+        get = self._store.get_slot
+        slots = [get(i) for i in ids]
+        if None in slots:
+            ids = self._ids(ids)  # normalises and checks the new ids, raises StoreFullError before any change
+            slots = [self._slot_or_new(i, now) for i in ids]
+        n = len(slots)
+        if lengths is None:
+            lengths = np.ones(n, np.int64)
+        if len(set(slots)) == n:  # distinct streams: each segment is already one stream's rows
+            slots = np.array(slots, np.int64)
+            Y = self._backend.run(slots, self._offsets(lengths), X)
+        else:  # a stream appears more than once: gather its rows together, in order, then put them back
+            groups = {}
+            for k, s in enumerate(slots):
+                groups.setdefault(s, []).append(k)
+            starts = self._offsets(lengths)
+            perm = np.concatenate([np.arange(starts[k], starts[k + 1]) for ks in groups.values() for k in ks])
+            glen = np.fromiter((lengths[ks].sum() for ks in groups.values()), np.int64, len(groups))
+            slots = np.fromiter(groups, np.int64, len(groups))
+            Y = np.empty((X.shape[0], self.model.output_size), self._dtype)
+            Y[perm] = self._backend.run(slots, self._offsets(glen), X[perm])
+            lengths = glen
         self._store.steps[slots] += lengths
         self._store.last_seen[slots] = now
-        return y
+        return Y
+
+    @staticmethod
+    def _offsets(lengths):
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return offsets
 
     def forecast(self, stream_id, horizon: int) -> np.ndarray:
         """Roll the stream forward `horizon` steps feeding each output back as the next input, starting from

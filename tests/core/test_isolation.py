@@ -118,3 +118,21 @@ def test_thread_count_does_not_change_outputs():
         assert r.returncode == 0, r.stderr
         outs.append(r.stdout)
     assert outs[0] == outs[1], f"seed={SEED}"
+
+
+def test_step_segments_equals_step_batch_and_validates():
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=3, H=40, L=1, O=2)
+    ids = [1, "b", 1, 7, "b", 1]
+    lengths = [2, 1, 3, 1, 4, 1]
+    X = rng.normal(0, 1, (sum(lengths), 3)).astype(np.float32)
+    a, b = ls.Streams(model), ls.Streams(model)
+    Y = a.step_segments(ids, lengths, X)
+    parts = np.split(X, np.cumsum(lengths)[:-1])
+    assert np.array_equal(Y, np.concatenate(b.step_batch(ids, parts))), f"seed={SEED}"
+    assert a.stream_info(1)["steps"] == 6 and a.stream_info("b")["steps"] == 5
+    for bad, msg in [([1, 1, 1], "lengths must be 6 integers"), ([2, 1, 3, 1, 4, 0], ">= 1"),
+                     ([2, 1, 3, 1, 4, 2], "add up to 13 rows but X has 12")]:
+        with pytest.raises(ls.InputError, match=msg):
+            a.step_segments(ids, bad, X)
+    assert a.stream_info(1)["steps"] == 6
