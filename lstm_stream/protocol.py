@@ -242,9 +242,16 @@ def _is_id(v):
     return isinstance(v, str) or (type(v) is int)
 
 
+_ID_TYPES = frozenset((str, int))  # msgpack decodes to exactly these (no subclasses)
+
+
+def _are_ids(v):
+    return isinstance(v, list) and (_ID_TYPES.issuperset(map(type, v)) or all(_is_id(i) for i in v))
+
+
 _KIND_CHECK = {
     "id": _is_id,
-    "ids": lambda v: isinstance(v, list) and all(_is_id(i) for i in v),
+    "ids": _are_ids,
     "int": lambda v: type(v) is int,
     "bool": lambda v: type(v) is bool,
     "array": lambda v: isinstance(v, (dict, list)),

@@ -176,34 +176,39 @@ class Streams:
 
     def unknown(self, ids) -> list:
         """The ids (as given) that are not streams in the store yet, or are not plain str/int."""
+        slots = self._store.lookup(ids)
+        if slots is not None and None not in slots:
+            return []
         get = self._store.get_slot
         return [i for i in ids if get(i) is None]
 
     def _segments(self, ids, lengths, X):
         """Validated X; lengths None means one row per id. Creates new streams, runs one kernel call."""
         now = self._clock()
-        get = self._store.get_slot
-        slots = [get(i) for i in ids]
-        if None in slots:
+        slots = self._store.lookup(ids)
+        if slots is None or None in slots:
             ids = self._ids(ids)  # normalises and checks the new ids, raises StoreFullError before any change
             slots = [self._slot_or_new(i, now) for i in ids]
         n = len(slots)
         if lengths is None:
             lengths = np.ones(n, np.int64)
-        if len(set(slots)) == n:  # distinct streams: each segment is already one stream's rows
-            slots = np.array(slots, np.int64)
+        slots = np.array(slots, np.int64)
+        order = np.argsort(slots, kind="stable")  # segments grouped by stream, arrival order kept within one
+        sorted_slots = slots[order]
+        first = np.empty(n, bool)
+        first[:1] = True
+        np.not_equal(sorted_slots[1:], sorted_slots[:-1], out=first[1:])
+        if first.all():  # distinct streams: each segment is already one stream's rows
             Y = self._backend.run(slots, self._offsets(lengths), X)
-        else:  # a stream appears more than once: gather its rows together, in order, then put them back
-            groups = {}
-            for k, s in enumerate(slots):
-                groups.setdefault(s, []).append(k)
-            starts = self._offsets(lengths)
-            perm = np.concatenate([np.arange(starts[k], starts[k + 1]) for ks in groups.values() for k in ks])
-            glen = np.fromiter((lengths[ks].sum() for ks in groups.values()), np.int64, len(groups))
-            slots = np.fromiter(groups, np.int64, len(groups))
+        else:  # a stream appears more than once: run its rows together, in order, then put them back
+            lens = lengths[order]
+            starts = self._offsets(lengths)[:-1][order]           # where each (sorted) segment's rows are in X
+            dest = self._offsets(lens)[:-1]                       # where they go in the grouped matrix
+            perm = np.arange(X.shape[0]) + np.repeat(starts - dest, lens)
+            heads = np.flatnonzero(first)
+            slots, lengths = sorted_slots[heads], np.add.reduceat(lens, heads)
             Y = np.empty((X.shape[0], self.model.output_size), self._dtype)
-            Y[perm] = self._backend.run(slots, self._offsets(glen), X[perm])
-            lengths = glen
+            Y[perm] = self._backend.run(slots, self._offsets(lengths), X[perm])
         self._store.steps[slots] += lengths
         self._store.last_seen[slots] = now
         return Y
