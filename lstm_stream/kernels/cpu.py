@@ -85,12 +85,17 @@ def _head(wbuf, meta, hl, y, row):
     hb = 8 + 3 * meta[0]
     W = wbuf[meta[hb]:meta[hb] + P * O].reshape((P, O))  # W_head^T
     b = wbuf[meta[hb + 1]:meta[hb + 1] + O]
-    for o in range(O):
-        out[o] = b[o]
-    for k in range(P):
-        v = hl[k]
-        for o in range(O):
-            out[o] += W[k, o] * v
+    P4 = P - P % 4
+    for o in range(O):  # four interleaved partial sums over k (a fixed order): no chain through memory
+        a0, a1, a2, a3 = hl[0] * 0, hl[0] * 0, hl[0] * 0, hl[0] * 0
+        for k in range(0, P4, 4):
+            a0 += W[k, o] * hl[k]
+            a1 += W[k + 1, o] * hl[k + 1]
+            a2 += W[k + 2, o] * hl[k + 2]
+            a3 += W[k + 3, o] * hl[k + 3]
+        for k in range(P4, P):
+            a0 += W[k, o] * hl[k]
+        out[o] = b[o] + ((a0 + a1) + (a2 + a3))
     if meta[6] == 1:
         for o in range(O):
             out[o] = act_sigmoid(out[o])
