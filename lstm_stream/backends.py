@@ -52,6 +52,7 @@ class CPUBackend:
         self._one_slot = np.zeros(1, np.int64)
         self._one_off = np.zeros(2, np.int64)
         self._plan = np.zeros(3, np.int64)  # [slot, 0, T] for step_checked
+        self._step_one, self._out1, self._dt = cpu.step_one, model.output_size, dt
 
     def grow(self, capacity: int) -> None:
         """Enlarge the slabs to `capacity` slots, keeping every stream's state."""
@@ -83,12 +84,17 @@ class CPUBackend:
         return y
 
     def step_checked(self, slot: int, x):
-        """run_one() that first checks x for NaN/Inf in the same compiled call; None (nothing changed) if any."""
+        """run_one() that first checks x for NaN/Inf in the same compiled call; None (nothing changed) if any.
+        x: (I,) -> y (O,), or (T, I) -> (T, O); C-contiguous, of the model's dtype."""
         plan = self._plan
         plan[0] = slot
-        plan[2] = x.shape[0]
-        y = np.empty((x.shape[0], self.model.output_size), self.h.dtype)
-        if self._k.step_one(self.wbuf, self.meta, self.h, self.c, plan, x, y, self._scratch):
+        if x.ndim == 1:
+            plan[2] = 1
+            y = np.empty(self._out1, self._dt)
+        else:
+            plan[2] = x.shape[0]
+            y = np.empty((x.shape[0], self._out1), self._dt)
+        if self._step_one(self.wbuf, self.meta, self.h, self.c, plan, x, y, self._scratch):
             return y
         return None
 

@@ -42,6 +42,7 @@ class Streams:
         from .kernels.cpu import all_finite
         self._all_finite = all_finite
         self._step_checked = getattr(self._backend, "step_checked", None)
+        self._one_shape = (model.input_size,)
 
     def _grow(self, capacity):
         self._backend.grow(capacity)
@@ -121,13 +122,17 @@ class Streams:
         slot = self._store.get_slot(stream_id)
         if slot is None or self._step_checked is None:
             return self._step_slow(stream_id, x)
-        xs = self.check_input(x, finite=False)
-        y = self._step_checked(slot, xs)  # NaN/Inf checked in the same compiled call
+        if not (type(x) is np.ndarray and x.dtype is self._dtype and x.shape == self._one_shape
+                and x.flags.c_contiguous):
+            xs = self.check_input(x, finite=False)  # anything but one C-ordered sample of our dtype
+            x = xs[0] if np.ndim(x) == 1 else xs
+        y = self._step_checked(slot, x)  # NaN/Inf checked in the same compiled call
         if y is None:
             raise InputError("x contains NaN or Inf; expected finite values")
-        self._store.steps[slot] += xs.shape[0]
-        self._store.last_seen[slot] = self._clock()
-        return y if xs is x or np.ndim(x) != 1 else y[0]
+        store = self._store
+        store.steps[slot] += 1 if y.ndim == 1 else y.shape[0]
+        store.last_seen[slot] = self._clock()
+        return y
 
     def _step_slow(self, stream_id, x):
         xs = self.check_input(x)

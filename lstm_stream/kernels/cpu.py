@@ -220,11 +220,14 @@ def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scratch):
 
 @njit(**_OPTS)
 def step_one(wbuf, meta, h, c, plan, x, y, scratch):
-    """The one-stream fast path: plan = [slot, 0, T]; x (T, I) -> y (T, O). Returns False, changing nothing,
-    if x holds a NaN or Inf (one call both checks and steps: Numba's dispatch costs ~0.1 µs per argument)."""
+    """The one-stream fast path: plan = [slot, 0, T]; x (T, I) or (I,) -> y (T, O) or (O,), C-contiguous.
+    Returns False, changing nothing, if x holds a NaN or Inf (one call both checks and steps: Numba's
+    dispatch costs ~0.1 µs per argument)."""
     if not all_finite(x):
         return False
-    _tile(wbuf, meta, h, c, plan[:1], plan[1:], 0, 1, x, y, 0, scratch[0])
+    T = plan[2]
+    _tile(wbuf, meta, h, c, plan[:1], plan[1:], 0, 1, x.reshape((T, meta[1])), y.reshape((T, meta[4])), 0,
+          scratch[0])
     return True
 
 
