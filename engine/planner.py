@@ -86,8 +86,7 @@ class StepPlan:
         if not self.parts:
             return []
         if len(self.ids) == 1:  # a request alone (low load): the single-stream, lowest-latency path
-            Y = self.streams.step(self.ids[0], self.chunks[0])
-            Y = Y.reshape(1, -1) if Y.ndim == 1 else Y
+            Y = self.streams.step(self.ids[0], self.chunks[0])  # (T, O), even for one row
         else:
             X = self.chunks[0] if len(self.chunks) == 1 else np.concatenate(self.chunks)
             Y = self.streams.step_segments(self.ids, self.lengths, X)

@@ -122,9 +122,9 @@ class Streams:
         slot = self._store.get_slot(stream_id)
         if slot is None or self._step_checked is None:
             return self._step_slow(stream_id, x)
-        if not (type(x) is np.ndarray and x.dtype is self._dtype and x.shape == self._one_shape
-                and x.flags.c_contiguous):
-            xs = self.check_input(x, finite=False)  # anything but one C-ordered sample of our dtype
+        if not (type(x) is np.ndarray and x.dtype is self._dtype and x.flags.c_contiguous
+                and (x.shape == self._one_shape or x.ndim == 2 and x.shape[0] and x.shape[1] == self._one_shape[0])):
+            xs = self.check_input(x, finite=False)  # anything but C-ordered (I,) or (T, I) of our dtype
             x = xs[0] if np.ndim(x) == 1 else xs
         y = self._step_checked(slot, x)  # NaN/Inf checked in the same compiled call
         if y is None:
