@@ -33,7 +33,7 @@ class CPUBackend:
 
     def __init__(self, model, capacity: int, *, threads=None):
         from .kernels import cpu  # numba loads here, not at `import lstm_stream`
-        from .kernels.layout import CPU_BLOCK, scratch_size
+        from .kernels.layout import CPU_BLOCK, aligned_zeros, scratch_size
         import numba
 
         self._k = cpu
@@ -41,14 +41,16 @@ class CPUBackend:
         self.wbuf, self.meta = model.packed(CPU_BLOCK)
         dt = np.dtype(model.dtype)
         L, H, P = model.num_layers, model.hidden_size, model.state_size
-        self.h = np.zeros((capacity, L, P), dt)
-        self.c = np.zeros((capacity, L, H), dt)
+        self._zeros = aligned_zeros
+        self.h = aligned_zeros((capacity, L, P), dt)
+        self.c = aligned_zeros((capacity, L, H), dt)
         max_threads = numba.config.NUMBA_NUM_THREADS
         if threads is not None and not 1 <= threads <= max_threads:
             raise BackendError(f"threads must be between 1 and {max_threads} (NUMBA_NUM_THREADS), got {threads}")
         self.threads = threads or min(max_threads, os.cpu_count() or 1)
         self._set_threads = numba.set_num_threads
-        self._scratch = np.zeros((self.threads * CHUNKS_PER_THREAD, scratch_size(model)), dt)
+        row = -(-scratch_size(model) // 16) * 16  # whole cache lines per row, so every row starts aligned
+        self._scratch = aligned_zeros((self.threads * CHUNKS_PER_THREAD, row), dt)
         self._one_slot = np.zeros(1, np.int64)
         self._one_off = np.zeros(2, np.int64)
         self._plan = np.zeros(3, np.int64)  # [slot, 0, T] for step_checked
@@ -58,7 +60,7 @@ class CPUBackend:
         """Enlarge the slabs to `capacity` slots, keeping every stream's state."""
         for name in ("h", "c"):
             old = getattr(self, name)
-            new = np.zeros((capacity,) + old.shape[1:], old.dtype)
+            new = self._zeros((capacity,) + old.shape[1:], old.dtype)
             new[: old.shape[0]] = old
             setattr(self, name, new)
 
