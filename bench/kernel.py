@@ -10,13 +10,20 @@ the mean of the two medians with their spread. All contenders are cross-checked 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
+# torch's OpenMP threads and numba's spin for a while after each parallel region (OpenMP's default wait
+# policy); with contenders interleaved in one process, one contender's spinning threads then steal the cores
+# from the next one's. Passive waiting (set before torch or numba load their runtimes) treats all alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("KMP_BLOCKTIME", "0")
 
-from . import common
-from . import contenders as C
+import numpy as np  # noqa: E402
+
+from . import common  # noqa: E402
+from . import contenders as C  # noqa: E402
 
 SHAPES = (C.Spec(8, 64), C.Spec(32, 256), C.Spec(8, 64, 2))
 STREAMS = (1, 16, 256, 4096)
