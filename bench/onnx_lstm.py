@@ -85,6 +85,8 @@ def session(model, threads: int):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No busy-waiting between calls (the other contenders wait passively too; see bench/kernel.py).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     return ort.InferenceSession(build_model(model).SerializeToString(), so,
                                 providers=["CPUExecutionProvider"])
