@@ -195,25 +195,26 @@ class Streams:
             ids = self._ids(ids)  # normalises and checks the new ids, raises StoreFullError before any change
             slots = [self._slot_or_new(i, now) for i in ids]
         n = len(slots)
+        if len(set(slots)) == n:  # distinct streams (the usual case): each segment is one stream's rows
+            slots = np.array(slots, np.int64)
+            offsets = np.arange(n + 1, dtype=np.int64) if lengths is None else self._offsets(lengths)
+            Y = self._backend.run(slots, offsets, X)
+            self._store.steps[slots] += 1 if lengths is None else lengths
+            self._store.last_seen[slots] = now
+            return Y
+        # A stream appears more than once: run its rows together, in arrival order, then put them back.
         if lengths is None:
             lengths = np.ones(n, np.int64)
         slots = np.array(slots, np.int64)
-        order = np.argsort(slots, kind="stable")  # segments grouped by stream, arrival order kept within one
-        sorted_slots = slots[order]
-        first = np.empty(n, bool)
-        first[:1] = True
-        np.not_equal(sorted_slots[1:], sorted_slots[:-1], out=first[1:])
-        if first.all():  # distinct streams: each segment is already one stream's rows
-            Y = self._backend.run(slots, self._offsets(lengths), X)
-        else:  # a stream appears more than once: run its rows together, in order, then put them back
-            lens = lengths[order]
-            starts = self._offsets(lengths)[:-1][order]           # where each (sorted) segment's rows are in X
-            dest = self._offsets(lens)[:-1]                       # where they go in the grouped matrix
-            perm = np.arange(X.shape[0]) + np.repeat(starts - dest, lens)
-            heads = np.flatnonzero(first)
-            slots, lengths = sorted_slots[heads], np.add.reduceat(lens, heads)
-            Y = np.empty((X.shape[0], self.model.output_size), self._dtype)
-            Y[perm] = self._backend.run(slots, self._offsets(lengths), X[perm])
+        order = np.argsort(slots, kind="stable")              # segments grouped by stream, order kept
+        sorted_slots, lens = slots[order], lengths[order]
+        heads = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
+        starts = self._offsets(lengths)[:-1][order]           # where each (sorted) segment's rows are in X
+        dest = self._offsets(lens)[:-1]                       # where they go in the grouped matrix
+        perm = np.arange(X.shape[0]) + np.repeat(starts - dest, lens)
+        slots, lengths = sorted_slots[heads], np.add.reduceat(lens, heads)
+        Y = np.empty((X.shape[0], self.model.output_size), self._dtype)
+        Y[perm] = self._backend.run(slots, self._offsets(lengths), X[perm])
         self._store.steps[slots] += lengths
         self._store.last_seen[slots] = now
         return Y
