@@ -70,6 +70,8 @@ class StepPlan:
         return self.streams.check_input(a, what)
 
     def _reserve(self, ids):
+        if len(ids) == 1 and ids[0] in self.streams:  # the one-stream request for a known stream
+            return
         unknown = self.streams.unknown(ids)  # known plain ids are valid by construction
         if not unknown:
             return

@@ -67,6 +67,8 @@ WIRE_DTYPES = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8
                "<f4": "<f4", "<f8": "<f8", "<i4": "<i4", "<i8": "<i8"}
 _DTYPE_NAMES = {np.dtype(n): n for n in ("float32", "float64", "int32", "int64")}
 _NATIVE_LE = sys.byteorder == "little"
+# wire dtype name -> (little-endian dtype, native dtype), built once (np.dtype() per message is not free)
+_WIRE = {name: (np.dtype(le), np.dtype(le).newbyteorder("=")) for name, le in WIRE_DTYPES.items()}
 
 
 class ProtocolError(Exception):
@@ -127,13 +129,14 @@ def _from_map(m: dict, field: str) -> np.ndarray:
                                        f"{MAX_ARRAY_RANK} non-negative ints")
     if not isinstance(data, (bytes, bytearray)):
         raise ProtocolError(BAD_INPUT, f"{field}.data is {type(data).__name__}; expected bin (raw bytes)")
-    dt = np.dtype(WIRE_DTYPES[dtype])
+    dt, native = _WIRE[dtype]
     want = math.prod(shape) * dt.itemsize
     if len(data) != want:
         raise ProtocolError(BAD_INPUT, f"{field}.data has {len(data)} bytes; shape {list(shape)} of {dtype} "
                                        f"needs {want}")
     # a copy: writable, native byte order, and free of the message buffer
-    return np.frombuffer(data, dt).reshape(shape).astype(dt.newbyteorder("="))
+    a = np.frombuffer(data, dt).reshape(shape)
+    return a.copy() if dt is native or dt == native else a.astype(native)
 
 
 def lists_of(a: np.ndarray) -> list:
