@@ -22,10 +22,12 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from .activations import tanh32
+
 _OPTS = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 
 
-# ---- activations: a clamped rational tanh for float32 (Eigen-style, |err| < 1e-6), libm for float64 ------
+# ---- activations: the clamped rational tanh of activations.py for float32, libm for float64 ---------------
 def act_tanh(x):
     """tanh, float32 via a rational approximation that vectorises, float64 exact."""
     return math.tanh(x)
@@ -39,22 +41,6 @@ def act_sigmoid(x):
 @overload(act_tanh, jit_options=dict(error_model="numpy"))
 def _ov_tanh(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
-        def tanh32(x):
-            # tanh(x) ~ x * P(x^2) / Q(x^2) on [-7.9053, 7.9053], saturated (to float32 rounding) beyond.
-            lim = np.float32(7.90531110763549805)
-            z = min(max(x, -lim), lim)
-            z2 = z * z
-            p = z2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
-            p = z2 * p + np.float32(-8.60467152213735e-11)
-            p = z2 * p + np.float32(5.12229709037114e-08)
-            p = z2 * p + np.float32(1.48572235717979e-05)
-            p = z2 * p + np.float32(6.37261928875436e-04)
-            p = z2 * p + np.float32(4.89352455891786e-03)
-            q = z2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
-            q = z2 * q + np.float32(2.26843463243900e-03)
-            q = z2 * q + np.float32(4.89352518554385e-03)
-            r = (z * p) / q
-            return x if abs(x) < np.float32(4e-4) else r
         return tanh32
     return lambda x: math.tanh(x)
 

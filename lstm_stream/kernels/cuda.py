@@ -23,6 +23,10 @@ import math
 import numpy as np
 from numba import cuda
 
+from .activations import tanh32
+
+_tanh32 = cuda.jit(device=True)(tanh32)  # the CPU kernels compile the same function
+
 # Streams per thread block; a compile-time constant because the accumulators are a local array.
 TILE = 4
 _ACC = 4 * TILE  # gate accumulators per owned unit: (TILE, 4)
@@ -41,20 +45,7 @@ def tanh(x, f32):
     """tanh: the CPU's clamped rational approximation when f32, else libdevice tanh."""
     if not f32:
         return math.tanh(x)
-    lim = np.float32(7.90531110763549805)
-    z = min(max(x, -lim), lim)
-    z2 = z * z
-    p = z2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
-    p = z2 * p + np.float32(-8.60467152213735e-11)
-    p = z2 * p + np.float32(5.12229709037114e-08)
-    p = z2 * p + np.float32(1.48572235717979e-05)
-    p = z2 * p + np.float32(6.37261928875436e-04)
-    p = z2 * p + np.float32(4.89352455891786e-03)
-    q = z2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
-    q = z2 * q + np.float32(2.26843463243900e-03)
-    q = z2 * q + np.float32(4.89352518554385e-03)
-    r = (z * p) / q
-    return x if abs(x) < np.float32(4e-4) else r
+    return _tanh32(x)
 
 
 @cuda.jit(device=True)
