@@ -62,7 +62,13 @@ class StateStore:
         return len(self._slots)
 
     def __contains__(self, stream_id):
-        return stream_id in self._slots
+        t = type(stream_id)
+        if t is str or t is int:
+            return stream_id in self._slots
+        try:  # numpy ints count as their int; 1.0 and True are not ids (though they hash like 1)
+            return check_id(stream_id) in self._slots
+        except InputError:
+            return False
 
     @property
     def capacity(self) -> int:

@@ -4,6 +4,7 @@
     y  = streams.step("pump-7", x)            # x (I,) -> y (O,);  xs (T, I) -> (T, O)
     Y  = streams.step_many(ids, X)            # X (N, I), one sample per id, ids may repeat -> (N, O)
     Ys = streams.step_batch(ids, xs)          # ragged: a list of (T_i, I) -> a list of (T_i, O)
+    Y  = streams.step_segments(ids, lengths, X)   # ragged, all rows in one array (the daemon's path)
 
 Every public method validates first and changes nothing when it raises.
 """

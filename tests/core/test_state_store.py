@@ -193,6 +193,7 @@ def test_numpy_int_ids_are_normalised(tmp_path):
     streams.step(np.int64(5), [1, 2, 3])
     streams.step_many(np.arange(3), np.ones((3, 3)))
     assert sorted(streams.ids()) == [0, 1, 2, 5] and all(type(i) is int for i in streams.ids())
+    assert np.int32(5) in streams and 5 in streams and 5.0 not in streams and True not in streams
     assert streams.stream_info(5)["steps"] == 1
     streams.save_snapshot(tmp_path / "s.lss")  # ids must be msgpack-able plain ints
     assert sorted(ls.Streams.load_snapshot(tmp_path / "s.lss", MODEL).ids()) == [0, 1, 2, 5]
