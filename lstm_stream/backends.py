@@ -53,7 +53,7 @@ class CPUBackend:
         self._scratch = aligned_zeros((self.threads * CHUNKS_PER_THREAD, row), dt)
         self._one_slot = np.zeros(1, np.int64)
         self._one_off = np.zeros(2, np.int64)
-        self._plan = np.zeros(3, np.int64)  # [slot, 0, T] for step_checked
+        self._plan = np.zeros(3, np.int64)  # scratch for step_checked's one-stream plan
         self._step_one, self._out1, self._dt = cpu.step_one, model.output_size, dt
 
     def grow(self, capacity: int) -> None:
@@ -85,18 +85,12 @@ class CPUBackend:
                             self._scratch)
         return y
 
-    def step_checked(self, slot: int, x):
-        """run_one() that first checks x for NaN/Inf in the same compiled call; None (nothing changed) if any.
-        x: (I,) -> y (O,), or (T, I) -> (T, O); C-contiguous, of the model's dtype."""
-        plan = self._plan
-        plan[0] = slot
-        if x.ndim == 1:
-            plan[2] = 1
-            y = np.empty(self._out1, self._dt)
-        else:
-            plan[2] = x.shape[0]
-            y = np.empty((x.shape[0], self._out1), self._dt)
-        if self._step_one(self.wbuf, self.meta, self.h, self.c, plan, x, y, self._scratch):
+    def step_checked(self, slot: int, x, steps):
+        """run_one() that first checks x for NaN/Inf in the same compiled call, and adds the rows stepped to
+        steps[slot]; None (nothing changed) if x is not finite. x: (I,) -> y (O,), or (T, I) -> (T, O);
+        C-contiguous, of the model's dtype."""
+        y = np.empty(self._out1 if x.ndim == 1 else (x.shape[0], self._out1), self._dt)
+        if self._step_one(self.wbuf, self.meta, self.h, self.c, self._plan, slot, x, y, self._scratch, steps):
             return y
         return None
 

@@ -85,6 +85,11 @@ class StateStore:
         except (KeyError, TypeError):
             raise UnknownStreamError(f"unknown stream {stream_id!r}") from None
 
+    @property
+    def slots_by_id(self) -> dict:
+        """The id -> slot dict itself (for read-only lookups on hot paths; never replaced, only mutated)."""
+        return self._slots
+
     def get_slot(self, stream_id):
         """Slot of a known stream given as a plain str or int, else None (the hot path's lookup; 1.0 and True,
         which hash like 1, never match)."""

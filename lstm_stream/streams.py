@@ -44,6 +44,7 @@ class Streams:
         self._all_finite = all_finite
         self._step_checked = getattr(self._backend, "step_checked", None)
         self._one_shape = (model.input_size,)
+        self._slots = self._store.slots_by_id  # the store's id -> slot dict (read-only here)
 
     def _grow(self, capacity):
         self._backend.grow(capacity)
@@ -120,18 +121,18 @@ class Streams:
     # ---- stepping --------------------------------------------------------------------------------
     def step(self, stream_id, x) -> np.ndarray:
         """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero."""
-        slot = self._store.get_slot(stream_id)
+        t = type(stream_id)  # the hot path: a known plain id (1.0 and True hash like 1 but are not ids)
+        slot = self._slots.get(stream_id) if t is str or t is int else None
         if slot is None or self._step_checked is None:
             return self._step_slow(stream_id, x)
         if not (type(x) is np.ndarray and x.dtype is self._dtype and x.flags.c_contiguous
                 and (x.shape == self._one_shape or x.ndim == 2 and x.shape[0] and x.shape[1] == self._one_shape[0])):
             xs = self.check_input(x, finite=False)  # anything but C-ordered (I,) or (T, I) of our dtype
             x = xs[0] if np.ndim(x) == 1 else xs
-        y = self._step_checked(slot, x)  # NaN/Inf checked in the same compiled call
+        store = self._store
+        y = self._step_checked(slot, x, store.steps)  # NaN/Inf check, step and step count in one call
         if y is None:
             raise InputError("x contains NaN or Inf; expected finite values")
-        store = self._store
-        store.steps[slot] += 1 if y.ndim == 1 else y.shape[0]
         store.last_seen[slot] = self._clock()
         return y
 

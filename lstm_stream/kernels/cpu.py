@@ -205,15 +205,18 @@ def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scratch):
 
 
 @njit(**_OPTS)
-def step_one(wbuf, meta, h, c, plan, x, y, scratch):
-    """The one-stream fast path: plan = [slot, 0, T]; x (T, I) or (I,) -> y (T, O) or (O,), C-contiguous.
-    Returns False, changing nothing, if x holds a NaN or Inf (one call both checks and steps: Numba's
-    dispatch costs ~0.1 µs per argument)."""
+def step_one(wbuf, meta, h, c, plan, slot, x, y, scratch, steps):
+    """The one-stream fast path: x (T, I) or (I,) -> y (T, O) or (O,), C-contiguous; steps[slot] += T.
+    Returns False, changing nothing, if x holds a NaN or Inf: one compiled call checks, steps and counts,
+    since each Python-level operation on the hot path costs about as much as a dispatched argument.
+    plan: (3,) int64 scratch for the one-stream plan [slot, 0, T]."""
     if not all_finite(x):
         return False
-    T = plan[2]
+    T = x.size // meta[1]
+    plan[0], plan[1], plan[2] = slot, 0, T
     _tile(wbuf, meta, h, c, plan[:1], plan[1:], 0, 1, x.reshape((T, meta[1])), y.reshape((T, meta[4])), 0,
           scratch[0])
+    steps[slot] += T
     return True
 
 
