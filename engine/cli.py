@@ -75,6 +75,8 @@ def add_serve_arguments(p):
     p.add_argument("--max-message-bytes", type=parse_size, default=d.max_message_bytes,
                    help="largest request accepted, e.g. 16MiB")
     p.add_argument("--hwm", type=int, default=d.hwm, help="ZeroMQ high-water mark per peer (messages)")
+    p.add_argument("--spin-us", type=float, default=d.spin * 1e6,
+                   help="after serving, poll this many µs without sleeping: lower latency, some CPU (0 = off)")
     p.add_argument("--metrics-every", type=parse_duration, default=d.metrics_every,
                    help="period of the metrics log line")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -138,7 +140,7 @@ def _serve(args, streams, snapshots) -> int:
     from .server import Server
     config = EngineConfig(max_batch=args.max_batch, max_pending=args.max_pending,
                           read_per_turn=2 * args.max_batch, max_message_bytes=args.max_message_bytes,
-                          hwm=args.hwm, metrics_every=args.metrics_every)
+                          hwm=args.hwm, metrics_every=args.metrics_every, spin=max(args.spin_us, 0.0) * 1e-6)
     core = EngineCore(streams, config, snapshots=snapshots)
     try:
         server = Server(core, args.bind or [DEFAULT_ENDPOINT])

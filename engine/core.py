@@ -51,6 +51,10 @@ class EngineConfig:
     evict_every: float = 1.0
     # How often one metrics line is logged (only when there was traffic).
     metrics_every: float = 60.0
+    # After a turn that served requests, keep polling without sleeping this long. A process woken from
+    # sleep runs its next request on cold caches: one request in flight measured p50 126 µs without this
+    # and 60 µs with 200 µs of spinning (2-core VM). It costs CPU only while requests keep coming; 0 = off.
+    spin: float = 200e-6
 
 
 class EngineCore:

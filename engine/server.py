@@ -58,12 +58,20 @@ class Server:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         deadline = core.housekeep()
+        spin_until = 0.0
         try:
             while not self._stop.is_set():
-                wait = 0 if core.pending else min(max(deadline - time.monotonic(), 0.0), MAX_POLL_SECONDS)
+                now = time.monotonic()
+                if core.pending or now < spin_until:
+                    wait = 0  # work queued, or just served: look again without sleeping (EngineConfig.spin)
+                else:
+                    wait = min(max(deadline - now, 0.0), MAX_POLL_SECONDS)
                 if poller.poll(wait * 1000):
                     self._drain()
-                self._send_all(core.step())
+                replies = core.step()
+                if replies:
+                    self._send_all(replies)
+                    spin_until = time.monotonic() + core.config.spin
                 deadline = core.housekeep()
             while core.pending:  # answer what was accepted before stopping
                 self._send_all(core.step())
