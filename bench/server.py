@@ -158,8 +158,10 @@ def report(s, args) -> str:
              "generator (pre-encoded msgpack requests, one DEALER) in the bench process. The echo server "
              "decodes each request and answers with its input: ZeroMQ + msgpack, no work. The naive server "
              "keeps torch (h, c) in a dict and runs nn.LSTMCell per message. The daemon is also measured "
-             f"through `clients.Client` (step; pipelines of {WINDOW} steps). Two passes; ± is half their "
-             "spread.", ""]
+             f"through `clients.Client` (step; pipelines of {WINDOW} steps). The daemon runs with its defaults, "
+             "so after each turn it keeps polling for 200 µs without sleeping (`--spin-us`), while the echo and "
+             "naive servers block in recv between requests; with `--spin-us 0` its one-in-flight p50 is about "
+             "twice as high (docs/operations.md). Two passes; ± is half their spread.", ""]
     lines += common.machine_lines({"thread settings": "servers 1 thread each; generator in the bench process",
                                    "mode": "quick (smoke run: figures not meaningful)" if args.quick
                                    else f"full ({FULL['rounds']} rounds per pass, 2 passes)"})
