@@ -95,28 +95,35 @@ class CPUBackend:
         return None
 
     def read(self, slot):
+        """Copies of one slot's state: h (L, P), c (L, H)."""
         return self.h[slot].copy(), self.c[slot].copy()
 
     def write(self, slot, h, c):
+        """Overwrite one slot's state."""
         self.h[slot] = h
         self.c[slot] = c
 
     def zero(self, slot):
+        """Zero one slot's state (a new or reset stream)."""
         self.h[slot] = 0
         self.c[slot] = 0
 
     def copy_slot(self, src, dst):
+        """Copy slot src's state into slot dst."""
         self.h[dst] = self.h[src]
         self.c[dst] = self.c[src]
 
     def gather(self, slots):
+        """States of many slots as (n, L, P), (n, L, H) copies (for snapshots)."""
         return self.h[slots], self.c[slots]
 
     def scatter(self, slots, h, c):
+        """Write the states of many slots (restoring a snapshot)."""
         self.h[slots] = h
         self.c[slots] = c
 
     def forecast(self, slot, horizon: int):
+        """(horizon, O) outputs rolled forward from a copy of the slot's state; the slot is untouched."""
         h, c = self.h[slot : slot + 1].copy(), self.c[slot : slot + 1].copy()
         y = np.empty((horizon + 1, self.model.output_size), self.h.dtype)
         self._k.forecast(self.wbuf, self.meta, h, c, y, self._scratch)

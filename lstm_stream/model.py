@@ -50,14 +50,17 @@ class LSTMModel:
     # ---- sizes -------------------------------------------------------------------------------
     @property
     def input_size(self) -> int:
+        """I: features per sample."""
         return self.layers[0].w_ih.shape[1]
 
     @property
     def hidden_size(self) -> int:
+        """H: units per LSTM layer."""
         return self.layers[0].w_ih.shape[0] // 4
 
     @property
     def num_layers(self) -> int:
+        """L: stacked LSTM layers."""
         return len(self.layers)
 
     @property
@@ -73,6 +76,7 @@ class LSTMModel:
 
     @property
     def output_size(self) -> int:
+        """O: values per output (the head's size, or P without a head)."""
         return self.state_size if self.head_w is None else self.head_w.shape[0]
 
     @property

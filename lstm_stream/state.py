@@ -72,6 +72,7 @@ class StateStore:
 
     @property
     def capacity(self) -> int:
+        """Slots the slabs hold now (grows by doubling)."""
         return self.steps.shape[0]
 
     def ids(self) -> list:
