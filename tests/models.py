@@ -53,3 +53,20 @@ def random_model(rng, I=5, H=12, L=2, P=0, O=3, head_activation="softmax", dtype
     else:
         head_activation = "none"
     return ls.LSTMModel.from_arrays(t, head_activation=head_activation, dtype=dtype)
+
+
+def step_ragged_interleaved(streams, seqs, rng, max_chunk=5):
+    """Feed every sequence of seqs {id: (T, I)} through streams.step_batch in random interleaved chunks of 1
+    to max_chunk rows (one-row chunks sent as (I,), longer as (T, I)); returns {id: outputs (T, O)}."""
+    cursor, got = {k: 0 for k in seqs}, {k: [] for k in seqs}
+    while any(cursor[k] < len(seqs[k]) for k in seqs):
+        ids, xs = [], []
+        for k in rng.permutation(list(seqs)).tolist():
+            if cursor[k] < len(seqs[k]):
+                chunk = seqs[k][cursor[k]:cursor[k] + int(rng.integers(1, max_chunk + 1))]
+                cursor[k] += len(chunk)
+                ids.append(k)
+                xs.append(chunk if len(chunk) > 1 else chunk[0])
+        for k, y in zip(ids, streams.step_batch(ids, xs)):
+            got[k].append(np.atleast_2d(y))
+    return {k: np.concatenate(v) for k, v in got.items()}

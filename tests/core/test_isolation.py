@@ -9,7 +9,7 @@ import pytest
 
 import lstm_stream as ls
 from lstm_stream import backends
-from models import random_model
+from models import random_model, step_ragged_interleaved
 
 SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
 
@@ -54,23 +54,9 @@ def test_ragged_step_batch_is_bit_identical():
     model = random_model(rng, I=3, H=24, L=3, O=2)
     seqs = {k: rng.normal(0, 1, (int(rng.integers(1, 60)), 3)).astype(np.float32) for k in range(30)}
     expected = alone(model, seqs)
-    streams = ls.Streams(model)
-    cursor = {k: 0 for k in seqs}
-    got = {k: [] for k in seqs}
-    while any(cursor[k] < len(seqs[k]) for k in seqs):
-        ids, xs = [], []
-        for k in rng.permutation(list(seqs)):
-            k = int(k)
-            if cursor[k] < len(seqs[k]):
-                n = int(rng.integers(1, 6))
-                chunk = seqs[k][cursor[k]:cursor[k] + n]
-                cursor[k] += len(chunk)
-                ids.append(k)
-                xs.append(chunk if len(chunk) > 1 else chunk[0])  # mix (I,) and (T, I) inputs
-        for k, y in zip(ids, streams.step_batch(ids, xs)):
-            got[k].append(np.atleast_2d(y))
+    got = step_ragged_interleaved(ls.Streams(model), seqs, rng)
     for k in seqs:
-        assert np.array_equal(np.concatenate(got[k]), expected[k]), f"stream {k}, seed={SEED}"
+        assert np.array_equal(got[k], expected[k]), f"stream {k}, seed={SEED}"
 
 
 def test_parallel_kernel_equals_serial(monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import lstm_stream as ls
 from lstm_stream import cuda_backend
 from cuda_helpers import big
-from models import random_model
+from models import random_model, step_ragged_interleaved
 
 
 def alone(model, xs_by_id):
@@ -46,20 +46,9 @@ def test_ragged_step_batch_is_bit_identical(seed):
     seqs = {k: rng.normal(0, 1, (int(rng.integers(1, big(9, 60))), 3)).astype(np.float32)
             for k in range(big(6, 100))}
     expected = alone(model, seqs)
-    streams = ls.Streams(model, backend="cuda")
-    cursor, got = {k: 0 for k in seqs}, {k: [] for k in seqs}
-    while any(cursor[k] < len(seqs[k]) for k in seqs):
-        ids, xs = [], []
-        for k in (int(k) for k in rng.permutation(list(seqs))):
-            if cursor[k] < len(seqs[k]):
-                chunk = seqs[k][cursor[k]:cursor[k] + int(rng.integers(1, 5))]
-                cursor[k] += len(chunk)
-                ids.append(k)
-                xs.append(chunk if len(chunk) > 1 else chunk[0])  # mix (I,) and (T, I) inputs
-        for k, y in zip(ids, streams.step_batch(ids, xs)):
-            got[k].append(np.atleast_2d(y))
+    got = step_ragged_interleaved(ls.Streams(model, backend="cuda"), seqs, rng, max_chunk=4)
     for k in seqs:
-        assert np.array_equal(np.concatenate(got[k]), expected[k]), f"stream {k}, seed={seed}"
+        assert np.array_equal(got[k], expected[k]), f"stream {k}, seed={seed}"
 
 
 GEOMETRIES = {  # name: monkeypatches of cuda_backend
