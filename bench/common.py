@@ -145,6 +145,17 @@ def markers(name: str):
     return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
 
 
+def publish(name: str, text: str, args) -> bool:
+    """Print a benchmark's report and, unless --no-doc (or a --quick run without --doc), write it into its
+    section of args.doc; True when it wrote."""
+    print(text)
+    if args.doc and not args.no_doc:
+        write_section(name, text, args.doc)
+        print(f"wrote {args.doc}")
+        return True
+    return False
+
+
 def write_section(name: str, body: str, path: Path = DOC) -> None:
     """Replace the text between this benchmark's markers in `path` (appending them if absent); other
     sections are untouched. An exclusive lock serialises concurrent writers; the file is replaced atomically."""

@@ -236,11 +236,9 @@ def main(argv=None) -> int:
     again = peak_mod.measure(args.threads, quick=args.quick)  # before and after: keep the better of the two
     peak["gflops"] = {t: max(v, again["gflops"][t]) for t, v in peak["gflops"].items()}
     text = report(results, peak, args, worst)
-    print(text)
-    if args.doc and not args.no_doc:
-        common.write_section("kernel", text, args.doc)
+    if common.publish("kernel", text, args):
         plot(results, args.doc.parent / PLOT.name)
-        print(f"wrote {args.doc} and {args.doc.parent / PLOT.name}")
+        print(f"wrote {args.doc.parent / PLOT.name}")
     return 0
 
 

@@ -143,10 +143,7 @@ def main(argv=None) -> int:
             r = runs[kind][-1]
             print(f"run {p + 1}, {kind} ids: RSS {r['base'] / 1e6:.0f} -> {r['rss'] / 1e6:.0f} MB", flush=True)
     text = report(runs, args)
-    print(text)
-    if args.doc and not args.no_doc:
-        common.write_section("memory", text, args.doc)
-        print(f"wrote {args.doc}")
+    common.publish("memory", text, args)
     return 0
 
 

@@ -225,10 +225,7 @@ def main(argv=None) -> int:
     finally:
         ctx.destroy(0)
     text = report(summarise(passes), args)
-    print(text)
-    if args.doc and not args.no_doc:
-        common.write_section("server", text, args.doc)
-        print(f"wrote {args.doc}")
+    common.publish("server", text, args)
     return 0
 
 

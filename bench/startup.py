@@ -158,10 +158,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     common.exit_on_sigterm()
     text = report(run(args.warm), args)
-    print(text)
-    if args.doc and not args.no_doc:
-        common.write_section("startup", text, args.doc)
-        print(f"wrote {args.doc}")
+    common.publish("startup", text, args)
     return 0
 
 

@@ -5,24 +5,20 @@ queues it: so the three mirror each other method for method, with one docstring 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 from lstm_stream import protocol as P
 
+from lstm_stream.state import StreamState
+
 from .errors import BadReply, server_error
 
 
-@dataclass(frozen=True)
-class State:
-    """A copy of one stream's state: h (L, P), c (L, H), steps taken, last-seen unix time."""
-
-    h: np.ndarray
-    c: np.ndarray
-    steps: int = 0
-    last_seen: float = 0.0
+# The core's own state record (lstm_stream.state imports numpy only, never numba), so a State read from the
+# daemon and one from an in-process Streams are the same type and go to either one's set_state.
+State = StreamState
 
 
 class Call:
