@@ -60,8 +60,8 @@ class StreamsStep:
         self.s, self.ids = ls.Streams(model, threads=threads), list(range(n))
 
     def run(self, X):
-        if len(self.ids) == 1:  # what is timed: one call, no stacking
-            return self.s.step(0, X[0])[None]
+        if len(self.ids) == 1:  # what is timed: one call, X (1, I) as a one-sample sequence -> (1, O)
+            return self.s.step(0, X)
         return np.stack([self.s.step(i, X[k]) for k, i in enumerate(self.ids)])
 
 

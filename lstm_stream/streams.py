@@ -42,12 +42,18 @@ class Streams:
         self._backend = make_backend(backend, model, self._store.capacity, threads=threads)
         from .kernels.cpu import all_finite
         self._all_finite = all_finite
-        self._step_checked = getattr(self._backend, "step_checked", None)
+        self._one = None  # the backend's one-stream fast path, bound to the current arrays
+        self._bind_one()
         self._one_shape = (model.input_size,)
         self._slots = self._store.slots_by_id  # the store's id -> slot dict (read-only here)
 
     def _grow(self, capacity):
         self._backend.grow(capacity)
+        self._bind_one()  # the slabs and the store's arrays are new
+
+    def _bind_one(self):
+        if hasattr(self._backend, "one_stepper"):
+            self._one = self._backend.one_stepper(self._store.steps, self._store.last_seen)
 
     # ---- introspection -------------------------------------------------------------------------
     @property
@@ -123,17 +129,20 @@ class Streams:
         """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero."""
         t = type(stream_id)  # the hot path: a known plain id (1.0 and True hash like 1 but are not ids)
         slot = self._slots.get(stream_id) if t is str or t is int else None
-        if slot is None or self._step_checked is None:
+        if slot is None or self._one is None:
             return self._step_slow(stream_id, x)
-        if not (type(x) is np.ndarray and x.dtype is self._dtype and x.flags.c_contiguous
-                and (x.shape == self._one_shape or x.ndim == 2 and x.shape[0] and x.shape[1] == self._one_shape[0])):
-            xs = self.check_input(x, finite=False)  # anything but C-ordered (I,) or (T, I) of our dtype
+        if type(x) is np.ndarray and x.dtype is self._dtype and x.flags.c_contiguous:  # cheapest checks first
+            nd, I = x.ndim, self._one_shape[0]
+            if not (nd == 1 and len(x) == I or nd == 2 and len(x) and x.size == len(x) * I):
+                nd = 0
+        else:
+            nd = 0
+        if nd == 0:  # anything but a C-ordered (I,) or (T, I) array of our dtype: the full check
+            xs = self.check_input(x, finite=False)
             x = xs[0] if np.ndim(x) == 1 else xs
-        store = self._store
-        y = self._step_checked(slot, x, store.steps)  # NaN/Inf check, step and step count in one call
+        y = self._one(slot, x, self._clock())  # NaN/Inf check, step and bookkeeping in one compiled call
         if y is None:
             raise InputError("x contains NaN or Inf; expected finite values")
-        store.last_seen[slot] = self._clock()
         return y
 
     def _step_slow(self, stream_id, x):

@@ -98,10 +98,29 @@ def _head(wbuf, meta, hl, y, row):
             out[o] = out[o] / s
 
 
+@njit(inline="always", **_OPTS)
+def _rows8(Wb, k, u, g):
+    """g += Wb[k:k+8]^T u[k:k+8] for one stream, one FMA chain per gate column with k in order.
+    Wb: (K + 1, JB) one block of weights; u: (K_max,) the stream's layer input; g: (JB,) its gate sums."""
+    v0, v1, v2, v3 = u[k], u[k + 1], u[k + 2], u[k + 3]
+    v4, v5, v6, v7 = u[k + 4], u[k + 5], u[k + 6], u[k + 7]
+    for j in range(g.shape[0]):
+        g[j] = (((((((g[j] + Wb[k, j] * v0) + Wb[k + 1, j] * v1) + Wb[k + 2, j] * v2) + Wb[k + 3, j] * v3)
+                   + Wb[k + 4, j] * v4) + Wb[k + 5, j] * v5) + Wb[k + 6, j] * v6) + Wb[k + 7, j] * v7
+
+
+@njit(inline="always", **_OPTS)
+def _row1(Wb, k, u, g):
+    """g += Wb[k] u[k] (the rows after the last whole group of 8)."""
+    v = u[k]
+    for j in range(g.shape[0]):
+        g[j] += Wb[k, j] * v
+
+
 @njit(**_OPTS)
-def _tile(wbuf, meta, h, c, slots, offsets, s0, nb, x, y, yshift, scr):
+def _tile(wbuf, meta, h, c, slots, offsets, s0, nb, x, y, scr):
     """Advance streams slots[s0:s0+nb] in lockstep, stream a over rows offsets[s0+a]:offsets[s0+a+1] of
-    x (N, I), writing y[row + yshift] (., O). h: (S, L, P), c: (S, L, H), changed in place.
+    x (N, I), writing y[row] (N, O). h: (S, L, P), c: (S, L, H), changed in place.
     scr: (>= nb*(Gp + K_max + H),) scratch: gate sums g (nb, Gp), layer input u = [x_or_h_below, h]
     (nb, K_max), hr = o*tanh(c) (nb, H). Each block of weights is read once per tile and used for all its
     streams; for every stream the sums run over k in the same order and grouping (8 rows per pass), whatever
@@ -134,28 +153,55 @@ def _tile(wbuf, meta, h, c, slots, offsets, s0, nb, x, y, yshift, scr):
                             g[a, jb, j] = W[jb, K, j]
             K8 = K - K % 8
             for jb in range(nJ):  # gates += W^T [x, h]: k in order, 8 weight rows per pass
+                Wb = W[jb]
                 for k in range(0, K8, 8):
                     for a in range(nb):
                         if t < offsets[s0 + a + 1] - offsets[s0 + a]:
-                            v0, v1, v2, v3 = u[a, k], u[a, k + 1], u[a, k + 2], u[a, k + 3]
-                            v4, v5, v6, v7 = u[a, k + 4], u[a, k + 5], u[a, k + 6], u[a, k + 7]
-                            for j in range(JB):
-                                g[a, jb, j] = (((((((g[a, jb, j] + W[jb, k, j] * v0) + W[jb, k + 1, j] * v1)
-                                                   + W[jb, k + 2, j] * v2) + W[jb, k + 3, j] * v3)
-                                                 + W[jb, k + 4, j] * v4) + W[jb, k + 5, j] * v5)
-                                               + W[jb, k + 6, j] * v6) + W[jb, k + 7, j] * v7
+                            _rows8(Wb, k, u[a], g[a, jb])
                 for k in range(K8, K):
                     for a in range(nb):
                         if t < offsets[s0 + a + 1] - offsets[s0 + a]:
-                            v = u[a, k]
-                            for j in range(JB):
-                                g[a, jb, j] += W[jb, k, j] * v
+                            _row1(Wb, k, u[a], g[a, jb])
             for a in range(nb):
                 if t < offsets[s0 + a + 1] - offsets[s0 + a]:
                     _cell(wbuf, meta, gf[a], c[slots[s0 + a], l], hr[a], h[slots[s0 + a], l], off_r)
         for a in range(nb):
             if t < offsets[s0 + a + 1] - offsets[s0 + a]:
-                _head(wbuf, meta, h[slots[s0 + a], L - 1], y, offsets[s0 + a] + t + yshift)
+                _head(wbuf, meta, h[slots[s0 + a], L - 1], y, offsets[s0 + a] + t)
+
+
+@njit(**_OPTS)
+def _one(wbuf, meta, h, c, slot, x, y, scr):
+    """_tile for a single stream, rows x (T, I) -> y (T, O): the same arithmetic, so the same bits (tested),
+    without the tile's bookkeeping, which at one stream cost a third of the step. scr: scratch row."""
+    L, H, P, K_max = meta[0], meta[2], meta[3], meta[7]
+    JB, nJ = meta[10 + 3 * L], meta[11 + 3 * L]
+    Gp = JB * nJ
+    g = scr[:Gp].reshape((nJ, JB))
+    u = scr[Gp:Gp + K_max]
+    hr = scr[Gp + K_max:Gp + K_max + H]
+    for t in range(x.shape[0]):
+        for l in range(L):
+            off_w, K, off_r = meta[8 + 3 * l], meta[9 + 3 * l], meta[10 + 3 * l]
+            n_in = K - P
+            W = wbuf[off_w:off_w + nJ * (K + 1) * JB].reshape((nJ, K + 1, JB))
+            inp = x[t] if l == 0 else h[slot, l - 1]
+            for k in range(n_in):
+                u[k] = inp[k]
+            hl = h[slot, l]
+            for k in range(P):
+                u[n_in + k] = hl[k]
+            K8 = K - K % 8
+            for jb in range(nJ):
+                Wb, gb = W[jb], g[jb]
+                for j in range(JB):
+                    gb[j] = Wb[K, j]
+                for k in range(0, K8, 8):
+                    _rows8(Wb, k, u, gb)
+                for k in range(K8, K):
+                    _row1(Wb, k, u, gb)
+            _cell(wbuf, meta, scr[:Gp], c[slot, l], hr, hl, off_r)
+        _head(wbuf, meta, h[slot, L - 1], y, t)
 
 
 @njit(**_OPTS)
@@ -201,22 +247,21 @@ def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scratch):
     tile = scratch.shape[1] // (meta[10 + 3 * meta[0]] * meta[11 + 3 * meta[0]] + meta[7] + meta[2])
     n = slots.shape[0]
     for s0 in range(0, n, tile):
-        _tile(wbuf, meta, h, c, slots, offsets, s0, min(tile, n - s0), x, y, 0, scratch[0])
+        _tile(wbuf, meta, h, c, slots, offsets, s0, min(tile, n - s0), x, y, scratch[0])
 
 
 @njit(**_OPTS)
-def step_one(wbuf, meta, h, c, plan, slot, x, y, scratch, steps):
-    """The one-stream fast path: x (T, I) or (I,) -> y (T, O) or (O,), C-contiguous; steps[slot] += T.
-    Returns False, changing nothing, if x holds a NaN or Inf: one compiled call checks, steps and counts,
-    since each Python-level operation on the hot path costs about as much as a dispatched argument.
-    plan: (3,) int64 scratch for the one-stream plan [slot, 0, T]."""
+def step_one(wbuf, meta, h, c, slot, x, y, scratch, steps, last_seen, now):
+    """The one-stream fast path: x (T, I) or (I,) -> y (T, O) or (O,), C-contiguous; steps[slot] += T,
+    last_seen[slot] = now. Returns False, changing nothing, if x holds a NaN or Inf: one compiled call
+    checks, steps and does the bookkeeping, since each Python-level operation on the hot path costs about
+    as much as a dispatched argument."""
     if not all_finite(x):
         return False
     T = x.size // meta[1]
-    plan[0], plan[1], plan[2] = slot, 0, T
-    _tile(wbuf, meta, h, c, plan[:1], plan[1:], 0, 1, x.reshape((T, meta[1])), y.reshape((T, meta[4])), 0,
-          scratch[0])
+    _one(wbuf, meta, h, c, slot, x.reshape((T, meta[1])), y.reshape((T, meta[4])), scratch[0])
     steps[slot] += T
+    last_seen[slot] = now
     return True
 
 
@@ -228,7 +273,7 @@ def step_ragged_parallel(wbuf, meta, h, c, slots, offsets, x, y, scratch):
     for ch in prange(n_chunks):
         lo, hi = n * ch // n_chunks, n * (ch + 1) // n_chunks
         for s0 in range(lo, hi, tile):
-            _tile(wbuf, meta, h, c, slots, offsets, s0, min(tile, hi - s0), x, y, 0, scratch[ch])
+            _tile(wbuf, meta, h, c, slots, offsets, s0, min(tile, hi - s0), x, y, scratch[ch])
 
 
 @njit(**_OPTS)
@@ -237,9 +282,5 @@ def forecast(wbuf, meta, h, c, y, scratch):
     h: (1, L, P), c: (1, L, H) changed in place; y: (horizon + 1, O): y[0] = output of the current state,
     y[t + 1] = output after feeding y[t]."""
     _head(wbuf, meta, h[0, meta[0] - 1], y, 0)
-    slot = np.zeros(1, np.int64)
-    rows = np.zeros(2, np.int64)
     for t in range(y.shape[0] - 1):
-        rows[0], rows[1] = t, t + 1
-        _tile(wbuf, meta, h, c, slot, rows, 0, 1, y, y, 1, scratch[0])
-
+        _one(wbuf, meta, h, c, 0, y[t:t + 1], y[t + 1:t + 2], scratch[0])
