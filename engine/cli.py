@@ -127,10 +127,28 @@ def warm_up(model, backend, threads):
     import lstm_stream as ls
     from lstm_stream.backends import PARALLEL_MIN_STREAMS
     scratch = ls.Streams(model, backend=backend, threads=threads)
-    scratch.step(0, np.zeros(model.input_size))
+    for x in (np.zeros(model.input_size), np.zeros(model.input_size), np.zeros((1, model.input_size))):
+        scratch.step(0, x)  # a new stream, then the one-stream fast path for one sample and for rows
     scratch.step_batch(list(range(PARALLEL_MIN_STREAMS)), [np.zeros((1, model.input_size))] * PARALLEL_MIN_STREAMS)
     if model.autoregressive:
         scratch.forecast(0, 1)
+
+
+# Python's cyclic garbage collector, for the serving loop. Every request allocates a few dicts and lists that
+# die by reference counting (the hot path makes no cycles), yet each 700 allocations trigger a collection that
+# scans every young object, the queued requests among them, and now and then everything the imports left.
+# Measured in-process at 256 one-sample requests per turn: 8.5 µs per request with the defaults, 6.0 with
+# collection off, 6.0 with the settings below. Cycles (an exception's traceback, say) are still collected.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc():
+    """Freeze what start-up allocated (modules, model, compiled kernels: never garbage) out of the collector's
+    sight, and collect the young generation every GC_THRESHOLDS[0] allocations instead of 700."""
+    import gc
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _serve(args, streams, snapshots) -> int:
@@ -156,6 +174,7 @@ def _serve(args, streams, snapshots) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("serving %d streams (max_batch %d, max_pending %d)", len(streams), config.max_batch,
              config.max_pending)
+    tune_gc()
     server.run()
     status = EXIT_OK
     if snapshots is not None:

@@ -144,7 +144,8 @@ class EngineCore:
             log.exception("step batch of %d requests failed", len(plan))
             results, err = [(req, None) for req, *_ in plan.parts], e
         for k, (req, res) in zip(waiting, results):
-            out[k] = (out[k][0], self._ok(req, res) if err is None else self._exc_bytes(req, err))
+            e = err if err is not None else res if isinstance(res, Exception) else None
+            out[k] = (out[k][0], self._ok(req, res) if e is None else self._exc_bytes(req, e))
 
     # ---- one op at a time ------------------------------------------------------------------------
     def _call(self, req) -> bytes:

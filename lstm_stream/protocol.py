@@ -92,6 +92,11 @@ class Request:
 
 
 # ---- arrays ---------------------------------------------------------------------------------------
+def wire_dtype_name(dtype):
+    """The wire name ("float32", ...) of a numpy dtype in native byte order, or None if the wire has none."""
+    return _DTYPE_NAMES.get(np.dtype(dtype))
+
+
 def array_map(a: np.ndarray) -> dict:
     """A numpy array as the wire's {"dtype", "shape", "data"} map (data little-endian, C order)."""
     a = np.asarray(a)
@@ -220,9 +225,13 @@ def parse_request(msg: dict) -> Request:
     if spec is None:
         raise ProtocolError(UNKNOWN_OP, f"unknown op {op[:64]!r}; expected one of {', '.join(OPS)}", rid)
     fields = {}
-    for name, (kind, default) in spec.items():
-        fields[name] = _field(msg, name, kind, default, op, rid)
-    lists = _field(msg, "lists", "bool", False, op, rid)
+    for name, (kind, default) in spec.items():  # _field, inlined for the common case (this runs per request)
+        value = msg.get(name)
+        fields[name] = value if value is not None and _KIND_CHECK[kind](value) else \
+            _field(msg, name, kind, default, op, rid)
+    lists = msg.get("lists")
+    if type(lists) is not bool:
+        lists = _field(msg, "lists", "bool", False, op, rid)
     if op == "step_many" and (fields["x"] is None) == (fields["xs"] is None):
         raise ProtocolError(BAD_REQUEST, "step_many needs exactly one of 'x' (one row per stream) or 'xs' "
                                          "(a list of arrays, one per stream)", rid)

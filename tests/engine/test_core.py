@@ -96,6 +96,33 @@ def test_bad_request_in_a_batch_fails_alone(ar_model):
     np.testing.assert_array_equal(y_of(replies[5]), ref.step("a", x))
 
 
+def test_nan_anywhere_in_a_turn_fails_only_its_request(ar_model):
+    """The planner checks NaN/Inf once per turn; when that fails, only the requests holding one are refused
+    (naming the field), whichever form they came in, and the rest run as if those had not been sent."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(8, I)).astype(np.float32)
+    inf_row, nan_rows = X[0].copy(), X[4:6].copy()
+    inf_row[2], nan_rows[1, 0] = np.inf, np.nan
+    msgs = [req("step", 0, stream="a", x=X[0]),                                   # bin map, model dtype
+            req("step", 1, stream="b", x=inf_row),
+            req("step_many", 2, streams=["c", "a"], x=X[1:3]),
+            req("step_many", 3, streams=["d", "e"], xs=[X[3], nan_rows]),
+            req("step", 4, stream="a", x=X[6].astype(np.float64)),                # converted on the way in
+            req("step", 5, stream="c", x=X[7].tolist(), lists=True)]              # nested lists both ways
+    core = make_core(ar_model)
+    replies = submit_all(core, msgs)
+    assert [r["ok"] for r in replies] == [True, False, True, False, True, True]
+    assert replies[1]["error"] == {"code": P.BAD_INPUT, "message": "x contains NaN or Inf; expected finite values"}
+    assert replies[3]["error"]["message"].startswith("xs[1] contains NaN or Inf")
+    assert sorted(core.streams.ids()) == ["a", "c"]
+    ref = ls.Streams(ar_model)
+    np.testing.assert_array_equal(y_of(replies[0]), ref.step("a", X[0]))
+    np.testing.assert_array_equal(y_of(replies[2]), ref.step_many(["c", "a"], X[1:3]))
+    np.testing.assert_array_equal(y_of(replies[4]), ref.step("a", X[6]))
+    assert isinstance(replies[5]["y"], list)
+    np.testing.assert_array_equal(np.array(replies[5]["y"], np.float32), ref.step("c", X[7]))
+
+
 def test_store_full_refuses_exactly_the_overflowing_requests(ar_model):
     core = make_core(ar_model, max_streams=3)
     x = np.zeros(I)
