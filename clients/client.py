@@ -142,6 +142,8 @@ class Client(Api):
             reply = decode_reply(self._codec, data)
             if reply["id"] in want:
                 got[reply["id"]] = reply
+                if len(got) == len(want):  # all in: no further recv (its zmq.Again costs microseconds)
+                    return True
 
 
 class Pipeline(Api):
