@@ -42,18 +42,20 @@ class Streams:
         self._backend = make_backend(backend, model, self._store.capacity, threads=threads)
         from .kernels.cpu import all_finite
         self._all_finite = all_finite
-        self._one = None  # the backend's one-stream fast path, bound to the current arrays
-        self._bind_one()
-        self._one_shape = (model.input_size,)
         self._slots = self._store.slots_by_id  # the store's id -> slot dict (read-only here)
+        self._bind_one()
 
     def _grow(self, capacity):
         self._backend.grow(capacity)
         self._bind_one()  # the slabs and the store's arrays are new
 
     def _bind_one(self):
-        if hasattr(self._backend, "one_stepper"):
-            self._one = self._backend.one_stepper(self._store.steps, self._store.last_seen)
+        """Install the backend's one-stream fast path as this instance's `step` (see CPUBackend.one_stepper);
+        it hands everything it does not cover to the general path. Not for subclasses that override step, and
+        not on backends without one."""
+        if hasattr(self._backend, "one_stepper") and type(self).step is Streams.step:
+            self.step = self._backend.one_stepper(self._slots.get, self._store.steps, self._store.last_seen,
+                                                  self._clock, self.model.input_size, self._step_slow)
 
     # ---- introspection -------------------------------------------------------------------------
     @property
@@ -126,24 +128,10 @@ class Streams:
 
     # ---- stepping --------------------------------------------------------------------------------
     def step(self, stream_id, x) -> np.ndarray:
-        """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero."""
-        t = type(stream_id)  # the hot path: a known plain id (1.0 and True hash like 1 but are not ids)
-        slot = self._slots.get(stream_id) if t is str or t is int else None
-        if slot is None or self._one is None:
-            return self._step_slow(stream_id, x)
-        if type(x) is np.ndarray and x.dtype is self._dtype and x.flags.c_contiguous:  # cheapest checks first
-            nd, I = x.ndim, self._one_shape[0]
-            if not (nd == 1 and len(x) == I or nd == 2 and len(x) and x.size == len(x) * I):
-                nd = 0
-        else:
-            nd = 0
-        if nd == 0:  # anything but a C-ordered (I,) or (T, I) array of our dtype: the full check
-            xs = self.check_input(x, finite=False)
-            x = xs[0] if np.ndim(x) == 1 else xs
-        y = self._one(slot, x, self._clock())  # NaN/Inf check, step and bookkeeping in one compiled call
-        if y is None:
-            raise InputError("x contains NaN or Inf; expected finite values")
-        return y
+        """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero.
+        (On the CPU backend, an instance's `step` is the backend's fast path for a known stream and a float
+        array in the model's dtype, which hands everything else to this method: see _bind_one.)"""
+        return self._step_slow(stream_id, x)
 
     def _step_slow(self, stream_id, x):
         xs = self.check_input(x)
