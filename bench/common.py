@@ -23,8 +23,10 @@ DOC = ROOT / "docs" / "benchmarks.md"
 # libgomp / ORT pools spin a little after each call; a pause between blocks keeps one contender's spinning
 # threads from stealing a core from the next one on a small machine (the pause is not timed).
 SETTLE_S = 0.002
-# A 1-minute load average above this per CPU before a run marks its figures as taken on a busy machine.
-BUSY_LOAD_PER_CPU = 0.25
+# Share of the CPUs busy with other work, sampled just before a run, above which its figures are marked as
+# taken on a busy machine. (The load average is no use here: it still counts the previous benchmark.)
+BUSY_SHARE = 0.15
+_busy_before = None  # set by sample_busy() at the start of a run
 
 
 # ---- timing -------------------------------------------------------------------------------------------
@@ -123,17 +125,38 @@ def code_version() -> str:
                                    + (" …" if len(files) > 6 else "") if files else "")
 
 
+def sample_busy(seconds: float = 1.0):
+    """Share of all CPUs that other processes kept busy over `seconds` while this one slept (from /proc/stat;
+    None where there is none). Called at the start of a run; machine_lines reports it."""
+    global _busy_before
+
+    def snap():
+        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # all jiffies, idle + iowait
+
+    try:
+        total0, idle0 = snap()
+        time.sleep(seconds)
+        total1, idle1 = snap()
+    except (OSError, ValueError, IndexError):
+        _busy_before = None
+        return None
+    _busy_before = 1 - (idle1 - idle0) / max(total1 - total0, 1)
+    return _busy_before
+
+
 def machine_lines(extra: dict | None = None) -> list:
     """Markdown bullet lines naming the machine, the versions and (extra) the thread settings."""
     v = versions()
     load = os.getloadavg()
-    busy = load[0] > BUSY_LOAD_PER_CPU * (os.cpu_count() or 1)
+    busy = _busy_before is not None and _busy_before > BUSY_SHARE
+    before = "not sampled" if _busy_before is None else f"{_busy_before:.0%} of the CPUs busy with other work"
     lines = [f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} "
              f"{platform.release()}",
              "- versions: " + ", ".join(f"{k} {val or 'n/a'}" for k, val in v.items()),
              f"- code measured: {code_version()}",
-             f"- run at {time.strftime('%Y-%m-%d %H:%M %Z')}; load average before: "
-             f"{', '.join(f'{x:.2f}' for x in load)}"
+             f"- run at {time.strftime('%Y-%m-%d %H:%M %Z')}; just before it, {before} (load average at the end: "
+             f"{', '.join(f'{x:.2f}' for x in load)})"
              + (" — **the machine was busy: figures (2-thread ones above all) are not reliable**" if busy else "")]
     for k, val in (extra or {}).items():
         lines.append(f"- {k}: {val}")

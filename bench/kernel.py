@@ -222,6 +222,7 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    common.sample_busy()
     from . import peak as peak_mod
 
     worst = 0.0

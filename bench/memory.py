@@ -133,6 +133,8 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if not args.child:
+        common.sample_busy()
     if args.child:
         print(json.dumps(child(args.n, args.ids)))
         return 0

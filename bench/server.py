@@ -209,6 +209,7 @@ def main(argv=None) -> int:
     from clients import Client
 
     args = parse(argv)
+    common.sample_busy()
     common.exit_on_sigterm()
     timing = QUICK if args.quick else FULL
     ctx = zmq.Context()

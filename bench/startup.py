@@ -156,6 +156,7 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    common.sample_busy()
     common.exit_on_sigterm()
     text = report(run(args.warm), args)
     common.publish("startup", text, args)
