@@ -66,14 +66,16 @@ def child(n: int, id_kind: str) -> dict:
 
 
 def id_map_bytes(streams) -> int:
-    """Bytes of the store's Python bookkeeping: the id -> slot dict, the slot -> id list and the id and slot
-    objects they hold (a breakdown only: it reads the store's private fields, 0 if they are renamed)."""
+    """Bytes of the store's id bookkeeping: the str id -> slot dict with the objects it holds, the int id
+    table, and the slot -> id arrays (a breakdown only: it reads the store's private fields, 0 if they are
+    renamed)."""
     store = getattr(streams, "_store", None)
-    slots, ids = getattr(store, "_slots", None), getattr(store, "_ids", None)
-    if not isinstance(slots, dict) or not isinstance(ids, list):
+    try:
+        strs, arrays = store.str_slots, (store.int_table, store._kind, store._int_id, store._str_id)
+    except AttributeError:
         return 0
-    size = sys.getsizeof(slots) + sys.getsizeof(ids)
-    return size + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in slots.items())
+    size = sys.getsizeof(strs) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in strs.items())
+    return size + sum(a.nbytes for a in arrays if a is not None)
 
 
 def measure(n: int, id_kind: str) -> dict:
@@ -91,8 +93,9 @@ def report(runs: dict, args) -> str:
              "`Streams(threads=1)` stepped once, then n streams created with `step_many` in chunks of "
              f"{CHUNK:,}. Resident memory from /proc/self/status. 'Needed' = model.state_bytes × n + the "
              "model's weights; 'streams added' = RSS after − RSS before creating them (the interpreter, numpy, "
-             "numba and the compiled kernels are the baseline); 'id map' = the store's id -> slot dict, slot -> id "
-             "list and the Python objects they hold (sys.getsizeof). Two runs each; ± is half their spread.", ""]
+             "numba and the compiled kernels are the baseline); 'id map' = the store's id bookkeeping: the str id -> "
+             "slot dict and the Python objects it holds (sys.getsizeof), the int id hash table and the slot -> id "
+             "arrays. Two runs each; ± is half their spread.", ""]
     lines += common.machine_lines({"mode": "quick (smoke run: 100,000 streams)" if args.quick else "full"})
     rows, goal = [], []
     for kind, rs in runs.items():

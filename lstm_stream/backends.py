@@ -85,12 +85,13 @@ class CPUBackend:
                             self._scratch)
         return y
 
-    def one_stepper(self, slot_of, steps, last_seen, clock, input_size, general):
-        """The one-stream fast path as one Python function, bound to the current slabs and the store's arrays
-        (build a new one after grow()): step(stream_id, x) -> y for a known stream (slot_of(stream_id), the
-        store's dict lookup, is not None) and x a C-contiguous (I,) or (T, I) array of the model's dtype;
-        anything else (new stream, other input, NaN/Inf) is handed to general(stream_id, x). One compiled call
-        checks x for NaN/Inf, steps, adds T to steps[slot] and sets last_seen[slot] = clock().
+    def one_stepper(self, str_slot, int_table, steps, last_seen, clock, input_size, general):
+        """The one-stream fast path as one Python function, bound to the current slabs and the store's maps
+        and arrays (build a new one after grow()): step(stream_id, x) -> y for a known stream (a str id
+        that str_slot(id) finds, or an int id in int_table, looked up inside the compiled call) and x a
+        C-contiguous (I,) or (T, I) array of the model's dtype; anything else (a new stream, another kind of
+        input, NaN/Inf) goes to general(stream_id, x). One compiled call checks x for NaN/Inf, steps, adds T
+        to steps[slot] and sets last_seen[slot] = clock().
 
         Everything it needs is a local of this closure, not an attribute: at ~2.5 µs a step, each attribute
         lookup, frame and dispatched argument shows. It calls step_one's compiled entry points directly,
@@ -98,12 +99,19 @@ class CPUBackend:
         fixed here, and x's dtype, layout and ndim are checked first (ndim picks the entry point)."""
         wbuf, meta, h, c, scratch, out1, dt, empty, ndarray = (self.wbuf, self.meta, self.h, self.c, self._scratch,
                                                                self._out1, self._dt, np.empty, np.ndarray)
-        entry, I = self._entries, input_size
+        entry, I, kv = self._entries, input_size, int_table
 
         def step(stream_id, x):
-            t = type(stream_id)  # a known plain id (1.0 and True hash like 1 but are not ids)
-            slot = slot_of(stream_id) if t is str or t is int else None
-            if slot is not None and type(x) is ndarray and x.dtype is dt and x.flags.c_contiguous:
+            t = type(stream_id)  # plain ids only (1.0 and True hash like 1 but are not ids)
+            if t is str:
+                slot, key = str_slot(stream_id), 0
+                if slot is None:
+                    return general(stream_id, x)
+            elif t is int:
+                slot, key = -1, stream_id
+            else:
+                return general(stream_id, x)
+            if type(x) is ndarray and x.dtype is dt and x.flags.c_contiguous:
                 nd = x.ndim
                 if nd == 1 and len(x) == I:
                     y = empty(out1, dt)
@@ -111,18 +119,21 @@ class CPUBackend:
                     y = empty((len(x), out1), dt)
                 else:
                     return general(stream_id, x)
-                fn = entry[nd] or self._entry(x, y, steps, last_seen)
-                if fn(wbuf, meta, h, c, slot, x, y, scratch, steps, last_seen, clock()):
-                    return y
+                fn = entry[nd] or self._entry(x, y, kv, steps, last_seen)
+                try:
+                    if fn(wbuf, meta, h, c, kv, key, slot, x, y, scratch, steps, last_seen, clock()) == 0:
+                        return y
+                except OverflowError:  # an int id beyond int64: general() says what is wrong
+                    pass
             return general(stream_id, x)
 
         return step
 
-    def _entry(self, x, y, steps, last_seen):
+    def _entry(self, x, y, kv, steps, last_seen):
         """step_one compiled (or loaded from the cache) for x's ndim; its entry point."""
         import numba
 
-        args = (self.wbuf, self.meta, self.h, self.c, 0, x, y, self._scratch, steps, last_seen, 0.0)
+        args = (self.wbuf, self.meta, self.h, self.c, kv, 0, 0, x, y, self._scratch, steps, last_seen, 0.0)
         try:
             fn = self._step_one.compile(tuple(numba.typeof(a) for a in args))
         except AttributeError:  # a Numba without Dispatcher.compile(signature): dispatch per call

@@ -18,7 +18,8 @@ from .backends import make_backend
 from .errors import InputError, ModelError, SnapshotError
 from .model import LSTMModel
 from .snapshot import read_snapshot, write_snapshot
-from .state import StateStore, StreamState, check_id
+from .state import StreamState, check_id
+from .store import StateStore
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
 
@@ -38,11 +39,10 @@ class Streams:
         self._clock = clock
         self._dtype = np.dtype(model.dtype)
         self._store = StateStore(max_streams=max_streams, initial_capacity=initial_capacity,
-                                 on_grow=self._grow)
+                                 on_grow=self._grow, on_table=self._bind_one)
         self._backend = make_backend(backend, model, self._store.capacity, threads=threads)
         from .kernels.cpu import all_finite
         self._all_finite = all_finite
-        self._slots = self._store.slots_by_id  # the store's id -> slot dict (read-only here)
         self._bind_one()
 
     def _grow(self, capacity):
@@ -54,7 +54,8 @@ class Streams:
         it hands everything it does not cover to the general path. Not for subclasses that override step, and
         not on backends without one."""
         if hasattr(self._backend, "one_stepper") and type(self).step is Streams.step:
-            self.step = self._backend.one_stepper(self._slots.get, self._store.steps, self._store.last_seen,
+            st = self._store
+            self.step = self._backend.one_stepper(st.str_slots.get, st.int_table, st.steps, st.last_seen,
                                                   self._clock, self.model.input_size, self._step_slow)
 
     # ---- introspection -------------------------------------------------------------------------
@@ -181,7 +182,7 @@ class Streams:
     def unknown(self, ids) -> list:
         """The ids (as given) that are not streams in the store yet, or are not plain str/int."""
         slots = self._store.lookup(ids)
-        if slots is not None and None not in slots:
+        if slots is not None and (len(slots) == 0 or slots.min() >= 0):
             return []
         get = self._store.get_slot
         return [i for i in ids if get(i) is None]
@@ -189,13 +190,13 @@ class Streams:
     def _segments(self, ids, lengths, X):
         """Validated X; lengths None means one row per id. Creates new streams, runs one kernel call."""
         now = self._clock()
-        slots = self._store.lookup(ids)
-        if slots is None or None in slots:
+        slots = self._store.lookup(ids)  # int64, -1 for a new id
+        if slots is None or (len(slots) and slots.min() < 0):
             ids = self._ids(ids)  # normalises and checks the new ids, raises StoreFullError before any change
-            slots = [self._slot_or_new(i, now) for i in ids]
+            slots = np.array([self._slot_or_new(i, now) for i in ids], np.int64)
         n = len(slots)
-        if len(set(slots)) == n:  # distinct streams (the usual case): each segment is one stream's rows
-            slots = np.array(slots, np.int64)
+        ordered = np.sort(slots)
+        if n < 2 or (ordered[1:] != ordered[:-1]).all():  # distinct streams (the usual case)
             offsets = np.arange(n + 1, dtype=np.int64) if lengths is None else self._offsets(lengths)
             Y = self._backend.run(slots, offsets, X)
             self._store.steps[slots] += 1 if lengths is None else lengths
@@ -204,7 +205,6 @@ class Streams:
         # A stream appears more than once: run its rows together, in arrival order, then put them back.
         if lengths is None:
             lengths = np.ones(n, np.int64)
-        slots = np.array(slots, np.int64)
         order = np.argsort(slots, kind="stable")              # segments grouped by stream, order kept
         sorted_slots, lens = slots[order], lengths[order]
         heads = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
@@ -313,8 +313,7 @@ class Streams:
     # ---- snapshots -------------------------------------------------------------------------------
     def save_snapshot(self, path) -> int:
         """Write every stream's state to `path` atomically; returns the file size in bytes."""
-        ids, slots = self._store.ids(), None
-        slots = np.fromiter((self._store.slot(i) for i in ids), np.int64, len(ids))
+        ids, slots = self._store.ids_and_slots()
         h, c = self._backend.gather(slots)
         return write_snapshot(path, fingerprint=self.model.fingerprint, ids=ids,
                               arrays={"h": h, "c": c, "steps": self._store.steps[slots],

@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ..idtable import find
 from .activations import tanh32
 
 _OPTS = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
@@ -255,18 +256,23 @@ def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scratch):
 
 
 @njit(**_OPTS)
-def step_one(wbuf, meta, h, c, slot, x, y, scratch, steps, last_seen, now):
-    """The one-stream fast path: x (T, I) or (I,) -> y (T, O) or (O,), C-contiguous; steps[slot] += T,
-    last_seen[slot] = now. Returns False, changing nothing, if x holds a NaN or Inf: one compiled call
-    checks, steps and does the bookkeeping, since each Python-level operation on the hot path costs about
-    as much as a dispatched argument."""
+def step_one(wbuf, meta, h, c, kv, key, slot, x, y, scratch, steps, last_seen, now):
+    """The one-stream fast path: x (T, I) or (I,) -> y (T, O) or (O,), C-contiguous, for the stream in `slot`
+    or, with slot -1, the int id `key` looked up in the store's table kv (idtable.py); steps[slot] += T,
+    last_seen[slot] = now. Returns 0 when stepped, and changes nothing when it returns 1 (x holds a NaN or
+    Inf) or 2 (key is not in the table). One compiled call does the lookup, the check, the step and the
+    bookkeeping, since each Python-level operation on the hot path costs about as much as an argument."""
+    if slot < 0:
+        slot = find(kv, key)
+        if slot < 0:
+            return 2
     if not all_finite(x):
-        return False
+        return 1
     T = x.size // meta[1]
     _one(wbuf, meta, h, c, slot, x.reshape((T, meta[1])), y.reshape((T, meta[4])), scratch[0])
     steps[slot] += T
     last_seen[slot] = now
-    return True
+    return 0
 
 
 @njit(parallel=True, **_OPTS)

@@ -137,8 +137,8 @@ def test_slots_are_reused_and_growth_keeps_state(ops):
             streams.drop(i)
             del marks[i]
         used = len(marks)
-        assert streams._store.capacity <= 2 * max(len(streams._store._ids), 1)  # grows only by doubling
-        assert len(streams._store._ids) == used + len(streams._store._free)  # high-water = used + free
+        assert streams._store.capacity <= 2 * max(streams._store._high, 1)  # grows only by doubling
+        assert streams._store._high == used + len(streams._store._free)  # high-water = used + free
     for i in marks:
         assert np.all(streams.get_state(i).h == np.float32(i + 0.5))
         assert np.all(streams.get_state(i).c == -i)
