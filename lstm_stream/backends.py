@@ -93,13 +93,15 @@ class CPUBackend:
         input, NaN/Inf) goes to general(stream_id, x). One compiled call checks x for NaN/Inf, steps, adds T
         to steps[slot] and sets last_seen[slot] = clock().
 
-        Everything it needs is a local of this closure, not an attribute: at ~2.5 µs a step, each attribute
-        lookup, frame and dispatched argument shows. It calls step_one's compiled entry points directly,
-        skipping Numba's per-call type resolution (~0.3 µs): safe because every argument's type but x's is
-        fixed here, and x's dtype, layout and ndim are checked first (ndim picks the entry point)."""
-        wbuf, meta, h, c, scratch, out1, dt, empty, ndarray = (self.wbuf, self.meta, self.h, self.c, self._scratch,
-                                                               self._out1, self._dt, np.empty, np.ndarray)
-        entry, I, kv = self._entries, input_size, int_table
+        Everything it needs is a local of this closure, not an attribute: at ~2 µs a step, each attribute
+        lookup, frame and argument shows; the arrays travel as one StepContext. It calls step_one's compiled
+        entry points directly, skipping Numba's per-call type resolution (~0.3 µs): safe because every
+        argument's type but x's is fixed here, and x's dtype, layout and ndim are checked first (ndim picks
+        the entry point)."""
+        from .kernels.context import new_context
+
+        ctx = new_context(self.wbuf, self.meta, self.h, self.c, int_table, self._scratch, steps, last_seen)
+        out1, dt, empty, ndarray, entry, I = self._out1, self._dt, np.empty, np.ndarray, self._entries, input_size
 
         def step(stream_id, x):
             t = type(stream_id)  # plain ids only (1.0 and True hash like 1 but are not ids)
@@ -119,9 +121,9 @@ class CPUBackend:
                     y = empty((len(x), out1), dt)
                 else:
                     return general(stream_id, x)
-                fn = entry[nd] or self._entry(x, y, kv, steps, last_seen)
+                fn = entry[nd] or self._entry(ctx, x, y)
                 try:
-                    if fn(wbuf, meta, h, c, kv, key, slot, x, y, scratch, steps, last_seen, clock()) == 0:
+                    if fn(ctx, key, slot, x, y, clock()) == 0:
                         return y
                 except OverflowError:  # an int id beyond int64: general() says what is wrong
                     pass
@@ -129,11 +131,11 @@ class CPUBackend:
 
         return step
 
-    def _entry(self, x, y, kv, steps, last_seen):
+    def _entry(self, ctx, x, y):
         """step_one compiled (or loaded from the cache) for x's ndim; its entry point."""
         import numba
 
-        args = (self.wbuf, self.meta, self.h, self.c, kv, 0, 0, x, y, self._scratch, steps, last_seen, 0.0)
+        args = (ctx, 0, 0, x, y, 0.0)
         try:
             fn = self._step_one.compile(tuple(numba.typeof(a) for a in args))
         except AttributeError:  # a Numba without Dispatcher.compile(signature): dispatch per call

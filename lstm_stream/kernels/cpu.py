@@ -256,22 +256,24 @@ def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scratch):
 
 
 @njit(**_OPTS)
-def step_one(wbuf, meta, h, c, kv, key, slot, x, y, scratch, steps, last_seen, now):
+def step_one(ctx, key, slot, x, y, now):
     """The one-stream fast path: x (T, I) or (I,) -> y (T, O) or (O,), C-contiguous, for the stream in `slot`
-    or, with slot -1, the int id `key` looked up in the store's table kv (idtable.py); steps[slot] += T,
-    last_seen[slot] = now. Returns 0 when stepped, and changes nothing when it returns 1 (x holds a NaN or
-    Inf) or 2 (key is not in the table). One compiled call does the lookup, the check, the step and the
-    bookkeeping, since each Python-level operation on the hot path costs about as much as an argument."""
+    or, with slot -1, the int id `key` looked up in the store's table ctx.kv (idtable.py); ctx.steps[slot] += T,
+    ctx.last_seen[slot] = now. ctx: a context.StepContext. Returns 0 when stepped, and changes nothing when it
+    returns 1 (x holds a NaN or Inf) or 2 (key is not in the table). One compiled call does the lookup, the
+    check, the step and the bookkeeping, since each Python-level operation on the hot path costs about as
+    much as an argument."""
     if slot < 0:
-        slot = find(kv, key)
+        slot = find(ctx.kv, key)
         if slot < 0:
             return 2
     if not all_finite(x):
         return 1
+    meta = ctx.meta
     T = x.size // meta[1]
-    _one(wbuf, meta, h, c, slot, x.reshape((T, meta[1])), y.reshape((T, meta[4])), scratch[0])
-    steps[slot] += T
-    last_seen[slot] = now
+    _one(ctx.wbuf, meta, ctx.h, ctx.c, slot, x.reshape((T, meta[1])), y.reshape((T, meta[4])), ctx.scratch[0])
+    ctx.steps[slot] += T
+    ctx.last_seen[slot] = now
     return 0
 
 
