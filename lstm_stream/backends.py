@@ -168,8 +168,13 @@ class CPUBackend:
 
     def scatter(self, slots, h, c):
         """Write the states of many slots (restoring a snapshot)."""
-        self.h[slots] = h
-        self.c[slots] = c
+        n = len(slots)
+        if n and slots[-1] - slots[0] == n - 1 and (np.diff(slots) == 1).all():  # a run: copy, not index
+            self.h[slots[0]:slots[0] + n] = h
+            self.c[slots[0]:slots[0] + n] = c
+        else:
+            self.h[slots] = h
+            self.c[slots] = c
 
     def forecast(self, slot, horizon: int):
         """(horizon, O) outputs rolled forward from a copy of the slot's state; the slot is untouched."""

@@ -75,6 +75,13 @@ def insert(kv, key, slot):
 
 
 @njit(**_OPTS)
+def insert_many(kv, keys, slots):
+    """insert() for each keys[k] -> slots[k] (none of them in the table; the load stays <= 1/2)."""
+    for k in range(keys.shape[0]):
+        insert(kv, keys[k], slots[k])
+
+
+@njit(**_OPTS)
 def delete(kv, key):
     """Remove key; returns its slot, or -1 if it was not there. Later rows of the probe run move back into
     the gap when their home row allows it, so no lookup ever stops early."""

@@ -35,3 +35,15 @@ def check_id(stream_id):
             raise InputError(f"int stream id {value} is outside the int64 range")
         return value
     raise InputError(f"stream id must be a str or an int, got {type(stream_id).__name__}")
+
+
+def check_ids(ids) -> list:
+    """check_id for many ids: the list normalised, or InputError for the first bad one. Lists of only str or
+    only int ids (a snapshot's) are checked with C-level passes."""
+    ids = list(ids)
+    types = set(map(type, ids))
+    if types == {str} and MAX_ID_LENGTH >= max(map(len, ids)) and min(map(len, ids)) > 0:
+        return ids
+    if types == {int} and INT64_MIN <= min(ids) and max(ids) <= INT64_MAX:
+        return ids
+    return [check_id(i) for i in ids]

@@ -151,8 +151,7 @@ class StateStore:
         else:
             if self._int_id is None:
                 self._int_id = np.zeros(self.capacity, np.int64)
-            if 2 * (self._n_int + 1) > self.int_table.shape[0]:
-                self._grow_table()
+            self._grow_table(self._n_int + 1)
             idtable.insert(self.int_table, stream_id, slot)
             self._n_int += 1
             self._int_id[slot] = stream_id
@@ -160,6 +159,47 @@ class StateStore:
         self.steps[slot] = 0
         self.last_seen[slot] = now
         return slot
+
+    def add_many(self, ids, now: float) -> np.ndarray:
+        """Slots for many new streams at once (a snapshot restore): ids plain str or int (see check_id),
+        distinct and not in the store, which the caller has checked. Grows the slabs and the table once."""
+        n = len(ids)
+        if self.max_streams is not None and len(self) + n > self.max_streams:
+            raise StoreFullError(f"the store is full: {len(self)} of max_streams={self.max_streams} streams in "
+                                 f"use, {n} new stream(s) asked for")
+        slots = np.empty(n, np.int64)
+        k = min(len(self._free), n)
+        if k:  # reuse free slots first, as add() would
+            slots[:k] = self._free[len(self._free) - k:][::-1]
+            del self._free[len(self._free) - k:]
+        if n > k:
+            need = self._high + n - k
+            if need > self.capacity:
+                self._grow(need)
+            slots[k:] = np.arange(self._high, need)
+            self._high = need
+        is_str = np.fromiter((type(i) is str for i in ids), bool, n)
+        strs = np.flatnonzero(is_str)
+        if len(strs):
+            if self._str_id is None:
+                self._str_id = np.full(self.capacity, None, object)
+            names = [ids[j] for j in strs.tolist()]
+            self.str_slots.update(zip(names, slots[strs].tolist()))
+            self._str_id[slots[strs]] = np.array(names, object)
+            self._kind[slots[strs]] = 2
+        ints = np.flatnonzero(~is_str)
+        if len(ints):
+            if self._int_id is None:
+                self._int_id = np.zeros(self.capacity, np.int64)
+            keys = np.array([ids[j] for j in ints.tolist()], np.int64)
+            self._grow_table(self._n_int + len(ints))
+            idtable.insert_many(self.int_table, keys, slots[ints])
+            self._n_int += len(ints)
+            self._int_id[slots[ints]] = keys
+            self._kind[slots[ints]] = 1
+        self.steps[slots] = 0
+        self.last_seen[slots] = now
+        return slots
 
     def remove(self, stream_id) -> int:
         """Forget a stream; its slot goes on the free list. Returns the slot."""
@@ -197,8 +237,14 @@ class StateStore:
             self._on_grow(cap)
         _return_freed_memory()
 
-    def _grow_table(self) -> None:
-        table = idtable.new_table(2 * self.int_table.shape[0])
+    def _grow_table(self, n_keys: int) -> None:
+        """Make int_table large enough for n_keys at load <= 1/2 (doubling, so growth stays rare)."""
+        rows = self.int_table.shape[0]
+        if 2 * n_keys <= rows:
+            return
+        while 2 * n_keys > rows:
+            rows *= 2
+        table = idtable.new_table(rows)
         idtable.rehash(self.int_table, table)
         self.int_table = table
         if self._on_table is not None:

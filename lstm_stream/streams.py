@@ -18,7 +18,7 @@ from .backends import make_backend
 from .errors import InputError, ModelError, SnapshotError
 from .model import LSTMModel
 from .snapshot import read_snapshot, write_snapshot
-from .state import StreamState, check_id
+from .state import StreamState, check_id, check_ids
 from .store import StateStore
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
@@ -334,11 +334,12 @@ class Streams:
         if self._store.max_streams is not None and len(ids) > self._store.max_streams:
             raise SnapshotError(f"snapshot {path!r} holds {len(ids)} streams, more than max_streams="
                                 f"{self._store.max_streams}")
-        for i in ids:
-            check_id(i)
+        ids = check_ids(ids)
+        if len(set(ids)) != len(ids):  # again: two ids may be equal once normalised
+            raise SnapshotError(f"snapshot {path!r} lists a stream id twice")
         for i in list(self._store.ids()):
             self.drop(i)
-        slots = np.fromiter((self._store.add(i, 0.0) for i in ids), np.int64, len(ids))
+        slots = self._store.add_many(ids, 0.0)
         self._backend.scatter(slots, snap["h"], snap["c"])
         self._store.steps[slots] = snap["steps"]
         self._store.last_seen[slots] = snap["last_seen"]

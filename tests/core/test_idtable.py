@@ -90,3 +90,25 @@ def test_int_ids_beyond_int64_are_refused_clearly():
         with pytest.raises(ls.InputError, match="outside the int64 range"):
             s.step_many([1, bad], np.ones((2, 3), np.float32))
     assert s.ids() == [2**63 - 1] and s.stream_info(2**63 - 1)["steps"] == 2
+
+
+def test_add_many_equals_adding_one_by_one():
+    rng = np.random.default_rng(SEED)
+    ids = [f"s{k}" for k in range(30)] + list(rng.integers(-2**63, 2**63 - 1, 30, dtype=np.int64).tolist())
+    order = rng.permutation(len(ids))
+    ids = [ids[k] for k in order]
+    one, many = StateStore(initial_capacity=2), StateStore(initial_capacity=2)
+    for st in (one, many):  # some free slots to reuse first
+        for k in range(10):
+            st.add(f"tmp{k}", 0.0)
+        for k in (3, 7, 1):
+            st.remove(f"tmp{k}")
+    slots_one = [one.add(i, 5.0) for i in ids]
+    slots_many = many.add_many(ids, 5.0)
+    assert slots_many.tolist() == slots_one
+    assert many.ids() == one.ids() and many.lookup(ids).tolist() == slots_one
+    assert (many.last_seen[slots_many] == 5.0).all() and len(many) == len(one) == 67
+    full = StateStore(max_streams=3)
+    with pytest.raises(ls.StoreFullError, match="max_streams=3"):
+        full.add_many([1, 2, 3, 4], 0.0)
+    assert len(full) == 0

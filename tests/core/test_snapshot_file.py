@@ -42,6 +42,25 @@ def test_roundtrip_in_process(tmp_path):
     assert np.array_equal(s.step_many(s.ids(), X), r.step_many(s.ids(), X))
 
 
+def test_restore_over_a_used_store_reuses_its_slots(tmp_path):
+    """Restoring into a Streams that held other streams: they are dropped, their slots reused (so the states
+    land on scattered slots), and every restored stream continues exactly as in the saved one."""
+    rng = np.random.default_rng(1)
+    model = make()
+    src = populated(model, rng)
+    path = tmp_path / "snap.lss"
+    src.save_snapshot(path)
+    dst = ls.Streams(model, initial_capacity=2)
+    dst.step_many([f"old-{k}" for k in range(40)] + list(range(100, 140)), rng.normal(0, 1, (80, 4)))
+    for k in range(0, 40, 3):
+        dst.drop(f"old-{k}")
+    assert dst.restore_snapshot(path) == len(src)
+    assert sorted(map(str, dst.ids())) == sorted(map(str, src.ids())) and 100 not in dst
+    X = rng.normal(0, 1, (len(src), 4))
+    assert np.array_equal(src.step_many(src.ids(), X), dst.step_many(src.ids(), X))
+    assert [dst.stream_info(i)["steps"] for i in src.ids()] == [src.stream_info(i)["steps"] for i in src.ids()]
+
+
 CONTINUE = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
