@@ -113,3 +113,15 @@ def rehash(old, new):
     for i in range(old.shape[0]):
         if old[i, 1] != EMPTY:
             insert(new, old[i, 0], old[i, 1])
+
+
+@njit(**_OPTS)
+def distinct(slots):
+    """True when no value appears twice in slots (int64); sorts a copy."""
+    if slots.shape[0] < 2:
+        return True
+    s = np.sort(slots)
+    for k in range(1, s.shape[0]):
+        if s[k] == s[k - 1]:
+            return False
+    return True

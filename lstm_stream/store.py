@@ -10,6 +10,7 @@ import ctypes
 import itertools
 
 import numpy as np
+from numba import njit
 
 from . import idtable
 from .errors import InputError, StoreFullError, UnknownStreamError
@@ -109,6 +110,24 @@ class StateStore:
             return self._lookup_each(ids)
         return None
 
+    def known_slots(self, ids):
+        """Slots of ids as an int64 array if every one is a known plain str or int id, else None (the batch
+        hot path: a C-level pass for str ids, one compiled call for int ids)."""
+        types = set(map(type, ids))
+        n = len(ids)
+        if types <= _INT:
+            try:
+                keys = np.array(ids, np.int64) if n else np.zeros(0, np.int64)
+            except OverflowError:
+                return None
+            out = np.empty(n, np.int64)
+            return None if idtable.find_many(self.int_table, keys, out) else out
+        if types <= _STR:
+            slots = list(map(self.str_slots.get, ids))
+            return None if None in slots else np.array(slots, np.int64)
+        slots = self.lookup(ids)
+        return None if slots is None or (n and slots.min() < 0) else slots
+
     def _lookup_each(self, ids):
         get = self.get_slot
         return np.fromiter((-1 if s is None else s for s in map(get, ids)), np.int64, len(ids))
@@ -201,6 +220,11 @@ class StateStore:
         self.last_seen[slots] = now
         return slots
 
+    def account(self, slots, offsets, now: float) -> None:
+        """After a step of distinct slots over rows offsets[k]:offsets[k+1]: add the rows to their step counts,
+        set their last-seen time. One compiled call (two fancy-indexed numpy updates cost ~2 µs at 16 slots)."""
+        _account(self.steps, self.last_seen, slots, offsets, now)
+
     def remove(self, stream_id) -> int:
         """Forget a stream; its slot goes on the free list. Returns the slot."""
         slot = self.slot(stream_id)
@@ -250,6 +274,13 @@ class StateStore:
         if self._on_table is not None:
             self._on_table()
         _return_freed_memory()
+
+
+@njit(cache=True, nogil=True)
+def _account(steps, last_seen, slots, offsets, now):
+    for k in range(slots.shape[0]):
+        steps[slots[k]] += offsets[k + 1] - offsets[k]
+        last_seen[slots[k]] = now
 
 
 _malloc_trim = None

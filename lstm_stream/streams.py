@@ -19,6 +19,7 @@ from .errors import InputError, ModelError, SnapshotError
 from .model import LSTMModel
 from .snapshot import read_snapshot, write_snapshot
 from .state import StreamState, check_id, check_ids
+from .idtable import distinct
 from .store import StateStore
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
@@ -181,8 +182,7 @@ class Streams:
 
     def unknown(self, ids) -> list:
         """The ids (as given) that are not streams in the store yet, or are not plain str/int."""
-        slots = self._store.lookup(ids)
-        if slots is not None and (len(slots) == 0 or slots.min() >= 0):
+        if self._store.known_slots(ids) is not None:
             return []
         get = self._store.get_slot
         return [i for i in ids if get(i) is None]
@@ -190,17 +190,15 @@ class Streams:
     def _segments(self, ids, lengths, X):
         """Validated X; lengths None means one row per id. Creates new streams, runs one kernel call."""
         now = self._clock()
-        slots = self._store.lookup(ids)  # int64, -1 for a new id
-        if slots is None or (len(slots) and slots.min() < 0):
+        slots = self._store.known_slots(ids)
+        if slots is None:  # some are new (or not plain ids)
             ids = self._ids(ids)  # normalises and checks the new ids, raises StoreFullError before any change
             slots = np.array([self._slot_or_new(i, now) for i in ids], np.int64)
         n = len(slots)
-        ordered = np.sort(slots)
-        if n < 2 or (ordered[1:] != ordered[:-1]).all():  # distinct streams (the usual case)
+        if distinct(slots):  # distinct streams (the usual case): each segment is one stream's rows
             offsets = np.arange(n + 1, dtype=np.int64) if lengths is None else self._offsets(lengths)
             Y = self._backend.run(slots, offsets, X)
-            self._store.steps[slots] += 1 if lengths is None else lengths
-            self._store.last_seen[slots] = now
+            self._store.account(slots, offsets, now)
             return Y
         # A stream appears more than once: run its rows together, in arrival order, then put them back.
         if lengths is None:
@@ -211,11 +209,10 @@ class Streams:
         starts = self._offsets(lengths)[:-1][order]           # where each (sorted) segment's rows are in X
         dest = self._offsets(lens)[:-1]                       # where they go in the grouped matrix
         perm = np.arange(X.shape[0]) + np.repeat(starts - dest, lens)
-        slots, lengths = sorted_slots[heads], np.add.reduceat(lens, heads)
+        slots, offsets = sorted_slots[heads], self._offsets(np.add.reduceat(lens, heads))
         Y = np.empty((X.shape[0], self.model.output_size), self._dtype)
-        Y[perm] = self._backend.run(slots, self._offsets(lengths), X[perm])
-        self._store.steps[slots] += lengths
-        self._store.last_seen[slots] = now
+        Y[perm] = self._backend.run(slots, offsets, X[perm])
+        self._store.account(slots, offsets, now)
         return Y
 
     @staticmethod
