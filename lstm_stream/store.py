@@ -68,9 +68,11 @@ class StateStore:
         slots = np.flatnonzero(self._kind[:self._high])
         kinds, ids = self._kind[slots], np.empty(len(slots), object)
         if self._str_id is not None:
-            ids[kinds == 2] = self._str_id[slots[kinds == 2]]
+            strs = kinds == 2
+            ids[strs] = self._str_id[slots[strs]]
         if self._int_id is not None:
-            ids[kinds == 1] = self._int_id[slots[kinds == 1]].astype(object)  # Python ints
+            ints = kinds == 1
+            ids[ints] = self._int_id[slots[ints]].astype(object)  # Python ints
         return ids.tolist(), slots.astype(np.int64)
 
     def slot(self, stream_id) -> int:
@@ -97,9 +99,8 @@ class StateStore:
         types = set(map(type, ids))
         n = len(ids)
         if types <= _INT:
-            try:
-                keys = np.array(ids, np.int64) if n else np.zeros(0, np.int64)
-            except OverflowError:  # beyond int64: not ids of ours, let the per-id path say so
+            keys = _int64s(ids)
+            if keys is None:  # beyond int64: not ids of ours, let the per-id path say so
                 return self._lookup_each(ids)
             out = np.empty(n, np.int64)
             idtable.find_many(self.int_table, keys, out)
@@ -116,12 +117,9 @@ class StateStore:
         types = set(map(type, ids))
         n = len(ids)
         if types <= _INT:
-            try:
-                keys = np.array(ids, np.int64) if n else np.zeros(0, np.int64)
-            except OverflowError:
-                return None
+            keys = _int64s(ids)
             out = np.empty(n, np.int64)
-            return None if idtable.find_many(self.int_table, keys, out) else out
+            return None if keys is None or idtable.find_many(self.int_table, keys, out) else out
         if types <= _STR:
             slots = list(map(self.str_slots.get, ids))
             return None if None in slots else np.array(slots, np.int64)
@@ -299,6 +297,14 @@ def _return_freed_memory():
             _malloc_trim = False
     if _malloc_trim:
         _malloc_trim(0)
+
+
+def _int64s(ids):
+    """A list of Python ints as an int64 array, or None if one is outside int64."""
+    try:
+        return np.array(ids, np.int64) if len(ids) else np.zeros(0, np.int64)
+    except OverflowError:
+        return None
 
 
 def _plain(stream_id):
