@@ -17,7 +17,8 @@ KERNEL = "lstm-stream kernel (raw)"
 TORCH_CELL = "torch nn.LSTMCell"
 TORCH_LSTM = "torch nn.LSTM (seq_len=1)"
 ORT = "onnxruntime LSTM"
-ALL = (STEP, STEP_MANY, KERNEL, TORCH_CELL, TORCH_LSTM, ORT)
+BLAS = "BLAS gates + lstm-stream cell (not bit-stable)"
+ALL = (STEP, STEP_MANY, KERNEL, TORCH_CELL, TORCH_LSTM, ORT, BLAS)
 TOLERANCE = 1e-4
 
 
@@ -103,6 +104,67 @@ class RawKernel:
         return self.y
 
 
+class BlasStep:
+    """What invariant 2 costs: the batch's gate sums as one float32 BLAS product per layer ([x, h] @ W with
+    numpy's BLAS, limited to the same threads), then lstm-stream's own cell and head (Numba) per stream. A
+    BLAS splits and orders each sum by the matrix shape, so a stream's bits would depend on what shares its
+    batch; lstm-stream does not offer this path, it is measured to show the price of not taking it."""
+
+    def __init__(self, model, n, threads):
+        from threadpoolctl import threadpool_limits
+
+        import lstm_stream as ls
+
+        if model.proj_size:
+            raise ValueError("the BLAS contender covers models without projection")
+        self._limits = threadpool_limits(limits=threads, user_api="blas")  # for this measurement
+        b = ls.Streams(model, threads=1)._backend
+        self.wbuf, self.meta = b.wbuf, b.meta  # for the cell and head of lstm-stream's kernel
+        H, self.L = model.hidden_size, model.num_layers
+        self.W = [np.ascontiguousarray(np.concatenate([layer.w_ih.T, layer.w_hh.T]), np.float32)
+                  for layer in model.layers]
+        self.b = [np.asarray(layer.b_ih + layer.b_hh, np.float32) for layer in model.layers]
+        self.XH = [np.empty((n, w.shape[0]), np.float32) for w in self.W]
+        self.G = np.empty((n, 4 * H), np.float32)
+        self.h = np.zeros((self.L, n, H), np.float32)
+        self.c = np.zeros((self.L, n, H), np.float32)
+        self.hr = np.empty(H, np.float32)
+        self.y = np.empty((n, model.output_size), np.float32)
+
+    def run(self, X):
+        inp = X
+        for l in range(self.L):
+            xh, n_in = self.XH[l], inp.shape[1]
+            xh[:, :n_in] = inp
+            xh[:, n_in:] = self.h[l]
+            np.matmul(xh, self.W[l], out=self.G)
+            _blas_cells(self.wbuf, self.meta, self.G, self.b[l], self.c[l], self.h[l], self.hr, self.y,
+                        l == self.L - 1)
+            inp = self.h[l]
+        return self.y
+
+
+def _blas_cells(*args):
+    """Compiled on first use (so that importing this module does not load Numba)."""
+    global _blas_cells
+    from numba import njit
+
+    from lstm_stream.kernels.cpu import _cell, _head
+
+    @njit(error_model="numpy", fastmath={"contract"})
+    def cells(wbuf, meta, G, bias, c, h, hr, y, last):
+        for s in range(G.shape[0]):
+            g = G[s]
+            for j in range(g.shape[0]):
+                g[j] += bias[j]
+            _cell(wbuf, meta, g, c[s], hr, h[s], -1)
+            if last:
+                _head(wbuf, meta, h[s], y, s)
+
+    _blas_cells = cells
+    return cells(*args)
+
+
 # ---- torch -----------------------------------------------------------------------------------------------
 class TorchCell:
     """A stack of nn.LSTMCell (weights copied from the nn.LSTM) + head; states passed in and out."""
@@ -176,6 +238,11 @@ def available(name: str) -> bool:
             import onnxruntime  # noqa: F401
         except ImportError:
             return False
+    if name == BLAS:
+        try:
+            import threadpoolctl  # noqa: F401
+        except ImportError:
+            return False
     return True
 
 
@@ -194,6 +261,8 @@ def make(name, spec_modules, n: int, threads: int):
         return TorchLSTM(lstm, head, n)
     if name == ORT:
         return OrtLSTM(model, n, threads)
+    if name == BLAS:
+        return BlasStep(model, n, threads)
     raise ValueError(f"unknown contender {name!r}; expected one of {ALL}")
 
 

@@ -125,6 +125,13 @@ def goals(results, peak) -> list:
         lines.append(common.goal_line("... scaling on 2 threads (taken as ≥ 1.6× the 1-thread rate)",
                                       k1 / k2 >= 1.6, f"{k1 / k2:.2f}×; {flops / k2 / peak['2'] * 100:.1f}% "
                                       f"of the 2-thread peak {peak['2']:.1f} GFLOP/s"))
+    for t in (1, 2):  # not a goal: what keeping invariant 2 costs at this size
+        many, blas, ort = (get(results, b, t, 4096, x) for x in (C.STEP_MANY, C.BLAS, C.ORT))
+        if many and blas:
+            lines.append(f"- what invariant 2 costs (4096 streams/call, I=32 H=256, {t} thread{'s' * (t > 1)}): "
+                         f"the BLAS path that breaks it takes {blas * 1e3:.2f} ms against step_many's "
+                         f"{many * 1e3:.2f} ms ({many / blas:.2f}× faster)"
+                         + (f", and would be {ort / blas:.2f}× onnxruntime" if ort else ""))
     return lines
 
 
@@ -151,7 +158,11 @@ def report(results, peak, args, check_err) -> str:
              "`Streams.step_many` for N) and its raw kernel (`step_ragged` / `step_ragged_parallel` on "
              "preallocated arrays, no API cost) against torch `nn.LSTMCell` (states in and out), torch "
              "`nn.LSTM` on a length-1 sequence, and an onnxruntime session of an ONNX `LSTM` node "
-             "(initial_h/initial_c) + MatMul/Add head. Each shape has a linear head of 4 outputs. "
+             "(initial_h/initial_c) + MatMul/Add head; and, to measure what invariant 2 (a stream's bits do not "
+             "depend on its batch) costs, a path lstm-stream does not offer: each layer's gate sums for the "
+             "whole batch as one numpy BLAS product (threads limited with threadpoolctl), then lstm-stream's "
+             "own cell and head — a BLAS orders each sum by the matrix shape, so its bits are not stable. "
+             "Each shape has a linear head of 4 outputs. "
              "Time per call is the median over interleaved rounds; two passes, ± is half their spread. "
              "GFLOP/s counts 2·4H·(I+H) per stream and layer; % peak is against a "
              f"{peak['n']}² float32 numpy matmul on the same thread count, measured in the same run "
