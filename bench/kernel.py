@@ -33,9 +33,12 @@ FULL = dict(rounds=7, block_s=0.02, warmup_s=0.1)
 QUICK = dict(rounds=3, block_s=0.004, warmup_s=0.01)
 
 
-def contenders_for(n: int) -> list:
-    """Contenders timed at n streams per call (Streams.step is one stream per call by definition)."""
-    return [x for x in C.ALL if C.available(x) and (x != C.STEP or n == 1)]
+def contenders_for(n: int, threads: int = 1) -> list:
+    """Contenders timed at n streams per call (Streams.step is one stream per call by definition). The BLAS
+    path runs on 1 thread only: OpenBLAS's worker threads keep spinning after a call and took the other
+    contenders' cores in an interleaved 2-thread run (lstm-stream's 2-thread kernel measured 1.06x its
+    1-thread rate beside it, 1.9-2.0x without)."""
+    return [x for x in C.ALL if C.available(x) and (x != C.STEP or n == 1) and (x != C.BLAS or threads == 1)]
 
 
 def measure(spec, mods, n, threads, timing) -> dict:
@@ -45,7 +48,7 @@ def measure(spec, mods, n, threads, timing) -> dict:
     torch.set_num_threads(threads)
     rng = np.random.default_rng(n)
     X = rng.standard_normal((n, spec.I), dtype=np.float32)
-    runs = {name: C.make(name, mods, n, threads) for name in contenders_for(n)}
+    runs = {name: C.make(name, mods, n, threads) for name in contenders_for(n, threads)}
     return common.interleaved({name: (lambda r=r: r.run(X)) for name, r in runs.items()}, **timing)
 
 
