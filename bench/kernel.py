@@ -33,12 +33,9 @@ FULL = dict(rounds=7, block_s=0.02, warmup_s=0.1)
 QUICK = dict(rounds=3, block_s=0.004, warmup_s=0.01)
 
 
-def contenders_for(n: int, threads: int = 1) -> list:
-    """Contenders timed at n streams per call (Streams.step is one stream per call by definition). The BLAS
-    path runs on 1 thread only: OpenBLAS's worker threads keep spinning after a call and took the other
-    contenders' cores in an interleaved 2-thread run (lstm-stream's 2-thread kernel measured 1.06x its
-    1-thread rate beside it, 1.9-2.0x without)."""
-    return [x for x in C.ALL if C.available(x) and (x != C.STEP or n == 1) and (x != C.BLAS or threads == 1)]
+def contenders_for(n: int) -> list:
+    """Contenders timed at n streams per call (Streams.step is one stream per call by definition)."""
+    return [x for x in C.ALL if C.available(x) and (x != C.STEP or n == 1)]
 
 
 def measure(spec, mods, n, threads, timing) -> dict:
@@ -48,7 +45,7 @@ def measure(spec, mods, n, threads, timing) -> dict:
     torch.set_num_threads(threads)
     rng = np.random.default_rng(n)
     X = rng.standard_normal((n, spec.I), dtype=np.float32)
-    runs = {name: C.make(name, mods, n, threads) for name in contenders_for(n, threads)}
+    runs = {name: C.make(name, mods, n, threads) for name in contenders_for(n)}
     return common.interleaved({name: (lambda r=r: r.run(X)) for name, r in runs.items()}, **timing)
 
 
@@ -128,13 +125,52 @@ def goals(results, peak) -> list:
         lines.append(common.goal_line("... scaling on 2 threads (taken as ≥ 1.6× the 1-thread rate)",
                                       k1 / k2 >= 1.6, f"{k1 / k2:.2f}×; {flops / k2 / peak['2'] * 100:.1f}% "
                                       f"of the 2-thread peak {peak['2']:.1f} GFLOP/s"))
-    for t in (1, 2):  # not a goal: what keeping invariant 2 costs at this size
-        many, blas, ort = (get(results, b, t, 4096, x) for x in (C.STEP_MANY, C.BLAS, C.ORT))
-        if many and blas:
-            lines.append(f"- what invariant 2 costs (4096 streams/call, I=32 H=256, {t} thread{'s' * (t > 1)}): "
-                         f"the BLAS path that breaks it takes {blas * 1e3:.2f} ms against step_many's "
-                         f"{many * 1e3:.2f} ms ({many / blas:.2f}× faster)"
-                         + (f", and would be {ort / blas:.2f}× onnxruntime" if ort else ""))
+    return lines
+
+
+def invariant_cost(shapes, streams, timing, log=print) -> dict:
+    """{(label, n): (step_many s, BLAS path s)} at 1 thread, the two interleaved, two passes each; run after
+    everything else, since the BLAS path sets process-wide BLAS threading (OpenBLAS workers left spinning
+    took the other contenders' cores when it ran inside the main sweep)."""
+    if not C.available(C.BLAS):
+        return {}
+    out = {}
+    mods = {spec: C.torch_modules(spec) for spec in shapes}
+    for spec in shapes:
+        for n in [n for n in streams if n >= 256]:
+            X = np.random.default_rng(n).standard_normal((n, spec.I), dtype=np.float32)
+            a, b = C.make(C.STEP_MANY, mods[spec], n, 1), C.make(C.BLAS, mods[spec], n, 1)
+            err = float(np.max(np.abs(a.run(X) - b.run(X))))
+            if not err <= C.TOLERANCE:
+                raise AssertionError(f"{spec.label}, {n} streams: the BLAS path differs by {err:.3g}")
+            times = [common.interleaved({"many": lambda: a.run(X), "blas": lambda: b.run(X)}, **timing)
+                     for _ in range(2)]
+            out[(spec.label, n)] = (float(np.mean([t["many"] for t in times])),
+                                    float(np.mean([t["blas"] for t in times])))
+            log(f"invariant cost: {spec.label:14s} N={n:5d}  step_many {out[(spec.label, n)][0] * 1e6:.0f} µs, "
+                f"BLAS path {out[(spec.label, n)][1] * 1e6:.0f} µs")
+    return out
+
+
+def cost_lines(cost, results) -> list:
+    """The section on what invariant 2 costs: a table and the 4096-stream line beside onnxruntime."""
+    if not cost:
+        return []
+    lines = ["### What invariant 2 costs", "",
+             "A path lstm-stream does not offer: each layer's gate sums for the whole batch as one numpy BLAS "
+             "product (1 thread, limited with threadpoolctl), then lstm-stream's own cell and head (Numba). "
+             "A BLAS orders each sum by the matrix shape, so a stream's bits would depend on its batch. Timed "
+             "last, interleaved with `Streams.step_many`, two passes; outputs agree within "
+             f"{C.TOLERANCE:g}.", "",
+             common.table(["shape", "streams/call", "step_many µs", "BLAS path µs", "BLAS path faster by"],
+                          [[label, f"{n:,}", common.fmt(m * 1e6), common.fmt(b * 1e6), f"{m / b:.2f}×"]
+                           for (label, n), (m, b) in cost.items()]), ""]
+    key = (SHAPES[1].label, 4096)
+    ort = get(results, SHAPES[1].label, 1, 4096, C.ORT)
+    if key in cost and ort:
+        m, b = cost[key]
+        lines += [f"At 4,096 streams (I=32 H=256, 1 thread) the BLAS path would be {ort / b:.2f}× onnxruntime "
+                  f"(step_many: {ort / m:.2f}× in this measurement).", ""]
     return lines
 
 
@@ -153,7 +189,7 @@ def thread_settings(threads) -> str:
             f"interop threads {torch.get_num_interop_threads()}")
 
 
-def report(results, peak, args, check_err) -> str:
+def report(results, peak, args, check_err, cost=None) -> str:
     shapes = [s for s in SHAPES if s.label in {k[0] for k in results}]
     pk = ", ".join(f"{t} thread{'s' * (t != '1')}: {v:.1f} GFLOP/s" for t, v in peak["gflops"].items())
     lines = ["## Kernel: one step of N streams", "",
@@ -161,11 +197,7 @@ def report(results, peak, args, check_err) -> str:
              "`Streams.step_many` for N) and its raw kernel (`step_ragged` / `step_ragged_parallel` on "
              "preallocated arrays, no API cost) against torch `nn.LSTMCell` (states in and out), torch "
              "`nn.LSTM` on a length-1 sequence, and an onnxruntime session of an ONNX `LSTM` node "
-             "(initial_h/initial_c) + MatMul/Add head; and, to measure what invariant 2 (a stream's bits do not "
-             "depend on its batch) costs, a path lstm-stream does not offer: each layer's gate sums for the "
-             "whole batch as one numpy BLAS product (threads limited with threadpoolctl), then lstm-stream's "
-             "own cell and head — a BLAS orders each sum by the matrix shape, so its bits are not stable. "
-             "Each shape has a linear head of 4 outputs. "
+             "(initial_h/initial_c) + MatMul/Add head. Each shape has a linear head of 4 outputs. "
              "Time per call is the median over interleaved rounds; two passes, ± is half their spread. "
              "GFLOP/s counts 2·4H·(I+H) per stream and layer; % peak is against a "
              f"{peak['n']}² float32 numpy matmul on the same thread count, measured in the same run "
@@ -185,6 +217,7 @@ def report(results, peak, args, check_err) -> str:
         lines += [f"### {spec.label}, head O={spec.O}", "",
                   common.table(header, rows_for(spec, results, args.streams, args.threads, peak["gflops"])), ""]
     lines += ["![steps/s against streams per call](kernel.png)", ""]
+    lines += cost_lines(cost, results)
     return "\n".join(lines)
 
 
@@ -250,7 +283,8 @@ def main(argv=None) -> int:
     results = sweep(SHAPES, args.streams, args.threads, 2, timing, log=lambda s: print(s, flush=True))
     again = peak_mod.measure(args.threads, quick=args.quick)  # before and after: keep the better of the two
     peak["gflops"] = {t: max(v, again["gflops"][t]) for t, v in peak["gflops"].items()}
-    text = report(results, peak, args, worst)
+    cost = invariant_cost(SHAPES, args.streams, timing, log=lambda s: print(s, flush=True))
+    text = report(results, peak, args, worst, cost)
     if common.publish("kernel", text, args):
         plot(results, args.doc.parent / PLOT.name)
         print(f"wrote {args.doc.parent / PLOT.name}")
