@@ -98,11 +98,11 @@ def test_add_many_equals_adding_one_by_one():
     order = rng.permutation(len(ids))
     ids = [ids[k] for k in order]
     one, many = StateStore(initial_capacity=2), StateStore(initial_capacity=2)
-    for st in (one, many):  # some free slots to reuse first
+    for store in (one, many):  # some free slots to reuse first
         for k in range(10):
-            st.add(f"tmp{k}", 0.0)
+            store.add(f"tmp{k}", 0.0)
         for k in (3, 7, 1):
-            st.remove(f"tmp{k}")
+            store.remove(f"tmp{k}")
     slots_one = [one.add(i, 5.0) for i in ids]
     slots_many = many.add_many(ids, 5.0)
     assert slots_many.tolist() == slots_one
