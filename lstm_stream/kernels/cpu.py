@@ -246,11 +246,7 @@ def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scratch):
     slots: (S,) unique int64; offsets: (S+1,) int64; h: (cap, L, P); c: (cap, L, H);
     scratch: (>= 1, tile * (Gp + K_max + H)) — its row length sets the tile (streams stepped together)."""
     tile = scratch.shape[1] // (meta[10 + 3 * meta[0]] * meta[11 + 3 * meta[0]] + meta[7] + meta[2])
-    n = slots.shape[0]
-    if n == 1:  # one stream: the lighter kernel with the same arithmetic
-        r0, r1 = offsets[0], offsets[1]
-        _one(wbuf, meta, h, c, slots[0], x[r0:r1], y[r0:r1], scratch[0])
-        return
+    n = slots.shape[0]  # (a lone stream could take _one, but compiling it in here cost 1.2 s of cold start)
     for s0 in range(0, n, tile):
         _tile(wbuf, meta, h, c, slots, offsets, s0, min(tile, n - s0), x, y, scratch[0])
 
