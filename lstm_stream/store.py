@@ -293,7 +293,7 @@ def _return_freed_memory():
     if _malloc_trim is None:
         try:
             _malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, TypeError):  # no such symbol (musl, macOS), or no CDLL(None) (Windows)
             _malloc_trim = False
     if _malloc_trim:
         _malloc_trim(0)
