@@ -163,6 +163,20 @@ def machine_lines(extra: dict | None = None) -> list:
     return lines
 
 
+# ---- command line -------------------------------------------------------------------------------------
+def add_doc_options(ap) -> None:
+    """--doc PATH and --no-doc, shared by every benchmark script."""
+    ap.add_argument("--doc", type=Path, default=None, help="markdown file to update (default: "
+                    "docs/benchmarks.md on a full run, none on --quick)")
+    ap.add_argument("--no-doc", action="store_true", help="print only")
+
+
+def resolve_doc(a) -> None:
+    """A full run without --doc or --no-doc writes docs/benchmarks.md; a --quick run writes nothing."""
+    if a.doc is None and not a.quick and not a.no_doc:
+        a.doc = DOC
+
+
 # ---- docs/benchmarks.md sections ------------------------------------------------------------------------
 def markers(name: str):
     return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"

@@ -257,13 +257,10 @@ def parse(argv):
     ap.add_argument("--quick", action="store_true", help="short smoke run; prints only unless --doc")
     ap.add_argument("--streams", type=int, nargs="+", default=None, help=f"streams per call {STREAMS}")
     ap.add_argument("--threads", type=int, nargs="+", default=list(THREADS))
-    ap.add_argument("--doc", type=Path, default=None, help="markdown file to update (default: "
-                    "docs/benchmarks.md on a full run, none on --quick)")
-    ap.add_argument("--no-doc", action="store_true", help="print only")
+    common.add_doc_options(ap)
     a = ap.parse_args(argv)
     a.streams = a.streams or ([1, 256] if a.quick else list(STREAMS))
-    if a.doc is None and not a.quick and not a.no_doc:
-        a.doc = common.DOC
+    common.resolve_doc(a)
     return a
 
 

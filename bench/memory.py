@@ -125,12 +125,10 @@ def parse(argv):
     ap.add_argument("--n", type=int, default=None, help=f"streams (default {N_FULL:,})")
     ap.add_argument("--ids", choices=("int", "str"), default="int", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--doc", type=Path, default=None)
-    ap.add_argument("--no-doc", action="store_true")
+    common.add_doc_options(ap)
     a = ap.parse_args(argv)
     a.n = a.n or (N_QUICK if a.quick else N_FULL)
-    if a.doc is None and not a.quick and not a.no_doc:
-        a.doc = common.DOC
+    common.resolve_doc(a)
     return a
 
 

@@ -195,11 +195,9 @@ def parse(argv):
     ap = argparse.ArgumentParser(description="lstm-stream server benchmark (see docs/benchmarks.md)")
     ap.add_argument("--quick", action="store_true", help="short smoke run; prints only unless --doc")
     ap.add_argument("--threads", type=int, default=1, help="threads of each server (default 1)")
-    ap.add_argument("--doc", type=Path, default=None)
-    ap.add_argument("--no-doc", action="store_true")
+    common.add_doc_options(ap)
     a = ap.parse_args(argv)
-    if a.doc is None and not a.quick and not a.no_doc:
-        a.doc = common.DOC
+    common.resolve_doc(a)
     return a
 
 

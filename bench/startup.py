@@ -145,12 +145,10 @@ def parse(argv):
     ap = argparse.ArgumentParser(description="lstm-stream start-up benchmark (see docs/benchmarks.md)")
     ap.add_argument("--quick", action="store_true", help="short smoke run; prints only unless --doc")
     ap.add_argument("--warm", type=int, default=None, help="warm launches per pass (default 3, quick 1)")
-    ap.add_argument("--doc", type=Path, default=None)
-    ap.add_argument("--no-doc", action="store_true")
+    common.add_doc_options(ap)
     a = ap.parse_args(argv)
     a.warm = a.warm or (1 if a.quick else 3)
-    if a.doc is None and not a.quick and not a.no_doc:
-        a.doc = common.DOC
+    common.resolve_doc(a)
     return a
 
 

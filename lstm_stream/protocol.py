@@ -100,7 +100,7 @@ def wire_dtype_name(dtype):
 def array_map(a: np.ndarray) -> dict:
     """A numpy array as the wire's {"dtype", "shape", "data"} map (data little-endian, C order)."""
     a = np.asarray(a)
-    name = _DTYPE_NAMES.get(a.dtype) or a.dtype.name
+    name = wire_dtype_name(a.dtype) or a.dtype.name
     if not _NATIVE_LE or a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     return {"dtype": name, "shape": list(a.shape), "data": a.tobytes()}  # tobytes is C order
