@@ -3,16 +3,19 @@
 Idea: every stream's state lives in slab arrays h (S, L, P) and c (S, L, H) at its slot. A call gets the
 unique slots of a batch, and for slot s the rows offsets[s]:offsets[s+1] of the input matrix x; it advances
 each stream through its rows in order, writing one output row per input row. Streams are stepped in tiles of
-up to 32 in lockstep so that each block of weights, once in L1 cache, serves the whole tile (at 4,096 streams
-the step is a matrix product, and weight traffic decides its speed).
+up to 30 in lockstep: per layer and step, the tile's gate sums are one matrix product [x, h] W + b done by a
+register-blocked micro-kernel (panel.py: 6 streams x 16 gate columns at a time, 85-95% of the matmul peak),
+then each stream's cell update and head. A single stream takes _one, a plain loop without the tile's
+bookkeeping.
 
 Determinism: for each stream the float operations are the same sequence whatever else is in the batch, in
-whatever order, on however many threads: every sum runs over k in order in fixed groups of 8 weight rows, a
-tile's streams never mix, and nothing is reassociated. The one fastmath flag is 'contract', which lets LLVM
-fuse a*b+c into an FMA (one rounding instead of two): the same fusions happen for every stream, so outputs
-stay bit-identical on a given CPU, and it makes the kernel ~1.4x faster. (A CPU without FMA rounds
-differently, within float32 tolerance, so snapshots move between machines with the same tolerance.)
-error_model='numpy' lets the gate loops vectorise.
+whatever order, on however many threads: every gate sum is one multiply-add chain over k in order starting
+from the bias (in _one's loop and in the micro-kernel alike), a tile's streams never mix, and nothing is
+reassociated. The one fastmath flag is 'contract', which lets LLVM fuse a*b+c into an FMA (one rounding
+instead of two), as the micro-kernel's llvm.fmuladd does: the same fusions happen for every stream, so
+outputs stay bit-identical on a given CPU. (A CPU without FMA rounds differently, within float32 tolerance,
+so snapshots move between machines with the same tolerance.) error_model='numpy' lets the gate loops
+vectorise.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from numba.extending import overload
 
 from ..idtable import find
 from .activations import tanh32
+from .panel import COLS, MR, panel1, panel2, panel3, panel4, panel5, panel6
 
 _OPTS = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 
@@ -118,57 +122,71 @@ def _row1(Wb, k, u, g):
         g[j] += Wb[k, j] * v
 
 
+@njit(inline="always", **_OPTS)
+def _gate_sums(wbuf, off_w, K, JB, nJ, scr, uo, ldu, go, ldg, n):
+    """Gate sums of n streams: scr[go + p*ldg + jb*JB + j] = b + W^T u_p, u_p = scr[uo + p*ldu : ... + K],
+    for the layer whose weights start at wbuf[off_w] ((nJ, K + 1, JB) blocks, bias last). Panels of 6
+    streams x 16 columns (panel.py), then one smaller panel for the streams left over."""
+    for jb in range(nJ):
+        wo = off_w + jb * (K + 1) * JB
+        for j0 in range(0, JB, COLS):
+            p = 0
+            while n - p >= MR:
+                panel6(wbuf, wo + j0, JB, scr, uo + p * ldu, ldu, go + p * ldg + jb * JB + j0, ldg, K)
+                p += MR
+            r, gr, ur = n - p, go + p * ldg + jb * JB + j0, uo + p * ldu
+            if r == 1:
+                panel1(wbuf, wo + j0, JB, scr, ur, ldu, gr, ldg, K)
+            elif r == 2:
+                panel2(wbuf, wo + j0, JB, scr, ur, ldu, gr, ldg, K)
+            elif r == 3:
+                panel3(wbuf, wo + j0, JB, scr, ur, ldu, gr, ldg, K)
+            elif r == 4:
+                panel4(wbuf, wo + j0, JB, scr, ur, ldu, gr, ldg, K)
+            elif r == 5:
+                panel5(wbuf, wo + j0, JB, scr, ur, ldu, gr, ldg, K)
+
+
 @njit(**_OPTS)
 def _tile(wbuf, meta, h, c, slots, offsets, s0, nb, x, y, scr):
     """Advance streams slots[s0:s0+nb] in lockstep, stream a over rows offsets[s0+a]:offsets[s0+a+1] of
     x (N, I), writing y[row] (N, O). h: (S, L, P), c: (S, L, H), changed in place.
     scr: (>= nb*(Gp + K_max + H),) scratch: gate sums g (nb, Gp), layer input u = [x_or_h_below, h]
-    (nb, K_max), hr = o*tanh(c) (nb, H). Each block of weights is read once per tile and used for all its
-    streams; for every stream the sums run over k in the same order and grouping (8 rows per pass), whatever
-    nb is, so its results do not depend on the tile it lands in."""
+    (nb, K_max), hr = o*tanh(c) (nb, H), each row p for the p-th stream still running at step t. The gate
+    sums are one matrix product per layer and step (_gate_sums): each block of weights, once in cache,
+    serves every stream of the tile, and each stream's sums are the same chain whatever shares its tile."""
     L, H, P, K_max = meta[0], meta[2], meta[3], meta[7]
     JB, nJ = meta[10 + 3 * L], meta[11 + 3 * L]
     Gp = JB * nJ
-    g = scr[:nb * Gp].reshape((nb, nJ, JB))
-    gf = scr[:nb * Gp].reshape((nb, Gp))
+    g = scr[:nb * Gp].reshape((nb, Gp))
     u = scr[nb * Gp:nb * (Gp + K_max)].reshape((nb, K_max))
     hr = scr[nb * (Gp + K_max):nb * (Gp + K_max + H)].reshape((nb, H))
+    run = np.empty(nb, np.int64)  # run[p]: the tile position of the p-th stream still running at step t
     T_max = 0
     for a in range(nb):
         T_max = max(T_max, offsets[s0 + a + 1] - offsets[s0 + a])
     for t in range(T_max):
+        n = 0
+        for a in range(nb):
+            if t < offsets[s0 + a + 1] - offsets[s0 + a]:
+                run[n] = a
+                n += 1
         for l in range(L):
             off_w, K, off_r = meta[8 + 3 * l], meta[9 + 3 * l], meta[10 + 3 * l]
             n_in = K - P
-            W = wbuf[off_w:off_w + nJ * (K + 1) * JB].reshape((nJ, K + 1, JB))  # [W_ih^T; W_hh^T; b] blocks
-            for a in range(nb):
-                if t < offsets[s0 + a + 1] - offsets[s0 + a]:
-                    slot = slots[s0 + a]
-                    inp = x[offsets[s0 + a] + t] if l == 0 else h[slot, l - 1]  # x_t, or h_t of the layer below
-                    for k in range(n_in):
-                        u[a, k] = inp[k]
-                    for k in range(P):
-                        u[a, n_in + k] = h[slot, l, k]                        # h_{t-1} of this layer
-                    for jb in range(nJ):
-                        for j in range(JB):
-                            g[a, jb, j] = W[jb, K, j]
-            K8 = K - K % 8
-            for jb in range(nJ):  # gates += W^T [x, h]: k in order, 8 weight rows per pass
-                Wb = W[jb]
-                for k in range(0, K8, 8):
-                    for a in range(nb):
-                        if t < offsets[s0 + a + 1] - offsets[s0 + a]:
-                            _rows8(Wb, k, u[a], g[a, jb])
-                for k in range(K8, K):
-                    for a in range(nb):
-                        if t < offsets[s0 + a + 1] - offsets[s0 + a]:
-                            _row1(Wb, k, u[a], g[a, jb])
-            for a in range(nb):
-                if t < offsets[s0 + a + 1] - offsets[s0 + a]:
-                    _cell(wbuf, meta, gf[a], c[slots[s0 + a], l], hr[a], h[slots[s0 + a], l], off_r)
-        for a in range(nb):
-            if t < offsets[s0 + a + 1] - offsets[s0 + a]:
-                _head(wbuf, meta, h[slots[s0 + a], L - 1], y, offsets[s0 + a] + t)
+            for p in range(n):
+                slot = slots[s0 + run[p]]
+                inp = x[offsets[s0 + run[p]] + t] if l == 0 else h[slot, l - 1]  # x_t, or h_t of the layer below
+                for k in range(n_in):
+                    u[p, k] = inp[k]
+                for k in range(P):
+                    u[p, n_in + k] = h[slot, l, k]                              # h_{t-1} of this layer
+            _gate_sums(wbuf, off_w, K, JB, nJ, scr, nb * Gp, K_max, 0, Gp, n)
+            for p in range(n):
+                slot = slots[s0 + run[p]]
+                _cell(wbuf, meta, g[p], c[slot, l], hr[p], h[slot, l], off_r)
+        for p in range(n):
+            _head(wbuf, meta, h[slots[s0 + run[p]], L - 1], y, offsets[s0 + run[p]] + t)
 
 
 @njit(**_OPTS)

@@ -11,13 +11,15 @@ wbuf segments (row-major):
     R_l   (H, P)             W_hr^T
     headW (P, O)             W_head^T;   headb (O,)
 Gate columns are [i | f | g | o], each H wide (PyTorch's order). K_l = I_l + P.
-With block=None (the CUDA layout) JB = 4H and nJ = 1, i.e. W_l is simply (K_l + 1, 4H). The CPU kernel uses
-blocks of 128 columns (when 4H > 256) so that the weights and gate sums it is working on stay in L1 cache.
+With block=None (the CUDA layout) JB = 4H and nJ = 1, i.e. W_l is simply (K_l + 1, 4H). The CPU layout
+uses blocks of 128 columns (when 4H > 256), JB a multiple of 16 (the micro-kernel's panel width, panel.py),
+and starts every segment on a 16-element boundary, so that weight rows load as whole aligned vectors.
 """
 from __future__ import annotations
 
 import numpy as np
 
+PANEL_COLS = 16  # gate columns per micro-kernel panel on the CPU (kernels/panel.py)
 HEAD_ACT_CODES = {"none": 0, "sigmoid": 1, "softmax": 2}
 META_HEAD = 8  # index of the first per-layer entry
 
@@ -33,10 +35,13 @@ def aligned_zeros(shape, dtype, align: int = 64) -> np.ndarray:
 
 
 def gate_blocks(H: int, block) -> tuple:
-    """(JB, nJ): gate columns per block and block count for hidden size H (one block when 4H <= 2*block)."""
+    """(JB, nJ): gate columns per block and block count for hidden size H (one block when 4H <= 2*block;
+    block None: exactly 4H columns, else JB a multiple of PANEL_COLS)."""
     G = 4 * H
-    if block is None or G <= 2 * block:
+    if block is None:
         return G, 1
+    if G <= 2 * block:
+        return -(-G // PANEL_COLS) * PANEL_COLS, 1
     return block, -(-G // block)
 
 
@@ -50,6 +55,9 @@ def pack(model, block=None):
 
     def add(a):
         nonlocal off
+        if block is not None and off % PANEL_COLS:
+            parts.append(np.zeros(PANEL_COLS - off % PANEL_COLS, dt))
+            off += parts[-1].size
         a = np.ascontiguousarray(a, dtype=dt).ravel()
         parts.append(a)
         off += a.size
@@ -71,16 +79,18 @@ def pack(model, block=None):
         meta += [-1, -1]
     meta += [JB, nJ]
     head = [L, I, H, P, O, int(model.head_w is not None), HEAD_ACT_CODES[model.head_activation], k_max]
-    wbuf = aligned_zeros((off,), dt)
+    wbuf = aligned_zeros((off,), dt)  # 64-byte aligned: with the padding, every CPU weight row is too
     np.concatenate(parts, out=wbuf)
     return wbuf, np.asarray(head + meta, dtype=np.int64)
 
 
-# Streams stepped together by the CPU kernel: each weight block read into cache serves this many streams.
-# Measured (I=32, H=256, 4096 streams, 1 thread): tile 4/8/16/32 -> 53/55/56/60 GFLOP/s.
-TILE = 32
-# Gate columns per block in the CPU layout (8 weight rows x 128 columns + 32 streams' sums fit in L1).
-# Gates up to 256 wide stay one block: at H=64, one block of 256 ran 38 GFLOP/s against 31 with 128.
+# Streams stepped together by the CPU kernel: each weight panel loaded into cache serves this many streams.
+# A multiple of the micro-kernel's 6 rows (panel.py), so a full tile leaves no smaller panel over. Measured
+# (I=32, H=256, 4096 streams, 1 thread): tiles of 30 to 48 all ran 89-92 GFLOP/s; 60 ran 84.
+TILE = 30
+# Gate columns per block in the CPU layout: one stream's loop (_one) keeps a block's sums in L1. Gates up to
+# 256 wide stay one block: at H=64, one block of 256 ran 38 GFLOP/s against 31 with 128. The tiled
+# micro-kernel does not care (blocks of 64, 128 and 256 all ran 89-91 GFLOP/s at I=32 H=256).
 CPU_BLOCK = 128
 
 

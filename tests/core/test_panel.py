@@ -1,0 +1,51 @@
+"""The CPU step's micro-kernel (kernels/panel.py via cpu._gate_sums): right sums, and each stream's sums the
+same bits whatever the number of streams beside it, their order, and which panel (6 rows, or a leftover of
+1-5) it lands in."""
+import os
+import secrets
+
+import numpy as np
+import pytest
+from numba import njit
+
+from lstm_stream.kernels import cpu
+
+SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
+
+
+@njit(cache=False)
+def gate_sums(wbuf, off_w, K, JB, nJ, scr, uo, ldu, go, ldg, n):
+    cpu._gate_sums(wbuf, off_w, K, JB, nJ, scr, uo, ldu, go, ldg, n)
+
+
+def run(W, U, off_w=16):
+    """Gate sums of the rows of U (n, K) for blocked weights W (nJ, K + 1, JB), through a scratch laid out
+    as the kernel's: sums first, then the inputs with a row stride longer than K."""
+    nJ, K1, JB = W.shape
+    K, n, dt = K1 - 1, len(U), W.dtype
+    wbuf = np.concatenate([np.full(off_w, np.nan, dt), W.ravel(), np.full(16, np.nan, dt)])
+    Gp, ldu = nJ * JB, K + 3
+    scr = np.full(n * (Gp + ldu) + 16, np.nan, dt)
+    scr[n * Gp:n * Gp + n * ldu].reshape(n, ldu)[:, :K] = U
+    gate_sums(wbuf, off_w, K, JB, nJ, scr, n * Gp, ldu, 0, Gp, n)
+    assert np.isnan(scr[-16:]).all(), "wrote past the sums and inputs"
+    return scr[:n * Gp].reshape(n, Gp)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("K, JB, nJ", [(1, 16, 1), (7, 48, 1), (72, 256, 1), (289, 128, 3)])
+def test_gate_sums_match_reference_and_do_not_depend_on_the_batch(dtype, K, JB, nJ):
+    rng = np.random.default_rng(SEED)
+    W = rng.normal(0, 0.3, (nJ, K + 1, JB)).astype(dtype)
+    U = rng.normal(0, 1, (13, K)).astype(dtype)
+    full = run(W, U)
+
+    W64, U64 = W.astype(np.float64), U.astype(np.float64)
+    ref = np.concatenate([U64 @ W64[jb, :K] + W64[jb, K] for jb in range(nJ)], axis=1)
+    tol = 1e-4 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(full, ref, rtol=tol, atol=tol * np.sqrt(K), err_msg=f"seed={SEED}")
+
+    for n in range(1, 14):  # every panel size and leftover, rows in a new order each time
+        pick = rng.permutation(13)[:n]
+        part = run(W, U[pick], off_w=int(rng.integers(0, 40)))
+        assert np.array_equal(part, full[pick]), f"n={n}, seed={SEED}"
