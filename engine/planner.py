@@ -5,14 +5,16 @@ plan lists them in arrival order; Streams.step_segments groups them per stream (
 kernel call for all of them, so each stream advances exactly as if its requests had come alone. Every request
 is validated here, before the call, so a bad one gets its own error and never fails the batch; store capacity
 is reserved per request in arrival order, so a full store refuses exactly the requests that would overflow it.
-The call is Streams.step for a lone one-stream request (lowest latency), else one Streams.step_segments over
+The call is Streams.step for a lone one-stream request (lowest latency), else one Streams.step_planned over
 all rows of the turn; both run the same kernel per stream, so a stream's outputs are bit-identical whichever
 is used. The planner builds lists of ids and byte strings only: it never touches weights or state.
 
 Per request, the plan costs a few dict and list operations, not numpy calls: an input array that arrives as
 a bin map in the model's own dtype (what the client library sends) is kept as its bytes, and the turn's rows
 become one array with one join; the NaN/Inf check runs once over all of them (a request with a NaN is found
-and answered on its own only when that check fails); replies carry slices of the outputs' bytes.
+and answered on its own only when that check fails); the ids' slots, looked up once when each request is
+checked against the store, go to the kernel call as they are when every stream was known (nothing can add or
+drop a stream between a request's check and the turn's call); replies carry slices of the outputs' bytes.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class StepPlan:
         self.parts: list = []      # (request, first row, first segment, segment count, reply form, first blob)
         self.samples = 0           # rows over all segments
         self._new: set = set()     # ids this plan creates (not yet in the store)
+        self._slots: list = []     # per request, its ids' slots (an int for one id) while all are known, else None
 
     def __len__(self):
         return len(self.parts)
@@ -71,13 +74,18 @@ class StepPlan:
         if not ids:
             raise ProtocolError(BAD_INPUT, "'streams' is empty; expected at least one stream id")
         try:
-            self._reserve(ids)
+            slots = self._reserve(ids)
         except StoreFullError:  # a bad input is the first thing to report, as for a request that fits
             what = self._non_finite(req, blobs)
             if what is not None:
                 raise InputError(f"{what} contains NaN or Inf; expected finite values") from None
             raise
         self.parts.append((req, self.samples, len(self.ids), len(ids), form, len(self.blobs)))
+        if self._slots is not None:
+            if slots is None:
+                self._slots = None
+            else:
+                self._slots.append(slots)
         self.ids.extend(ids)
         self.lengths.extend(lengths)
         self.blobs.extend(blobs)
@@ -102,18 +110,20 @@ class StepPlan:
         return arr.tobytes(), arr.shape[0], 1 if a.ndim == 1 else 2
 
     def _reserve(self, ids):
-        if len(ids) == 1 and ids[0] in self.streams:  # the one-stream request for a known stream
-            return
-        unknown = self.streams.unknown(ids)  # known plain ids are valid by construction
-        if not unknown:
-            return
-        new = {check_id(i) for i in unknown} - self._new
+        """The slots of ids when all are known streams (kept for the run, when nothing else has changed the
+        store); else None, after checking that the new ones fit under max_streams (StoreFullError)."""
+        streams = self.streams
+        slots = streams.known_slot(ids[0]) if len(ids) == 1 else streams.known_slots(ids)
+        if slots is not None:
+            return slots
+        new = {check_id(i) for i in streams.unknown(ids)} - self._new
         limit = self.streams.stats()["max_streams"]
         if limit is not None and len(self.streams) + len(self._new) + len(new) > limit:
             raise StoreFullError(f"the store is full: {len(self.streams) + len(self._new)} of max_streams={limit} "
                                  f"streams in use or being created, this request adds {len(new)}; drop streams "
                                  "or raise --max-streams")
         self._new |= new
+        return None
 
     def run(self) -> list:
         """One kernel call for the whole plan; returns [(request, result map or exception)] in arrival order.
@@ -126,8 +136,17 @@ class StepPlan:
         if len(self.ids) == 1:  # a request alone (low load): the single-stream, lowest-latency path
             Y = self.streams.step(self.ids[0], X)  # (T, O), even for one row
         else:
-            Y = self.streams.step_segments(self.ids, self.lengths, X)
+            lengths = None if self.samples == len(self.ids) else np.array(self.lengths, np.int64)
+            slots = None if self._slots is None or self._new else self._slot_array()
+            Y = self.streams.step_planned(self.ids, lengths, X, slots)
         return self._results(Y)
+
+    def _slot_array(self):
+        """The requests' slots as one int64 array (an int per one-stream request, an array per other)."""
+        parts = self._slots
+        if all(type(p) is int for p in parts):
+            return np.array(parts, np.int64)
+        return np.concatenate([p if type(p) is np.ndarray else [p] for p in parts]).astype(np.int64, copy=False)
 
     def _results(self, Y):
         """Each request's share of Y (N, O): bin maps over slices of Y's bytes (no array per reply), or

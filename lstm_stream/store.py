@@ -114,8 +114,13 @@ class StateStore:
     def known_slots(self, ids):
         """Slots of ids as an int64 array if every one is a known plain str or int id, else None (the batch
         hot path: a C-level pass for str ids, one compiled call for int ids)."""
-        types = set(map(type, ids))
         n = len(ids)
+        if n and type(ids[0]) is str:  # str ids (the usual case): no type scan; only str keys can hit
+            try:
+                return np.fromiter(map(self.str_slots.__getitem__, ids), np.int64, n)
+            except (KeyError, TypeError):  # an unknown id, an unhashable one, or ids of mixed kinds
+                pass
+        types = set(map(type, ids))
         if types <= _INT:
             keys = _int64s(ids)
             out = np.empty(n, np.int64)

@@ -187,10 +187,27 @@ class Streams:
         get = self._store.get_slot
         return [i for i in ids if get(i) is None]
 
-    def _segments(self, ids, lengths, X):
+    def known_slot(self, stream_id):
+        """known_slots for one id: its handle (an int) if it is an existing stream, else None."""
+        return self._store.get_slot(stream_id)
+
+    def known_slots(self, ids):
+        """Internal handles of ids, if every one is an existing stream, for step_planned; else None. They stay
+        valid until a stream is added or dropped."""
+        return self._store.known_slots(ids)
+
+    def step_planned(self, ids, lengths, X, slots=None) -> np.ndarray:
+        """step_segments for a caller that has validated everything already (the daemon's planner): X a
+        C-contiguous (N, I) array of the model's dtype with no NaN/Inf; lengths an int64 array of counts
+        >= 1 adding up to N, or None for one row per id; slots None, or known_slots(ids) taken with no
+        stream added or dropped since. Saves the checks and the second id lookup (~0.1 µs per id)."""
+        return self._segments(ids, lengths, X, slots)
+
+    def _segments(self, ids, lengths, X, slots=None):
         """Validated X; lengths None means one row per id. Creates new streams, runs one kernel call."""
         now = self._clock()
-        slots = self._store.known_slots(ids)
+        if slots is None:
+            slots = self._store.known_slots(ids)
         if slots is None:  # some are new (or not plain ids)
             ids = self._ids(ids)  # normalises and checks the new ids, raises StoreFullError before any change
             slots = np.array([self._slot_or_new(i, now) for i in ids], np.int64)

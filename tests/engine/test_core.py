@@ -215,26 +215,52 @@ def test_undecodable_requests_get_error_replies(ar_model):
     assert core.pending == 0 and core.metrics["errors"] == 4
 
 
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3), st.booleans()), min_size=1, max_size=25),
+POOL = [0, 1, "a", "b", 2**40, "c"]  # int and str ids; each run creates some and reuses them across turns
+
+
+@given(st.lists(st.tuples(st.sampled_from(["step", "matrix", "ragged"]),
+                          st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=4),
+                          st.integers(1, 3), st.booleans()), min_size=1, max_size=25),
        st.integers(1, 6))
 def test_any_split_into_turns_equals_streams_alone(ops, max_batch):
+    """Any mix of step and step_many requests (repeated ids, new and known streams, str and int ids), split
+    into turns of any size, gives every stream the outputs it gets stepped alone."""
     model = random_model(np.random.default_rng(5), I=2, H=4, L=1, O=2)
     core = EngineCore(ls.Streams(model), EngineConfig(max_batch=max_batch))
     rng = np.random.default_rng(len(ops))
-    msgs, expect = [], []
-    alone = {}
-    for k, (s, T, one) in enumerate(ops):
-        x = rng.normal(size=(2,) if one else (T, 2)).astype(np.float32)
-        msgs.append(core.codec.request("step", k, {"stream": s, "x": x}))
-        alone.setdefault(s, ls.Streams(model))
-        expect.append(alone[s].step(s, x))
+    msgs, expect, alone = [], [], {}
+
+    def ref(i, x):
+        alone.setdefault(i, ls.Streams(model))
+        return alone[i].step(i, x)
+
+    for k, (kind, picks, T, one) in enumerate(ops):
+        ids = [POOL[p] for p in picks]
+        if kind == "step":
+            x = rng.normal(size=(2,) if one else (T, 2)).astype(np.float32)
+            msgs.append(core.codec.request("step", k, {"stream": ids[0], "x": x}))
+            expect.append(ref(ids[0], x))
+        elif kind == "matrix":
+            X = rng.normal(size=(len(ids), 2)).astype(np.float32)
+            msgs.append(core.codec.request("step_many", k, {"streams": ids, "x": X}))
+            expect.append(np.stack([ref(i, x) for i, x in zip(ids, X)]))
+        else:
+            xs = [rng.normal(size=(2,) if one else (T, 2)).astype(np.float32) for _ in ids]
+            msgs.append(core.codec.request("step_many", k, {"streams": ids, "xs": xs}))
+            expect.append([ref(i, x) for i, x in zip(ids, xs)])
     for k, m in enumerate(msgs):
         assert core.submit(k, m) is None
     replies = {}
     while core.pending:
         replies.update(core.step())
     for k, want in enumerate(expect):
-        np.testing.assert_array_equal(y_of(core.codec.decode(replies[k])), want)
+        r = core.codec.decode(replies[k])
+        if isinstance(want, list):
+            assert r["ok"] and len(r["ys"]) == len(want), r
+            for y, w in zip(r["ys"], want):
+                np.testing.assert_array_equal(P.to_array(y), w)
+        else:
+            np.testing.assert_array_equal(y_of(r), want)
 
 
 def test_housekeeping_evicts_idle_streams_and_logs_metrics(ar_model, caplog):
