@@ -27,7 +27,8 @@ from numba.extending import overload
 
 from ..idtable import find
 from .activations import tanh32
-from .panel import COLS, MR, panel1, panel2, panel3, panel4, panel5, panel6
+from .layout import HEAD_COLS
+from .panel import COLS, MR, head8, panel1, panel2, panel3, panel4, panel5, panel6
 
 _OPTS = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 
@@ -65,28 +66,20 @@ def _ov_sigmoid(x):
 # negative, skips its wraparound check, and LLVM vectorises the inner loops (flat `wbuf[base + j]` indexing
 # with offsets read from `meta` ran ~8x slower).
 @njit(**_OPTS)
-def _head(wbuf, meta, hl, y, row):
-    """y[row] = act(W_head hl + b) (or hl without a head).  hl: (P,), y: (N, O)."""
+def _head(wbuf, meta, hl, y, row, tmp):
+    """y[row] = act(W_head hl + b) (or hl without a head).  hl: (P,), y: (N, O), tmp: (>= HEAD_COLS,)
+    scratch. The sums go HEAD_COLS outputs at a time through head8 (panel.py), into tmp, then into y."""
     P, O = meta[3], meta[4]
     out = y[row]
     if meta[5] == 0:
         for k in range(P):
             out[k] = hl[k]
         return
-    hb = 8 + 3 * meta[0]
-    W = wbuf[meta[hb]:meta[hb] + P * O].reshape((P, O))  # W_head^T
-    b = wbuf[meta[hb + 1]:meta[hb + 1] + O]
-    P4 = P - P % 4
-    for o in range(O):  # four interleaved partial sums over k (a fixed order): no chain through memory
-        a0, a1, a2, a3 = hl[0] * 0, hl[0] * 0, hl[0] * 0, hl[0] * 0
-        for k in range(0, P4, 4):
-            a0 += W[k, o] * hl[k]
-            a1 += W[k + 1, o] * hl[k + 1]
-            a2 += W[k + 2, o] * hl[k + 2]
-            a3 += W[k + 3, o] * hl[k + 3]
-        for k in range(P4, P):
-            a0 += W[k, o] * hl[k]
-        out[o] = b[o] + ((a0 + a1) + (a2 + a3))
+    off, oc = meta[8 + 3 * meta[0]], (O + HEAD_COLS - 1) // HEAD_COLS * HEAD_COLS
+    for o0 in range(0, O, HEAD_COLS):
+        head8(wbuf, off + o0, oc, P, hl, tmp, 0)
+        for o in range(o0, min(O, o0 + HEAD_COLS)):
+            out[o] = tmp[o - o0]
     if meta[6] == 1:
         for o in range(O):
             out[o] = act_sigmoid(out[o])
@@ -185,8 +178,8 @@ def _tile(wbuf, meta, h, c, slots, offsets, s0, nb, x, y, scr):
             for p in range(n):
                 slot = slots[s0 + run[p]]
                 _cell(wbuf, meta, g[p], c[slot, l], hr[p], h[slot, l], off_r)
-        for p in range(n):
-            _head(wbuf, meta, h[slots[s0 + run[p]], L - 1], y, offsets[s0 + run[p]] + t)
+        for p in range(n):  # (g is free again: its rows serve as the head's scratch)
+            _head(wbuf, meta, h[slots[s0 + run[p]], L - 1], y, offsets[s0 + run[p]] + t, g[p])
 
 
 @njit(**_OPTS)
@@ -220,7 +213,7 @@ def _one(wbuf, meta, h, c, slot, x, y, scr):
                 for k in range(K8, K):
                     _row1(Wb, k, u, gb)
             _cell(wbuf, meta, scr[:Gp], c[slot, l], hr, hl, off_r)
-        _head(wbuf, meta, h[slot, L - 1], y, t)
+        _head(wbuf, meta, h[slot, L - 1], y, t, scr)
 
 
 @njit(**_OPTS)
@@ -307,6 +300,6 @@ def forecast(wbuf, meta, h, c, y, scratch):
     """Roll a private state copy forward feeding each output back as the next input (needs O == I).
     h: (1, L, P), c: (1, L, H) changed in place; y: (horizon + 1, O): y[0] = output of the current state,
     y[t + 1] = output after feeding y[t]."""
-    _head(wbuf, meta, h[0, meta[0] - 1], y, 0)
+    _head(wbuf, meta, h[0, meta[0] - 1], y, 0, scratch[0])
     for t in range(y.shape[0] - 1):
         _one(wbuf, meta, h, c, 0, y[t:t + 1], y[t + 1:t + 2], scratch[0])

@@ -9,6 +9,8 @@ import pytest
 from numba import njit
 
 from lstm_stream.kernels import cpu
+from lstm_stream.kernels.layout import CPU_BLOCK
+from models import random_model
 
 SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
 
@@ -49,3 +51,25 @@ def test_gate_sums_match_reference_and_do_not_depend_on_the_batch(dtype, K, JB, 
         pick = rng.permutation(13)[:n]
         part = run(W, U[pick], off_w=int(rng.integers(0, 40)))
         assert np.array_equal(part, full[pick]), f"n={n}, seed={SEED}"
+
+
+@njit(cache=False)
+def head(wbuf, meta, hl, y, tmp):
+    cpu._head(wbuf, meta, hl, y, 0, tmp)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("H, O", [(1, 1), (5, 8), (64, 4), (67, 11), (30, 20)])
+def test_head_matches_reference(dtype, H, O):
+    """The linear head (head8, 8 outputs at a time, four partial sums over k): right values for every width,
+    hidden sizes that are not multiples of 4, output counts that are not multiples of 8; writes only y's row."""
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=3, H=H, L=1, O=O, head_activation="none", dtype=dtype)
+    wbuf, meta = model.packed(CPU_BLOCK)
+    hl = rng.normal(0, 1, H).astype(dtype)
+    y = np.full((2, O), np.nan, dtype)
+    head(wbuf, meta, hl, y, np.empty(16, dtype))
+    ref = model.head_w.astype(np.float64) @ hl.astype(np.float64) + model.head_b.astype(np.float64)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(y[0], ref, rtol=tol, atol=tol, err_msg=f"seed={SEED}")
+    assert np.isnan(y[1]).all()
