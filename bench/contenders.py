@@ -161,7 +161,7 @@ def _blas_cells(*args):
                 g[j] += bias[j]
             _cell(wbuf, meta, g, c[s], hr, h[s], -1)
             if last:
-                _head(wbuf, meta, h[s], y, s)
+                _head(wbuf, meta, h[s], y, s, g)  # g (4H >= 8 floats) is free again: the head's scratch
 
     _blas_cells = cells
     return cells(*args)

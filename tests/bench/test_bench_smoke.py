@@ -40,3 +40,10 @@ def test_write_section_replaces_only_its_own(tmp_path):
     common.write_section("a", "second A", doc)
     text = doc.read_text()
     assert "second A" in text and "first B" in text and "first A" not in text
+
+
+def test_blas_contender_agrees_at_tiny_size():
+    """The bench-only BLAS path (the 'what invariant 2 costs' section) runs on lstm-stream's cell and head."""
+    if not C.available(C.BLAS):
+        pytest.skip("threadpoolctl (the bench extra) is not installed")
+    assert C.crosscheck(TINY, n=3, steps=3, names=[C.BLAS]) <= C.TOLERANCE
