@@ -218,8 +218,10 @@ def _one(wbuf, meta, h, c, slot, x, y, scr):
 
 @njit(**_OPTS)
 def _cell(wbuf, meta, g, cl, hr, hl, off_r):
-    """From gate pre-activations g (4H,): update cell cl (H,) and write the new h to hl (P,); hr (H,) scratch."""
+    """From gate pre-activations g (4H,): update cell cl (H,) and write the new h to hl (P,); hr (H,) scratch
+    (for the projection's input). The step's input was copied out of hl before, so hl can be overwritten."""
     H, P = meta[2], meta[3]
+    out = hl if off_r < 0 else hr            # without a projection, o tanh(c') is h' itself
     for j in range(H):
         i_g = act_sigmoid(g[j])              # i = σ(W_i [x,h] + b_i)
         f_g = act_sigmoid(g[H + j])          # f = σ(W_f [x,h] + b_f)
@@ -227,11 +229,8 @@ def _cell(wbuf, meta, g, cl, hr, hl, off_r):
         o_g = act_sigmoid(g[3 * H + j])      # o = σ(W_o [x,h] + b_o)
         cj = f_g * cl[j] + i_g * g_g         # c' = f c + i g
         cl[j] = cj
-        hr[j] = o_g * act_tanh(cj)           # h' = o tanh(c')
-    if off_r < 0:
-        for j in range(H):
-            hl[j] = hr[j]
-    else:                                    # h' = W_hr (o tanh(c'))
+        out[j] = o_g * act_tanh(cj)          # h' = o tanh(c')
+    if off_r >= 0:                           # h' = W_hr (o tanh(c'))
         R = wbuf[off_r:off_r + H * P].reshape((H, P))  # W_hr^T
         for k in range(P):
             hl[k] = 0

@@ -12,9 +12,8 @@ a single chain in k order, whatever mr is or which lane a stream lands in, so a 
 depend on what shares its batch. It is also the chain that kernels/cpu.py's one-stream loop computes (with
 fastmath 'contract', LLVM fuses each a*b+c there the same way), so both paths give the same bits (tested).
 
-head8 does the same for the linear head, one stream and 8 outputs at a time, with four partial sums over
-k (a single chain of 64 dependent multiply-adds would wait on their latency): ~19 ns at P=64 against ~100 ns
-for the scalar loop it replaces, whose summation order it keeps.
+head8 does the same for the linear head, one stream and 8 outputs at a time, with 8 partial sums over k (a
+single chain of P dependent multiply-adds would wait on their latency).
 
 Note: Numba's on-disk cache keys on the file of the cached function, not on this one: after editing this
 file clear lstm_stream/kernels/__pycache__ (an installed upgrade changes every file and recompiles anyway).
@@ -28,6 +27,7 @@ from numba.extending import intrinsic
 
 from .layout import HEAD_COLS  # head output columns per head8 call (padded in the layout)
 from .layout import PANEL_COLS as COLS  # gate columns per panel: a multiple of both vector widths (8 and 4)
+HEAD_CHAINS = 8  # partial sums per head output (a power of 2)
 MR = 6     # streams per full panel: 6 x 16 float32 sums = 12 ymm registers, + 2 weight vectors + 1 broadcast
 
 
@@ -116,15 +116,17 @@ def _codegen(mr: int):
 
 
 def _head_codegen(context, builder, sig, args):
-    """head8's body: four partial sums over k mod 4, the tail (P % 4 rows) into the first, then
-    b + ((a0 + a1) + (a2 + a3)): the order of a scalar loop that keeps four chains in flight."""
+    """head8's body: HEAD_CHAINS partial sums over k mod HEAD_CHAINS (independent chains, so the multiply-adds
+    do not wait on each other's latency), the tail (P % HEAD_CHAINS rows) into the first, then a pairwise
+    sum of the partial sums, then the bias: the same order for every stream."""
     w_arr, wo, ldw, P, h_arr, o_arr, oo = args
     V = _Vec(context, builder, sig.args[0].dtype)
     wp = _data(context, builder, sig.args[0], w_arr)
     hp, op = _data(context, builder, sig.args[4], h_arr), _data(context, builder, sig.args[5], o_arr)
-    nv = HEAD_COLS // V.width
-    acc = [V.slots(nv, V.zero) for _ in range(4)]
-    P4 = builder.mul(builder.sdiv(P, V.const(4)), V.const(4))
+    nv, nc = HEAD_COLS // V.width, HEAD_CHAINS
+    acc = [V.slots(nv, V.zero) for _ in range(nc)]
+    blocks = builder.sdiv(P, V.const(nc))
+    tail0 = builder.mul(blocks, V.const(nc))
 
     def rows(k, q):
         row = V.add(wo, builder.mul(k, ldw))
@@ -132,17 +134,19 @@ def _head_codegen(context, builder, sig, args):
         for v in range(nv):
             V.update(acc[q][v], V.load(wp, V.add(row, V.const(v * V.width))), hk)
 
-    with cgutils.for_range(builder, builder.sdiv(P, V.const(4))) as loop:
-        k4 = builder.mul(loop.index, V.const(4))
-        for q in range(4):
-            rows(V.add(k4, V.const(q)), q)
-    with cgutils.for_range(builder, builder.sub(P, P4)) as loop:
-        rows(V.add(P4, loop.index), 0)
+    with cgutils.for_range(builder, blocks) as loop:
+        k0 = builder.mul(loop.index, V.const(nc))
+        for q in range(nc):
+            rows(V.add(k0, V.const(q)), q)
+    with cgutils.for_range(builder, builder.sub(P, tail0)) as loop:
+        rows(V.add(tail0, loop.index), 0)
     bias = V.add(wo, builder.mul(P, ldw))
     for v in range(nv):
-        a = [builder.load(acc[q][v]) for q in range(4)]
-        s = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
-        V.store(builder.fadd(V.load(wp, V.add(bias, V.const(v * V.width))), s), op, V.add(oo, V.const(v * V.width)))
+        a = [builder.load(acc[q][v]) for q in range(nc)]
+        while len(a) > 1:  # ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+            a = [builder.fadd(a[q], a[q + 1]) for q in range(0, len(a), 2)]
+        V.store(builder.fadd(V.load(wp, V.add(bias, V.const(v * V.width))), a[0]), op,
+                V.add(oo, V.const(v * V.width)))
     return context.get_dummy_value()
 
 

@@ -59,9 +59,9 @@ def head(wbuf, meta, hl, y, tmp):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("H, O", [(1, 1), (5, 8), (64, 4), (67, 11), (30, 20)])
+@pytest.mark.parametrize("H, O", [(1, 1), (5, 8), (64, 4), (67, 11), (30, 20), (263, 3)])
 def test_head_matches_reference(dtype, H, O):
-    """The linear head (head8, 8 outputs at a time, four partial sums over k): right values for every width,
+    """The linear head (head8, 8 outputs at a time, 8 partial sums over k): right values for every width,
     hidden sizes that are not multiples of 4, output counts that are not multiples of 8; writes only y's row."""
     rng = np.random.default_rng(SEED)
     model = random_model(rng, I=3, H=H, L=1, O=O, head_activation="none", dtype=dtype)
