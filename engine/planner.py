@@ -89,7 +89,7 @@ class StepPlan:
         self.ids.extend(ids)
         self.lengths.extend(lengths)
         self.blobs.extend(blobs)
-        self.samples += sum(lengths)
+        self.samples += T if type(form) is str else sum(lengths)  # ragged requests have a form per stream
 
     def _rows(self, value, what):
         """(bytes of the rows in the model's dtype, row count T, 1 for one sample (I,) or 2 for (T, I)).
