@@ -74,12 +74,11 @@ class _Vec:
         """a * b + c, fused where the CPU can (as fastmath 'contract' fuses the scalar a*b+c)."""
         return self.b.call(self._fma, [a, b, c])
 
-    def slots(self, n, init):
-        """n accumulators (allocas, which LLVM promotes to registers), each set to init."""
-        out = [cgutils.alloca_once(self.b, self.ty) for _ in range(n)]
-        for a in out:
-            self.b.store(init, a)
-        return out
+    def slot(self, init):
+        """An accumulator set to init: an alloca, which LLVM promotes to a vector register."""
+        a = cgutils.alloca_once(self.b, self.ty)
+        self.b.store(init, a)
+        return a
 
     def update(self, slot, w, v):
         self.b.store(self.fma(w, v, self.b.load(slot)), slot)
@@ -97,7 +96,7 @@ def _codegen(mr: int):
         nv = COLS // V.width
         bias = V.add(wo, builder.mul(K, ldw))  # the accumulators start as the bias row (row K of the block)
         b = [V.load(wp, V.add(bias, V.const(v * V.width))) for v in range(nv)]
-        acc = [[V.slots(1, b[v])[0] for v in range(nv)] for _ in range(mr)]
+        acc = [[V.slot(b[v]) for v in range(nv)] for _ in range(mr)]
         u_rows = [V.add(uo, builder.mul(V.const(a), ldu)) for a in range(mr)]
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
@@ -124,7 +123,7 @@ def _head_codegen(context, builder, sig, args):
     wp = _data(context, builder, sig.args[0], w_arr)
     hp, op = _data(context, builder, sig.args[4], h_arr), _data(context, builder, sig.args[5], o_arr)
     nv, nc = HEAD_COLS // V.width, HEAD_CHAINS
-    acc = [V.slots(nv, V.zero) for _ in range(nc)]
+    acc = [[V.slot(V.zero) for _ in range(nv)] for _ in range(nc)]
     blocks = builder.sdiv(P, V.const(nc))
     tail0 = builder.mul(blocks, V.const(nc))
 
