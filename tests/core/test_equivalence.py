@@ -145,3 +145,19 @@ def test_forecast_refused_for_non_autoregressive_model(seed):
     streams.step("a", np.ones(3))
     with pytest.raises(ls.ModelError, match="autoregressive"):
         streams.forecast("a", 5)
+
+
+@pytest.mark.parametrize("I,H,L,P,O,act", [(8, 64, 1, 0, 3, "softmax"), (5, 97, 2, 0, 2, "none"),
+                                           (33, 256, 2, 100, 5, "sigmoid")])
+def test_many_streams_per_call_equal_torch_offline(I, H, L, P, O, act, seed):
+    """The tiled kernel (step_many: 37 streams per call, so full 6-stream panels and a leftover, in tiles of 30
+    and 7) against nn.LSTM run offline on each stream's whole sequence."""
+    lstm, head, model = torch_lstm(seed, I, H, L, P, O, head_activation=act, scale=1.5)
+    n, T = 37, 200
+    xs = np.random.default_rng(seed).normal(0, 1.5, (T, n, I)).astype(np.float32)
+    streams = ls.Streams(model, threads=1)
+    ids = [f"s{k}" for k in range(n)]
+    got = np.stack([streams.step_many(ids, xs[t]) for t in range(T)], axis=1)  # (n, T, O)
+    for k in range(0, n, 6):
+        err = np.abs(got[k] - torch_offline(lstm, head, xs[:, k], act)).max()
+        assert err < ATOL, f"stream {k}, seed={seed}: max |ours - torch| = {err:.3g} over {T} steps"
