@@ -90,10 +90,15 @@ def add_serve_arguments(p):
 OMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
 
+def set_omp_defaults(environ=os.environ) -> None:
+    """OMP_DEFAULTS into environ, for each variable it does not set already."""
+    for name, value in OMP_DEFAULTS.items():
+        environ.setdefault(name, value)
+
+
 def run_serve(args) -> int:
     """Load the model, restore the snapshot, bind, serve until SIGTERM/SIGINT, snapshot, exit."""
-    for name, value in OMP_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    set_omp_defaults()
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lstm_stream.errors import LSTMStreamError, SnapshotError

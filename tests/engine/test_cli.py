@@ -9,7 +9,7 @@ import pytest
 from daemons import ROOT
 
 import lstm_stream as ls
-from engine.cli import build_parser, parse_duration, parse_size
+from engine.cli import OMP_DEFAULTS, build_parser, parse_duration, parse_size, set_omp_defaults
 
 
 @pytest.mark.parametrize("text, seconds", [("250ms", 0.25), ("30s", 30), ("5m", 300), ("1h", 3600), ("2d", 172800),
@@ -68,3 +68,12 @@ def test_client_commands_time_out_clearly(tmp_path):
 def test_snapshot_every_needs_a_dir(served_models):
     r = cli("serve", "--model", served_models["ar"][0], "--snapshot-every", "1s")
     assert r.returncode == 2 and "--snapshot-every needs --snapshot-dir" in r.stderr
+
+
+def test_openmp_workers_sleep_unless_the_environment_says_otherwise():
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    set_omp_defaults(env)
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "0"}
+    env = {}
+    set_omp_defaults(env)
+    assert env == OMP_DEFAULTS and env["OMP_WAIT_POLICY"] == "PASSIVE"
