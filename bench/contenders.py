@@ -81,13 +81,13 @@ class StreamsStepMany:
 
 class RawKernel:
     """step_ragged / step_ragged_parallel on preallocated arrays: what the kernels cost without the API.
-    Serial or parallel chosen as the CPU backend does (parallel from PARALLEL_MIN_STREAMS streams)."""
+    Serial or parallel chosen as the CPU backend does (CPUBackend.goes_parallel)."""
 
     def __init__(self, model, n, threads):
         import numba
 
         import lstm_stream as ls
-        from lstm_stream.backends import CHUNKS_PER_THREAD, PARALLEL_MIN_STREAMS
+        from lstm_stream.backends import CHUNKS_PER_THREAD
         from lstm_stream.kernels import cpu
 
         # The CPU backend's own arrays: its weight layout, cache-line-aligned slabs and scratch.
@@ -95,7 +95,7 @@ class RawKernel:
         self.wbuf, self.meta, self.h, self.c = b.wbuf, b.meta, b.h, b.c
         self.slots, self.offsets = np.arange(n, dtype=np.int64), np.arange(n + 1, dtype=np.int64)
         self.y = np.empty((n, model.output_size), np.float32)
-        parallel = threads > 1 and n >= PARALLEL_MIN_STREAMS
+        parallel = b.goes_parallel(n, n)
         chunks = min(n, threads * CHUNKS_PER_THREAD) if parallel else 1
         self.scratch = b._scratch[:chunks]
         self.fn = cpu.step_ragged_parallel if parallel else cpu.step_ragged

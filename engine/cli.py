@@ -140,11 +140,11 @@ def warm_up(model, backend, threads):
     import numpy as np
 
     import lstm_stream as ls
-    from lstm_stream.backends import PARALLEL_MIN_STREAMS
     scratch = ls.Streams(model, backend=backend, threads=threads)
     for x in (np.zeros(model.input_size), np.zeros(model.input_size), np.zeros((1, model.input_size))):
         scratch.step(0, x)  # a new stream, then the one-stream fast path for one sample and for rows
-    scratch.step_batch(list(range(PARALLEL_MIN_STREAMS)), [np.zeros((1, model.input_size))] * PARALLEL_MIN_STREAMS)
+    scratch.step_batch(list(range(64)), [np.zeros((1, model.input_size))] * 64)  # the batch path
+    scratch.warm_up()  # the batch kernels, serial and parallel, whatever size takes them
     if model.autoregressive:
         scratch.forecast(0, 1)
 

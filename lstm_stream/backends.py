@@ -20,8 +20,14 @@ from .errors import BackendError
 
 log = logging.getLogger("lstm_stream")
 
-# Below this many streams in one call the serial kernel wins: thread fork/join costs ~5-20 µs.
-PARALLEL_MIN_STREAMS = 64
+# Serial or parallel kernel: a parallel call wakes the kernel threads and joins them, which costs ~10 µs while
+# idle OpenMP workers spin (libgomp's default) and 60-90 µs once they sleep (OMP_WAIT_POLICY=PASSIVE, which
+# the daemon sets), measured on a 2-core VM. So a call goes parallel when its serial work, in multiply-adds
+# (rows x the sum over layers of 4H(I_l + P)), is well above that cost: PARALLEL_MIN_MACS (workers spinning,
+# workers sleeping). Measured at I=8 H=64 (18k per row): spinning, 64 streams ran 1.4x faster in parallel;
+# sleeping, 64 streams 2.2x slower, 256 even, 512 1.4x faster, 1024 1.7x. I=32 H=256 (295k per row),
+# sleeping: 64 streams 1.4x faster.
+PARALLEL_MIN_MACS = (1_000_000, 8_000_000)
 # Chunks per thread in the parallel kernel: evens out ragged work without hurting weight reuse.
 CHUNKS_PER_THREAD = 4
 
@@ -55,6 +61,25 @@ class CPUBackend:
         self._one_off = np.zeros(2, np.int64)
         self._step_one, self._out1, self._dt = cpu.step_one, model.output_size, dt
         self._entries = [None, None, None]  # step_one's entry points by x.ndim, see one_stepper
+        macs_per_row = sum(4 * H * (layer.w_ih.shape[1] + P) for layer in model.layers)
+        sleeping = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+        self.parallel_min_rows = -(-PARALLEL_MIN_MACS[sleeping] // macs_per_row)
+
+    def goes_parallel(self, n_streams: int, n_rows: int) -> bool:
+        """Whether run() takes the parallel kernel for a call of n_streams streams over n_rows rows."""
+        return self.threads > 1 and n_streams >= self.threads and n_rows >= self.parallel_min_rows
+
+    def warm_up(self) -> None:
+        """Compile (or load from Numba's cache) both batch kernels by calling them on an empty batch, so that
+        no request pays for it; nothing is stepped."""
+        x = np.zeros((0, self.model.input_size), self.h.dtype)
+        y = np.zeros((0, self.model.output_size), self.h.dtype)
+        slots, offsets = np.zeros(0, np.int64), np.zeros(1, np.int64)
+        self._k.step_ragged(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y, self._scratch)
+        if self.threads > 1:
+            self._set_threads(self.threads)
+            self._k.step_ragged_parallel(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y,
+                                         self._scratch[:1])
 
     def grow(self, capacity: int) -> None:
         """Enlarge the slabs to `capacity` slots, keeping every stream's state."""
@@ -67,7 +92,7 @@ class CPUBackend:
     def run(self, slots, offsets, x):
         """Advance each slots[s] over rows offsets[s]:offsets[s+1] of x; returns y (N, O)."""
         y = np.empty((x.shape[0], self.model.output_size), self.h.dtype)
-        if len(slots) >= PARALLEL_MIN_STREAMS and self.threads > 1:
+        if self.goes_parallel(len(slots), x.shape[0]):
             self._set_threads(self.threads)
             n_chunks = min(len(slots), self._scratch.shape[0])
             self._k.step_ragged_parallel(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y,

@@ -59,6 +59,12 @@ class Streams:
             self.step = self._backend.one_stepper(st.str_slots.get, st.int_table, st.steps, st.last_seen,
                                                   self._clock, self.model.input_size, self._step_slow)
 
+    def warm_up(self) -> None:
+        """Compile (or load from Numba's cache) the backend's batch kernels now rather than on the first call
+        that needs them (the parallel one can be seconds cold). Steps nothing."""
+        if hasattr(self._backend, "warm_up"):
+            self._backend.warm_up()
+
     # ---- introspection -------------------------------------------------------------------------
     @property
     def backend(self) -> str:

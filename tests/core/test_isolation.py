@@ -86,12 +86,34 @@ def test_parallel_kernel_equals_serial(monkeypatch):
     X = rng.normal(0, 1, (10, 500, 8)).astype(np.float32)
     ids = list(range(500))
     results = []
-    for threads, min_streams in [(1, 10**9), (2, 1), (2, 10**9)]:
-        monkeypatch.setattr(backends, "PARALLEL_MIN_STREAMS", min_streams)
+    for threads, min_macs in [(1, 10**12), (2, 1), (2, 10**12)]:
+        monkeypatch.setattr(backends, "PARALLEL_MIN_MACS", (min_macs, min_macs))
         s = ls.Streams(model, threads=min(threads, backends_threads()))
         results.append(np.stack([s.step_many(ids, X[t]) for t in range(10)]))
     for r in results[1:]:
         assert np.array_equal(r, results[0]), f"seed={SEED}"
+
+
+def test_parallel_kernel_only_for_enough_work(monkeypatch):
+    """Serial or parallel by the call's multiply-adds against the fork cost of the OpenMP workers' policy;
+    warm_up compiles both kernels without stepping anything."""
+    if backends_threads() < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2")
+    model = random_model(np.random.default_rng(0), I=8, H=64, L=1, O=4)  # 4*64*(8+64) = 18,432 per row
+    for policy, min_rows in [("", 55), ("ACTIVE", 55), ("passive", 435)]:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+        b = backends.CPUBackend(model, 8, threads=2)
+        assert b.parallel_min_rows == min_rows, policy
+        assert not b.goes_parallel(100, min_rows - 1) and b.goes_parallel(100, min_rows)
+        assert not b.goes_parallel(1, 10**6)  # one stream: nothing to split
+    s = ls.Streams(model, threads=2)
+    x = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    y = s.step("a", x)
+    before = s.get_state("a")
+    s.warm_up()
+    after = s.get_state("a")
+    assert len(s) == 1 and np.array_equal(before.h, after.h) and np.array_equal(before.c, after.c)
+    assert np.array_equal(ls.Streams(model, threads=2).step("a", x), y)
 
 
 def backends_threads():
