@@ -164,8 +164,8 @@ def report(s, args) -> str:
              "so after each turn it keeps polling for 200 µs without sleeping (`--spin-us`), while the echo and "
              "naive servers block in recv between requests; with `--spin-us 0` its one-in-flight p50 is about "
              "twice as high (docs/operations.md). The daemon is measured a second time as `lstm-stream serve` "
-             f"starts it without `--threads`: kernel threads on all {os.cpu_count()} cores for calls of 64 "
-             "streams or more (its OpenMP workers sleep between calls). Two passes; ± is half their spread.", ""]
+             f"starts it without `--threads`: kernel threads on all {os.cpu_count()} cores for turns with enough "
+             "work (its OpenMP workers sleep between calls). Two passes; ± is half their spread.", ""]
     lines += common.machine_lines({"thread settings": f"servers {args.threads} thread each, except '{DAEMON_DEFAULT}' "
                                                       f"({os.cpu_count()} here); generator in the bench process",
                                    "mode": "quick (smoke run: figures not meaningful)" if args.quick
