@@ -8,6 +8,7 @@ Interface (CPU here; CUDA in cuda_backend.py mirrors it method for method):
     scatter(slots, h, c)             the reverse
     forecast(slot, horizon) -> y     (horizon, O), the slot's state untouched
     grow(capacity)                   keep every slot's state, add zeroed slots
+    warm_up()                        optional: compile the batch kernels now, stepping nothing (CPU)
 """
 from __future__ import annotations
 
