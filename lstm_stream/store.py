@@ -115,6 +115,11 @@ class StateStore:
         """Slots of ids as an int64 array if every one is a known plain str or int id, else None (the batch
         hot path: a C-level pass for str ids, one compiled call for int ids)."""
         n = len(ids)
+        if type(ids) is np.ndarray:  # int ids as a numpy array: one compiled lookup, no per-id Python
+            if ids.ndim != 1 or ids.dtype.kind not in "iu" or (ids.dtype.kind == "u" and n and ids.max() > INT64_MAX):
+                return None
+            out = np.empty(n, np.int64)
+            return None if idtable.find_many(self.int_table, ids.astype(np.int64, copy=False), out) else out
         if n and type(ids[0]) is str:  # str ids (the usual case): no type scan; only str keys can hit
             try:
                 return np.fromiter(map(self.str_slots.__getitem__, ids), np.int64, n)

@@ -25,6 +25,14 @@ from .store import StateStore
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
 
 
+def _id_list(ids):
+    """ids as a list, except a 1-D numpy integer array, which the store looks up as it is (known ids) or
+    iterates like a list (new ones)."""
+    if isinstance(ids, list) or (type(ids) is np.ndarray and ids.ndim == 1 and ids.dtype.kind in "iu"):
+        return ids
+    return list(ids)
+
+
 class Streams:
     """Per-stream LSTM state for one model, stepped by a CPU or CUDA backend."""
 
@@ -152,8 +160,9 @@ class Streams:
         return y[0] if np.ndim(x) == 1 else y
 
     def step_many(self, ids, X) -> np.ndarray:
-        """One sample per id: X (N, I) -> Y (N, O). Ids may repeat: a stream's samples apply in order."""
-        ids = ids if isinstance(ids, list) else list(ids)
+        """One sample per id: X (N, I) -> Y (N, O). Ids may repeat: a stream's samples apply in order.
+        ids: a list, or any iterable; int ids as a 1-D numpy integer array are looked up in one compiled call."""
+        ids = _id_list(ids)
         X = self.check_input(X, "X")
         if X.shape[0] != len(ids):
             raise InputError(f"X has {X.shape[0]} rows but {len(ids)} ids were given; expected one row per id")
@@ -177,7 +186,7 @@ class Streams:
     def step_segments(self, ids, lengths, X) -> np.ndarray:
         """Ragged batch in one array: segment k is the next lengths[k] rows of X (N, I), for ids[k]; ids may
         repeat (segments apply in order). Returns Y (N, O), row for row. One kernel call."""
-        ids = ids if isinstance(ids, list) else list(ids)
+        ids = _id_list(ids)
         X = self.check_input(X, "X")
         lengths = np.asarray(lengths)
         if lengths.dtype.kind not in "iu" or lengths.shape != (len(ids),) or (len(ids) and lengths.min() < 1):

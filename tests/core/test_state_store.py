@@ -1,5 +1,8 @@
 """Property tests of the state store through Streams: insert, drop, slot reuse, growth, eviction, full store,
 and bad inputs that must raise a clear error and leave every stream unchanged."""
+import os
+import secrets
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -8,6 +11,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import lstm_stream as ls
 from models import random_model
+
+SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
 
 MODEL = random_model(np.random.default_rng(11), I=3, H=5, L=2, O=2)
 MAX = 12
@@ -197,3 +202,24 @@ def test_numpy_int_ids_are_normalised(tmp_path):
     assert streams.stream_info(5)["steps"] == 1
     streams.save_snapshot(tmp_path / "s.lss")  # ids must be msgpack-able plain ints
     assert sorted(ls.Streams.load_snapshot(tmp_path / "s.lss", MODEL).ids()) == [0, 1, 2, 5]
+
+
+def test_step_many_takes_int_ids_as_a_numpy_array():
+    """A 1-D integer array of ids: the same outputs and streams as the list of the same ints (known ids in
+    one compiled lookup, new ones created as Python ints); arrays that are not ids are refused as lists are."""
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=3, H=11, L=1, O=2)
+    a, b = ls.Streams(model), ls.Streams(model)
+    for t in range(4):
+        ids = rng.integers(-50, 50, 40)  # repeats within a call, new and known ids
+        X = rng.normal(0, 1, (40, 3)).astype(np.float32)
+        arr = ids.astype([np.int64, np.int32, np.int16][t]) if t < 3 else (ids + 50).astype(np.uint64)
+        ids = ids if t < 3 else ids + 50
+        assert np.array_equal(a.step_many(ids.tolist(), X), b.step_many(arr, X)), f"t={t}, seed={SEED}"
+    assert sorted(a.ids()) == sorted(b.ids()) and all(type(i) is int for i in b.ids())
+    X = np.zeros((2, 3), np.float32)
+    for bad, msg in [(np.array([True, False]), "got bool"), (np.array([1.0, 2.0]), "got float"),
+                     (np.array([2**63, 1], np.uint64), "outside the int64 range")]:
+        with pytest.raises(ls.InputError, match=msg):
+            b.step_many(bad, X)
+    assert sorted(a.ids()) == sorted(b.ids())
