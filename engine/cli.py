@@ -71,6 +71,8 @@ def add_serve_arguments(p):
     p.add_argument("--snapshot-every", type=parse_duration, help="timed snapshot period, e.g. 30s (needs "
                                                                  "--snapshot-dir; skipped when nothing changed)")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="requests served per loop turn")
+    p.add_argument("--max-turn-samples", type=int, default=d.max_turn_samples,
+                   help="a turn takes no more step requests once it has this many samples (stream-steps)")
     p.add_argument("--max-pending", type=int, default=d.max_pending,
                    help="queued requests beyond which new ones get a 'busy' error")
     p.add_argument("--max-message-bytes", type=parse_size, default=d.max_message_bytes,
@@ -106,6 +108,11 @@ def run_serve(args) -> int:
         log.error("--snapshot-every needs --snapshot-dir")
         return EXIT_USAGE
     try:
+        config = _engine_config(args)
+    except ValueError as e:
+        log.error("bad option: %s", e)
+        return EXIT_USAGE
+    try:
         streams, snapshots = _open_state(args)
     except SnapshotError as e:
         log.error("refusing to start: %s. The snapshot file was left untouched; start with the model that "
@@ -114,7 +121,15 @@ def run_serve(args) -> int:
     except (LSTMStreamError, OSError) as e:
         log.error("cannot start: %s", e)
         return EXIT_USAGE
-    return _serve(args, streams, snapshots)
+    return _serve(args, streams, snapshots, config)
+
+
+def _engine_config(args):
+    from .core import EngineConfig
+    return EngineConfig(max_batch=args.max_batch, max_turn_samples=args.max_turn_samples,
+                        max_pending=args.max_pending, read_per_turn=2 * args.max_batch,
+                        max_message_bytes=args.max_message_bytes, hwm=args.hwm, metrics_every=args.metrics_every,
+                        spin=max(args.spin_us, 0.0) * 1e-6)
 
 
 def _open_state(args):
@@ -166,14 +181,11 @@ def tune_gc():
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _serve(args, streams, snapshots) -> int:
+def _serve(args, streams, snapshots, config) -> int:
     import zmq
 
-    from .core import EngineConfig, EngineCore
+    from .core import EngineCore
     from .server import Server
-    config = EngineConfig(max_batch=args.max_batch, max_pending=args.max_pending,
-                          read_per_turn=2 * args.max_batch, max_message_bytes=args.max_message_bytes,
-                          hwm=args.hwm, metrics_every=args.metrics_every, spin=max(args.spin_us, 0.0) * 1e-6)
     core = EngineCore(streams, config, snapshots=snapshots)
     try:
         server = Server(core, args.bind or [DEFAULT_ENDPOINT])

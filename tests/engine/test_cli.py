@@ -77,3 +77,10 @@ def test_openmp_workers_sleep_unless_the_environment_says_otherwise():
     env = {}
     set_omp_defaults(env)
     assert env == OMP_DEFAULTS and env["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+@pytest.mark.parametrize("opt, value", [("--max-batch", "0"), ("--max-turn-samples", "-5"), ("--max-pending", "0")])
+def test_bad_limits_are_refused_at_start(served_models, opt, value):
+    r = cli("serve", "--model", served_models["ar"][0], opt, value)
+    assert r.returncode == 2 and f"({opt}) must be an integer >= 1, got {value}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

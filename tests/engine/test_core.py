@@ -221,12 +221,13 @@ POOL = [0, 1, "a", "b", 2**40, "c"]  # int and str ids; each run creates some an
 @given(st.lists(st.tuples(st.sampled_from(["step", "matrix", "ragged"]),
                           st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=4),
                           st.integers(1, 3), st.booleans()), min_size=1, max_size=25),
-       st.integers(1, 6))
-def test_any_split_into_turns_equals_streams_alone(ops, max_batch):
+       st.integers(1, 6), st.integers(1, 12))
+def test_any_split_into_turns_equals_streams_alone(ops, max_batch, max_turn_samples):
     """Any mix of step and step_many requests (repeated ids, new and known streams, str and int ids), split
-    into turns of any size, gives every stream the outputs it gets stepped alone."""
+    into turns of any size (by request count or by samples), gives every stream the outputs it gets stepped
+    alone."""
     model = random_model(np.random.default_rng(5), I=2, H=4, L=1, O=2)
-    core = EngineCore(ls.Streams(model), EngineConfig(max_batch=max_batch))
+    core = EngineCore(ls.Streams(model), EngineConfig(max_batch=max_batch, max_turn_samples=max_turn_samples))
     rng = np.random.default_rng(len(ops))
     msgs, expect, alone = [], [], {}
 
