@@ -40,9 +40,13 @@ def check_reply(reply: dict) -> dict:
     return reply
 
 
+_NATIVE_WIRE = frozenset(np.dtype(n) for n in ("float32", "float64", "int32", "int64"))
+
+
 def _array(x) -> np.ndarray:
     a = np.asarray(x)
-    if a.dtype.name not in P.WIRE_DTYPES:  # e.g. float16, bool: send as float64, the daemon casts
+    # e.g. float16, bool: send as float64, the daemon casts. (dtype.name costs ~2 µs: checked second.)
+    if a.dtype not in _NATIVE_WIRE and a.dtype.name not in P.WIRE_DTYPES:
         a = a.astype(np.float64)
     return np.ascontiguousarray(a)
 
