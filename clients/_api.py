@@ -40,13 +40,10 @@ def check_reply(reply: dict) -> dict:
     return reply
 
 
-_NATIVE_WIRE = frozenset(np.dtype(n) for n in ("float32", "float64", "int32", "int64"))
-
-
 def _array(x) -> np.ndarray:
     a = np.asarray(x)
     # e.g. float16, bool: send as float64, the daemon casts. (dtype.name costs ~2 µs: checked second.)
-    if a.dtype not in _NATIVE_WIRE and a.dtype.name not in P.WIRE_DTYPES:
+    if P.wire_dtype_name(a.dtype) is None and a.dtype.name not in P.WIRE_DTYPES:
         a = a.astype(np.float64)
     return np.ascontiguousarray(a)
 

@@ -116,7 +116,8 @@ class StateStore:
         hot path: a C-level pass for str ids, one compiled call for int ids)."""
         n = len(ids)
         if type(ids) is np.ndarray:  # int ids as a numpy array: one compiled lookup, no per-id Python
-            if ids.ndim != 1 or ids.dtype.kind not in "iu" or (ids.dtype.kind == "u" and n and ids.max() > INT64_MAX):
+            if ids.ndim != 1 or ids.dtype.kind not in "iu" or \
+                    (ids.dtype.kind == "u" and n and ids.max() > INT64_MAX):
                 return None
             out = np.empty(n, np.int64)
             return None if idtable.find_many(self.int_table, ids.astype(np.int64, copy=False), out) else out
@@ -130,9 +131,8 @@ class StateStore:
             keys = _int64s(ids)
             out = np.empty(n, np.int64)
             return None if keys is None or idtable.find_many(self.int_table, keys, out) else out
-        if types <= _STR:
-            slots = list(map(self.str_slots.get, ids))
-            return None if None in slots else np.array(slots, np.int64)
+        if types <= _STR:  # the pass above met an unknown one
+            return None
         slots = self.lookup(ids)
         return None if slots is None or (n and slots.min() < 0) else slots
 
