@@ -5,7 +5,10 @@ arithmetic by float32 rounding of K-term dot products (~1e-7) plus the rational 
 weights in the contractive regime (PyTorch's init, up to 3x) these errors do not compound over time, and the
 measured maximum over 10,000 steps is ~4e-7. 5e-6 leaves a margin for fresh seeds. Large weights make the
 recurrence chaotic (any two float32 implementations, PyTorch's included, drift apart); those are checked one
-step at a time from random states instead (test_one_step_large_weights).
+step at a time from random states instead (test_one_step_large_weights). A few seeds at scale 2..3 (mostly
+H=1 with a forget bias near 3) keep a long memory that amplifies rounding so that PyTorch's own float32 LSTM
+drifts 1e-6..6e-5 from the float64 reference: there the bound is 10x PyTorch's own error against that
+reference (the model's conditioning, measured by an independent float32 implementation).
 """
 import os
 import secrets
@@ -47,7 +50,12 @@ def test_streaming_equals_torch_offline(I, H, L, P, O, act, T, scale, seed):
     streams = ls.Streams(model)
     one_by_one = np.stack([streams.step("s", x) for x in xs])
     err = np.abs(one_by_one - offline).max()
-    assert err < ATOL, f"seed={seed}: max |ours - torch| = {err:.3g} over {T} steps"
+    if err >= ATOL:  # rare (~1 seed in 300, H=1 at scale 3): is it the model's conditioning? See below.
+        ref = reference_run(model, xs)[0]
+        torch_err, our_err = np.abs(offline - ref).max(), np.abs(one_by_one - ref).max()
+        assert our_err < 10 * torch_err, (
+            f"seed={seed}: max |ours - torch| = {err:.3g} over {T} steps; against the float64 reference "
+            f"ours is {our_err:.3g} off and PyTorch's float32 {torch_err:.3g}")
     assert streams.stream_info("s")["steps"] == T
     # The same sequence in one call is bit-identical to T calls of one step.
     whole = ls.Streams(model).step("s", xs)
@@ -56,14 +64,25 @@ def test_streaming_equals_torch_offline(I, H, L, P, O, act, T, scale, seed):
 
 @pytest.mark.parametrize("I,H,L,P,O,act,T", [c for c in CONFIGS if c[1] <= 128])
 def test_streaming_equals_float64_reference(I, H, L, P, O, act, T, seed):
-    _, _, model = torch_lstm(seed, I, H, L, P, O, head_activation=act, scale=2.0)
+    """Over T steps, as close to the float64 reference as ATOL, or as PyTorch's float32 LSTM allows.
+
+    Most seeds are contractive at scale 2 and both float32 implementations stay within ~3e-7 of the
+    reference. A few (mostly H=1, where one recurrent weight up to 2 meets a forget bias near 2) keep a long
+    memory that amplifies every step's rounding: PyTorch's own float32 LSTM is then 1e-6..1e-5 off (seed
+    1959252020: 6.4e-6). The model's conditioning, measured by that independent float32 run, sets the bound
+    there: at most 10x PyTorch's error (measured ratios 0.9..7.6 over 40 seeds; ours adds the rational
+    tanh/sigmoid's ~3e-7 per step to the same amplification)."""
+    lstm, head, model = torch_lstm(seed, I, H, L, P, O, head_activation=act, scale=2.0)
     xs = np.random.default_rng(seed + 1).normal(0, 1.0, (T, I)).astype(np.float32)
     ref, h_ref, c_ref = reference_run(model, xs)
+    torch_err = np.abs(torch_offline(lstm, head, xs, act) - ref).max()
+    tol = max(ATOL, 10 * torch_err)
     streams = ls.Streams(model)
     ys = streams.step(7, xs)
-    assert np.abs(ys - ref).max() < ATOL, f"seed={seed}"
+    err = np.abs(ys - ref).max()
+    assert err < tol, f"seed={seed}: max |ours - float64| = {err:.3g}, PyTorch float32's = {torch_err:.3g}"
     state = streams.get_state(7)
-    assert np.abs(state.h - h_ref).max() < ATOL and np.abs(state.c - c_ref).max() < 10 * ATOL, f"seed={seed}"
+    assert np.abs(state.h - h_ref).max() < tol and np.abs(state.c - c_ref).max() < 10 * tol, f"seed={seed}"
 
 
 def test_float64_model_matches_reference_tightly(seed):
