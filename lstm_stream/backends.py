@@ -62,7 +62,7 @@ class CPUBackend:
         self._one_off = np.zeros(2, np.int64)
         self._step_one, self._out1, self._dt = cpu.step_one, model.output_size, dt
         self._entries = [None, None, None]  # step_one's entry points by x.ndim, see one_stepper
-        macs_per_row = sum(4 * H * (layer.w_ih.shape[1] + P) for layer in model.layers)
+        macs_per_row = model.macs_per_step
         sleeping = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
         self.parallel_min_rows = -(-PARALLEL_MIN_MACS[sleeping] // macs_per_row)
 

@@ -85,6 +85,12 @@ class LSTMModel:
         return self.output_size == self.input_size
 
     @property
+    def macs_per_step(self) -> int:
+        """Multiply-adds of the LSTM layers in one stream-step: the sum over layers of 4H(I_l + P) (the gate
+        sums, which dominate); the projection and head are not counted."""
+        return sum(4 * self.hidden_size * (layer.w_ih.shape[1] + self.state_size) for layer in self.layers)
+
+    @property
     def state_bytes(self) -> int:
         """Bytes of h and c for one stream."""
         return np.dtype(self.dtype).itemsize * self.num_layers * (self.state_size + self.hidden_size)

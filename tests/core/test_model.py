@@ -99,6 +99,9 @@ def test_sizes_and_state_bytes():
     m = random_model(np.random.default_rng(3), I=8, H=64, L=1, O=0)
     assert (m.input_size, m.hidden_size, m.state_size, m.output_size) == (8, 64, 64, 64)
     assert m.state_bytes == 2 * 64 * 4  # h and c, float32
+    assert m.macs_per_step == 4 * 64 * (8 + 64)
+    m = random_model(np.random.default_rng(3), I=5, H=12, L=3, P=7, O=2)  # layers above see P inputs
+    assert m.macs_per_step == 4 * 12 * (5 + 7) + 2 * 4 * 12 * (7 + 7)
 
 
 def test_import_is_lazy():
