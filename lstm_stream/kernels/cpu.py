@@ -65,7 +65,7 @@ def _ov_sigmoid(x):
 # Weights are read through 2-D views whose indices come from range(): Numba then knows they are never
 # negative, skips its wraparound check, and LLVM vectorises the inner loops (flat `wbuf[base + j]` indexing
 # with offsets read from `meta` ran ~8x slower).
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _head(wbuf, meta, hl, y, row, tmp):
     """y[row] = act(W_head hl + b) (or hl without a head).  hl: (P,), y: (N, O), tmp: (>= HEAD_COLS,)
     scratch. The sums go HEAD_COLS outputs at a time through head8 (panel.py), into tmp, then into y."""
@@ -76,10 +76,15 @@ def _head(wbuf, meta, hl, y, row, tmp):
             out[k] = hl[k]
         return
     off, oc = meta[8 + 3 * meta[0]], (O + HEAD_COLS - 1) // HEAD_COLS * HEAD_COLS
-    for o0 in range(0, O, HEAD_COLS):
-        head8(wbuf, off + o0, oc, P, hl, tmp, 0)
-        for o in range(o0, min(O, o0 + HEAD_COLS)):
-            out[o] = tmp[o - o0]
+    if O <= HEAD_COLS:  # the usual small head: one call, no loop bounds (a step at I=8 H=64: ~3% faster)
+        head8(wbuf, off, oc, P, hl, tmp, 0)
+        for o in range(O):
+            out[o] = tmp[o]
+    else:
+        for o0 in range(0, O, HEAD_COLS):
+            head8(wbuf, off + o0, oc, P, hl, tmp, 0)
+            for o in range(o0, min(O, o0 + HEAD_COLS)):
+                out[o] = tmp[o - o0]
     if meta[6] == 1:
         for o in range(O):
             out[o] = act_sigmoid(out[o])
