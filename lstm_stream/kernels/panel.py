@@ -12,6 +12,8 @@ a single chain in k order, whatever mr is or which lane a stream lands in, so a 
 depend on what shares its batch. It is also the chain that kernels/cpu.py's one-stream loop computes (with
 fastmath 'contract', LLVM fuses each a*b+c there the same way), so both paths give the same bits (tested).
 
+prefetch asks for one cache line ahead of use (llvm.prefetch); cpu.py uses it for the next tile's state rows.
+
 head8 does the same for the linear head, one stream and 8 outputs at a time, with 8 partial sums over k (a
 single chain of P dependent multiply-adds would wait on their latency).
 
@@ -183,3 +185,24 @@ def head8(typingctx, w, wo, ldw, P, h, out, oo):
         return None
     i = types.intp
     return types.void(w, i, i, i, h, out, i), _head_codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Hint the CPU to bring the cache line of arr.flat[index] into its L2 cache (llvm.prefetch: read, moderate
+    locality, data). No effect on any result; an index out of bounds is harmless (a prefetch never faults).
+    arr: a C-contiguous array of any shape; index: a flat element index."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, idx = args
+        data = context.make_array(sig.args[0])(context, builder, a).data
+        i8p = builder.bitcast(builder.gep(data, [idx]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(arr, types.intp), codegen
+
