@@ -200,8 +200,9 @@ def prefetch(typingctx, arr, index):
         data = context.make_array(sig.args[0])(context, builder, a).data
         i8p = builder.bitcast(builder.gep(data, [idx]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        # The typed-pointer name (LLVM 14, numba 0.59), which LLVM 15 and later read as llvm.prefetch.p0.
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
         builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
         return context.get_dummy_value()
     return types.void(arr, types.intp), codegen
