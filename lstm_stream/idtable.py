@@ -117,8 +117,13 @@ def rehash(old, new):
 
 @njit(**_OPTS)
 def distinct(slots):
-    """True when no value appears twice in slots (int64); sorts a copy."""
-    if slots.shape[0] < 2:
+    """True when no value appears twice in slots (int64): at once when they increase (streams created
+    together and stepped in that order: 0.6 µs for 700), else by sorting a copy (6 µs)."""
+    n = slots.shape[0]
+    k = 1
+    while k < n and slots[k] > slots[k - 1]:
+        k += 1
+    if k >= n:
         return True
     s = np.sort(slots)
     for k in range(1, s.shape[0]):

@@ -112,3 +112,17 @@ def test_add_many_equals_adding_one_by_one():
     with pytest.raises(ls.StoreFullError, match="max_streams=3"):
         full.add_many([1, 2, 3, 4], 0.0)
     assert len(full) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 60), max_size=80))
+def test_distinct_agrees_with_a_set(values):
+    """distinct(): the increasing fast path and the sorting one agree with set() on any list of slots."""
+    a = np.array(values, np.int64)
+    assert T.distinct(a) == (len(set(values)) == len(values))
+    inc = np.unique(a)  # increasing and distinct; then one repeat at every place
+    assert T.distinct(inc)
+    for k in range(1, len(inc)):
+        rep = inc.copy()
+        rep[k] = rep[k - 1]
+        assert not T.distinct(rep)

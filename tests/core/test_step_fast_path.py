@@ -75,3 +75,24 @@ def test_fast_path_follows_the_slabs_when_they_grow(setup):
         assert np.array_equal(small.step("a", X[t]), big.step("a", X[t])), f"seed={SEED}"
     assert small.stream_info("a")["steps"] == 4
     assert small.stream_info("a")["last_seen"] >= small.stream_info(0)["last_seen"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_all_finite_finds_every_non_finite_value(dtype):
+    """kernels.cpu.all_finite (the daemon's one NaN/Inf check per turn, and the fast path's): every position,
+    NaN and both infinities, the largest finite values, empty and non-contiguous arrays."""
+    from lstm_stream.kernels.cpu import all_finite
+    rng = np.random.default_rng(SEED)
+    X = rng.normal(0, 1, (37, 9)).astype(dtype)
+    assert all_finite(X) and all_finite(X[:, ::2]) and all_finite(X.T) and all_finite(X[:0])
+    big = X.copy()
+    big[3, 4], big[5, 6] = np.finfo(dtype).max, -np.finfo(dtype).max
+    assert all_finite(big)
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in [(0, 0), (36, 8), tuple(rng.integers(0, (37, 9)))]:
+            Y = X.copy()
+            Y[pos] = bad
+            assert not all_finite(Y) and not all_finite(Y.T), (bad, pos)
+        Y = X.copy()
+        Y[7, 2] = bad  # a column the strided view skips, and one it keeps
+        assert all_finite(Y[:, 1::2]) and not all_finite(Y[:, ::2])
