@@ -163,8 +163,10 @@ class StepPlan:
         for req, r0, k0, n, form, _ in self.parts:
             if form == "row":
                 results.append((req, {"y": rows(r0, 1, True, req.lists)}))
-            elif form in ("rows", "matrix"):
-                results.append((req, {"y": rows(r0, sum(lengths[k0:k0 + n]), False, req.lists)}))
+            elif form == "matrix":  # one row per stream
+                results.append((req, {"y": rows(r0, n, False, req.lists)}))
+            elif form == "rows":  # one stream, its T rows
+                results.append((req, {"y": rows(r0, lengths[k0], False, req.lists)}))
             else:
                 ys, r = [], r0
                 for k, f in zip(range(k0, k0 + n), form):
