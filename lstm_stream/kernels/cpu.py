@@ -267,7 +267,7 @@ def _prefetch_states(h, c, slots, lo, hi):
     stream's turn comes, and a tile of 30 streams waits on 240 of them. No effect on any result."""
     nh, nc = h.shape[1] * h.shape[2], c.shape[1] * c.shape[2]
     line = 64 // h.itemsize  # elements per cache line (the slabs start on a line: layout.aligned_zeros)
-    prev = slots[lo - 1] if 0 < lo < hi else -2
+    prev = slots[lo - 1] if lo > 0 else -2
     for a in range(lo, hi):
         s = slots[a]
         if s == prev + 1:  # the row after the previous one: the CPU's own prefetcher follows such runs
@@ -280,17 +280,24 @@ def _prefetch_states(h, c, slots, lo, hi):
             prefetch(c, e)
 
 
+@njit(inline="always", **_OPTS)
+def _tiles(wbuf, meta, h, c, slots, offsets, lo, hi, x, y, scr):
+    """_tile over slots[lo:hi], a tile at a time, each tile's state rows prefetched while the one before runs.
+    scr: one scratch row; its length sets the tile (streams stepped together)."""
+    tile = scr.shape[0] // (meta[10 + 3 * meta[0]] * meta[11 + 3 * meta[0]] + meta[7] + meta[2])
+    _prefetch_states(h, c, slots, lo, min(lo + tile, hi))
+    for s0 in range(lo, hi, tile):
+        _prefetch_states(h, c, slots, min(s0 + tile, hi), min(s0 + 2 * tile, hi))  # the next tile's
+        _tile(wbuf, meta, h, c, slots, offsets, s0, min(tile, hi - s0), x, y, scr)
+
+
 @njit(**_OPTS)
 def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scratch):
     """Advance streams slots[s] over rows offsets[s]:offsets[s+1] of x (N, I), writing y (N, O).
     slots: (S,) unique int64; offsets: (S+1,) int64; h: (cap, L, P); c: (cap, L, H);
     scratch: (>= 1, tile * (Gp + K_max + H)) — its row length sets the tile (streams stepped together)."""
-    tile = scratch.shape[1] // (meta[10 + 3 * meta[0]] * meta[11 + 3 * meta[0]] + meta[7] + meta[2])
-    n = slots.shape[0]  # (a lone stream could take _one, but compiling it in here cost 1.2 s of cold start)
-    _prefetch_states(h, c, slots, 0, min(tile, n))
-    for s0 in range(0, n, tile):
-        _prefetch_states(h, c, slots, min(s0 + tile, n), min(s0 + 2 * tile, n))  # the next tile's
-        _tile(wbuf, meta, h, c, slots, offsets, s0, min(tile, n - s0), x, y, scratch[0])
+    # (a lone stream could take _one, but compiling it in here cost 1.2 s of cold start)
+    _tiles(wbuf, meta, h, c, slots, offsets, 0, slots.shape[0], x, y, scratch[0])
 
 
 @njit(**_OPTS)
@@ -318,14 +325,9 @@ def step_one(ctx, key, slot, x, y, now):
 @njit(parallel=True, **_OPTS)
 def step_ragged_parallel(wbuf, meta, h, c, slots, offsets, x, y, scratch):
     """step_ragged with the streams split into scratch.shape[0] contiguous chunks run in parallel."""
-    tile = scratch.shape[1] // (meta[10 + 3 * meta[0]] * meta[11 + 3 * meta[0]] + meta[7] + meta[2])
     n, n_chunks = slots.shape[0], scratch.shape[0]
     for ch in prange(n_chunks):
-        lo, hi = n * ch // n_chunks, n * (ch + 1) // n_chunks
-        _prefetch_states(h, c, slots, lo, min(lo + tile, hi))
-        for s0 in range(lo, hi, tile):
-            _prefetch_states(h, c, slots, min(s0 + tile, hi), min(s0 + 2 * tile, hi))
-            _tile(wbuf, meta, h, c, slots, offsets, s0, min(tile, hi - s0), x, y, scratch[ch])
+        _tiles(wbuf, meta, h, c, slots, offsets, n * ch // n_chunks, n * (ch + 1) // n_chunks, x, y, scratch[ch])
 
 
 @njit(**_OPTS)

@@ -83,8 +83,9 @@ def prefetch_states(h, c, slots, lo, hi):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("L, H, P", [(1, 64, 64), (2, 7, 7), (3, 33, 5)])
 def test_prefetching_states_changes_nothing(dtype, L, H, P):
-    """_prefetch_states (llvm.prefetch of each state row's cache lines) on rows of every alignment, the last
-    slot included, in runs and out of order: it reads nothing into the program and writes nothing."""
+    """_prefetch_states compiles and runs for both dtypes and rows of every alignment, the last slot included,
+    in runs and out of order (the intrinsic's LLVM name must suit the LLVM in use: a wrong one fails to
+    compile here; float64 reaches no other batch-kernel test), and leaves the state as it was."""
     rng = np.random.default_rng(SEED)
     h, c = rng.normal(0, 1, (50, L, P)).astype(dtype), rng.normal(0, 1, (50, L, H)).astype(dtype)
     h0, c0 = h.copy(), c.copy()
@@ -93,18 +94,3 @@ def test_prefetching_states_changes_nothing(dtype, L, H, P):
         prefetch_states(h, c, slots, lo, hi)
     assert np.array_equal(h, h0) and np.array_equal(c, c0)
 
-
-def test_stream_order_and_state_layout_do_not_change_outputs():
-    """Invariant 2 through the prefetching batch kernel: 150 streams (5 tiles) stepped over 20 calls, in a
-    new random order each call and once in slot order, give bit-identical outputs per stream."""
-    import lstm_stream as ls
-    rng = np.random.default_rng(SEED)
-    model = random_model(rng, I=6, H=40, L=2, P=0, O=3)
-    ids = [f"s{k}" for k in range(150)]
-    X = rng.normal(0, 1, (20, 150, 6)).astype(np.float32)
-    a, b = ls.Streams(model, threads=1), ls.Streams(model, threads=1)
-    for t in range(20):
-        ya = a.step_many(ids, X[t])
-        perm = rng.permutation(150)
-        yb = b.step_many([ids[k] for k in perm], X[t][perm])
-        assert np.array_equal(yb, ya[perm]), f"call {t}, seed={SEED}"
