@@ -282,3 +282,43 @@ def test_housekeeping_evicts_idle_streams_and_logs_metrics(ar_model, caplog):
     assert any("evicted 1 streams idle" in m for m in lines)
     metrics = [r for r in caplog.records if r.getMessage().startswith("served 3 requests")]
     assert metrics and metrics[0].levelname == "WARNING" and "errors 1 (33.33%)" in metrics[0].getMessage()
+
+
+def test_a_dropped_stream_in_a_repeated_id_list_starts_again_from_zero():
+    """The store caches the slots of an id list seen twice (store.IdGroups); after a drop between two
+    step_many requests of the same list, and a new stream that reuses the freed slot, the dropped id must get
+    a new stream of its own, and every other stream its own state."""
+    model = random_model(np.random.default_rng(8), I=2, H=4, L=1, O=2)
+    core = EngineCore(ls.Streams(model))
+    ids = [f"sensor-{k}" for k in range(20)]
+    rng = np.random.default_rng(9)
+    alone = {}
+
+    def ref(i, x):
+        alone.setdefault(i, ls.Streams(model))
+        return alone[i].step(i, x)
+
+    for turn in range(4):
+        msgs, want = [], []
+        for k in range(3):
+            X = rng.normal(size=(len(ids), 2)).astype(np.float32)
+            msgs.append(core.codec.request("step_many", 10 * turn + k, {"streams": ids, "x": X}))
+            want.append(np.stack([ref(i, x) for i, x in zip(ids, X)]))
+            if k == 1:  # a drop between two requests of the same list, and a new stream that takes its slot
+                gone = ids[(turn * 7) % len(ids)]
+                msgs.append(core.codec.request("drop", 100 + turn, {"stream": gone}))
+                want.append(None)
+                del alone[gone]
+                x = rng.normal(size=2).astype(np.float32)
+                msgs.append(core.codec.request("step", 200 + turn, {"stream": f"new-{turn}", "x": x}))
+                want.append(ref(f"new-{turn}", x))
+        for k, m in enumerate(msgs):
+            assert core.submit(k, m) is None
+        replies = dict(core.step())
+        for k, w in enumerate(want):
+            r = core.codec.decode(replies[k])
+            assert r["ok"], r
+            if w is not None:
+                np.testing.assert_array_equal(y_of(r), w)
+    assert core.streams.get_state(ids[0]).steps == 3 * 4 - 2  # dropped after turn 0's second request
+    assert all(core.streams.get_state(f"new-{t}").steps == 1 for t in range(4))
