@@ -100,7 +100,8 @@ class Streams:
         return {"streams": len(self._store), "capacity": cap, "max_streams": self._store.max_streams,
                 "backend": self.backend, "state_bytes_per_stream": self.model.state_bytes,
                 "bytes_per_slot": self.model.state_bytes + 16,  # + steps (int64) + last_seen (float64)
-                "slab_bytes": cap * (self.model.state_bytes + 16)}
+                "slab_bytes": cap * (self.model.state_bytes + 16),
+                "id_lists": {"cached": len(self._store.groups), "hits": self._store.groups.hits}}
 
     # ---- validation ------------------------------------------------------------------------------
     def check_input(self, x, what="x", *, finite=True) -> np.ndarray:

@@ -322,3 +322,8 @@ def test_a_dropped_stream_in_a_repeated_id_list_starts_again_from_zero():
                 np.testing.assert_array_equal(y_of(r), w)
     assert core.streams.get_state(ids[0]).steps == 3 * 4 - 2  # dropped after turn 0's second request
     assert all(core.streams.get_state(f"new-{t}").steps == 1 for t in range(4))
+    info = core.call(req("info"))["id_lists"]
+    # turn 0 creates the streams; turn 1 sees the list (request 1 caches it); in turns 2 and 3 request 0
+    # caches it again and request 1 hits; each drop empties the cache, and each request 2 names the
+    # dropped id, so it is looked up id by id
+    assert info == {"cached": 0, "hits": 2}
