@@ -47,8 +47,9 @@ def child(n: int, id_kind: str) -> dict:
          "head.weight": rng.normal(0, 0.3, (O, H)), "head.bias": np.zeros(O)}
     model = ls.LSTMModel.from_arrays(t, dtype="float32")
     streams = ls.Streams(model, threads=1)
-    streams.step(-1, np.zeros(I, np.float32))
-    streams.drop(-1)
+    warm = -1 if id_kind == "int" else "warm-up"  # compiles the kernels; an id of the kind measured
+    streams.step(warm, np.zeros(I, np.float32))
+    streams.drop(warm)
     gc.collect()
     base = proc_status()
     X = rng.standard_normal((CHUNK, I), dtype=np.float32)
@@ -66,16 +67,15 @@ def child(n: int, id_kind: str) -> dict:
 
 
 def id_map_bytes(streams) -> int:
-    """Bytes of the store's id bookkeeping: the str id -> slot dict with the objects it holds, the int id
-    table, and the slot -> id arrays (a breakdown only: it reads the store's private fields, 0 if they are
-    renamed)."""
+    """Bytes of the store's id bookkeeping: the str id arena, offsets and table, the int id table, and the
+    slot -> id arrays (a breakdown only: it reads the store's private fields, 0 if they are renamed)."""
     store = getattr(streams, "_store", None)
     try:
-        strs, arrays = store.str_slots, (store.int_table, store._kind, store._int_id, store._str_id)
+        arrays = (store.int_table, store._kind, store._int_id)
+        strs = store.strs.nbytes
     except AttributeError:
         return 0
-    size = sys.getsizeof(strs) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in strs.items())
-    return size + sum(a.nbytes for a in arrays if a is not None)
+    return strs + sum(a.nbytes for a in arrays if a is not None)
 
 
 def measure(n: int, id_kind: str) -> dict:
@@ -90,12 +90,13 @@ def report(runs: dict, args) -> str:
     mb = 1e6
     lines = ["## Memory: 1,000,000 streams", "",
              "`python -m bench.memory` — a fresh process per measurement: model I=8 H=64 (1 layer, head 4), "
-             "`Streams(threads=1)` stepped once, then n streams created with `step_many` in chunks of "
+             "`Streams(threads=1)` stepped once (one stream of the id kind measured, then dropped), then n "
+             "streams created with `step_many` in chunks of "
              f"{CHUNK:,}. Resident memory from /proc/self/status. 'Needed' = model.state_bytes × n + the "
              "model's weights; 'streams added' = RSS after − RSS before creating them (the interpreter, numpy, "
-             "numba and the compiled kernels are the baseline); 'id map' = the store's id bookkeeping: the str id -> "
-             "slot dict and the Python objects it holds (sys.getsizeof), the int id hash table and the slot -> id "
-             "arrays. Two runs each; ± is half their spread.", ""]
+             "numba and the compiled kernels are the baseline); 'id map' = the store's id bookkeeping: the str ids' "
+             "arena, per-slot offsets and hash table (strtable.py), the int id hash table and slot -> id array, "
+             "the per-slot kind. Two runs each; ± is half their spread.", ""]
     lines += common.machine_lines({"mode": "quick (smoke run: 100,000 streams)" if args.quick else "full"})
     rows, goal = [], []
     for kind, rs in runs.items():

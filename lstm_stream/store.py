@@ -7,12 +7,12 @@ doubling, and a stream keeps its slot (and its state) across growth.
 from __future__ import annotations
 
 import ctypes
-import itertools
 
 import numpy as np
 from numba import njit
 
 from . import idtable
+from .strtable import StrIds
 from .errors import InputError, StoreFullError, UnknownStreamError
 from .state import INT64_MAX, INT64_MIN, check_id
 
@@ -27,12 +27,13 @@ GROUP_MIN_IDS = 16
 class IdGroups:
     """Slots of whole lists of known str ids, keyed by the ids joined with NUL: the id lists of step_many.
 
-    Why: a gateway sends the same ids in every step_many (the sensors of a site, one tick at a time). Fresh
-    from msgpack they are new str objects, so each dict lookup reads the stored key's object to compare, and
-    in a daemon under load, where the kernel's state traffic evicts the id dict between two messages, those
-    reads are cache misses. One joined key is one hash and one contiguous compare instead. 100 ids among
-    10,000 streams, in-process: 6.6 -> 1.8 µs in cache, 15.5 -> 4.3 µs after 8 MB of other traffic; the
-    daemon on 1 thread, 100 streams per message, three A/B runs: 0.89-1.04M -> 1.08-1.09M samples/s.
+    Why: a gateway sends the same ids in every step_many (the sensors of a site, one tick at a time). Each
+    id looked up is a hash and a probe of the store's id table, and in a daemon under load, where the
+    kernel's state traffic evicts that table between two messages, the probes are cache misses. One joined
+    key is one hash and one contiguous compare instead. 100 ids among 10,000 streams, in-process, against a
+    dict of str ids (what the store used before strtable.py): 6.6 -> 1.8 µs in cache, 15.5 -> 4.3 µs after
+    8 MB of other traffic; the daemon on 1 thread, 100 streams per message, three A/B runs: 0.89-1.04M ->
+    1.08-1.09M samples/s.
 
     Correct by construction: a list is cached only when every id in it was known, a new stream never moves an
     existing one, and the store clears the cache whenever it removes a str id (drop, eviction, restore), so an
@@ -101,17 +102,16 @@ class IdGroups:
 class StateStore:
     """id -> slot maps with a free list, per-slot step counts and last-seen times, growth and eviction.
 
-    Str ids live in a dict. Int ids live in an int64 hash table (idtable.py) and a slot -> id int64 array, so
-    a stream with an int id costs ~40 bytes of bookkeeping instead of ~110 for a dict entry and two int
-    objects. The per-slot id arrays of a kind are made when its first id arrives, and the table grows with
-    the number of int ids, so a store of str ids only pays nothing for int ids, and the other way round.
+    Str ids live in a StrIds (strtable.py: their bytes in one arena, a hash table of slots), ~45 bytes a
+    stream where a dict of str objects cost ~140. Int ids live in an int64 hash table (idtable.py) and a
+    slot -> id int64 array, ~40 bytes. The int id arrays are made when the first int id arrives, and each
+    table grows with the number of its ids.
     on_grow(capacity) is called after the slabs grow, on_table() after int_table is replaced."""
 
     def __init__(self, *, max_streams=None, initial_capacity=64, on_grow=None, on_table=None):
         if max_streams is not None and max_streams < 1:
             raise InputError(f"max_streams must be >= 1 or None, got {max_streams}")
         self.max_streams = max_streams
-        self.str_slots: dict = {}       # str id -> slot (read-only outside)
         self.groups = IdGroups()        # whole lists of known str ids -> their slots (cleared by remove)
         self._free: list = []           # free slots below the high-water mark, reused LIFO
         self._high = 0                  # slots ever handed out (the high-water mark)
@@ -121,7 +121,8 @@ class StateStore:
         self.last_seen = np.zeros(cap, np.float64)
         self._kind = np.zeros(cap, np.int8)  # per slot: 0 free, 1 int id, 2 str id
         self._int_id = None                  # per slot: its int id (int64), from the first int id on
-        self._str_id = None                  # per slot: its str id (object), from the first str id on
+        self.strs = StrIds(cap, lambda: self._high)  # str id <-> slot (read-only outside)
+        self._hot_get = self.strs.hot_get
         self._n_int = 0
         self.int_table = idtable.new_table(16)  # int id -> slot (read-only outside; replaced as it grows)
         self._on_table = on_table
@@ -146,9 +147,9 @@ class StateStore:
         """(ids in slot order, their slots as an int64 array)."""
         slots = np.flatnonzero(self._kind[:self._high])
         kinds, ids = self._kind[slots], np.empty(len(slots), object)
-        if self._str_id is not None:
-            strs = kinds == 2
-            ids[strs] = self._str_id[slots[strs]]
+        strs = np.flatnonzero(kinds == 2)
+        if len(strs):
+            ids[strs] = self.strs.ids_of(slots[strs])
         if self._int_id is not None:
             ints = kinds == 1
             ids[ints] = self._int_id[slots[ints]].astype(object)  # Python ints
@@ -166,7 +167,8 @@ class StateStore:
         never match)."""
         t = type(stream_id)
         if t is str:
-            return self.str_slots.get(stream_id)
+            slot = self._hot_get(stream_id)  # ids found lately (StrIds keeps them in a dict)
+            return slot if slot is not None else self.strs.get(stream_id)
         if t is int and INT64_MIN <= stream_id <= INT64_MAX:
             slot = idtable.find(self.int_table, stream_id)
             return None if slot < 0 else int(slot)
@@ -185,7 +187,7 @@ class StateStore:
             idtable.find_many(self.int_table, keys, out)
             return out
         if types <= _STR:
-            return np.fromiter(map(self.str_slots.get, ids, itertools.repeat(-1)), np.int64, n)
+            return self.strs.find_list(ids)[0]
         if types <= _PLAIN_ID_TYPES:
             return self._lookup_each(ids)
         return None
@@ -200,20 +202,22 @@ class StateStore:
                 return None
             out = np.empty(n, np.int64)
             return None if idtable.find_many(self.int_table, ids.astype(np.int64, copy=False), out) else out
-        if n and type(ids[0]) is str:  # str ids (the usual case): no type scan; only str keys can hit
-            key = self.groups.key(ids) if n >= GROUP_MIN_IDS else None
-            if key is not None:
-                slots = self.groups.get(key)
-                if slots is not None:
-                    return slots
-            try:
-                slots = np.fromiter(map(self.str_slots.__getitem__, ids), np.int64, n)
-            except (KeyError, TypeError):  # an unknown id, an unhashable one, or ids of mixed kinds
-                pass
+        if n and type(ids[0]) is str:  # str ids (the usual case): no type scan
+            if n < GROUP_MIN_IDS:
+                found = self.strs.find_list(ids)  # None unless all are str
+                if found is not None:
+                    return None if found[1] else found[0]
             else:
+                key = IdGroups.key(ids)  # None unless all are str
                 if key is not None:
+                    slots = self.groups.get(key)
+                    if slots is not None:
+                        return slots
+                    slots, missing = self.strs.find_list(ids, key)
+                    if missing:
+                        return None
                     self.groups.put(key, n, slots)
-                return slots
+                    return slots
         types = set(map(type, ids))
         if types <= _INT:
             keys = _int64s(ids)
@@ -258,10 +262,7 @@ class StateStore:
                 self._grow(slot + 1)
             self._high += 1
         if type(stream_id) is str:
-            if self._str_id is None:
-                self._str_id = np.full(self.capacity, None, object)
-            self.str_slots[stream_id] = slot
-            self._str_id[slot] = stream_id
+            self.strs.add(stream_id, slot)
             self._kind[slot] = 2
         else:
             if self._int_id is None:
@@ -296,11 +297,7 @@ class StateStore:
         is_str = np.fromiter((type(i) is str for i in ids), bool, n)
         strs = np.flatnonzero(is_str)
         if len(strs):
-            if self._str_id is None:
-                self._str_id = np.full(self.capacity, None, object)
-            names = [ids[j] for j in strs.tolist()]
-            self.str_slots.update(zip(names, slots[strs].tolist()))
-            self._str_id[slots[strs]] = np.array(names, object)
+            self.strs.add_many([ids[j] for j in strs.tolist()], slots[strs])
             self._kind[slots[strs]] = 2
         ints = np.flatnonzero(~is_str)
         if len(ints):
@@ -326,8 +323,7 @@ class StateStore:
         slot = self.slot(stream_id)
         if self._kind[slot] == 2:
             self.groups.clear()  # a cached list holding this id would keep its slot, soon another stream's
-            del self.str_slots[self._str_id[slot]]
-            self._str_id[slot] = None
+            self.strs.remove(slot)
         else:
             idtable.delete(self.int_table, self._int_id[slot])
             self._n_int -= 1
@@ -339,7 +335,15 @@ class StateStore:
         """Ids of streams not seen for more than ttl seconds."""
         n = self._high
         stale = np.flatnonzero((self.last_seen[:n] < now - ttl) & (self._kind[:n] != 0))
-        return [self._str_id[s] if self._kind[s] == 2 else int(self._int_id[s]) for s in stale]
+        if not len(stale):
+            return []
+        ids = np.empty(len(stale), object)
+        strs = self._kind[stale] == 2
+        if strs.any():
+            ids[strs] = self.strs.ids_of(stale[strs])
+        if not strs.all():
+            ids[~strs] = self._int_id[stale[~strs]].astype(object)
+        return ids.tolist()
 
     def _grow(self, need: int) -> None:
         cap = self.capacity
@@ -352,8 +356,7 @@ class StateStore:
         self._kind = _resized(self._kind, cap)
         if self._int_id is not None:
             self._int_id = _resized(self._int_id, cap)
-        if self._str_id is not None:
-            self._str_id = _resized(self._str_id, cap)
+        self.strs.grow(cap)
         if self._on_grow is not None:
             self._on_grow(cap)
         _return_freed_memory()

@@ -64,7 +64,7 @@ class Streams:
         not on backends without one."""
         if hasattr(self._backend, "one_stepper") and type(self).step is Streams.step:
             st = self._store
-            self.step = self._backend.one_stepper(st.str_slots.get, st.int_table, st.steps, st.last_seen,
+            self.step = self._backend.one_stepper(st.strs.get, st.int_table, st.steps, st.last_seen,
                                                   self._clock, self.model.input_size, self._step_slow)
 
     def warm_up(self) -> None:

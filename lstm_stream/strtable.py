@@ -1,0 +1,413 @@
+"""Str stream ids without a Python object per id: their UTF-8 bytes in one arena, a hash table of slots.
+
+Why: a str id kept as a dict key costs ~140 bytes (the dict entry, the str object, the slot as an int object,
+the slot -> id array); at a million streams of hidden 64 that took 1.35x the state's own bytes. Here an id
+costs its bytes in the arena (which doubles, so up to twice that), 12 bytes of per-slot offset and length,
+and 16-32 bytes of table: 46 MB for a million ids of 14 characters, 1.18x in all (python -m bench.memory).
+
+Layout. arena (uint8) holds the ids' bytes back to back; soff[slot] / slen[slot] locate a slot's id (slen -1:
+no str id in that slot). kv (int64, a power of two rows) is an open-addressing table at load <= 1/2: a row is
+EMPTY (-1) or tag << 32 | slot, the tag being 31 high bits of the id's hash, so most non-matching rows are
+passed over without reading the arena. Linear probing; deletion shifts the rest of the probe run back (no
+tombstones), as in idtable.py. A dropped id's bytes stay in the arena as garbage until compaction.
+
+Lookups from Python pass the ids' bytes: one id as a bytes object, a list of ids as one buffer (joined with
+NUL when that is unambiguous, else with their end offsets), through compiled entry points taking the arrays as
+one TableRef (no per-call type resolution, one argument to unbox). Such a call still costs ~0.3-0.5 µs from
+Python where a dict lookup costs ~0.05, so ids found lately are also kept in a bounded dict (HOT_MAX): a
+stream stepped one sample at a time, in-process or by the daemon, finds its id there. (Numba's on-disk cache
+keys on each function's own file: after editing this one, clear __pycache__ too.)
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, types
+from numba.experimental import structref
+
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+EMPTY = -1
+_LOW = 0xFFFFFFFF
+# StrIds.get keeps up to this many recently found ids in a dict: a call into compiled code costs ~0.3-0.5 µs
+# from Python here, a dict lookup ~0.04 µs, and a stream stepped one sample at a time looks its id up each time.
+# ~8 MB at most for ids of 14 characters (emptied when full).
+HOT_MAX = 65_536
+HOT_LIST = 16  # find_list tries the hot ids first for lists up to this long (longer ones: store.IdGroups)
+
+
+@njit(**_OPTS)
+def _hash(buf, a, b):
+    """64-bit FNV-1a over buf[a:b], then murmur3's finaliser (so the low bits, the home row, mix well)."""
+    h = np.uint64(0xCBF29CE484222325)
+    for i in range(a, b):
+        h = (h ^ np.uint64(buf[i])) * np.uint64(0x100000001B3)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+@njit(inline="always", **_OPTS)
+def _home_tag(h, mask):
+    return np.int64(h & np.uint64(mask)), np.int64(h >> np.uint64(33))
+
+
+@njit(**_OPTS)
+def find(kv, arena, soff, slen, buf, a, b):
+    """The slot of the id whose bytes are buf[a:b], or -1."""
+    mask = kv.shape[0] - 1
+    i, tag = _home_tag(_hash(buf, a, b), mask)
+    n = b - a
+    while True:
+        r = kv[i]
+        if r == EMPTY:
+            return EMPTY
+        if (r >> 32) == tag:
+            s = r & _LOW
+            if slen[s] == n:
+                o = soff[s]
+                k = 0
+                while k < n and arena[o + k] == buf[a + k]:
+                    k += 1
+                if k == n:
+                    return s
+        i = (i + 1) & mask
+
+
+@njit(**_OPTS)
+def find_joined(kv, arena, soff, slen, buf, out):
+    """out[k] = the slot of the k-th id of buf, ids separated by single NUL bytes (none inside an id; out has
+    one element per id), or -1; returns how many were not found."""
+    missing, k, a, n = 0, 0, 0, len(buf)
+    for i in range(n + 1):
+        if i == n or buf[i] == 0:
+            s = find(kv, arena, soff, slen, buf, a, i)
+            out[k] = s
+            if s < 0:
+                missing += 1
+            k += 1
+            a = i + 1
+    return missing
+
+
+@njit(**_OPTS)
+def find_many(kv, arena, soff, slen, buf, ends, out):
+    """out[k] = the slot of the id buf[ends[k-1]:ends[k]] (ends[-1] taken as 0), or -1; returns the misses."""
+    missing, a = 0, 0
+    for k in range(ends.shape[0]):
+        s = find(kv, arena, soff, slen, buf, a, ends[k])
+        out[k] = s
+        if s < 0:
+            missing += 1
+        a = ends[k]
+    return missing
+
+
+@njit(**_OPTS)
+def _insert(kv, arena, soff, slen, slot):
+    mask = kv.shape[0] - 1
+    o = soff[slot]
+    i, tag = _home_tag(_hash(arena, o, o + slen[slot]), mask)
+    while kv[i] != EMPTY:
+        i = (i + 1) & mask
+    kv[i] = (tag << 32) | slot
+
+
+@njit(**_OPTS)
+def store_many(kv, arena, soff, slen, used, buf, ends, slots):
+    """Copy the ids buf[ends[k-1]:ends[k]] into the arena from `used` on (it has room), give them slots[k],
+    and insert them (none of them in the table; the load stays <= 1/2). Returns the new `used`."""
+    a = 0
+    for k in range(ends.shape[0]):
+        n = ends[k] - a
+        s = slots[k]
+        for j in range(n):
+            arena[used + j] = buf[a + j]
+        soff[s] = used
+        slen[s] = n
+        used += n
+        _insert(kv, arena, soff, slen, s)
+        a = ends[k]
+    return used
+
+
+@njit(**_OPTS)
+def delete(kv, arena, soff, slen, slot):
+    """Take slot's id out of the table (its bytes stay in the arena) and mark the slot free. Later rows of
+    the probe run move back into the gap when their home row allows it, so no lookup ever stops early."""
+    mask = kv.shape[0] - 1
+    o = soff[slot]
+    i, _ = _home_tag(_hash(arena, o, o + slen[slot]), mask)
+    while kv[i] != EMPTY and (kv[i] & _LOW) != slot:
+        i = (i + 1) & mask
+    slen[slot] = -1
+    if kv[i] == EMPTY:
+        return
+    j = i
+    while True:
+        kv[i] = EMPTY
+        while True:
+            j = (j + 1) & mask
+            if kv[j] == EMPTY:
+                return
+            s = kv[j] & _LOW
+            h, _ = _home_tag(_hash(arena, soff[s], soff[s] + slen[s]), mask)
+            # row j may move to the gap at i unless its home lies cyclically in (i, j]
+            if (i <= j and (h <= i or h > j)) or (i > j and h <= i and h > j):
+                break
+        kv[i] = kv[j]
+        i = j
+
+
+@njit(**_OPTS)
+def rebuild(kv, arena, soff, slen, high):
+    """Insert every slot below `high` that holds a str id into the empty table kv."""
+    for s in range(high):
+        if slen[s] >= 0:
+            _insert(kv, arena, soff, slen, s)
+
+
+@njit(**_OPTS)
+def compact(arena, soff, slen, high, out):
+    """Copy the live ids into `out` back to back, in slot order, updating soff; returns the bytes used."""
+    used = 0
+    for s in range(high):
+        n = slen[s]
+        if n >= 0:
+            o = soff[s]
+            for j in range(n):
+                out[used + j] = arena[o + j]
+            soff[s] = used
+            used += n
+    return used
+
+
+@njit(**_OPTS)
+def gather(arena, soff, slen, slots, ends):
+    """The ids of slots (each holding one) back to back in one uint8 array; ends[k] = where slots[k]'s ends."""
+    total = 0
+    for k in range(slots.shape[0]):
+        total += slen[slots[k]]
+        ends[k] = total
+    out = np.empty(total, np.uint8)
+    a = 0
+    for k in range(slots.shape[0]):
+        o, n = soff[slots[k]], slen[slots[k]]
+        for j in range(n):
+            out[a + j] = arena[o + j]
+        a += n
+    return out
+
+
+@structref.register
+class TableRefType(types.StructRef):
+    def preprocess_fields(self, fields):
+        return tuple((name, types.unliteral(typ)) for name, typ in fields)
+
+
+class TableRef(structref.StructRefProxy):
+    """The four arrays as one argument: a call unboxes one pointer instead of four arrays (~40 ns each)."""
+
+
+structref.define_proxy(TableRef, TableRefType, ["kv", "arena", "soff", "slen"])
+
+
+@njit(cache=True)
+def new_ref(kv, arena, soff, slen):
+    return TableRef(kv, arena, soff, slen)
+
+
+@njit(**_OPTS)
+def find_in(ref, key):
+    """find() for one id given as a bytes object, in the arrays of a TableRef."""
+    return find(ref.kv, ref.arena, ref.soff, ref.slen, key, 0, len(key))
+
+
+@njit(**_OPTS)
+def find_joined_in(ref, buf, out):
+    """find_joined() in the arrays of a TableRef."""
+    return find_joined(ref.kv, ref.arena, ref.soff, ref.slen, buf, out)
+
+
+def _encode(s: str) -> bytes:
+    return s.encode("utf-8", "surrogatepass")  # lossless for any str, lone surrogates included
+
+
+class StrIds:
+    """str id <-> slot for a StateStore: the arena, the per-slot offsets and lengths, and the table.
+
+    The owner calls grow(capacity) when its slabs grow and high() tells the slots handed out so far. The
+    per-slot arrays are made when the first str id arrives: a store of int ids only pays nothing here."""
+
+    def __init__(self, capacity: int, high):
+        self._high = high                       # callable: slots handed out so far (the owner's mark)
+        self.kv = np.full(16, EMPTY, np.int64)
+        self.arena = np.empty(1024, np.uint8)
+        self.used = 0                           # arena bytes written
+        self.garbage = 0                        # of which belong to removed ids
+        self.capacity = capacity
+        self.soff = np.zeros(0, np.int64)       # per slot, from the first str id on
+        self.slen = np.full(0, -1, np.int32)
+        self.n = 0
+        self._ref = None                        # the arrays as one TableRef, rebuilt when one is replaced
+        self._hot: dict = {}                    # str id -> slot, ids get() found lately (emptied by remove)
+        self.hot_get = self._hot.get            # the same dict for ever (emptied, never replaced)
+        self._get = None                        # find_in's compiled entry point
+        self._joined = None                     # find_joined_in's
+
+    def __len__(self):
+        return self.n
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.nbytes + self.arena.nbytes + self.soff.nbytes + self.slen.nbytes
+
+    # ---- lookups ---------------------------------------------------------------------------------
+    def get(self, stream_id: str):
+        """The slot of a str id, or None."""
+        s = self._hot.get(stream_id)
+        if s is not None:
+            return s
+        key = _encode(stream_id)
+        ref = self._ref or self._new_ref()
+        fn = self._get or self._entries(ref)[0]
+        s = fn(ref, key)
+        if s < 0:
+            return None
+        self._remember(((stream_id, s),), 1)
+        return s
+
+    def find_list(self, ids, key=None):
+        """(slots as int64, -1 for unknown ids; how many were unknown) for a list of str ids, or None if
+        they are not all str. key: "\\0".join(ids), when the caller has it already."""
+        n = len(ids)
+        if n <= HOT_LIST:
+            try:  # short lists of ids found lately: no compiled call
+                return np.fromiter(map(self._hot.__getitem__, ids), np.int64, n), 0
+            except (KeyError, TypeError):  # one is not hot, or not even hashable
+                pass
+        out = np.empty(n, np.int64)
+        if n == 0:
+            return out, 0
+        if key is None:
+            try:
+                key = "\0".join(ids)
+            except TypeError:
+                return None
+        elif type(key) is not str:
+            return None
+        if key.isascii() and key.count("\0") == n - 1:  # one bytes object, split in the compiled loop
+            ref = self._ref or self._new_ref()
+            fn = self._joined or self._entries(ref)[1]
+            missing = fn(ref, key.encode("ascii"), out)
+        else:
+            bs = [_encode(s) for s in ids]
+            ends = np.cumsum(np.fromiter(map(len, bs), np.int64, n))
+            missing = find_many(self.kv, self.arena, self.soff, self.slen, b"".join(bs), ends, out)
+        if n <= HOT_LIST and not missing:
+            self._remember(zip(ids, out.tolist()), n)
+        return out, missing
+
+    def ids_of(self, slots) -> list:
+        """The str ids of slots (int64 array; each must hold one), as a list."""
+        ends = np.empty(len(slots), np.int64)
+        buf = gather(self.arena, self.soff, self.slen, np.asarray(slots, np.int64), ends).tobytes()
+        starts = np.concatenate(([0], ends[:-1])).tolist()
+        if buf.isascii():
+            text = buf.decode("ascii")
+            return [text[a:b] for a, b in zip(starts, ends.tolist())]
+        return [buf[a:b].decode("utf-8", "surrogatepass") for a, b in zip(starts, ends.tolist())]
+
+    def _remember(self, pairs, n):
+        if len(self._hot) + n > HOT_MAX:
+            self._hot.clear()
+        self._hot.update(pairs)
+
+    def _new_ref(self):
+        self._ref = new_ref(self.kv, self.arena, self.soff, self.slen)
+        return self._ref
+
+    def _entries(self, ref):
+        """Compile (or load from the cache) the lookups' entry points, once: every later TableRef has the
+        same type."""
+        self._get = _entry(find_in, (ref, b""))
+        self._joined = _entry(find_joined_in, (ref, b"", np.empty(0, np.int64)))
+        return self._get, self._joined
+
+    # ---- changes ---------------------------------------------------------------------------------
+    def add(self, stream_id: str, slot: int) -> None:
+        """Give slot the str id (not in the table)."""
+        b = _encode(stream_id)
+        self.add_many_bytes(b, np.array([len(b)], np.int64), np.array([slot], np.int64))
+
+    def add_many(self, ids: list, slots: np.ndarray) -> None:
+        """Give slots[k] the str id ids[k] (distinct, none in the table)."""
+        bs = [_encode(s) for s in ids]
+        ends = np.cumsum(np.fromiter(map(len, bs), np.int64, len(bs)))
+        self.add_many_bytes(b"".join(bs), ends, np.asarray(slots, np.int64))
+
+    def add_many_bytes(self, buf: bytes, ends: np.ndarray, slots: np.ndarray) -> None:
+        """add_many for ids already encoded: buf holds them back to back, ends[k] where the k-th ends."""
+        n = len(slots)
+        if len(self.soff) < self.capacity:
+            self._resize()
+        self._fit_table(self.n + n)
+        self._fit_arena(len(buf))
+        self.used = store_many(self.kv, self.arena, self.soff, self.slen, self.used, buf, ends, slots)
+        self.n += n
+
+    def remove(self, slot: int) -> None:
+        """Forget slot's str id."""
+        self._hot.clear()
+        self.garbage += int(self.slen[slot])
+        delete(self.kv, self.arena, self.soff, self.slen, slot)
+        self.n -= 1
+
+    def grow(self, capacity: int) -> None:
+        """Per-slot arrays for `capacity` slots (the owner's slabs grew)."""
+        self.capacity = capacity
+        if len(self.soff):
+            self._resize()
+
+    def _resize(self):
+        soff = np.zeros(self.capacity, np.int64)
+        slen = np.full(self.capacity, -1, np.int32)
+        soff[:len(self.soff)] = self.soff
+        slen[:len(self.slen)] = self.slen
+        self.soff, self.slen, self._ref = soff, slen, None
+
+    def _fit_table(self, n_keys: int) -> None:
+        rows = self.kv.shape[0]
+        if 2 * n_keys <= rows:
+            return
+        while 2 * n_keys > rows:
+            rows *= 2
+        kv = np.full(rows, EMPTY, np.int64)
+        rebuild(kv, self.arena, self.soff, self.slen, self._high())
+        self.kv, self._ref = kv, None
+
+    def _fit_arena(self, extra: int) -> None:
+        """Room for `extra` more bytes at the arena's end: compact in place when removed ids hold a quarter of
+        it and that makes room, else double it (copying only the live ids), so it stays at least half used."""
+        size = self.arena.shape[0]
+        if self.used + extra <= size:
+            return
+        live = self.used - self.garbage
+        if live + extra > size or self.garbage < size // 4:
+            while live + extra > size:
+                size *= 2
+            if size == self.arena.shape[0]:
+                size *= 2
+        out = np.empty(size, np.uint8)
+        self.used = compact(self.arena, self.soff, self.slen, self._high(), out)
+        self.arena, self.garbage, self._ref = out, 0, None
+
+
+def _entry(dispatcher, args):
+    """The compiled entry point of dispatcher for these arguments' types (no per-call type resolution)."""
+    try:
+        return dispatcher.compile(tuple(numba.typeof(a) for a in args))
+    except AttributeError:  # a Numba without Dispatcher.compile(signature): dispatch per call
+        return dispatcher
