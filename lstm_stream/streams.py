@@ -20,6 +20,7 @@ from .model import LSTMModel
 from .snapshot import read_snapshot, write_snapshot
 from .state import StreamState, check_id, check_ids
 from .idtable import distinct
+from .strtable import warm_up as warm_up_str_ids
 from .store import StateStore
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
@@ -68,10 +69,11 @@ class Streams:
                                                   self._clock, self.model.input_size, self._step_slow)
 
     def warm_up(self) -> None:
-        """Compile (or load from Numba's cache) the backend's batch kernels now rather than on the first call
-        that needs them (the parallel one can be seconds cold). Steps nothing."""
+        """Compile (or load from Numba's cache) the backend's batch kernels and the str-id table's functions
+        now rather than on the first call that needs them (seconds, cold). Steps nothing, adds no stream."""
         if hasattr(self._backend, "warm_up"):
             self._backend.warm_up()
+        warm_up_str_ids()
 
     # ---- introspection -------------------------------------------------------------------------
     @property

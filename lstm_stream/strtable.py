@@ -405,6 +405,20 @@ class StrIds:
         self.arena, self.garbage, self._ref = out, 0, None
 
 
+def warm_up() -> None:
+    """Compile (or load from Numba's cache) every function a StrIds uses, on a throwaway one."""
+    t = StrIds(4, lambda: 2)
+    t.add("a", 0)
+    t.add_many(["\u00e9", "c"], np.array([1, 2]))
+    t.get("a")
+    t.find_list(["a", "b"] * HOT_LIST)
+    t.find_list(["\u00e9"] * (HOT_LIST + 1))
+    t.ids_of(np.array([0, 1]))
+    t.remove(0)
+    compact(t.arena, t.soff, t.slen, 3, np.empty_like(t.arena))
+    rebuild(np.full(64, EMPTY, np.int64), t.arena, t.soff, t.slen, 3)
+
+
 def _entry(dispatcher, args):
     """The compiled entry point of dispatcher for these arguments' types (no per-call type resolution)."""
     try:

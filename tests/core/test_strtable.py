@@ -111,3 +111,9 @@ def test_ids_found_lately_are_bounded_and_forgotten_on_remove(monkeypatch):
     assert o.t.get("id29") is None and o.t.find_list(["id29", "id28"])[0].tolist() == [-1, 28]
     o.t.add("other", o.slot())  # takes slot 29
     assert o.t.get("other") == 29 and o.t.get("id29") is None
+
+
+def test_warm_up_compiles_on_a_throwaway_table():
+    strtable.warm_up()  # what Streams.warm_up (and so the daemon's start) calls; leaves nothing behind
+    o = Owner(2)
+    assert o.t.get("a") is None and len(o.t) == 0
