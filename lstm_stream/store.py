@@ -121,7 +121,7 @@ class StateStore:
         self.last_seen = np.zeros(cap, np.float64)
         self._kind = np.zeros(cap, np.int8)  # per slot: 0 free, 1 int id, 2 str id
         self._int_id = None                  # per slot: its int id (int64), from the first int id on
-        self.strs = StrIds(cap, lambda: self._high)  # str id <-> slot (read-only outside)
+        self.strs = StrIds(cap, lambda: self._high, _return_freed_memory)  # str id <-> slot (read-only outside)
         self._hot_get = self.strs.hot_get
         self._n_int = 0
         self.int_table = idtable.new_table(16)  # int id -> slot (read-only outside; replaced as it grows)

@@ -25,6 +25,8 @@ import numpy as np
 from numba import njit, types
 from numba.experimental import structref
 
+from .idtable import table_capacity
+
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 EMPTY = -1
 _LOW = 0xFFFFFFFF
@@ -238,11 +240,13 @@ def _encode(s: str) -> bytes:
 class StrIds:
     """str id <-> slot for a StateStore: the arena, the per-slot offsets and lengths, and the table.
 
-    The owner calls grow(capacity) when its slabs grow and high() tells the slots handed out so far. The
-    per-slot arrays are made when the first str id arrives: a store of int ids only pays nothing here."""
+    The owner calls grow(capacity) when its slabs grow; high() tells the slots handed out so far, released()
+    is called after the table or the arena was replaced. The per-slot arrays are made when the first str id
+    arrives: a store of int ids only pays nothing here."""
 
-    def __init__(self, capacity: int, high):
+    def __init__(self, capacity: int, high, released=lambda: None):
         self._high = high                       # callable: slots handed out so far (the owner's mark)
+        self._released = released               # called after arrays were replaced (to hand memory back)
         self.kv = np.full(16, EMPTY, np.int64)
         self.arena = np.empty(1024, np.uint8)
         self.used = 0                           # arena bytes written
@@ -379,14 +383,12 @@ class StrIds:
         self.soff, self.slen, self._ref = soff, slen, None
 
     def _fit_table(self, n_keys: int) -> None:
-        rows = self.kv.shape[0]
-        if 2 * n_keys <= rows:
+        if 2 * n_keys <= self.kv.shape[0]:
             return
-        while 2 * n_keys > rows:
-            rows *= 2
-        kv = np.full(rows, EMPTY, np.int64)
+        kv = np.full(table_capacity(n_keys), EMPTY, np.int64)
         rebuild(kv, self.arena, self.soff, self.slen, self._high())
         self.kv, self._ref = kv, None
+        self._released()
 
     def _fit_arena(self, extra: int) -> None:
         """Room for `extra` more bytes at the arena's end: compact in place when removed ids hold a quarter of
@@ -403,6 +405,7 @@ class StrIds:
         out = np.empty(size, np.uint8)
         self.used = compact(self.arena, self.soff, self.slen, self._high(), out)
         self.arena, self.garbage, self._ref = out, 0, None
+        self._released()
 
 
 def warm_up() -> None:
