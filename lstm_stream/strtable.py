@@ -3,7 +3,7 @@
 Why: a str id kept as a dict key costs ~140 bytes (the dict entry, the str object, the slot as an int object,
 the slot -> id array); at a million streams of hidden 64 that took 1.35x the state's own bytes. Here an id
 costs its bytes in the arena (which doubles, so up to twice that), 12 bytes of per-slot offset and length,
-and 16-32 bytes of table: 46 MB for a million ids of 14 characters, 1.18x in all (python -m bench.memory).
+and 16-32 bytes of table: 46 MB for a million ids of 14 characters, 1.15x in all (python -m bench.memory).
 
 Layout. arena (uint8) holds the ids' bytes back to back; soff[slot] / slen[slot] locate a slot's id (slen -1:
 no str id in that slot). kv (int64, a power of two rows) is an open-addressing table at load <= 1/2: a row is
