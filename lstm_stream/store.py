@@ -12,9 +12,9 @@ import numpy as np
 from numba import njit
 
 from . import idtable
-from .strtable import StrIds
 from .errors import InputError, StoreFullError, UnknownStreamError
 from .state import INT64_MAX, INT64_MIN, check_id
+from .strtable import StrIds
 
 _PLAIN_ID_TYPES = frozenset((str, int))
 _INT, _STR = frozenset((int,)), frozenset((str,))
