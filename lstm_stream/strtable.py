@@ -12,8 +12,8 @@ passed over without reading the arena. Linear probing; deletion shifts the rest 
 tombstones), as in idtable.py. A dropped id's bytes stay in the arena as garbage until compaction.
 
 Lookups from Python pass the ids' bytes: one id as a bytes object, a list of ids as one buffer (joined with
-NUL when that is unambiguous, else with their end offsets), through compiled entry points taking the arrays as
-one TableRef (no per-call type resolution, one argument to unbox). Such a call still costs ~0.3-0.5 µs from
+NUL when that is unambiguous, else with their end offsets), through the compiled functions' entry points (no
+per-call type resolution). Such a call still costs ~0.3-0.5 µs from
 Python where a dict lookup costs ~0.05, so ids found lately are also kept in a bounded dict (HOT_MAX): a
 stream stepped one sample at a time, in-process or by the daemon, finds its id there. (Numba's on-disk cache
 keys on each function's own file: after editing this one, clear __pycache__ too.)
@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, types
-from numba.experimental import structref
+from numba import njit
 
 from .idtable import table_capacity
 
@@ -203,34 +202,10 @@ def gather(arena, soff, slen, slots, ends):
     return out
 
 
-@structref.register
-class TableRefType(types.StructRef):
-    def preprocess_fields(self, fields):
-        return tuple((name, types.unliteral(typ)) for name, typ in fields)
-
-
-class TableRef(structref.StructRefProxy):
-    """The four arrays as one argument: a call unboxes one pointer instead of four arrays (~40 ns each)."""
-
-
-structref.define_proxy(TableRef, TableRefType, ["kv", "arena", "soff", "slen"])
-
-
-@njit(cache=True)
-def new_ref(kv, arena, soff, slen):
-    return TableRef(kv, arena, soff, slen)
-
-
 @njit(**_OPTS)
-def find_in(ref, key):
-    """find() for one id given as a bytes object, in the arrays of a TableRef."""
-    return find(ref.kv, ref.arena, ref.soff, ref.slen, key, 0, len(key))
-
-
-@njit(**_OPTS)
-def find_joined_in(ref, buf, out):
-    """find_joined() in the arrays of a TableRef."""
-    return find_joined(ref.kv, ref.arena, ref.soff, ref.slen, buf, out)
+def find_bytes(kv, arena, soff, slen, key):
+    """find() for one id given as a bytes object."""
+    return find(kv, arena, soff, slen, key, 0, len(key))
 
 
 def _encode(s: str) -> bytes:
@@ -255,11 +230,10 @@ class StrIds:
         self.soff = np.zeros(0, np.int64)       # per slot, from the first str id on
         self.slen = np.full(0, -1, np.int32)
         self.n = 0
-        self._ref = None                        # the arrays as one TableRef, rebuilt when one is replaced
         self._hot: dict = {}                    # str id -> slot, ids get() found lately (emptied by remove)
         self.hot_get = self._hot.get            # the same dict for ever (emptied, never replaced)
-        self._get = None                        # find_in's compiled entry point
-        self._joined = None                     # find_joined_in's
+        self._get = None                        # find_bytes' compiled entry point
+        self._joined = None                     # find_joined's
 
     def __len__(self):
         return self.n
@@ -275,9 +249,8 @@ class StrIds:
         if s is not None:
             return s
         key = _encode(stream_id)
-        ref = self._ref or self._new_ref()
-        fn = self._get or self._entries(ref)[0]
-        s = fn(ref, key)
+        fn = self._get or self._entries()[0]
+        s = fn(self.kv, self.arena, self.soff, self.slen, key)
         if s < 0:
             return None
         self._remember(((stream_id, s),), 1)
@@ -303,9 +276,8 @@ class StrIds:
         elif type(key) is not str:
             return None
         if key.isascii() and key.count("\0") == n - 1:  # one bytes object, split in the compiled loop
-            ref = self._ref or self._new_ref()
-            fn = self._joined or self._entries(ref)[1]
-            missing = fn(ref, key.encode("ascii"), out)
+            fn = self._joined or self._entries()[1]
+            missing = fn(self.kv, self.arena, self.soff, self.slen, key.encode("ascii"), out)
         else:
             bs = [_encode(s) for s in ids]
             ends = np.cumsum(np.fromiter(map(len, bs), np.int64, n))
@@ -329,15 +301,12 @@ class StrIds:
             self._hot.clear()
         self._hot.update(pairs)
 
-    def _new_ref(self):
-        self._ref = new_ref(self.kv, self.arena, self.soff, self.slen)
-        return self._ref
-
-    def _entries(self, ref):
-        """Compile (or load from the cache) the lookups' entry points, once: every later TableRef has the
-        same type."""
-        self._get = _entry(find_in, (ref, b""))
-        self._joined = _entry(find_joined_in, (ref, b"", np.empty(0, np.int64)))
+    def _entries(self):
+        """Compile (or load from the cache) the lookups' entry points, once: the arrays that replace these
+        later have the same types."""
+        arrays = (self.kv, self.arena, self.soff, self.slen)
+        self._get = _entry(find_bytes, arrays + (b"",))
+        self._joined = _entry(find_joined, arrays + (b"", np.empty(0, np.int64)))
         return self._get, self._joined
 
     # ---- changes ---------------------------------------------------------------------------------
@@ -380,14 +349,14 @@ class StrIds:
         slen = np.full(self.capacity, -1, np.int32)
         soff[:len(self.soff)] = self.soff
         slen[:len(self.slen)] = self.slen
-        self.soff, self.slen, self._ref = soff, slen, None
+        self.soff, self.slen = soff, slen
 
     def _fit_table(self, n_keys: int) -> None:
         if 2 * n_keys <= self.kv.shape[0]:
             return
         kv = np.full(table_capacity(n_keys), EMPTY, np.int64)
         rebuild(kv, self.arena, self.soff, self.slen, self._high())
-        self.kv, self._ref = kv, None
+        self.kv = kv
         self._released()
 
     def _fit_arena(self, extra: int) -> None:
@@ -404,7 +373,7 @@ class StrIds:
                 size *= 2
         out = np.empty(size, np.uint8)
         self.used = compact(self.arena, self.soff, self.slen, self._high(), out)
-        self.arena, self.garbage, self._ref = out, 0, None
+        self.arena, self.garbage = out, 0
         self._released()
 
 
