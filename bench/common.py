@@ -253,11 +253,11 @@ def clean_env(**overrides) -> dict:
 
 
 @contextlib.contextmanager
-def subprocess_server(args: list, *, env=None, log_path=None):
+def subprocess_server(args: list, *, env=None, log_path=None, cwd=None):
     """Run `args` as a child process for the duration of the block; always terminate (then kill) it."""
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(args, env=env or clean_env(), stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, cwd=cwd)
     try:
         yield proc
     finally:

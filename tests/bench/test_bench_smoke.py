@@ -18,7 +18,7 @@ TINY = C.Spec(I=3, H=5, L=2, O=2)
 def test_bench_modules_import():
     import importlib
     for name in ("bench.__main__", "bench.kernel", "bench.server", "bench.startup", "bench.memory", "bench.peak",
-                 "bench.servers"):
+                 "bench.servers", "bench.ab"):
         assert callable(getattr(importlib.import_module(name), "main", None)), name
 
 
@@ -47,3 +47,20 @@ def test_blas_contender_agrees_at_tiny_size():
     if not C.available(C.BLAS):
         pytest.skip("threadpoolctl (the bench extra) is not installed")
     assert C.crosscheck(TINY, n=3, steps=3, names=[C.BLAS]) <= C.TOLERANCE
+
+
+def test_ab_runs_both_versions_of_the_kernel_and_the_daemon(capsys):
+    """bench.ab at tiny sizes, the working tree against itself: a table row per figure, ratios printed."""
+    from bench import ab
+    assert ab.main([".", ".", "--what", "kernel", "--shape", "3,5", "--streams", "50", "--per-call", "20",
+                    "--calls", "6", "--rounds", "1"]) == 0
+    assert "| ns per stream-step, I=3 H=5, 20 of 50 streams per call" in capsys.readouterr().out
+    assert ab.main([".", ".", "--rounds", "1", "--block", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| samples/s") == 2 and "| p50 µs, 1 in flight" in out
+
+
+def test_ab_names_a_version_it_cannot_find():
+    from bench import ab
+    with pytest.raises(SystemExit, match="neither a directory holding a checkout"):
+        ab.main(["no-such-revision-xyz", "."])
