@@ -179,6 +179,7 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(argv)
     common.exit_on_sigterm()
+    common.sample_busy()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dirs = {"A": export(args.a, tmp / "A"), "B": export(args.b, tmp / "B")}

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 # libgomp / ORT pools spin a little after each call; a pause between blocks keeps one contender's spinning
@@ -27,6 +29,7 @@ SETTLE_S = 0.002
 # taken on a busy machine. (The load average is no use here: it still counts the previous benchmark.)
 BUSY_SHARE = 0.15
 _busy_before = None  # set by sample_busy() at the start of a run
+_speed_before = None  # host_speed() at the start of a run, also set by sample_busy()
 
 
 # ---- timing -------------------------------------------------------------------------------------------
@@ -125,10 +128,30 @@ def code_version() -> str:
                                    + (" …" if len(files) > 6 else "") if files else "")
 
 
+def host_speed():
+    """GFLOP/s of a 1024x1024 float32 matmul on one thread (best of 5), or None without threadpoolctl (the
+    bench extra). This host's speed drifts by tens of percent within an hour, and every figure drifts with
+    it: taken at the start and the end of a run, it tells a slow phase from a slow change."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+    best = float("inf")
+    with threadpool_limits(1):
+        for _ in range(5):
+            t0 = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - t0)
+    return 2 * 1024 ** 3 / best / 1e9
+
+
 def sample_busy(seconds: float = 1.0):
     """Share of all CPUs that other processes kept busy over `seconds` while this one slept (from /proc/stat;
-    None where there is none). Called at the start of a run; machine_lines reports it."""
-    global _busy_before
+    None where there is none), and the host's speed (host_speed). Called at the start of a run;
+    machine_lines reports both."""
+    global _busy_before, _speed_before
+    _speed_before = host_speed()
 
     def snap():
         vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -158,6 +181,10 @@ def machine_lines(extra: dict | None = None) -> list:
              f"- run at {time.strftime('%Y-%m-%d %H:%M %Z')}; just before it, {before} (load average at the end: "
              f"{', '.join(f'{x:.2f}' for x in load)})"
              + (" — **the machine was busy: figures (2-thread ones above all) are not reliable**" if busy else "")]
+    if _speed_before is not None:
+        lines.append(f"- host speed (1-thread 1024² float32 matmul): {_speed_before:.0f} GFLOP/s at the start, "
+                     f"{host_speed():.0f} at the end (85–106 on this VM on 2026-11-30; the low end is a slow phase "
+                     "of the host, in which every figure here is slower too)")
     for k, val in (extra or {}).items():
         lines.append(f"- {k}: {val}")
     return lines
