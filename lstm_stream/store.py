@@ -122,7 +122,6 @@ class StateStore:
         self._kind = np.zeros(cap, np.int8)  # per slot: 0 free, 1 int id, 2 str id
         self._int_id = None                  # per slot: its int id (int64), from the first int id on
         self.strs = StrIds(cap, lambda: self._high, _return_freed_memory)  # str id <-> slot (read-only outside)
-        self._hot_get = self.strs.hot_get
         self._n_int = 0
         self.int_table = idtable.new_table(16)  # int id -> slot (read-only outside; replaced as it grows)
         self._on_table = on_table
@@ -167,8 +166,7 @@ class StateStore:
         never match)."""
         t = type(stream_id)
         if t is str:
-            slot = self._hot_get(stream_id)  # ids found lately (StrIds keeps them in a dict)
-            return slot if slot is not None else self.strs.get(stream_id)
+            return self.strs.get(stream_id)
         if t is int and INT64_MIN <= stream_id <= INT64_MAX:
             slot = idtable.find(self.int_table, stream_id)
             return None if slot < 0 else int(slot)

@@ -231,7 +231,6 @@ class StrIds:
         self.slen = np.full(0, -1, np.int32)
         self.n = 0
         self._hot: dict = {}                    # str id -> slot, ids get() found lately (emptied by remove)
-        self.hot_get = self._hot.get            # the same dict for ever (emptied, never replaced)
         self._get = None                        # find_bytes' compiled entry point
         self._joined = None                     # find_joined's
 
