@@ -128,9 +128,9 @@ class BlasStep:
         self.b = [np.asarray(layer.b_ih + layer.b_hh, np.float32) for layer in model.layers]
         self.XH = [np.empty((n, w.shape[0]), np.float32) for w in self.W]
         self.G = np.empty((n, 4 * H), np.float32)
-        self.h = np.zeros((self.L, n, H), np.float32)
-        self.c = np.zeros((self.L, n, H), np.float32)
-        self.hr = np.empty(H, np.float32)
+        self.h = np.zeros((n, self.L, H), np.float32)  # the kernel's slab layout (stream, layer, unit)
+        self.c = np.zeros((n, self.L, H), np.float32)
+        self.hr = np.empty((1, H), np.float32)
         self.y = np.empty((n, model.output_size), np.float32)
 
     def run(self, X):
@@ -138,11 +138,11 @@ class BlasStep:
         for l in range(self.L):
             xh, n_in = self.XH[l], inp.shape[1]
             xh[:, :n_in] = inp
-            xh[:, n_in:] = self.h[l]
+            xh[:, n_in:] = self.h[:, l]
             np.matmul(xh, self.W[l], out=self.G)
-            _blas_cells(self.wbuf, self.meta, self.G, self.b[l], self.c[l], self.h[l], self.hr, self.y,
+            _blas_cells(self.wbuf, self.meta, self.G, self.b[l], self.c, self.h, self.hr, self.y, l,
                         l == self.L - 1)
-            inp = self.h[l]
+            inp = self.h[:, l]
         return self.y
 
 
@@ -154,14 +154,14 @@ def _blas_cells(*args):
     from lstm_stream.kernels.cpu import _cell, _head
 
     @njit(error_model="numpy", fastmath={"contract"})
-    def cells(wbuf, meta, G, bias, c, h, hr, y, last):
+    def cells(wbuf, meta, G, bias, c, h, hr, y, l, last):
+        Gf = G.reshape(-1)
         for s in range(G.shape[0]):
-            g = G[s]
-            for j in range(g.shape[0]):
-                g[j] += bias[j]
-            _cell(wbuf, meta, g, c[s], hr, h[s], -1)
-            if last:
-                _head(wbuf, meta, h[s], y, s, g)  # g (4H >= 8 floats) is free again: the head's scratch
+            for j in range(G.shape[1]):
+                G[s, j] += bias[j]
+            _cell(wbuf, meta, G, hr, s, c, h, s, l, -1)
+            if last:  # G's row s (4H >= 8 floats) is free again: the head's scratch
+                _head(wbuf, meta, h, s, y, s, Gf, s * G.shape[1])
 
     _blas_cells = cells
     return cells(*args)

@@ -120,10 +120,10 @@ def _head_codegen(context, builder, sig, args):
     """head8's body: HEAD_CHAINS partial sums over k mod HEAD_CHAINS (independent chains, so the multiply-adds
     do not wait on each other's latency), the tail (P % HEAD_CHAINS rows) into the first, then a pairwise
     sum of the partial sums, then the bias: the same order for every stream."""
-    w_arr, wo, ldw, P, h_arr, o_arr, oo = args
+    w_arr, wo, ldw, P, h_arr, ho, o_arr, oo = args
     V = _Vec(context, builder, sig.args[0].dtype)
     wp = _data(context, builder, sig.args[0], w_arr)
-    hp, op = _data(context, builder, sig.args[4], h_arr), _data(context, builder, sig.args[5], o_arr)
+    hp, op = _data(context, builder, sig.args[4], h_arr), _data(context, builder, sig.args[6], o_arr)
     nv, nc = HEAD_COLS // V.width, HEAD_CHAINS
     acc = [[V.slot(V.zero) for _ in range(nv)] for _ in range(nc)]
     blocks = builder.sdiv(P, V.const(nc))
@@ -131,7 +131,7 @@ def _head_codegen(context, builder, sig, args):
 
     def rows(k, q):
         row = V.add(wo, builder.mul(k, ldw))
-        hk = V.broadcast(hp, k)
+        hk = V.broadcast(hp, V.add(ho, k))
         for v in range(nv):
             V.update(acc[q][v], V.load(wp, V.add(row, V.const(v * V.width))), hk)
 
@@ -151,10 +151,11 @@ def _head_codegen(context, builder, sig, args):
     return context.get_dummy_value()
 
 
-def _float_arrays(*arrays):
-    """True for 1-D C-contiguous arrays of one float dtype (float32 or float64)."""
-    return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == arrays[0].dtype
-               for a in arrays) and arrays[0].dtype in (types.float32, types.float64)
+def _float_arrays(*arrays, flat=True):
+    """True for C-contiguous arrays of one float dtype (float32 or float64), 1-D unless flat is False (then
+    any shape, indexed as its flat buffer)."""
+    return all(isinstance(a, types.Array) and (a.ndim == 1 or not flat) and a.layout == "C"
+               and a.dtype == arrays[0].dtype for a in arrays) and arrays[0].dtype in (types.float32, types.float64)
 
 
 def _make_panel(mr: int):
@@ -176,15 +177,17 @@ panel1, panel2, panel3, panel4, panel5, panel6 = PANELS
 
 
 @intrinsic
-def head8(typingctx, w, wo, ldw, P, h, out, oo):
+def head8(typingctx, w, wo, ldw, P, h, ho, out, oo):
     """A linear head's sums, 8 output columns at a time: for j = 0..7
-        out[oo + j] = w[wo + P*ldw + j] + sum_k w[wo + k*ldw + j] * h[k]     (k = 0..P-1)
+        out[oo + j] = w[wo + P*ldw + j] + sum_k w[wo + k*ldw + j] * h[ho + k]     (k = 0..P-1)
     summed as in _head_codegen (the same order for every stream). w: (P + 1, ldw) row-major block at wo,
-    bias last; h, out: 1-D contiguous arrays of w's dtype; no bounds checks."""
-    if not _float_arrays(w, h, out):
+    bias last; out: a 1-D contiguous array of w's dtype; h: a C-contiguous array of that dtype of any
+    shape, indexed flat (a state slab, read in place: no row view, so no reference counting); no bounds
+    checks."""
+    if not (_float_arrays(w, out) and _float_arrays(w, h, flat=False)):
         return None
     i = types.intp
-    return types.void(w, i, i, i, h, out, i), _head_codegen
+    return types.void(w, i, i, i, h, i, out, i), _head_codegen
 
 
 @intrinsic
@@ -207,3 +210,21 @@ def prefetch(typingctx, arr, index):
         return context.get_dummy_value()
     return types.void(arr, types.intp), codegen
 
+
+
+@intrinsic
+def borrow(typingctx, arr):
+    """The array itself, without its reference count: the same data, shape and strides, with a null
+    meminfo. Numba increments and decrements the count of every array passed to a function or bound to a new
+    name, an atomic read-modify-write each (~20 per stream-step at I=8 H=64 through _cell and _head, ~5% of
+    the step); on a null meminfo both are a test and a return. Only for an array that the caller keeps alive
+    for as long as the borrowed one is used (a kernel's own arguments, within that kernel call); never
+    return one to Python."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        a.meminfo = cgutils.get_null_value(a.meminfo.type)
+        return a._getvalue()
+    return arr(arr), codegen

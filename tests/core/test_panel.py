@@ -9,7 +9,8 @@ import pytest
 from numba import njit
 
 from lstm_stream.kernels import cpu
-from lstm_stream.kernels.layout import CPU_BLOCK
+from lstm_stream.kernels.layout import CPU_BLOCK, TILE, k_max, scratch_size
+from lstm_stream.kernels.panel import borrow
 from models import random_model
 
 SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
@@ -54,8 +55,8 @@ def test_gate_sums_match_reference_and_do_not_depend_on_the_batch(dtype, K, JB, 
 
 
 @njit(cache=False)
-def head(wbuf, meta, hl, y, tmp):
-    cpu._head(wbuf, meta, hl, y, 0, tmp)
+def head(wbuf, meta, h, y, tmp):
+    cpu._head(wbuf, meta, h, 1, y, 0, tmp, 3)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -66,9 +67,10 @@ def test_head_matches_reference(dtype, H, O):
     rng = np.random.default_rng(SEED)
     model = random_model(rng, I=3, H=H, L=1, O=O, head_activation="none", dtype=dtype)
     wbuf, meta = model.packed(CPU_BLOCK)
-    hl = rng.normal(0, 1, H).astype(dtype)
+    h = rng.normal(0, 1, (3, 1, H)).astype(dtype)  # a state slab: the head reads slot 1's row in place
+    hl = h[1, 0]
     y = np.full((2, O), np.nan, dtype)
-    head(wbuf, meta, hl, y, np.empty(16, dtype))
+    head(wbuf, meta, h, y, np.empty(16 + 3, dtype))
     ref = model.head_w.astype(np.float64) @ hl.astype(np.float64) + model.head_b.astype(np.float64)
     tol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(y[0], ref, rtol=tol, atol=tol, err_msg=f"seed={SEED}")
@@ -94,3 +96,37 @@ def test_prefetching_states_changes_nothing(dtype, L, H, P):
         prefetch_states(h, c, slots, lo, hi)
     assert np.array_equal(h, h0) and np.array_equal(c, c0)
 
+
+
+@pytest.mark.parametrize("I, H, L, P", [(8, 64, 1, 0), (32, 256, 1, 0), (8, 64, 2, 0), (3, 7, 3, 5), (100, 16, 1, 0),
+                                        (4, 40, 2, 30), (50, 20, 2, 0)])
+def test_scratch_row_holds_the_intended_tile(I, H, L, P):
+    """The kernel derives its tile from the scratch row (cpu._tiles); with a K_max larger than the packed one
+    the tile of 30 became 34 (a panel of 4 streams ending every tile)."""
+    model = random_model(np.random.default_rng(SEED), I=I, H=H, L=L, P=P, O=2)
+    wbuf, meta = model.packed(CPU_BLOCK)
+    per_stream = meta[10 + 3 * L] * meta[11 + 3 * L] + meta[7] + meta[2]
+    assert k_max(model) == meta[7]
+    assert scratch_size(model) // per_stream == TILE
+    assert TILE % cpu.MR == 0
+
+
+@njit(cache=False)
+def write_through_borrowed(a, v):
+    b = borrow(a)
+    for i in range(b.shape[0]):
+        for j in range(b.shape[1]):
+            b[i, j] = v * (i + 1) + j
+    return b.sum()
+
+
+def test_borrow_is_the_same_array():
+    """borrow gives the same data, shape and strides (only the reference count is gone): writes land in the
+    caller's array and reads see them; the array and its owner are unharmed after many calls."""
+    a = np.zeros((5, 7), np.float32)[:, :6]  # not contiguous in the last but one axis: strides are kept
+    total = 0.0
+    for _ in range(1000):
+        total = write_through_borrowed(a, 10.0)
+    expect = np.add.outer(10.0 * np.arange(1, 6), np.arange(6))
+    np.testing.assert_array_equal(a, expect)
+    assert total == expect.sum()
