@@ -66,13 +66,13 @@ def pack(model, block=None):
         off += a.size
         return off - a.size
 
-    k_max = 0
+    km = 0  # K_max: the longest layer input (k_max(model) gives the same from the sizes alone)
     for layer in model.layers:
         w = np.concatenate([layer.w_ih.T, layer.w_hh.T, (layer.b_ih + layer.b_hh)[None, :]], axis=0)
         k = w.shape[0] - 1
         w = np.pad(w, ((0, 0), (0, JB * nJ - 4 * H)))              # (K + 1, Gp)
         w = w.reshape(k + 1, nJ, JB).transpose(1, 0, 2)           # (nJ, K + 1, JB)
-        k_max = max(k_max, k)
+        km = max(km, k)
         off_w = add(w)
         off_r = add(layer.w_hr.T) if layer.w_hr is not None else -1
         meta += [off_w, k, off_r]
@@ -85,7 +85,7 @@ def pack(model, block=None):
     else:
         meta += [-1, -1]
     meta += [JB, nJ]
-    head = [L, I, H, P, O, int(model.head_w is not None), HEAD_ACT_CODES[model.head_activation], k_max]
+    head = [L, I, H, P, O, int(model.head_w is not None), HEAD_ACT_CODES[model.head_activation], km]
     wbuf = aligned_zeros((off,), dt)  # 64-byte aligned: with the padding, every CPU weight row is too
     np.concatenate(parts, out=wbuf)
     return wbuf, np.asarray(head + meta, dtype=np.int64)
@@ -101,9 +101,15 @@ TILE = 30
 CPU_BLOCK = 128
 
 
+def k_max(model) -> int:
+    """The longest layer input [x, h] (meta[7]): I + P for the first layer, P + P for the ones above."""
+    return max(model.input_size, model.state_size if model.num_layers > 1 else 0) + model.state_size
+
+
 def scratch_size(model, tile: int = TILE, block=CPU_BLOCK) -> int:
     """Floats of scratch per thread: for each of `tile` streams, gate sums (Gp), layer input [x, h] (K_max)
-    and o*tanh(c) (H). The kernel derives its tile from this row length."""
+    and o*tanh(c) (H). The kernel derives its tile from this row length (so K_max must be the kernel's own:
+    with P + P for a one-layer model, a tile of 30 became 34 at I=8 H=64 and at I=32 H=256, and every tile
+    ended in a panel of 4 streams; tested)."""
     JB, nJ = gate_blocks(model.hidden_size, block)
-    k_max = max(model.input_size, model.state_size) + model.state_size
-    return tile * (JB * nJ + k_max + model.hidden_size)
+    return tile * (JB * nJ + k_max(model) + model.hidden_size)
