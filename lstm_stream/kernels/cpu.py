@@ -240,38 +240,33 @@ def _one(wbuf, meta, h, c, slot, x, y, scr):
         _head(wbuf, meta, h, slot, y, t, scr, 0)
 
 
-@njit(inline="always", **_OPTS)
-def _unit(g, p, c, slot, l, H, j):
-    """Unit j of a cell update from the gate pre-activations g[p]: c[slot, l, j] = c'; returns o tanh(c')."""
-    i_g = act_sigmoid(g[p, j])               # i = σ(W_i [x,h] + b_i)
-    f_g = act_sigmoid(g[p, H + j])           # f = σ(W_f [x,h] + b_f)
-    g_g = act_tanh(g[p, 2 * H + j])          # g = tanh(W_g [x,h] + b_g)
-    o_g = act_sigmoid(g[p, 3 * H + j])       # o = σ(W_o [x,h] + b_o)
-    cj = f_g * c[slot, l, j] + i_g * g_g     # c' = f c + i g
-    c[slot, l, j] = cj
-    return o_g * act_tanh(cj)                # h' = o tanh(c')
-
-
 @njit(**_OPTS)
 def _cell(wbuf, meta, g, hr, p, c, h, slot, l, off_r):
     """From gate pre-activations g[p] (4H,): update the cell c[slot, l] (H,) and write the new h to
     h[slot, l] (P,); hr[p] (H,) is scratch for the projection's input. The step's input was copied out of
-    h[slot, l] before, so it can be overwritten. The slabs come whole, with indices, not as row views: each
-    view costs an atomic reference-count increment and decrement (~6% of a step at I=8 H=64)."""
+    h[slot, l] before, so it can be overwritten. The callers pass borrowed arrays (see the module doc), so
+    the row views here cost no reference counting. (The loop body must stay one loop calling the activations
+    directly: split into two loops over an inlined per-unit function, a fresh compile left it scalar, 2.5x
+    slower, while the cached one was vectorised; tests/core/test_panel.py checks a fresh compile.)"""
     H, P = meta[2], meta[3]
-    if off_r < 0:                            # without a projection, o tanh(c') is h' itself
-        for j in range(H):
-            h[slot, l, j] = _unit(g, p, c, slot, l, H, j)
-        return
+    gp, cl, hl = g[p], c[slot, l], h[slot, l]
+    out = hl if off_r < 0 else hr[p]         # without a projection, o tanh(c') is h' itself
     for j in range(H):
-        hr[p, j] = _unit(g, p, c, slot, l, H, j)
-    R = wbuf[off_r:off_r + H * P].reshape((H, P))  # h' = W_hr (o tanh(c')); R = W_hr^T
-    for k in range(P):
-        h[slot, l, k] = 0
-    for j in range(H):
-        v = hr[p, j]
+        i_g = act_sigmoid(gp[j])             # i = σ(W_i [x,h] + b_i)
+        f_g = act_sigmoid(gp[H + j])         # f = σ(W_f [x,h] + b_f)
+        g_g = act_tanh(gp[2 * H + j])        # g = tanh(W_g [x,h] + b_g)
+        o_g = act_sigmoid(gp[3 * H + j])     # o = σ(W_o [x,h] + b_o)
+        cj = f_g * cl[j] + i_g * g_g         # c' = f c + i g
+        cl[j] = cj
+        out[j] = o_g * act_tanh(cj)          # h' = o tanh(c')
+    if off_r >= 0:                           # h' = W_hr (o tanh(c'))
+        R = wbuf[off_r:off_r + H * P].reshape((H, P))  # W_hr^T
         for k in range(P):
-            h[slot, l, k] += R[j, k] * v
+            hl[k] = 0
+        for j in range(H):
+            v = out[j]
+            for k in range(P):
+                hl[k] += R[j, k] * v
 
 
 # ---- entry points ----------------------------------------------------------------------------------------
