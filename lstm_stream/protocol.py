@@ -258,7 +258,15 @@ _ID_TYPES = frozenset((str, int))  # msgpack decodes to exactly these (no subcla
 
 
 def _are_ids(v):
-    return isinstance(v, list) and (_ID_TYPES.issuperset(map(type, v)) or all(_is_id(i) for i in v))
+    if not isinstance(v, list):
+        return False
+    if v and type(v[0]) is str:  # the usual list of str ids: a join checks every item in C (100 ids: 0.8 µs,
+        try:                     # against 2.6 µs for the type scan below)
+            "".join(v)
+            return True
+        except TypeError:        # not all str: the scan says whether the others are ints
+            pass
+    return _ID_TYPES.issuperset(map(type, v)) or all(_is_id(i) for i in v)
 
 
 _KIND_CHECK = {

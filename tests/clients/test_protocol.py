@@ -65,6 +65,23 @@ def test_requests_unknown_fields_skipped_defaults_filled():
     assert req.lists and req.fields["stream"] == 3 and P.to_array(req.fields["x"]).tolist() == [1, 1]
 
 
+@pytest.mark.parametrize("ids, ok", [
+    (["a", "b"], True), ([1, 2], True), (["a", 1, "b"], True), ([1, "a"], True), ([], True),
+    (["a", 1.5], False), (["a", None], False), ([1, b"a"], False), (["a", ["b"]], False), (["a", True], False),
+    ("ab", False), (("a", "b"), False),
+])
+def test_id_lists_accept_str_and_int_only(ids, ok):
+    """str and int ids, mixed in any order; anything else in the list is refused (the usual all-str list takes
+    a faster check than the others: both must agree)."""
+    msg = {"v": 1, "id": 3, "op": "step_many", "streams": ids, "x": [[0.0]] * max(len(ids), 1)}
+    if ok:
+        assert P.parse_request(msg).fields["streams"] == ids
+    else:
+        with pytest.raises(P.ProtocolError) as e:
+            P.parse_request(msg)
+        assert e.value.code == P.BAD_REQUEST
+
+
 @pytest.mark.parametrize("msg, code, rid", [
     ({"v": 1, "id": 1.5, "op": "ping"}, P.BAD_REQUEST, None),
     ({"v": 2, "id": 3, "op": "ping"}, P.BAD_VERSION, 3),
