@@ -197,6 +197,7 @@ class EngineCore:
                 "streams": stats["streams"], "capacity": stats["capacity"], "max_streams": stats["max_streams"],
                 "idle_ttl": self.streams.idle_ttl, "state_bytes_per_stream": stats["state_bytes_per_stream"],
                 "slab_bytes": stats["slab_bytes"], "id_lists": stats["id_lists"],
+                "kernel_choice": stats["kernel_choice"],
                 "uptime": self._clock() - self._started,
                 "pending": len(self._queue), "max_batch": self.config.max_batch,
                 "max_pending": self.config.max_pending, "max_message_bytes": self.config.max_message_bytes,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -31,6 +32,13 @@ log = logging.getLogger("lstm_stream")
 PARALLEL_MIN_MACS = (1_000_000, 8_000_000)
 # Chunks per thread in the parallel kernel: evens out ragged work without hurting weight reuse.
 CHUNKS_PER_THREAD = 4
+# A call with enough work for the parallel kernel takes whichever kernel has been faster for calls of its size
+# (rows in powers of 2 above parallel_min_rows) on this machine, as it is loaded now: when other processes
+# keep the cores busy (a daemon beside its clients on 2 cores), waking a second thread can cost more than it
+# saves. Each size class times its calls (time per row, a running mean weighting the newest call by
+# ADAPT_WEIGHT), tries each kernel ADAPT_FIRST times first, and afterwards gives every ADAPT_PROBE-th call to
+# the other kernel so that its figure stays current. Outputs do not depend on the choice (invariant 2).
+ADAPT_FIRST, ADAPT_PROBE, ADAPT_WEIGHT, ADAPT_CLASSES = 2, 16, 0.2, 8
 
 
 class CPUBackend:
@@ -65,10 +73,43 @@ class CPUBackend:
         macs_per_row = model.macs_per_step
         sleeping = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
         self.parallel_min_rows = -(-PARALLEL_MIN_MACS[sleeping] // macs_per_row)
+        self._timer = time.perf_counter
+        # per size class: [calls, seconds per row of the serial kernel, of the parallel one (None: not yet)]
+        self._adapt = [[0, None, None] for _ in range(ADAPT_CLASSES)]
 
     def goes_parallel(self, n_streams: int, n_rows: int) -> bool:
-        """Whether run() takes the parallel kernel for a call of n_streams streams over n_rows rows."""
+        """Whether a call of n_streams streams over n_rows rows has work enough for the parallel kernel (run()
+        then takes the one that has been faster for calls of that size)."""
         return self.threads > 1 and n_streams >= self.threads and n_rows >= self.parallel_min_rows
+
+    def _size_class(self, n_rows: int) -> int:
+        return min((n_rows // self.parallel_min_rows).bit_length() - 1, ADAPT_CLASSES - 1)
+
+    def _choose_parallel(self, cls: int) -> bool:
+        """Which kernel the next call of size class cls takes (counts the call)."""
+        a = self._adapt[cls]
+        a[0] += 1
+        n = a[0]
+        if n <= 2 * ADAPT_FIRST:  # both kernels in turn, parallel first
+            return n % 2 == 1
+        faster = a[2] < a[1]
+        return faster != (n % ADAPT_PROBE == 0)
+
+    def _learn(self, cls: int, parallel: bool, seconds_per_row: float) -> None:
+        a, k = self._adapt[cls], 2 if parallel else 1
+        a[k] = seconds_per_row if a[k] is None else a[k] + ADAPT_WEIGHT * (seconds_per_row - a[k])
+
+    def kernel_choice(self) -> list:
+        """Per size class with calls: {'rows': the class's smallest call, 'calls', 'serial_ns_per_row',
+        'parallel_ns_per_row', 'uses': 'serial' or 'parallel'} (the adaptive choice of run())."""
+        out = []
+        for cls, (n, s, p) in enumerate(self._adapt):
+            if n:
+                out.append({"rows": self.parallel_min_rows << cls, "calls": n,
+                            "serial_ns_per_row": None if s is None else round(s * 1e9, 1),
+                            "parallel_ns_per_row": None if p is None else round(p * 1e9, 1),
+                            "uses": "parallel" if s is None or (p is not None and p < s) else "serial"})
+        return out
 
     def warm_up(self) -> None:
         """Compile (or load from Numba's cache) both batch kernels by calling them on an empty batch, so that
@@ -92,14 +133,22 @@ class CPUBackend:
 
     def run(self, slots, offsets, x):
         """Advance each slots[s] over rows offsets[s]:offsets[s+1] of x; returns y (N, O)."""
-        y = np.empty((x.shape[0], self.model.output_size), self.h.dtype)
-        if self.goes_parallel(len(slots), x.shape[0]):
+        n_rows = x.shape[0]
+        y = np.empty((n_rows, self.model.output_size), self.h.dtype)
+        if not self.goes_parallel(len(slots), n_rows):
+            self._k.step_ragged(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y, self._scratch)
+            return y
+        cls = self._size_class(n_rows)
+        parallel = self._choose_parallel(cls)
+        t0 = self._timer()
+        if parallel:
             self._set_threads(self.threads)
             n_chunks = min(len(slots), self._scratch.shape[0])
             self._k.step_ragged_parallel(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y,
                                          self._scratch[:n_chunks])
         else:
             self._k.step_ragged(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y, self._scratch)
+        self._learn(cls, parallel, (self._timer() - t0) / n_rows)
         return y
 
     def run_one(self, slot: int, x):

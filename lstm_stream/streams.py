@@ -103,7 +103,8 @@ class Streams:
                 "backend": self.backend, "state_bytes_per_stream": self.model.state_bytes,
                 "bytes_per_slot": self.model.state_bytes + 16,  # + steps (int64) + last_seen (float64)
                 "slab_bytes": cap * (self.model.state_bytes + 16),
-                "id_lists": {"cached": len(self._store.groups), "hits": self._store.groups.hits}}
+                "id_lists": {"cached": len(self._store.groups), "hits": self._store.groups.hits},
+                "kernel_choice": self._backend.kernel_choice() if hasattr(self._backend, "kernel_choice") else []}
 
     # ---- validation ------------------------------------------------------------------------------
     def check_input(self, x, what="x", *, finite=True) -> np.ndarray:

@@ -1,0 +1,102 @@
+"""The CPU backend's adaptive choice between its serial and parallel kernels (backends.py, ADAPT_*): each size
+class of calls tries both, then takes the faster, gives every ADAPT_PROBE-th call to the other, and follows
+a change of which is faster; outputs never depend on the choice. Time is a fake clock advanced by the kernel
+that ran, at a cost per row the test sets, so nothing here depends on this machine's speed."""
+import os
+import secrets
+
+import numba
+import numpy as np
+import pytest
+
+import lstm_stream as ls
+from lstm_stream import backends
+from models import random_model
+
+SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
+pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+
+
+class Timed:
+    """Stands in for kernels/cpu.py: runs the real kernel and advances a fake clock by cost[kernel] per row."""
+
+    def __init__(self, k):
+        self._k, self.now, self.cost, self.ran = k, 0.0, {"serial": 1.0, "parallel": 1.0}, []
+
+    def __getattr__(self, name):
+        return getattr(self._k, name)
+
+    def _run(self, which, fn, *args):
+        fn(*args)
+        self.now += self.cost[which] * args[6].shape[0]  # x: (rows, I)
+        self.ran.append(which)
+
+    def step_ragged(self, *args):
+        self._run("serial", self._k.step_ragged, *args)
+
+    def step_ragged_parallel(self, *args):
+        self._run("parallel", self._k.step_ragged_parallel, *args)
+
+
+def timed_streams(model, monkeypatch, min_rows=8):
+    monkeypatch.setattr(backends, "PARALLEL_MIN_MACS", (min_rows * model.macs_per_step,) * 2)
+    s = ls.Streams(model, threads=2)
+    b = s._backend
+    b._k = fake = Timed(b._k)
+    b._timer = lambda: fake.now
+    assert b.parallel_min_rows == min_rows
+    return s, b, fake
+
+
+def test_takes_the_faster_kernel_probes_the_other_and_follows_a_change(monkeypatch):
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=3, H=8, L=1, O=2)
+    s, b, fake = timed_streams(model, monkeypatch)
+    ids = list(range(12))  # 12 rows: size class 0 (8..15 rows)
+    fake.cost = {"serial": 1.0, "parallel": 2.0}
+    for _ in range(64):
+        s.step_many(ids, rng.normal(size=(12, 3)).astype(np.float32))
+    first = 2 * backends.ADAPT_FIRST
+    assert fake.ran[:first] == ["parallel", "serial"] * backends.ADAPT_FIRST  # both, in turn
+    rest = fake.ran[first:]
+    probes = [k for k in range(first + 1, 65) if k % backends.ADAPT_PROBE == 0]
+    assert [i + first + 1 for i, r in enumerate(rest) if r == "parallel"] == probes  # only the probes
+    (choice,) = b.kernel_choice()
+    assert choice["uses"] == "serial" and choice["calls"] == 64 and choice["rows"] == 8
+    assert choice["serial_ns_per_row"] == pytest.approx(1e9) and choice["parallel_ns_per_row"] == pytest.approx(2e9)
+    assert s.stats()["kernel_choice"] == [choice]
+
+    fake.cost = {"serial": 3.0, "parallel": 2.0}  # the machine changed: parallel is faster now
+    fake.ran.clear()
+    for _ in range(200):
+        s.step_many(ids, rng.normal(size=(12, 3)).astype(np.float32))
+    window = 2 * backends.ADAPT_PROBE  # any such run of calls holds exactly two probes
+    assert fake.ran[-window:].count("serial") == 2
+    assert b.kernel_choice()[0]["uses"] == "parallel"
+
+
+def test_size_classes_learn_apart_and_small_calls_stay_serial(monkeypatch):
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=3, H=8, L=1, O=2)
+    s, b, fake = timed_streams(model, monkeypatch)
+    for _ in range(3):
+        s.step_many(list(range(5)), rng.normal(size=(5, 3)).astype(np.float32))  # below 8 rows: serial, untimed
+    assert fake.ran == ["serial"] * 3 and b.kernel_choice() == []
+    for n in (8, 20, 40, 2000):  # classes 0, 1, 2 and the last one (7: 1024 rows and more)
+        s.step_many(list(range(n)), rng.normal(size=(n, 3)).astype(np.float32))
+    assert [(c["rows"], c["calls"]) for c in b.kernel_choice()] == [(8, 1), (16, 1), (32, 1), (1024, 1)]
+
+
+def test_outputs_do_not_depend_on_the_choice(monkeypatch):
+    """Whichever kernel each call takes (here the choice flips back and forth), every stream's outputs equal
+    a one-thread Streams' bit for bit."""
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=4, H=12, L=2, O=3)
+    s, b, fake = timed_streams(model, monkeypatch)
+    ref = ls.Streams(model, threads=1)
+    ids = list(range(30))
+    for t in range(40):
+        fake.cost = {"serial": 1.0 + (t // 10) % 2, "parallel": 1.5}
+        X = rng.normal(size=(30, 4)).astype(np.float32)
+        assert np.array_equal(s.step_many(ids, X), ref.step_many(ids, X)), f"seed={SEED}, call {t}"
+    assert {"serial", "parallel"} <= set(fake.ran)
