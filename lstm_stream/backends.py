@@ -37,8 +37,10 @@ CHUNKS_PER_THREAD = 4
 # keep the cores busy (a daemon beside its clients on 2 cores), waking a second thread can cost more than it
 # saves. Each size class times its calls (time per row, a running mean weighting the newest call by
 # ADAPT_WEIGHT), tries each kernel ADAPT_FIRST times first, and afterwards gives every ADAPT_PROBE-th call to
-# the other kernel so that its figure stays current. Outputs do not depend on the choice (invariant 2).
-ADAPT_FIRST, ADAPT_PROBE, ADAPT_WEIGHT, ADAPT_CLASSES = 2, 16, 0.2, 8
+# the other kernel so that its figure stays current; less often when the other is much slower, so that the
+# probes cost at most about ADAPT_PROBE_COST of the time (2x slower: every 100th call). Outputs do not depend
+# on the choice (invariant 2).
+ADAPT_FIRST, ADAPT_PROBE, ADAPT_PROBE_COST, ADAPT_WEIGHT, ADAPT_CLASSES = 2, 16, 0.01, 0.2, 8
 
 
 class CPUBackend:
@@ -93,7 +95,9 @@ class CPUBackend:
         if n <= 2 * ADAPT_FIRST:  # both kernels in turn, parallel first
             return n % 2 == 1
         faster = a[2] < a[1]
-        return faster != (n % ADAPT_PROBE == 0)
+        gap = max(a[1], a[2]) / min(a[1], a[2]) - 1  # how much slower the other kernel has been
+        every = max(ADAPT_PROBE, int(gap / ADAPT_PROBE_COST))
+        return faster != (n % every == 0)
 
     def _learn(self, cls: int, parallel: bool, seconds_per_row: float) -> None:
         a, k = self._adapt[cls], 2 if parallel else 1

@@ -53,7 +53,7 @@ def test_takes_the_faster_kernel_probes_the_other_and_follows_a_change(monkeypat
     model = random_model(rng, I=3, H=8, L=1, O=2)
     s, b, fake = timed_streams(model, monkeypatch)
     ids = list(range(12))  # 12 rows: size class 0 (8..15 rows)
-    fake.cost = {"serial": 1.0, "parallel": 2.0}
+    fake.cost = {"serial": 1.0, "parallel": 1.1}  # close: probed every ADAPT_PROBE-th call
     for _ in range(64):
         s.step_many(ids, rng.normal(size=(12, 3)).astype(np.float32))
     first = 2 * backends.ADAPT_FIRST
@@ -63,15 +63,30 @@ def test_takes_the_faster_kernel_probes_the_other_and_follows_a_change(monkeypat
     assert [i + first + 1 for i, r in enumerate(rest) if r == "parallel"] == probes  # only the probes
     (choice,) = b.kernel_choice()
     assert choice["uses"] == "serial" and choice["calls"] == 64 and choice["rows"] == 8
-    assert choice["serial_ns_per_row"] == pytest.approx(1e9) and choice["parallel_ns_per_row"] == pytest.approx(2e9)
+    assert choice["serial_ns_per_row"] == pytest.approx(1e9) and choice["parallel_ns_per_row"] == pytest.approx(1.1e9)
     assert s.stats()["kernel_choice"] == [choice]
 
-    fake.cost = {"serial": 3.0, "parallel": 2.0}  # the machine changed: parallel is faster now
+    fake.cost = {"serial": 1.25, "parallel": 1.1}  # the machine changed: parallel is faster now
     fake.ran.clear()
     for _ in range(200):
         s.step_many(ids, rng.normal(size=(12, 3)).astype(np.float32))
     window = 2 * backends.ADAPT_PROBE  # any such run of calls holds exactly two probes
     assert fake.ran[-window:].count("serial") == 2
+    assert b.kernel_choice()[0]["uses"] == "parallel"
+
+
+def test_a_much_slower_kernel_is_probed_rarely(monkeypatch):
+    """Probing a kernel 3x slower every 16th call would cost 12% of the time: it is probed every 200th."""
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=3, H=8, L=1, O=2)
+    s, b, fake = timed_streams(model, monkeypatch)
+    fake.cost = {"serial": 3.0, "parallel": 1.0}
+    ids, X = list(range(12)), rng.normal(size=(12, 3)).astype(np.float32)
+    for _ in range(400):
+        s.step_many(ids, X)
+    first = 2 * backends.ADAPT_FIRST
+    late = [k + 1 for k, r in enumerate(fake.ran) if r == "serial" and k >= first]
+    assert late == [200, 400]
     assert b.kernel_choice()[0]["uses"] == "parallel"
 
 
