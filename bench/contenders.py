@@ -81,7 +81,9 @@ class StreamsStepMany:
 
 class RawKernel:
     """step_ragged / step_ragged_parallel on preallocated arrays: what the kernels cost without the API.
-    Serial or parallel chosen as the CPU backend does (CPUBackend.goes_parallel)."""
+    The parallel kernel whenever a call has work enough for it (CPUBackend.goes_parallel); the backend
+    itself then takes whichever of the two has been faster for calls of that size, so Streams.step_many can
+    run the serial one where this runs the parallel one."""
 
     def __init__(self, model, n, threads):
         import numba
