@@ -157,13 +157,12 @@ def _blas_cells(*args):
 
     @njit(error_model="numpy", fastmath={"contract"})
     def cells(wbuf, meta, G, bias, c, h, hr, y, l, last):
-        Gf = G.reshape(-1)
         for s in range(G.shape[0]):
             for j in range(G.shape[1]):
                 G[s, j] += bias[j]
             _cell(wbuf, meta, G, hr, s, c, h, s, l, -1)
-            if last:  # G's row s (4H >= 8 floats) is free again: the head's scratch
-                _head(wbuf, meta, h, s, y, s, Gf, s * G.shape[1])
+            if last:
+                _head(wbuf, meta, h, s, y, s)
 
     _blas_cells = cells
     return cells(*args)

@@ -36,8 +36,8 @@ from numba.extending import overload
 
 from ..idtable import find
 from .activations import tanh32
-from .layout import HEAD_COLS
-from .panel import COLS, MR, borrow, head8, panel1, panel2, panel3, panel4, panel5, panel6, prefetch
+from .layout import HEAD_CHAINS
+from .panel import COLS, MR, borrow, headdot, panel1, panel2, panel3, panel4, panel5, panel6, prefetch
 
 _OPTS = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 
@@ -75,26 +75,16 @@ def _ov_sigmoid(x):
 # negative, skips its wraparound check, and LLVM vectorises the inner loops (flat `wbuf[base + j]` indexing
 # with offsets read from `meta` ran ~8x slower).
 @njit(inline="always", **_OPTS)
-def _head(wbuf, meta, h, slot, y, row, tmp, to):
+def _head(wbuf, meta, h, slot, y, row):
     """y[row] = act(W_head h[slot, L-1] + b) (or that h row itself without a head). h: (S, L, P) state slab,
-    y: (N, O), tmp: 1-D scratch with HEAD_COLS floats free at tmp[to:]. The sums go HEAD_COLS outputs at a
-    time through head8 (panel.py), into tmp, then into y."""
+    y: (N, O) C-contiguous. The sums through headdot (panel.py), straight into y."""
     L, P, O = meta[0], meta[3], meta[4]
-    hl = (slot * L + L - 1) * P  # flat index of h[slot, L-1, 0]
     if meta[5] == 0:
         for k in range(P):
             y[row, k] = h[slot, L - 1, k]
         return
-    off, oc = meta[8 + 3 * L], (O + HEAD_COLS - 1) // HEAD_COLS * HEAD_COLS
-    if O <= HEAD_COLS:  # the usual small head: one call, no loop bounds (a step at I=8 H=64: ~3% faster)
-        head8(wbuf, off, oc, P, h, hl, tmp, to)
-        for o in range(O):
-            y[row, o] = tmp[to + o]
-    else:
-        for o0 in range(0, O, HEAD_COLS):
-            head8(wbuf, off + o0, oc, P, h, hl, tmp, to)
-            for o in range(o0, min(O, o0 + HEAD_COLS)):
-                y[row, o] = tmp[to + o - o0]
+    ldw = (P + HEAD_CHAINS - 1) // HEAD_CHAINS * HEAD_CHAINS
+    headdot(wbuf, meta[8 + 3 * L], ldw, meta[9 + 3 * L], P, O, h, (slot * L + L - 1) * P, y, row * O)
     if meta[6] == 1:
         for o in range(O):
             y[row, o] = act_sigmoid(y[row, o])
@@ -198,8 +188,8 @@ def _tile(wbuf, meta, h, c, slots, offsets, s0, nb, x, y, scr):
             _gate_sums(wbuf, off_w, K, JB, nJ, scr, nb * Gp, K_max, 0, Gp, n)
             for p in range(n):
                 _cell(wbuf, meta, g, hr, p, c, h, slots[s0 + run[p]], l, off_r)
-        for p in range(n):  # (g is free again: its rows serve as the head's scratch)
-            _head(wbuf, meta, h, slots[s0 + run[p]], y, offsets[s0 + run[p]] + t, scr, p * Gp)
+        for p in range(n):
+            _head(wbuf, meta, h, slots[s0 + run[p]], y, offsets[s0 + run[p]] + t)
 
 
 @njit(**_OPTS)
@@ -237,7 +227,7 @@ def _one(wbuf, meta, h, c, slot, x, y, scr):
                 for k in range(K8, K):
                     _row1(Wb, k, u, gb)
             _cell(wbuf, meta, g1, hr, 0, c, h, slot, l, off_r)
-        _head(wbuf, meta, h, slot, y, t, scr, 0)
+        _head(wbuf, meta, h, slot, y, t)
 
 
 @njit(**_OPTS)
@@ -357,6 +347,6 @@ def forecast(wbuf, meta, h, c, y, scratch):
     """Roll a private state copy forward feeding each output back as the next input (needs O == I).
     h: (1, L, P), c: (1, L, H) changed in place; y: (horizon + 1, O): y[0] = output of the current state,
     y[t + 1] = output after feeding y[t]."""
-    _head(wbuf, meta, h, 0, y, 0, scratch[0], 0)
+    _head(wbuf, meta, h, 0, y, 0)
     for t in range(y.shape[0] - 1):
         _one(wbuf, meta, h, c, 0, y[t:t + 1], y[t + 1:t + 2], scratch[0])

@@ -10,8 +10,8 @@ wbuf segments (row-major):
                              0..I_l-1 = W_ih^T, rows I_l..K_l-1 = W_hh^T, last row = b_ih + b_hh
     R_l   (H, P)             W_hr^T
     headW (P, O)             W_head^T;   headb (O,)
-    (CPU layout: headW is (P + 1, Oc), W_head^T with its columns zero-padded to Oc = O rounded up to
-    HEAD_COLS and the bias as its last row, so that headb = headW + P * Oc)
+    (CPU layout: headW is (O, Pc), W_head itself, each row zero-padded to Pc = P rounded up to
+    HEAD_CHAINS, so that a row's dot product with h loads whole vectors; headb (O,) its own segment)
 Gate columns are [i | f | g | o], each H wide (PyTorch's order). K_l = I_l + P.
 With block=None (the CUDA layout) JB = 4H and nJ = 1, i.e. W_l is simply (K_l + 1, 4H). The CPU layout
 uses blocks of 128 columns (when 4H > 256), JB a multiple of 16 (the micro-kernel's panel width, panel.py),
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 PANEL_COLS = 16  # gate columns per micro-kernel panel on the CPU (kernels/panel.py)
-HEAD_COLS = 8    # head outputs per head8 call on the CPU (kernels/panel.py)
+HEAD_CHAINS = 8  # partial sums per head output on the CPU: lanes of one vector (kernels/panel.py)
 HEAD_ACT_CODES = {"none": 0, "sigmoid": 1, "softmax": 2}
 META_HEAD = 8  # index of the first per-layer entry
 
@@ -77,9 +77,9 @@ def pack(model, block=None):
         off_r = add(layer.w_hr.T) if layer.w_hr is not None else -1
         meta += [off_w, k, off_r]
     if model.head_w is not None and block is not None:
-        oc = -(-O // HEAD_COLS) * HEAD_COLS
-        off_h = add(np.pad(np.concatenate([model.head_w.T, model.head_b[None, :]]), ((0, 0), (0, oc - O))))
-        meta += [off_h, off_h + P * oc]
+        pc = -(-P // HEAD_CHAINS) * HEAD_CHAINS
+        off_h = add(np.pad(model.head_w, ((0, 0), (0, pc - P))))  # (O, Pc)
+        meta += [off_h, add(model.head_b)]
     elif model.head_w is not None:
         meta += [add(model.head_w.T), add(model.head_b)]
     else:

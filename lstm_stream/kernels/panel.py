@@ -14,8 +14,10 @@ fastmath 'contract', LLVM fuses each a*b+c there the same way), so both paths gi
 
 prefetch asks for one cache line ahead of use (llvm.prefetch); cpu.py uses it for the next tile's state rows.
 
-head8 does the same for the linear head, one stream and 8 outputs at a time, with 8 partial sums over k (a
-single chain of P dependent multiply-adds would wait on their latency).
+headdot does the linear head of one stream: per output, the dot product of its weight row with h, as 8
+partial sums over k (lane q of one vector sums k = q mod 8, so the multiply-adds do not wait on each other),
+the rows past the last whole 8 into lane 0, then the lanes pairwise and the bias: the same order for every
+stream and every path.
 
 Note: Numba's on-disk cache keys on the file of the cached function, not on this one: after editing this
 file clear lstm_stream/kernels/__pycache__ (an installed upgrade changes every file and recompiles anyway).
@@ -27,9 +29,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .layout import HEAD_COLS  # head output columns per head8 call (padded in the layout)
+from .layout import HEAD_CHAINS  # partial sums per head output: the lanes of one vector
 from .layout import PANEL_COLS as COLS  # gate columns per panel: a multiple of both vector widths (8 and 4)
-HEAD_CHAINS = 8  # partial sums per head output (a power of 2)
 MR = 6     # streams per full panel: 6 x 16 float32 sums = 12 ymm registers, + 2 weight vectors + 1 broadcast
 
 
@@ -116,38 +117,55 @@ def _codegen(mr: int):
     return codegen
 
 
-def _head_codegen(context, builder, sig, args):
-    """head8's body: HEAD_CHAINS partial sums over k mod HEAD_CHAINS (independent chains, so the multiply-adds
-    do not wait on each other's latency), the tail (P % HEAD_CHAINS rows) into the first, then a pairwise
-    sum of the partial sums, then the bias: the same order for every stream."""
-    w_arr, wo, ldw, P, h_arr, ho, o_arr, oo = args
-    V = _Vec(context, builder, sig.args[0].dtype)
+def _headdot_codegen(context, builder, sig, args):
+    """headdot's body. Per output o: acc (a vector of HEAD_CHAINS lanes, zero) += W[o, 8b:8b+8] * h[8b:8b+8]
+    for each whole block b in order (one fmuladd per block: lane q sums k = q mod 8); then the last P % 8
+    rows into lane 0 in order; then ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) by three shuffles; then
+    bias[o] + that. The order of the 8-column head this replaced (same bits)."""
+    w_arr, wo, ldw, bo, P, O, h_arr, ho, y_arr, yo = args
+    dt = sig.args[0].dtype
+    b = builder
+    elem = context.get_value_type(dt)
+    nc = HEAD_CHAINS
+    vty = ir.VectorType(elem, nc)
+    i64, i32 = ir.IntType(64), ir.IntType(32)
     wp = _data(context, builder, sig.args[0], w_arr)
-    hp, op = _data(context, builder, sig.args[4], h_arr), _data(context, builder, sig.args[6], o_arr)
-    nv, nc = HEAD_COLS // V.width, HEAD_CHAINS
-    acc = [[V.slot(V.zero) for _ in range(nv)] for _ in range(nc)]
-    blocks = builder.sdiv(P, V.const(nc))
-    tail0 = builder.mul(blocks, V.const(nc))
+    hp, yp = _data(context, builder, sig.args[6], h_arr), _data(context, builder, sig.args[8], y_arr)
+    suffix = "f32" if dt.bitwidth == 32 else "f64"
+    fma_v = cgutils.get_or_insert_function(b.module, ir.FunctionType(vty, [vty] * 3), f"llvm.fmuladd.v{nc}{suffix}")
+    fma_s = cgutils.get_or_insert_function(b.module, ir.FunctionType(elem, [elem] * 3), f"llvm.fmuladd.{suffix}")
+    align = dt.bitwidth // 8
 
-    def rows(k, q):
-        row = V.add(wo, builder.mul(k, ldw))
-        hk = V.broadcast(hp, V.add(ho, k))
-        for v in range(nv):
-            V.update(acc[q][v], V.load(wp, V.add(row, V.const(v * V.width))), hk)
+    def vload(base, index):
+        return b.load(b.bitcast(b.gep(base, [index]), vty.as_pointer()), align=align)
 
-    with cgutils.for_range(builder, blocks) as loop:
-        k0 = builder.mul(loop.index, V.const(nc))
-        for q in range(nc):
-            rows(V.add(k0, V.const(q)), q)
-    with cgutils.for_range(builder, builder.sub(P, tail0)) as loop:
-        rows(V.add(tail0, loop.index), 0)
-    bias = V.add(wo, builder.mul(P, ldw))
-    for v in range(nv):
-        a = [builder.load(acc[q][v]) for q in range(nc)]
-        while len(a) > 1:  # ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-            a = [builder.fadd(a[q], a[q + 1]) for q in range(0, len(a), 2)]
-        V.store(builder.fadd(V.load(wp, V.add(bias, V.const(v * V.width))), a[0]), op,
-                V.add(oo, V.const(v * V.width)))
+    def shuffle_add(v, mask):
+        return b.fadd(v, b.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, nc), mask)))
+
+    blocks = b.sdiv(P, ir.Constant(i64, nc))
+    tail0 = b.mul(blocks, ir.Constant(i64, nc))
+    zero = ir.Constant(vty, [ir.Constant(elem, 0.0)] * nc)
+    with cgutils.for_range(b, O) as out_loop:
+        o = out_loop.index
+        row = b.add(wo, b.mul(o, ldw))
+        acc = cgutils.alloca_once(b, vty)
+        b.store(zero, acc)
+        with cgutils.for_range(b, blocks) as loop:
+            k0 = b.mul(loop.index, ir.Constant(i64, nc))
+            b.store(b.call(fma_v, [vload(wp, b.add(row, k0)), vload(hp, b.add(ho, k0)), b.load(acc)]), acc)
+        lane0 = cgutils.alloca_once(b, elem)
+        b.store(b.extract_element(b.load(acc), ir.Constant(i32, 0)), lane0)
+        with cgutils.for_range(b, b.sub(P, tail0)) as loop:
+            k = b.add(tail0, loop.index)
+            wk, hk = b.load(b.gep(wp, [b.add(row, k)])), b.load(b.gep(hp, [b.add(ho, k)]))
+            b.store(b.call(fma_s, [wk, hk, b.load(lane0)]), lane0)
+        v = b.insert_element(b.load(acc), b.load(lane0), ir.Constant(i32, 0))
+        v = shuffle_add(v, [1, 0, 3, 2, 5, 4, 7, 6])   # lane 0: l0 + l1, lane 2: l2 + l3, ...
+        v = shuffle_add(v, [2, 3, 0, 1, 6, 7, 4, 5])   # lane 0: (l0 + l1) + (l2 + l3), lane 4: (l4 + l5) + (l6 + l7)
+        v = shuffle_add(v, [4, 5, 6, 7, 0, 1, 2, 3])   # lane 0: the two halves
+        total = b.extract_element(v, ir.Constant(i32, 0))
+        bias = b.load(b.gep(wp, [b.add(bo, o)]))
+        b.store(b.fadd(bias, total), b.gep(yp, [b.add(yo, o)]))
     return context.get_dummy_value()
 
 
@@ -177,17 +195,17 @@ panel1, panel2, panel3, panel4, panel5, panel6 = PANELS
 
 
 @intrinsic
-def head8(typingctx, w, wo, ldw, P, h, ho, out, oo):
-    """A linear head's sums, 8 output columns at a time: for j = 0..7
-        out[oo + j] = w[wo + P*ldw + j] + sum_k w[wo + k*ldw + j] * h[ho + k]     (k = 0..P-1)
-    summed as in _head_codegen (the same order for every stream). w: (P + 1, ldw) row-major block at wo,
-    bias last; out: a 1-D contiguous array of w's dtype; h: a C-contiguous array of that dtype of any
-    shape, indexed flat (a state slab, read in place: no row view, so no reference counting); no bounds
-    checks."""
-    if not (_float_arrays(w, out) and _float_arrays(w, h, flat=False)):
+def headdot(typingctx, w, wo, ldw, bo, P, O, h, ho, y, yo):
+    """A linear head's outputs for one stream: for o = 0..O-1
+        y[yo + o] = w[bo + o] + sum_k w[wo + o*ldw + k] * h[ho + k]     (k = 0..P-1)
+    summed as in _headdot_codegen (the same order for every stream). w: 1-D contiguous, the head's rows
+    (O, ldw) at wo (ldw >= P) and its bias at bo; h (a state slab) and y (the outputs): C-contiguous arrays
+    of w's dtype of any shape, indexed flat (read and written in place: no row views, so no reference
+    counting); no bounds checks."""
+    if not (_float_arrays(w) and _float_arrays(w, h, y, flat=False)):
         return None
     i = types.intp
-    return types.void(w, i, i, i, h, i, out, i), _head_codegen
+    return types.void(w, i, i, i, i, i, h, i, y, i), _headdot_codegen
 
 
 @intrinsic
