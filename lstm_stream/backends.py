@@ -38,9 +38,12 @@ CHUNKS_PER_THREAD = 4
 # saves. Each size class times its calls (time per row, a running mean weighting the newest call by
 # ADAPT_WEIGHT), tries each kernel ADAPT_FIRST times first, and afterwards gives every ADAPT_PROBE-th call to
 # the other kernel so that its figure stays current; less often when the other is much slower, so that the
-# probes cost at most about ADAPT_PROBE_COST of the time (2x slower: every 100th call). Outputs do not depend
-# on the choice (invariant 2).
+# probes cost at most about ADAPT_PROBE_COST of the time (2x slower: every 100th call). The parallel kernel
+# (the choice before this was adaptive) keeps the calls unless the serial one has been faster by ADAPT_MARGIN,
+# and a call is counted at no more than ADAPT_CLIP times its kernel's running figure, so that one stalled
+# call on a noisy host cannot move the choice. Outputs do not depend on the choice (invariant 2).
 ADAPT_FIRST, ADAPT_PROBE, ADAPT_PROBE_COST, ADAPT_WEIGHT, ADAPT_CLASSES = 2, 16, 0.01, 0.2, 8
+ADAPT_MARGIN, ADAPT_CLIP = 0.05, 3.0
 
 
 class CPUBackend:
@@ -94,14 +97,17 @@ class CPUBackend:
         n = a[0]
         if n <= 2 * ADAPT_FIRST:  # both kernels in turn, parallel first
             return n % 2 == 1
-        faster = a[2] < a[1]
+        faster = a[1] >= a[2] * (1 - ADAPT_MARGIN)  # parallel, unless serial has been clearly faster
         gap = max(a[1], a[2]) / min(a[1], a[2]) - 1  # how much slower the other kernel has been
         every = max(ADAPT_PROBE, int(gap / ADAPT_PROBE_COST))
         return faster != (n % every == 0)
 
     def _learn(self, cls: int, parallel: bool, seconds_per_row: float) -> None:
         a, k = self._adapt[cls], 2 if parallel else 1
-        a[k] = seconds_per_row if a[k] is None else a[k] + ADAPT_WEIGHT * (seconds_per_row - a[k])
+        if a[k] is None:
+            a[k] = seconds_per_row
+        else:
+            a[k] += ADAPT_WEIGHT * (min(seconds_per_row, ADAPT_CLIP * a[k]) - a[k])
 
     def kernel_choice(self) -> list:
         """Per size class with calls: {'rows': the class's smallest call, 'calls', 'serial_ns_per_row',
@@ -112,7 +118,8 @@ class CPUBackend:
                 out.append({"rows": self.parallel_min_rows << cls, "calls": n,
                             "serial_ns_per_row": None if s is None else round(s * 1e9, 1),
                             "parallel_ns_per_row": None if p is None else round(p * 1e9, 1),
-                            "uses": "parallel" if s is None or (p is not None and p < s) else "serial"})
+                            "uses": "serial" if s is not None and p is not None and s < p * (1 - ADAPT_MARGIN)
+                            else "parallel"})
         return out
 
     def warm_up(self) -> None:

@@ -90,6 +90,31 @@ def test_a_much_slower_kernel_is_probed_rarely(monkeypatch):
     assert b.kernel_choice()[0]["uses"] == "parallel"
 
 
+def test_one_stalled_call_does_not_move_the_choice(monkeypatch):
+    """Parallel 1.5x faster; one parallel call stalls 10x (a host hiccup). Counted at most ADAPT_CLIP times the
+    running figure, it leaves parallel the choice; near-equal kernels keep the parallel one (ADAPT_MARGIN)."""
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=3, H=8, L=1, O=2)
+    s, b, fake = timed_streams(model, monkeypatch)
+    ids, X = list(range(12)), rng.normal(size=(12, 3)).astype(np.float32)
+    fake.cost = {"serial": 1.5, "parallel": 1.0}
+    for _ in range(10):
+        s.step_many(ids, X)
+    fake.cost = {"serial": 1.5, "parallel": 10.0}
+    s.step_many(ids, X)  # call 11: parallel, stalled
+    fake.cost = {"serial": 1.5, "parallel": 1.0}
+    fake.ran.clear()
+    for _ in range(5):
+        s.step_many(ids, X)
+    assert fake.ran == ["parallel"] * 5
+    fake.cost = {"serial": 0.97, "parallel": 1.0}  # serial 3% faster: within the margin
+    for _ in range(300):  # long enough for the probes to bring serial's figure down to 0.97
+        s.step_many(ids, X)
+    choice = b.kernel_choice()[0]
+    assert choice["serial_ns_per_row"] == pytest.approx(0.97e9, rel=0.01)
+    assert choice["uses"] == "parallel" and fake.ran[-3:] == ["parallel"] * 3
+
+
 def test_size_classes_learn_apart_and_small_calls_stay_serial(monkeypatch):
     rng = np.random.default_rng(SEED)
     model = random_model(rng, I=3, H=8, L=1, O=2)
