@@ -30,6 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .layout import HEAD_CHAINS  # partial sums per head output: the lanes of one vector
+assert HEAD_CHAINS == 8, "headdot's pairwise tree (three shuffles) is written for 8 lanes"
 from .layout import PANEL_COLS as COLS  # gate columns per panel: a multiple of both vector widths (8 and 4)
 MR = 6     # streams per full panel: 6 x 16 float32 sums = 12 ymm registers, + 2 weight vectors + 1 broadcast
 
