@@ -46,6 +46,11 @@ ADAPT_FIRST, ADAPT_PROBE, ADAPT_PROBE_COST, ADAPT_WEIGHT, ADAPT_CLASSES = 2, 16,
 ADAPT_MARGIN, ADAPT_CLIP = 0.05, 3.0
 
 
+def _serial_preferred(serial, parallel) -> bool:
+    """Whether the serial kernel takes a size class's calls, given both running figures (None: not yet)."""
+    return serial is not None and parallel is not None and serial < parallel * (1 - ADAPT_MARGIN)
+
+
 class CPUBackend:
     """State slabs in host memory, stepped by the numba kernels of kernels/cpu.py."""
 
@@ -97,8 +102,8 @@ class CPUBackend:
         n = a[0]
         if n <= 2 * ADAPT_FIRST:  # both kernels in turn, parallel first
             return n % 2 == 1
-        faster = a[1] >= a[2] * (1 - ADAPT_MARGIN)  # parallel, unless serial has been clearly faster
-        gap = max(a[1], a[2]) / min(a[1], a[2]) - 1  # how much slower the other kernel has been
+        faster = not _serial_preferred(a[1], a[2])  # parallel, unless serial has been clearly faster
+        gap = max(a[1], a[2]) / max(min(a[1], a[2]), 1e-15) - 1  # how much slower the other kernel has been
         every = max(ADAPT_PROBE, int(gap / ADAPT_PROBE_COST))
         return faster != (n % every == 0)
 
@@ -118,8 +123,7 @@ class CPUBackend:
                 out.append({"rows": self.parallel_min_rows << cls, "calls": n,
                             "serial_ns_per_row": None if s is None else round(s * 1e9, 1),
                             "parallel_ns_per_row": None if p is None else round(p * 1e9, 1),
-                            "uses": "serial" if s is not None and p is not None and s < p * (1 - ADAPT_MARGIN)
-                            else "parallel"})
+                            "uses": "serial" if _serial_preferred(s, p) else "parallel"})
         return out
 
     def warm_up(self) -> None:

@@ -1,4 +1,4 @@
-"""Random models for tests: torch modules with fresh seeds, converted to LSTMModel."""
+"""Random models for tests: torch modules with fresh seeds, converted to LSTMModel; and a settable clock."""
 import numpy as np
 
 import lstm_stream as ls
@@ -70,3 +70,13 @@ def step_ragged_interleaved(streams, seqs, rng, max_chunk=5):
         for k, y in zip(ids, streams.step_batch(ids, xs)):
             got[k].append(np.atleast_2d(y))
     return {k: np.concatenate(v) for k, v in got.items()}
+
+
+class Clock:
+    """A clock for Streams(clock=...) and the engine that stands still until a test sets .t."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t

@@ -237,7 +237,7 @@ def _cell(wbuf, meta, g, hr, p, c, h, slot, l, off_r):
     h[slot, l] before, so it can be overwritten. The callers pass borrowed arrays (see the module doc), so
     the row views here cost no reference counting. (The loop body must stay one loop calling the activations
     directly: split into two loops over an inlined per-unit function, a fresh compile left it scalar, 2.5x
-    slower, while the cached one was vectorised; tests/core/test_panel.py checks a fresh compile.)"""
+    slower, while the cached one was vectorised; tests/core/test_vectorised.py checks a fresh compile.)"""
     H, P = meta[2], meta[3]
     gp, cl, hl = g[p], c[slot, l], h[slot, l]
     out = hl if off_r < 0 else hr[p]         # without a projection, o tanh(c') is h' itself

@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import lstm_stream as ls
 from lstm_stream.store import GROUP_MIN_IDS, IdGroups, StateStore
-from models import random_model
+from models import Clock, random_model
 
 SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
 MODEL = random_model(np.random.default_rng(SEED), I=3, H=7, L=1, O=2)
@@ -102,14 +102,6 @@ def test_the_cache_is_bounded():
 
 def _x(seed, n):
     return np.random.default_rng(seed).standard_normal((n, MODEL.input_size)).astype(np.float32)
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
 
 
 class GroupMachine(RuleBasedStateMachine):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import lstm_stream as ls
-from models import random_model
+from models import Clock, random_model
 
 SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
 
@@ -18,14 +18,6 @@ MODEL = random_model(np.random.default_rng(11), I=3, H=5, L=2, O=2)
 MAX = 12
 IDS = st.one_of(st.sampled_from(["a", "b", "c", "d", "e"]), st.integers(-3, 12))
 SAMPLES = st.lists(st.floats(-5, 5, width=32), min_size=3, max_size=3)
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
 
 
 class StoreMachine(RuleBasedStateMachine):

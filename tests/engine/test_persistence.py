@@ -3,20 +3,12 @@ import hashlib
 
 import numpy as np
 import pytest
-from models import random_model
+from models import Clock, random_model
 
 import lstm_stream as ls
 from engine.core import EngineConfig, EngineCore
 from engine.persistence import SNAPSHOT_NAME, Snapshots
 from lstm_stream import protocol as P
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
 
 
 @pytest.fixture(scope="module")
