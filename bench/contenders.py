@@ -89,18 +89,19 @@ class RawKernel:
         import numba
 
         import lstm_stream as ls
-        from lstm_stream.backends import CHUNKS_PER_THREAD
         from lstm_stream.kernels import cpu
 
-        # The CPU backend's own arrays: its weight layout, cache-line-aligned slabs and scratch.
+        # The CPU backend's own arrays: its weight layout, cache-line-aligned slabs, scratch and work counter.
         b = ls.Streams(model, threads=threads, initial_capacity=max(64, n))._backend
         self.wbuf, self.meta, self.h, self.c = b.wbuf, b.meta, b.h, b.c
         self.slots, self.offsets = np.arange(n, dtype=np.int64), np.arange(n + 1, dtype=np.int64)
         self.y = np.empty((n, model.output_size), np.float32)
-        parallel = b.goes_parallel(n, n)
-        chunks = min(n, threads * CHUNKS_PER_THREAD) if parallel else 1
-        self.scratch = b._scratch[:chunks]
-        self.fn = cpu.step_ragged_parallel if parallel else cpu.step_ragged
+        self.scratch = b._scratch
+        if b.goes_parallel(n, n):
+            grab, piece, par = b._grab, b.piece(n, n), cpu.step_ragged_parallel
+            self.fn = lambda *a: par(*a, grab, piece)
+        else:
+            self.fn = cpu.step_ragged
         numba.set_num_threads(threads)
 
     def run(self, X):

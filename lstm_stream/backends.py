@@ -30,8 +30,11 @@ log = logging.getLogger("lstm_stream")
 # sleeping, 64 streams 2.2x slower, 256 even, 512 1.4x faster, 1024 1.7x. I=32 H=256 (295k per row),
 # sleeping: 64 streams 1.4x faster.
 PARALLEL_MIN_MACS = (1_000_000, 8_000_000)
-# Chunks per thread in the parallel kernel: evens out ragged work without hurting weight reuse.
-CHUNKS_PER_THREAD = 4
+# The parallel kernel's threads take their streams from a shared counter piece by piece (guided: pieces shrink
+# as the work runs out; kernels/cpu.py), so a core slowed by other load no longer holds up the whole call. The
+# smallest piece is whole tiles with at least PIECE_MACS multiply-adds (~10 µs), so that taking one (an
+# atomic operation on a cache line both cores use) stays well under 1% of it.
+PIECE_MACS = 400_000
 # A call with enough work for the parallel kernel takes whichever kernel has been faster for calls of its size
 # (rows in powers of 2 above parallel_min_rows) on this machine, as it is loaded now: when other processes
 # keep the cores busy (a daemon beside its clients on 2 cores), waking a second thread can cost more than it
@@ -75,7 +78,9 @@ class CPUBackend:
         self.threads = threads or min(max_threads, os.cpu_count() or 1)
         self._set_threads = numba.set_num_threads
         row = -(-scratch_size(model) // 16) * 16  # whole cache lines per row, so every row starts aligned
-        self._scratch = aligned_zeros((self.threads * CHUNKS_PER_THREAD, row), dt)
+        self._scratch = aligned_zeros((self.threads, row), dt)  # a row per thread
+        self._tile = row // scratch_size(model, tile=1)  # streams stepped together (the kernel's own rule)
+        self._grab = aligned_zeros(8, np.int64)  # the parallel kernel's work counter, on its own cache line
         self._one_slot = np.zeros(1, np.int64)
         self._one_off = np.zeros(2, np.int64)
         self._step_one, self._out1, self._dt = cpu.step_one, model.output_size, dt
@@ -91,6 +96,11 @@ class CPUBackend:
         """Whether a call of n_streams streams over n_rows rows has work enough for the parallel kernel (run()
         then takes the one that has been faster for calls of that size)."""
         return self.threads > 1 and n_streams >= self.threads and n_rows >= self.parallel_min_rows
+
+    def piece(self, n_streams: int, n_rows: int) -> int:
+        """The parallel kernel's smallest piece of work, in streams: whole tiles, PIECE_MACS at least."""
+        tile_macs = self._tile * self.model.macs_per_step * n_rows / max(n_streams, 1)
+        return self._tile * max(1, -(-PIECE_MACS // max(int(tile_macs), 1)))
 
     def _size_class(self, n_rows: int) -> int:
         return min((n_rows // self.parallel_min_rows).bit_length() - 1, ADAPT_CLASSES - 1)
@@ -136,7 +146,7 @@ class CPUBackend:
         if self.threads > 1:
             self._set_threads(self.threads)
             self._k.step_ragged_parallel(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y,
-                                         self._scratch[:1])
+                                         self._scratch[:1], self._grab, self._tile)
 
     def grow(self, capacity: int) -> None:
         """Enlarge the slabs to `capacity` slots, keeping every stream's state."""
@@ -158,9 +168,8 @@ class CPUBackend:
         t0 = self._timer()
         if parallel:
             self._set_threads(self.threads)
-            n_chunks = min(len(slots), self._scratch.shape[0])
             self._k.step_ragged_parallel(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y,
-                                         self._scratch[:n_chunks])
+                                         self._scratch, self._grab, self.piece(len(slots), n_rows))
         else:
             self._k.step_ragged(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y, self._scratch)
         self._learn(cls, parallel, (self._timer() - t0) / n_rows)

@@ -247,3 +247,37 @@ def borrow(typingctx, arr):
         a.meminfo = cgutils.get_null_value(a.meminfo.type)
         return a._getvalue()
     return arr(arr), codegen
+
+
+
+def _int64_array(arr):
+    return isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64
+
+
+@intrinsic
+def load_atomic(typingctx, arr):
+    """arr[0], read as one atomic load (monotonic ordering): a value other threads change meanwhile, which
+    a plain read would let the compiler keep in a register. arr: a 1-D int64 array."""
+    if not _int64_array(arr):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.load_atomic(data, "monotonic", 8)
+    return types.int64(arr), codegen
+
+
+@intrinsic
+def compare_swap(typingctx, arr, expected, new):
+    """Atomically: if arr[0] == expected, set it to new. Returns what arr[0] held (== expected: it was set;
+    otherwise another thread changed it first). Sequentially consistent (LLVM cmpxchg). arr: a 1-D int64
+    array; expected, new: integers."""
+    if not (_int64_array(arr) and isinstance(expected, types.Integer) and isinstance(new, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        e = context.cast(builder, args[1], sig.args[1], types.int64)
+        v = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.extract_value(builder.cmpxchg(data, e, v, "seq_cst", "seq_cst"), 0)
+    return types.int64(arr, expected, new), codegen

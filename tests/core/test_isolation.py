@@ -179,3 +179,68 @@ def test_step_segments_equals_step_batch_and_validates():
         with pytest.raises(ls.InputError, match=msg):
             a.step_segments(ids, bad, X)
     assert a.stream_info(1)["steps"] == 6
+
+
+@pytest.mark.parametrize("least_tiles", [1, 3, 1000])
+def test_parallel_kernel_shares_out_every_stream_once(least_tiles):
+    """The parallel kernel's threads take pieces of the batch from a shared counter (guided: large first,
+    then smaller): 300 streams in random slot order with 1 to 5 rows each, whatever the smallest piece,
+    end bit-identical to the serial kernel, outputs and states, so each was stepped exactly once."""
+    from lstm_stream.kernels import cpu
+
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=7, H=29, L=2, P=0, O=3)
+    n, cap = 300, 400
+    slots = rng.permutation(cap)[:n].astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 6, n))]).astype(np.int64)
+    x = rng.normal(0, 1, (offsets[-1], 7)).astype(np.float32)
+    runs = []
+    for parallel in (False, True):
+        b = backends.CPUBackend(model, cap, threads=min(2, backends_threads()))
+        b.h[:] = rng.normal(0, 1, b.h.shape) if not runs else runs[0][1]
+        b.c[:] = rng.normal(0, 1, b.c.shape) if not runs else runs[0][2]
+        h0, c0 = b.h.copy(), b.c.copy()
+        y = np.empty((offsets[-1], 3), np.float32)
+        if parallel:
+            scratch = np.zeros((3, b._scratch.shape[1]), np.float32)  # 3 workers, whatever the thread count
+            cpu.step_ragged_parallel(b.wbuf, b.meta, b.h, b.c, slots, offsets, x, y, scratch, b._grab,
+                                     least_tiles * b._tile)
+            assert b._grab[0] == n
+        else:
+            cpu.step_ragged(b.wbuf, b.meta, b.h, b.c, slots, offsets, x, y, b._scratch)
+        runs.append((y, h0, c0, b.h.copy(), b.c.copy()))
+    (y0, _, _, h0, c0), (y1, _, _, h1, c1) = runs
+    assert np.array_equal(y1, y0) and np.array_equal(h1, h0) and np.array_equal(c1, c0), f"seed={SEED}"
+    untouched = np.setdiff1d(np.arange(cap), slots)
+    assert np.array_equal(h1[untouched], runs[1][1][untouched]), f"seed={SEED}"
+
+
+def test_take_hands_out_shrinking_whole_pieces():
+    """_take alone (one thread): contiguous pieces covering [0, n) once, each a multiple of `least` but the
+    last, a 1/parts share of what is left, then (n, n)."""
+    from numba import njit
+
+    from lstm_stream.kernels.cpu import _take
+
+    @njit
+    def pieces(n, least, parts):
+        grab = np.zeros(1, np.int64)
+        out = []
+        while True:
+            lo, hi = _take(grab, n, least, parts)
+            if lo >= n:
+                return out, lo, hi
+            out.append((lo, hi))
+
+    for n, least, parts in [(4096, 30, 4), (100, 30, 4), (7, 30, 4), (1000, 1, 8)]:
+        got, lo, hi = pieces(n, least, parts)
+        assert (lo, hi) == (n, n)
+        assert got[0][0] == 0 and got[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
+        sizes = [b - a for a, b in got]
+        assert all(s % least == 0 for s in sizes[:-1])
+        assert sizes[:-1] == sorted(sizes[:-1], reverse=True)  # shrinking (the last may be a rest)
+        left = n
+        for s in sizes[:-1]:
+            assert s == max(least, left // parts // least * least)
+            left -= s
