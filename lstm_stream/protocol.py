@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+from operator import countOf
 
 import msgpack
 import numpy as np
@@ -266,6 +267,8 @@ def _are_ids(v):
             return True
         except TypeError:        # not all str: the scan says whether the others are ints
             pass
+    elif v and type(v[0]) is int and countOf(map(type, v), int) == len(v):  # int ids: one C-level count
+        return True
     return _ID_TYPES.issuperset(map(type, v)) or all(_is_id(i) for i in v)
 
 

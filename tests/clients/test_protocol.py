@@ -68,11 +68,12 @@ def test_requests_unknown_fields_skipped_defaults_filled():
 @pytest.mark.parametrize("ids, ok", [
     (["a", "b"], True), ([1, 2], True), (["a", 1, "b"], True), ([1, "a"], True), ([], True),
     (["a", 1.5], False), (["a", None], False), ([1, b"a"], False), (["a", ["b"]], False), (["a", True], False),
-    ("ab", False), (("a", "b"), False),
+    ("ab", False), (("a", "b"), False), ([1, True], False), ([1, 2, 3.0], False), ([1, 2, "a", False], False),
+    ([2**70, 1], True),  # an int, as far as the protocol goes (the store then finds no such stream)
 ])
 def test_id_lists_accept_str_and_int_only(ids, ok):
-    """str and int ids, mixed in any order; anything else in the list is refused (the usual all-str list takes
-    a faster check than the others: both must agree)."""
+    """str and int ids, mixed in any order; anything else in the list is refused (all-str and all-int lists
+    take faster checks than the others: all must agree; a bool is not an int id)."""
     msg = {"v": 1, "id": 3, "op": "step_many", "streams": ids, "x": [[0.0]] * max(len(ids), 1)}
     if ok:
         assert P.parse_request(msg).fields["streams"] == ids

@@ -58,6 +58,9 @@ def test_store_int_and_str_ids_side_by_side():
     assert store.lookup(["b", "zz"]).tolist() == [4, -1]
     assert store.lookup(["a", 2**63 - 1, 2**64]).tolist() == [0, 3, -1]  # mixed, and beyond int64
     assert store.lookup([5, 1.0]) is None
+    for not_ids in ([5, True], [5, 0, False], [True, 5], [5, 1.0]):  # a bool or a float among int ids
+        assert store.lookup(not_ids) is None and store.known_slots(not_ids) is None, not_ids
+    assert store.known_slots([5, 0]).tolist() == [1, 5] and store.known_slots([5, 77]) is None
     with pytest.raises(ls.InputError, match="already exists"):
         store.add(5, 1.0)
     for i in rng.permutation(8):  # remove in random order: freed slots are reused, lookups stay right
