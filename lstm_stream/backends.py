@@ -41,7 +41,9 @@ PIECE_MACS = 400_000
 # saves. Each size class times its calls (time per row, a running mean weighting the newest call by
 # ADAPT_WEIGHT), tries each kernel ADAPT_FIRST times first, and afterwards gives every ADAPT_PROBE-th call to
 # the other kernel so that its figure stays current; less often when the other is much slower, so that the
-# probes cost at most about ADAPT_PROBE_COST of the time (2x slower: every 100th call). The parallel kernel
+# probes cost at most about ADAPT_PROBE_COST of the time (2x slower: every 100th call). Each kernel's figure
+# starts as the best of its first tries (a stalled first call set it alone before, and the rare probes that
+# follow a large gap took hundreds of calls to correct it). The parallel kernel
 # (the choice before this was adaptive) keeps the calls unless the serial one has been faster by ADAPT_MARGIN,
 # and a call is counted at no more than ADAPT_CLIP times its kernel's running figure, so that one stalled
 # call on a noisy host cannot move the choice. Outputs do not depend on the choice (invariant 2).
@@ -119,8 +121,8 @@ class CPUBackend:
 
     def _learn(self, cls: int, parallel: bool, seconds_per_row: float) -> None:
         a, k = self._adapt[cls], 2 if parallel else 1
-        if a[k] is None:
-            a[k] = seconds_per_row
+        if a[k] is None or a[0] <= 2 * ADAPT_FIRST:  # the first tries: the best of them, as a stall in one
+            a[k] = seconds_per_row if a[k] is None else min(a[k], seconds_per_row)  # would otherwise decide
         else:
             a[k] += ADAPT_WEIGHT * (min(seconds_per_row, ADAPT_CLIP * a[k]) - a[k])
 

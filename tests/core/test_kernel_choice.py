@@ -115,6 +115,24 @@ def test_one_stalled_call_does_not_move_the_choice(monkeypatch):
     assert choice["uses"] == "parallel" and fake.ran[-3:] == ["parallel"] * 3
 
 
+def test_a_stalled_first_try_does_not_decide(monkeypatch):
+    """Parallel 2x faster, but its first call stalls 10x (a cold start, a host hiccup): the first tries count
+    by their best, so the calls after them go parallel at once, not after hundreds of rare probes."""
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=3, H=8, L=1, O=2)
+    s, b, fake = timed_streams(model, monkeypatch)
+    ids, X = list(range(12)), rng.normal(size=(12, 3)).astype(np.float32)
+    fake.cost = {"serial": 2.0, "parallel": 20.0}
+    s.step_many(ids, X)  # call 1: parallel, stalled
+    fake.cost = {"serial": 2.0, "parallel": 1.0}
+    for _ in range(2 * backends.ADAPT_FIRST - 1 + 10):
+        s.step_many(ids, X)
+    first = 2 * backends.ADAPT_FIRST
+    assert fake.ran[first:] == ["parallel"] * 10
+    choice = b.kernel_choice()[0]
+    assert choice["uses"] == "parallel" and choice["parallel_ns_per_row"] == pytest.approx(1e9)
+
+
 def test_size_classes_learn_apart_and_small_calls_stay_serial(monkeypatch):
     rng = np.random.default_rng(SEED)
     model = random_model(rng, I=3, H=8, L=1, O=2)
