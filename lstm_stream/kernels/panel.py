@@ -13,6 +13,8 @@ depend on what shares its batch. It is also the chain that kernels/cpu.py's one-
 fastmath 'contract', LLVM fuses each a*b+c there the same way), so both paths give the same bits (tested).
 
 prefetch asks for one cache line ahead of use (llvm.prefetch); cpu.py uses it for the next tile's state rows.
+load_atomic and compare_swap (LLVM atomic load and cmpxchg) are how the parallel kernel's threads share out
+the batch from one counter.
 
 headdot does the linear head of one stream: per output, the dot product of its weight row with h, as 8
 partial sums over k (lane q of one vector sums k = q mod 8, so the multiply-adds do not wait on each other),
