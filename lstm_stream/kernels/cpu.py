@@ -40,7 +40,8 @@ from numba.extending import overload
 from ..idtable import find
 from .activations import tanh32
 from .layout import HEAD_CHAINS
-from .panel import COLS, MR, borrow, compare_swap, headdot, load_atomic, panel1, panel2, panel3, panel4, panel5, panel6, prefetch
+from .panel import (COLS, MR, borrow, compare_swap, headdot, load_atomic, panel1, panel2, panel3, panel4, panel5,
+                    panel6, prefetch)
 
 _OPTS = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 

@@ -251,7 +251,6 @@ def borrow(typingctx, arr):
     return arr(arr), codegen
 
 
-
 def _int64_array(arr):
     return isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64
 
