@@ -87,7 +87,7 @@ class CPUBackend:
         self._one_off = np.zeros(2, np.int64)
         self._step_one, self._out1, self._dt = cpu.step_one, model.output_size, dt
         self._entries = [None, None, None]  # step_one's entry points by x.ndim, see one_stepper
-        macs_per_row = model.macs_per_step
+        self._macs_per_row = macs_per_row = model.macs_per_step
         sleeping = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
         self.parallel_min_rows = -(-PARALLEL_MIN_MACS[sleeping] // macs_per_row)
         self._timer = time.perf_counter
@@ -101,7 +101,7 @@ class CPUBackend:
 
     def piece(self, n_streams: int, n_rows: int) -> int:
         """The parallel kernel's smallest piece of work, in streams: whole tiles, PIECE_MACS at least."""
-        tile_macs = self._tile * self.model.macs_per_step * n_rows / max(n_streams, 1)
+        tile_macs = self._tile * self._macs_per_row * n_rows / max(n_streams, 1)
         return self._tile * max(1, -(-PIECE_MACS // max(int(tile_macs), 1)))
 
     def _size_class(self, n_rows: int) -> int:

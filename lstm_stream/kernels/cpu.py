@@ -297,22 +297,13 @@ def _prefetch_states(h, c, slots, lo, hi):
 
 
 @njit(inline="always", **_OPTS)
-def _tile_streams(meta, scr):
-    """Streams per tile: what fits in one scratch row scr (layout.scratch_size)."""
-    return scr.shape[0] // (meta[10 + 3 * meta[0]] * meta[11 + 3 * meta[0]] + meta[7] + meta[2])
-
-
-@njit(inline="always", **_OPTS)
-def _tiles(wbuf, meta, h, c, slots, offsets, lo, hi, nlo, nhi, x, y, scr):
-    """_tile over slots[lo:hi], a tile at a time, each tile's state rows prefetched while the one before runs;
-    the last tile's successor is the first of slots[nlo:nhi] (the caller's next range; empty when none). The
-    caller prefetches the first tile. scr: one scratch row; its length sets the tile (streams stepped together)."""
-    tile = _tile_streams(meta, scr)
+def _tiles(wbuf, meta, h, c, slots, offsets, lo, hi, x, y, scr):
+    """_tile over slots[lo:hi], a tile at a time, each tile's state rows prefetched while the one before runs.
+    scr: one scratch row; its length sets the tile (streams stepped together)."""
+    tile = scr.shape[0] // (meta[10 + 3 * meta[0]] * meta[11 + 3 * meta[0]] + meta[7] + meta[2])
+    _prefetch_states(h, c, slots, lo, min(lo + tile, hi))
     for s0 in range(lo, hi, tile):
-        if s0 + tile < hi:
-            _prefetch_states(h, c, slots, s0 + tile, min(s0 + 2 * tile, hi))
-        else:
-            _prefetch_states(h, c, slots, nlo, min(nlo + tile, nhi))
+        _prefetch_states(h, c, slots, min(s0 + tile, hi), min(s0 + 2 * tile, hi))  # the next tile's
         _tile(wbuf, meta, h, c, slots, offsets, s0, min(tile, hi - s0), x, y, scr)
 
 
@@ -322,9 +313,7 @@ def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scratch):
     slots: (S,) unique int64; offsets: (S+1,) int64; h: (cap, L, P); c: (cap, L, H);
     scratch: (>= 1, tile * (Gp + K_max + H)) — its row length sets the tile (streams stepped together)."""
     # (a lone stream could take _one, but compiling it in here cost 1.2 s of cold start)
-    n, scr = slots.shape[0], scratch[0]
-    _prefetch_states(h, c, slots, 0, min(_tile_streams(meta, scr), n))
-    _tiles(wbuf, meta, h, c, slots, offsets, 0, n, n, n, x, y, scr)
+    _tiles(wbuf, meta, h, c, slots, offsets, 0, slots.shape[0], x, y, scratch[0])
 
 
 @njit(**_OPTS)
@@ -380,8 +369,7 @@ def step_ragged_parallel(wbuf, meta, h, c, slots, offsets, x, y, scratch, grab, 
         scr = scratch[w]
         lo, hi = _take(grab, n, least, 2 * workers)
         while lo < n:
-            _prefetch_states(h, c, slots, lo, min(lo + _tile_streams(meta, scr), hi))
-            _tiles(wbuf, meta, h, c, slots, offsets, lo, hi, hi, hi, x, y, scr)
+            _tiles(wbuf, meta, h, c, slots, offsets, lo, hi, x, y, scr)
             lo, hi = _take(grab, n, least, 2 * workers)
 
 
