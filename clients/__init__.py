@@ -9,9 +9,9 @@ The wire format is lstm_stream.protocol (spec: docs/protocol.md); the exception 
 from ._api import State
 from .aio import AsyncClient
 from .client import DEFAULT_ADDRESS, Client, Pipeline
-from .errors import (BadReply, BadRequest, Busy, ClientClosed, ClientError, InternalError, ServerError, StoreFull,
-                     Timeout, UnknownStream, Unsupported)
+from .errors import (BadReply, BadRequest, Busy, ClientClosed, ClientError, InputError, InternalError, PipelineError,
+                     ServerError, StoreFull, Timeout, UnknownStream, Unsupported)
 
 __all__ = ["AsyncClient", "BadReply", "BadRequest", "Busy", "Client", "ClientClosed", "ClientError",
-           "DEFAULT_ADDRESS", "InternalError", "Pipeline", "ServerError", "State", "StoreFull", "Timeout",
-           "UnknownStream", "Unsupported"]
+           "DEFAULT_ADDRESS", "InputError", "InternalError", "Pipeline", "PipelineError", "ServerError", "State",
+           "StoreFull", "Timeout", "UnknownStream", "Unsupported"]

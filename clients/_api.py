@@ -5,6 +5,8 @@ queues it: so the three mirror each other method for method, with one docstring 
 """
 from __future__ import annotations
 
+import numbers
+from itertools import chain
 from typing import Mapping
 
 import numpy as np
@@ -13,7 +15,7 @@ from lstm_stream import protocol as P
 
 from lstm_stream.state import StreamState
 
-from .errors import BadReply, server_error
+from .errors import BadReply, InputError, server_error
 
 
 # The core's own state record (lstm_stream.state imports numpy only, never numba), so a State read from the
@@ -40,12 +42,61 @@ def check_reply(reply: dict) -> dict:
     return reply
 
 
-def _array(x) -> np.ndarray:
-    a = np.asarray(x)
-    # e.g. float16, bool: send as float64, the daemon casts. (dtype.name costs ~2 µs: checked second.)
-    if P.wire_dtype_name(a.dtype) is None and a.dtype.name not in P.WIRE_DTYPES:
-        a = a.astype(np.float64)
+_NO_KEY = object()
+_PLAIN = frozenset({float, int})
+_KIND_NAMES = {"b": "a bool", "U": "a str", "S": "bytes", "c": "a complex number", "M": "a datetime64",
+               "m": "a timedelta64"}
+
+
+def _array(x, what: str = "x", key=_NO_KEY) -> np.ndarray:
+    """x as a C-contiguous array to send; InputError naming it (`what`, or what[key]) unless it holds real
+    numbers only: a str, None or a bool among them (numpy would send True as 1.0) is refused here."""
+    try:
+        a = x if type(x) is np.ndarray else _from_python(x)
+        # e.g. float16, uint8: send as float64, the daemon casts. (dtype.name costs ~2 µs: checked second.)
+        if P.wire_dtype_name(a.dtype) is None and a.dtype.name not in P.WIRE_DTYPES:
+            a = _as_float64(a)
+    except InputError as e:
+        raise InputError(f"{what if key is _NO_KEY else f'{what}[{key!r}]'} {e}") from None
     return np.ascontiguousarray(a)
+
+
+def _from_python(x) -> np.ndarray:
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as e:  # ragged nested lists and the like
+        raise InputError(f"is not an array of numbers ({e})") from None
+    if a.dtype.kind in "fiu" and isinstance(x, (list, tuple)) and _holds_bool(x):
+        raise InputError("contains a bool; expected real numbers (float or int)")
+    return a
+
+
+def _holds_bool(seq) -> bool:
+    """Whether nested lists/tuples hold a bool anywhere (numpy turns [True, 0.5] into [1.0, 0.5] silently).
+    One C-level type scan per nesting level."""
+    while True:
+        types = set(map(type, seq))
+        if types <= _PLAIN:  # the usual case: floats and ints, no deeper level
+            return False
+        if bool in types or np.bool_ in types or (
+                np.ndarray in types and any(type(v) is np.ndarray and v.dtype.kind == "b" for v in seq)):
+            return True
+        seq = list(chain.from_iterable(v for v in seq if type(v) is list or type(v) is tuple))
+
+
+def _as_float64(a: np.ndarray) -> np.ndarray:
+    """a (not of a wire dtype) as float64; InputError if its values are not all real numbers."""
+    if a.dtype.kind in "fiu":
+        return a.astype(np.float64)
+    if a.dtype.kind == "O":  # None or a str among numbers, or ints too large for int64
+        odd = next((v for v in a.flat if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)),
+                   _NO_KEY)
+        if odd is _NO_KEY:
+            return a.astype(np.float64)
+        found = "None" if odd is None else f"a {type(odd).__name__}"
+    else:
+        found = _KIND_NAMES.get(a.dtype.kind, f"values of dtype {a.dtype}")
+    raise InputError(f"{'is' if a.ndim == 0 else 'contains'} {found}; expected real numbers (float or int)")
 
 
 def _y(reply):
@@ -85,7 +136,7 @@ class Api:
     def step_many(self, inputs: Mapping):
         """Advance many streams in one message: {id: x (I,) or (T, I)} -> {id: y (O,) or (T, O)}."""
         ids = list(inputs)
-        arrs = [_array(v) for v in inputs.values()]
+        arrs = [_array(v, "inputs", k) for k, v in inputs.items()]
         if arrs and all(a.ndim == 1 for a in arrs) and len({a.shape for a in arrs}) == 1:
             fields = {"streams": ids, "x": np.stack(arrs)}  # one row per stream: one bin blob
 
@@ -117,7 +168,7 @@ class Api:
             (h, c), steps = state, 0
         else:
             h, c, steps = state.h, state.c, getattr(state, "steps", 0)
-        fields = {"stream": stream, "h": _array(h), "c": _array(c), "steps": int(steps)}
+        fields = {"stream": stream, "h": _array(h, "h"), "c": _array(c, "c"), "steps": int(steps)}
         return self._run(Call("set_state", fields, _nothing))
 
     def copy(self, src, dst):

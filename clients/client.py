@@ -4,7 +4,7 @@
         y = c.step("pump-7", x)
         with c.pipeline() as p:                 # many requests in flight, one round trip
             for i, x in items: p.step(i, x)
-        ys = p.results
+        ys = p.results                          # PipelineError if any failed: its .results say what was applied
 
 Timeouts are on by default. After a timeout the socket is replaced (dropping queued requests and late
 replies), and only idempotent ops (protocol.IDEMPOTENT_OPS) are resent; a step is never resent, because it may
@@ -21,7 +21,7 @@ import zmq
 from lstm_stream import protocol as P
 
 from ._api import Api, Call, check_reply
-from .errors import BadReply, ClientClosed, ServerError, Timeout
+from .errors import BadReply, ClientClosed, ClientError, PipelineError, Timeout
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0   # seconds per call (per pipeline execute)
@@ -118,16 +118,17 @@ class Client(Api):
             try:
                 self._sock.send(self._codec.request(call.op, rid, call.fields))
             except zmq.Again:
-                raise Timeout(f"could not send {call.op!r} to {self.address} within {self.timeout} s: the daemon "
-                              "is unreachable or not keeping up (both send queues are full)") from None
+                raise _timeout(f"could not send {call.op!r} to {self.address} within {self.timeout} s: the "
+                               "daemon is unreachable or not keeping up (both send queues are full)",
+                               calls, want, got) from None
             if len(calls) > 1:
                 self._receive(want, got, 0.0)  # keep our receive queue short while sending a long pipeline
         while len(got) < len(want):
             left = deadline - time.monotonic()
             if left <= 0 or not self._receive(want, got, left):
                 ops = sorted({c.op for r, c in want.items() if r not in got})
-                raise Timeout(f"no reply from {self.address} within {self.timeout} s for {len(want) - len(got)} "
-                              f"request(s) ({', '.join(ops)})")
+                raise _timeout(f"no reply from {self.address} within {self.timeout} s for {len(want) - len(got)} "
+                               f"request(s) ({', '.join(ops)})", calls, want, got)
         return [got[r] for r in want]
 
     def _receive(self, want, got, wait) -> bool:
@@ -146,8 +147,19 @@ class Client(Api):
                     return True
 
 
+def _timeout(message, calls, want, got) -> Timeout:
+    """A Timeout whose `replies` are the replies that did arrive, in call order (None for the others)."""
+    e = Timeout(message)
+    e.replies = [got.get(r) for r in want] + [None] * (len(calls) - len(want))
+    return e
+
+
 class Pipeline(Api):
-    """Calls queued by the Api methods (which return the pipeline), sent together by execute()."""
+    """Calls queued by the Api methods (which return the pipeline), sent together by execute().
+
+    The calls are independent: one that fails does not stop the others. execute() returns every result in
+    order, or raises PipelineError if any call failed; either way `results` then holds every call's result,
+    the exception of each failed call in its place."""
 
     def __init__(self, client: Client):
         self._client = client
@@ -162,24 +174,24 @@ class Pipeline(Api):
         return len(self._calls)
 
     def execute(self, *, return_exceptions: bool = False) -> list:
-        """Send all queued calls, wait for every reply, return results in order. The first ServerError is
-        raised unless return_exceptions, which puts exceptions in the list. Never retried: on Timeout the
-        client's socket is replaced and which calls were applied is unknown."""
+        """Send all queued calls, wait for every reply, return their results in order (also in `results`).
+        If any call failed, the others were still applied: PipelineError is raised, whose `results` (like the
+        pipeline's) hold every result with the failed calls' exceptions in their place; with
+        return_exceptions=True that list is returned instead. Never retried: on Timeout the client's socket is
+        replaced and the Timeout raised; `results` then has the replies that came, the Timeout in place of the
+        others (those calls may or may not have been applied)."""
         calls, self._calls = self._calls, []
         try:
             replies = self._client._roundtrip(calls)
-        except Timeout:
-            self._client._reopen()
+        except ClientError as e:  # Timeout, ClientClosed, an unreadable reply: the whole round trip failed
+            if isinstance(e, Timeout):
+                self._client._reopen()
+            replies = getattr(e, "replies", None) or [None] * len(calls)
+            self.results = [e if reply is None else _result(call, reply) for call, reply in zip(calls, replies)]
             raise
-        results = []
-        for call, reply in zip(calls, replies):
-            try:
-                results.append(call.parse(check_reply(reply)))
-            except ServerError as e:
-                if not return_exceptions:
-                    raise
-                results.append(e)
-        self.results = results
+        self.results = results = [_result(call, reply) for call, reply in zip(calls, replies)]
+        if not return_exceptions and any(isinstance(r, Exception) for r in results):
+            raise PipelineError(results) from next(r for r in results if isinstance(r, Exception))
         return results
 
     def __enter__(self):
@@ -188,3 +200,11 @@ class Pipeline(Api):
     def __exit__(self, exc_type, *exc):
         if exc_type is None and self._calls:
             self.execute()
+
+
+def _result(call: Call, reply: dict):
+    """The call's result, or the ClientError (a ServerError, BadReply) its reply means."""
+    try:
+        return call.parse(check_reply(reply))
+    except ClientError as e:
+        return e

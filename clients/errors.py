@@ -3,7 +3,10 @@
     ClientError                        base of everything the client raises on purpose
     ├── Timeout (also TimeoutError)    no reply within `timeout` (the request may or may not have been applied)
     ├── ClientClosed                   the client was closed
+    ├── InputError (ValueError)        an input refused before sending (not real numbers: a str, a bool, ...)
     ├── BadReply                       the daemon's reply could not be understood (version or format)
+    ├── PipelineError                  some calls of a Pipeline failed: .results holds every result in order,
+    │                                  the failed calls' exceptions in their place (the others were applied)
     └── ServerError                    the daemon answered with an error: .code, .message, .request_id
         ├── BadRequest                 bad_message, bad_request, bad_version, unknown_op, too_large, bad_input
         ├── UnknownStream (KeyError)   unknown_stream
@@ -27,6 +30,23 @@ class Timeout(ClientError, TimeoutError):
 
 class ClientClosed(ClientError):
     """The client was used after close()."""
+
+
+class InputError(ClientError, ValueError):
+    """An input the client refuses before sending it (nothing was sent): not an array of real numbers."""
+
+
+class PipelineError(ClientError):
+    """Some calls of a Pipeline failed; the others were applied. `results`: every call's result in order, the
+    exception of each failed call in its place; `errors`: those exceptions."""
+
+    def __init__(self, results: list):
+        self.results = results
+        self.errors = [r for r in results if isinstance(r, Exception)]
+        first = next(k for k, r in enumerate(results) if isinstance(r, Exception))
+        super().__init__(f"{len(self.errors)} of {len(results)} pipelined calls failed (the others were applied; "
+                         f"see .results); the first, call {first}: {type(results[first]).__name__}: "
+                         f"{results[first]}")
 
 
 class BadReply(ClientError):

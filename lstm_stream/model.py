@@ -47,6 +47,13 @@ class LSTMModel:
     def __post_init__(self):
         _validate(self)
 
+    def __repr__(self):
+        """One line: name, sizes, head, dtype and fingerprint (never the weights)."""
+        head = None if self.head_w is None else ("linear" if self.head_activation == "none" else self.head_activation)
+        return (f"LSTMModel(name={self.name!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, "
+                f"num_layers={self.num_layers}, proj_size={self.proj_size}, output_size={self.output_size}, "
+                f"head={head!r}, dtype={self.dtype!r}, fingerprint={self.fingerprint!r})")
+
     # ---- sizes -------------------------------------------------------------------------------
     @property
     def input_size(self) -> int:
@@ -192,16 +199,12 @@ class LSTMModel:
 
     @classmethod
     def load(cls, path) -> "LSTMModel":
-        """Read a model written by save(); validates everything, checks the stored fingerprint."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            raise ModelError(f"{path}: not a readable lstm-stream model .npz ({e})") from e
+        """Read a model written by save(); validates everything, checks the stored fingerprint. ModelError
+        naming the file if it is missing, unreadable, or not such a model."""
+        arrays = _read_npz(path)
         if "__config__" not in arrays:
-            raise ModelError(f"{path}: no '__config__' entry; not an lstm-stream model file")
+            raise ModelError(f"model file {str(path)!r} is an .npz with no '__config__' entry: not an "
+                             f"lstm-stream model; {_EXPECTED_FILE}")
         try:
             meta = json.loads(arrays.pop("__config__").tobytes().decode())
         except ValueError as e:
@@ -220,6 +223,37 @@ class LSTMModel:
 def load_model(path) -> LSTMModel:
     """Load an LSTMModel from an .npz file written by LSTMModel.save."""
     return LSTMModel.load(path)
+
+
+_EXPECTED_FILE = "expected an .npz file written by LSTMModel.save"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive (the second: an empty one)
+
+
+def _read_npz(path) -> dict:
+    """Every array of the .npz at path; ModelError naming the file and what was wrong otherwise."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise ModelError(f"model file {str(path)!r} does not exist; {_EXPECTED_FILE}") from None
+    except OSError as e:
+        raise ModelError(f"cannot read model file {str(path)!r} ({e.strerror or e}); {_EXPECTED_FILE}") from None
+    if magic not in _ZIP_MAGIC:  # np.load would try pickle and advise allow_pickle=True
+        raise ModelError(f"model file {str(path)!r} is not an .npz (zip) file; {_EXPECTED_FILE}")
+    arrays, k = {}, None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for k in z.files:
+                arrays[k] = z[k]
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise ModelError(f"model file {str(path)!r} is not a readable .npz ({e}); {_EXPECTED_FILE}") from None
+        raise ModelError(f"model file {str(path)!r}: entry {k!r} holds Python objects (pickled), which "
+                         f"lstm-stream never loads; {_EXPECTED_FILE}") from None
+    except Exception as e:  # a damaged or truncated zip
+        raise ModelError(f"model file {str(path)!r} is not a readable .npz ({type(e).__name__}: {e}); "
+                         f"{_EXPECTED_FILE}") from None
+    return arrays
 
 
 # ---- validation -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from daemons import DaemonFactory
 
 import lstm_stream as ls
-from clients import AsyncClient, Client, ClientClosed, Timeout, UnknownStream
+from clients import AsyncClient, Client, ClientClosed, InputError, Timeout, UnknownStream
 
 I = 4
 
@@ -97,3 +97,34 @@ def test_async_client_mirrors_client():
     assert inspect.iscoroutinefunction(AsyncClient._run) and inspect.iscoroutinefunction(AsyncClient.close)
     for name in public - {"close"}:
         assert getattr(AsyncClient, name) is getattr(Client, name), name  # one definition, awaited here
+
+
+def test_the_readme_async_example_runs(served):
+    """README.md's AsyncClient example, as it is written there, against a real daemon."""
+    endpoint, model = served
+    rng = np.random.default_rng(5)
+    x7, x8 = rng.normal(size=I), rng.normal(size=I)
+
+    async def main(samples):                            # samples: {stream id: x (I,)}
+        async with AsyncClient(endpoint) as c:          # without `async with`: await c.close() at the end
+            ys = await asyncio.gather(*(c.step(i, x) for i, x in samples.items()))  # all in flight at once
+        return dict(zip(samples, ys))
+
+    ys = asyncio.run(main({"readme-7": x7, "readme-8": x8}))
+    ref = ls.Streams(model)
+    assert list(ys) == ["readme-7", "readme-8"]
+    np.testing.assert_array_equal(ys["readme-7"], ref.step("readme-7", x7))
+    np.testing.assert_array_equal(ys["readme-8"], ref.step("readme-8", x8))
+
+
+def test_inputs_that_are_not_real_numbers_are_refused_before_sending(served):
+    async def main():
+        async with AsyncClient(served[0]) as c:
+            for x in ([0.1, "x", 0.3, 0.4], [True, 0, 0, 0], np.zeros(I, bool)):
+                with pytest.raises(InputError, match=r"^x contains a (str|bool); expected real numbers"):
+                    await c.step("aio-bad", x)
+            with pytest.raises(InputError, match=r"^inputs\['aio-bad'\] contains a bool"):
+                await c.step_many({"aio-bad": [False] * I})
+            return await c.streams()
+
+    assert "aio-bad" not in run(main())

@@ -6,8 +6,8 @@ import pytest
 from daemons import DaemonFactory
 
 import lstm_stream as ls
-from clients import (BadRequest, Client, ClientClosed, ServerError, State, Timeout, UnknownStream,
-                     Unsupported)
+from clients import (BadRequest, Client, ClientClosed, ClientError, InputError, PipelineError, ServerError, State,
+                     Timeout, UnknownStream, Unsupported)
 
 I = 4
 
@@ -110,8 +110,63 @@ def test_pipeline_results_in_order_with_exceptions(client):
     p = client.pipeline().step("p0", np.zeros(I)).get_state("never").ping()
     res = p.execute(return_exceptions=True)
     assert isinstance(res[1], UnknownStream) and res[2] is not None
-    with pytest.raises(UnknownStream):
-        client.pipeline().get_state("never").execute()
+    p = client.pipeline().get_state("never")
+    with pytest.raises(PipelineError) as e:
+        p.execute()
+    assert isinstance(e.value.results[0], UnknownStream) and e.value.__cause__ is e.value.results[0]
+
+
+def test_a_failed_pipeline_call_says_what_was_applied(client, served):
+    ref = ls.Streams(served[1])
+    x = np.full(I, 0.25)
+    p = client.pipeline().step("pl-a", x).step("pl-b", np.zeros(I + 1)).step("pl-c", x)
+    with pytest.raises(PipelineError) as e:
+        p.execute()
+    good, bad, good2 = e.value.results
+    assert p.results is e.value.results and e.value.errors == [bad] and isinstance(e.value, ClientError)
+    np.testing.assert_array_equal(good, ref.step("pl-a", x))
+    np.testing.assert_array_equal(good2, ref.step("pl-c", x))
+    assert isinstance(bad, BadRequest) and bad.code == "bad_input" and f"({I},)" in str(bad)
+    assert str(e.value).startswith("1 of 3 pipelined calls failed (the others were applied; see .results); the "
+                                   "first, call 1: BadRequest: [bad_input]"), str(e.value)
+    states = client.pipeline().get_state("pl-a").get_state("pl-c").execute()  # the good ones were applied
+    assert [s.steps for s in states] == [1, 1] and "pl-b" not in client.streams()
+    with pytest.raises(PipelineError):  # the same from a with block
+        with client.pipeline() as p:
+            p.step("pl-a", x).reset("pl-c").get_state("pl-never")
+    assert p.results[0].shape == (I,) and p.results[1] is None and isinstance(p.results[2], UnknownStream)
+    assert client.get_state("pl-a").steps == 2
+    res = client.pipeline().step("pl-c", x).step("pl-b", np.zeros(I + 1)).execute(return_exceptions=True)
+    assert isinstance(res[1], BadRequest) and client.get_state("pl-c").steps == 1  # reset, then one step
+
+
+def test_a_timed_out_pipeline_sets_results(tmp_path):
+    with Client(f"ipc://{tmp_path}/nobody.sock"[:100], timeout=0.2) as c:
+        p = c.pipeline().ping().step("a", np.zeros(I))
+        with pytest.raises(Timeout) as e:
+            p.execute()
+        assert p.results == [e.value, e.value]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda c: c.step("in-a", [0.1, "x", 0.3, 0.4]), "x contains a str"),
+    (lambda c: c.step("in-a", [True, 0.2, 0.3, 0.4]), "x contains a bool"),
+    (lambda c: c.step("in-a", [[0.1, 0.2, 0.3, 0.4], [0, 0, False, 0]]), "x contains a bool"),
+    (lambda c: c.step("in-a", np.ones(I, dtype=bool)), "x contains a bool"),
+    (lambda c: c.step("in-a", [0.1, None, 0.3, 0.4]), "x contains None"),
+    (lambda c: c.step_many({"in-a": np.zeros(I), "in-b": [0, 1, True, 0]}), "inputs['in-b'] contains a bool"),
+    (lambda c: c.step_many({"in-a": np.zeros((2, I)), 7: ["1", 2, 3, 4]}), "inputs[7] contains a str"),
+    (lambda c: c.set_state("in-a", (np.zeros((2, 16)), np.zeros((2, 16), bool))), "c contains a bool"),
+    (lambda c: c.set_state("in-a", {"h": [[True] * 16] * 2, "c": np.zeros((2, 16))}), "h contains a bool"),
+    (lambda c: c.pipeline().step("in-a", np.zeros(I)).step("in-b", [0, 0, 0, True]), "x contains a bool")])
+def test_inputs_that_are_not_real_numbers_are_refused_before_sending(client, call, message):
+    with pytest.raises(InputError) as e:
+        call(client)
+    assert str(e.value) == f"{message}; expected real numbers (float or int)"
+    assert isinstance(e.value, ValueError) and isinstance(e.value, ClientError)
+    assert not {"in-a", "in-b", 7} & set(client.streams())  # nothing was sent
+    with pytest.raises(InputError, match=r"x is not an array of numbers \(.*inhomogeneous"):
+        client.step("in-a", [[0.1, 0.2, 0.3, 0.4], [0.1]])
 
 
 def test_timeouts_raise_clearly_and_only_idempotent_ops_retry(tmp_path):

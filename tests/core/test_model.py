@@ -63,7 +63,7 @@ def test_save_load_roundtrip_and_fingerprint(tmp_path):
 
 def test_load_rejects_bad_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ls.ModelError, match="not a readable lstm-stream model"):
+    with pytest.raises(ls.ModelError, match=r"is not an \.npz \(zip\) file"):
         ls.load_model(tmp_path / "junk.npz")
     np.savez(tmp_path / "plain.npz", a=np.zeros(3))
     with pytest.raises(ls.ModelError, match="no '__config__'"):
@@ -81,6 +81,35 @@ def test_load_rejects_bad_files(tmp_path):
     np.savez(tmp_path / "future.npz", **arrays)
     with pytest.raises(ls.ModelError, match="format version 99"):
         ls.load_model(tmp_path / "future.npz")
+
+
+def test_load_names_the_file_and_what_is_expected(tmp_path):
+    """Anything but a saved model (text, random bytes, no file, a directory, pickled objects, another .npz) is a
+    ModelError naming the file and the expected format, never numpy's advice to allow pickle."""
+    (tmp_path / "some.txt").write_text("weights: 1 2 3\n")
+    (tmp_path / "random.bin").write_bytes(np.random.default_rng(0).bytes(4096))
+    np.savez(tmp_path / "objects.npz", a=np.array([None, 1], dtype=object))
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    cases = {"some.txt": "is not an .npz (zip) file", "random.bin": "is not an .npz (zip) file",
+             "missing.npz": "does not exist", ".": "cannot read model file", "objects.npz": "holds Python objects",
+             "other.npz": "not an lstm-stream model", "one.npy": "is not an .npz (zip) file"}
+    for name, what in cases.items():
+        with pytest.raises(ls.ModelError) as e:
+            ls.load_model(tmp_path / name)
+        msg = str(e.value)
+        assert str(tmp_path / name) in msg and what in msg, msg
+        assert "expected an .npz file written by LSTMModel.save" in msg and "allow_pickle" not in msg, msg
+
+
+def test_repr_is_one_short_line():
+    m = random_model(np.random.default_rng(4), I=6, H=64, L=1, O=4, head_activation="softmax")
+    text = repr(m)
+    assert text == str(m) and "\n" not in text and len(text) < 250, text
+    assert text == (f"LSTMModel(name='model', input_size=6, hidden_size=64, num_layers=1, proj_size=0, output_size=4, "
+                    f"head='softmax', dtype='float32', fingerprint='{m.fingerprint}')")
+    m = random_model(np.random.default_rng(4), I=3, H=8, L=2, P=3, O=0)
+    assert "proj_size=3" in repr(m) and "head=None" in repr(m) and "\n" not in repr(m)
 
 
 def test_from_torch_rejects_unsupported():
