@@ -134,7 +134,9 @@ def _engine_config(args):
 
 def _open_state(args):
     import lstm_stream as ls
-    from .persistence import Snapshots
+    from .persistence import Snapshots, prepare_dir
+    if args.snapshot_dir is not None:  # first: a directory it cannot write fails at once, not after compiling
+        prepare_dir(args.snapshot_dir)  # OSError naming it: run_serve refuses to start (exit 2)
     model = load_serving_model(args.model)
     t0 = time.perf_counter()
     warm_up(model, args.backend, args.threads)

@@ -197,14 +197,14 @@ class EngineCore:
                 "streams": stats["streams"], "capacity": stats["capacity"], "max_streams": stats["max_streams"],
                 "idle_ttl": self.streams.idle_ttl, "state_bytes_per_stream": stats["state_bytes_per_stream"],
                 "slab_bytes": stats["slab_bytes"], "id_lists": stats["id_lists"],
-                "kernel_choice": stats["kernel_choice"],
                 "uptime": self._clock() - self._started,
                 "pending": len(self._queue), "max_batch": self.config.max_batch,
                 "max_pending": self.config.max_pending, "max_message_bytes": self.config.max_message_bytes,
                 "counters": dict(self.metrics),
                 "snapshot": None if self.snapshots is None else {"path": self.snapshots.path,
                                                                   "every": self.snapshots.every,
-                                                                  "last": self.snapshots.last}}
+                                                                  "last": self.snapshots.last,
+                                                                  **self.snapshots.status()}}
 
     def _op_streams(self, req):
         offset, limit = req.fields["offset"], req.fields["limit"]
@@ -227,9 +227,7 @@ class EngineCore:
         return {"h": st.h, "c": st.c, "steps": st.steps, "last_seen": st.last_seen}
 
     def _op_set_state(self, req):
-        f = req.fields
-        if f["steps"] < 0:
-            raise P.ProtocolError(P.BAD_INPUT, f"steps must be >= 0, got {f['steps']}")
+        f = req.fields  # Streams.set_state checks everything (steps in int64, shapes, NaN) before any change
         state = {"h": P.to_array(f["h"], "h"), "c": P.to_array(f["c"], "c"), "steps": f["steps"]}
         self.streams.set_state(f["stream"], state)
         self._mutated()
@@ -293,11 +291,7 @@ class EngineCore:
         """Timed snapshot, idle eviction, metrics line, each when due; returns the next deadline (monotonic)."""
         now = self._clock() if now is None else now
         if self.snapshots is not None:
-            try:
-                self.snapshots.tick(now)
-            except Exception:
-                log.exception("timed snapshot to %s failed; retrying at the next tick", self.snapshots.path)
-                self.snapshots.dirty = True
+            self.snapshots.tick(now)  # a failed save is logged and retried with back-off there; never raises
         if self.streams.idle_ttl is not None and now >= self._next_evict:
             self._next_evict = now + self.config.evict_every
             evicted = self.streams.evict_idle()

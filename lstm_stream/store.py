@@ -370,15 +370,15 @@ class StateStore:
         table = idtable.new_table(rows)
         idtable.rehash(self.int_table, table)
         self.int_table = table
-        if self._on_table is not None:
-            self._on_table()
         _return_freed_memory()
 
 
 @njit(cache=True, nogil=True)
 def _account(steps, last_seen, slots, offsets, now):
+    top = 9223372036854775807  # 2**63 - 1: a step count saturates there instead of wrapping to -2**63
     for k in range(slots.shape[0]):
-        steps[slots[k]] += offsets[k + 1] - offsets[k]
+        n = offsets[k + 1] - offsets[k]
+        steps[slots[k]] = min(steps[slots[k]], top - n) + n
         last_seen[slots[k]] = now
 
 

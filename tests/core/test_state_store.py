@@ -163,7 +163,7 @@ def test_unknown_stream_errors_name_the_id():
     ((np.zeros((2, 4)), np.zeros((2, 5))), "'h' has shape"),
     ((np.zeros((2, 5)), np.full((2, 5), np.nan)), "NaN"),
     ({"h": np.zeros((2, 5))}, "missing \\['c'\\]"),
-    ({"h": np.zeros((2, 5)), "c": np.zeros((2, 5)), "steps": -1}, "non-negative"),
+    ({"h": np.zeros((2, 5)), "c": np.zeros((2, 5)), "steps": -1}, "from 0 to 2\\*\\*63-1"),
     ("nope", "StreamState"),
 ])
 def test_bad_set_state_is_refused(state, msg):
@@ -171,6 +171,61 @@ def test_bad_set_state_is_refused(state, msg):
     with pytest.raises(ls.InputError, match=msg):
         streams.set_state("a", state)
     assert "a" not in streams
+
+
+@pytest.mark.parametrize("state,msg", [
+    ({"h": np.zeros((2, 5)), "c": np.zeros((2, 5)), "steps": 2**63}, "int from 0 to 2\\*\\*63-1"),
+    ({"h": np.zeros((2, 5)), "c": np.zeros((2, 5)), "steps": np.uint64(2**64 - 1)}, "int from 0 to 2\\*\\*63-1"),
+    ({"h": np.zeros((2, 5)), "c": np.zeros((2, 5)), "steps": -1}, "int from 0 to 2\\*\\*63-1"),
+    ({"h": np.zeros((2, 5)), "c": np.zeros((2, 5)), "steps": 1.0}, "int from 0"),
+    ((np.zeros((2, 4)), np.zeros((2, 5))), "'h' has shape"),
+    ((np.zeros((2, 5)), np.zeros((5, 2))), "'c' has shape"),
+    ((np.full((2, 5), np.nan), np.zeros((2, 5))), "'h' contains NaN"),
+    ((np.zeros((2, 5)), np.full((2, 5), 1e300)), "'c' contains NaN or Inf"),  # finite in float64, Inf in float32
+])
+def test_a_refused_set_state_changes_nothing(state, msg):
+    """An existing stream keeps its h, c, steps and last-seen time; a new id is not created."""
+    clock = Clock()
+    streams = ls.Streams(MODEL, clock=clock)
+    streams.step("a", [1, 2, 3])
+    before = streams.get_state("a")
+    clock.t += 5
+    for target in ("a", "new"):
+        with pytest.raises(ls.InputError, match=msg):
+            streams.set_state(target, state)
+    after = streams.get_state("a")
+    assert streams.ids() == ["a"] and after.steps == 1 and after.last_seen == before.last_seen
+    np.testing.assert_array_equal(after.h, before.h)
+    np.testing.assert_array_equal(after.c, before.c)
+
+
+TOP = 2**63 - 1
+STEP_PATHS = {  # (ids set near the top, how to step them once): every path that adds to a step count
+    "one sample, (I,) float32": (["a"], lambda s, x: [s.step("a", x[0])]),
+    "one sample, a list": (["a"], lambda s, x: [s.step("a", x[0].tolist())]),
+    "rows, (T, I) float32": (["a"], lambda s, x: [s.step("a", x[:2])]),
+    "rows, lists": (["a"], lambda s, x: [s.step("a", x[:2].tolist())]),
+    "one sample, int id": ([7], lambda s, x: [s.step(7, x[0])]),
+    "step_many": (["a", "b"], lambda s, x: [s.step_many(["a", "b"], x[:2])]),
+    "step_many, repeated id": (["a"], lambda s, x: [s.step_many(["a", "a"], x[:2])]),
+    "step_batch": (["a", "b"], lambda s, x: s.step_batch(["a", "b"], [x[:2], x[2]])),
+    "step_segments, repeated id": (["a", "b"], lambda s, x: [s.step_segments(["a", "b", "a"], [1, 1, 2], x)]),
+}
+
+
+@pytest.mark.parametrize("path", list(STEP_PATHS))
+def test_the_step_count_saturates_at_2_63_minus_1(path):
+    ids, step = STEP_PATHS[path]
+    streams = ls.Streams(MODEL)
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    for i in ids:
+        streams.set_state(i, {"h": np.zeros((2, 5)), "c": np.zeros((2, 5)), "steps": TOP - 2})
+    for _ in range(3):
+        for y in step(streams, x):
+            assert np.isfinite(y).all() and y.shape[-1] == 2
+    assert [streams.get_state(i).steps for i in ids] == [TOP] * len(ids)
+    streams.set_state("top", {"h": np.zeros((2, 5)), "c": np.zeros((2, 5)), "steps": TOP})  # the largest
+    assert streams.get_state("top").steps == TOP
 
 
 def test_step_many_length_mismatch_and_full_store_change_nothing():

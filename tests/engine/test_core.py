@@ -170,6 +170,30 @@ def test_state_ops_and_errors(ar_model, cls_model):
     assert core.call(req("snapshot"))["error"]["code"] == P.UNSUPPORTED
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"steps": 2**63}, "steps' must be an int from 0 to 2**63-1"),
+    ({"steps": 2**64 - 1}, "steps' must be an int from 0 to 2**63-1"),
+    ({"steps": -1}, "steps' must be an int from 0 to 2**63-1"),
+    ({"h": np.ones((2, 7))}, "'h' has shape (2, 7); expected (2, 8)"),
+    ({"c": np.ones(8)}, "'c' has shape (8,)"),
+    ({"h": np.full((2, 8), np.nan)}, "'h' contains NaN"),
+    ({"c": [[np.inf] * 8] * 2}, "'c' contains NaN or Inf"),
+])
+def test_a_refused_set_state_changes_nothing(ar_model, fields, message):
+    """bad_input, and the existing stream keeps its h, c and steps; a new id is not created."""
+    core = make_core(ar_model)
+    core.call(req("step", stream="a", x=np.full((3, I), 0.5)))
+    before = core.call(req("get_state", stream="a", lists=True))
+    state = {"h": np.zeros((2, 8)), "c": np.zeros((2, 8)), "steps": 7, **fields}
+    for stream in ("a", "new"):
+        r = core.call(req("set_state", stream=stream, **state))
+        assert r["error"]["code"] == P.BAD_INPUT and message in r["error"]["message"], r
+    assert core.call(req("get_state", stream="a", lists=True)) == before and before["steps"] == 3
+    assert core.call(req("streams"))["streams"] == ["a"]
+    assert core.call(req("set_state", stream="a", h=np.zeros((2, 8)), c=np.zeros((2, 8)), steps=2**63 - 1))["ok"]
+    assert core.call(req("get_state", stream="a"))["steps"] == 2**63 - 1
+
+
 def test_forecast(ar_model, cls_model):
     core, ref = make_core(ar_model), ls.Streams(ar_model)
     x = np.full((3, I), 0.25)
@@ -191,7 +215,6 @@ def test_info(ar_model):
     assert info["fingerprint"] == ar_model.fingerprint and info["model"] == ar_model.config()
     assert info["backend"] == "cpu" and info["streams"] == 1 and info["max_streams"] == 10
     assert info["protocol"] == P.PROTOCOL_VERSION and info["counters"]["batches"] == 1
-    assert info["kernel_choice"] == []  # no turn yet with work enough for the parallel kernel
 
 
 def test_busy_when_the_queue_is_full(ar_model):
