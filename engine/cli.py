@@ -44,6 +44,39 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _SIZES[m.group(2)]
 
 
+_ENDPOINT_HELP = "expected tcp://HOST:PORT or ipc://PATH, e.g. tcp://127.0.0.1:5555"
+
+
+def parse_endpoint(text: str) -> str:
+    """A --bind/--connect address: tcp://HOST:PORT (PORT a number, or * to bind any free one) or ipc://PATH."""
+    scheme, sep, rest = str(text).partition("://")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} has no scheme; {_ENDPOINT_HELP}")
+    if scheme not in ("tcp", "ipc"):
+        raise argparse.ArgumentTypeError(f"{text!r} has scheme {scheme!r}, which a daemon cannot be reached by; "
+                                         f"{_ENDPOINT_HELP}")
+    if scheme == "ipc":
+        if not rest:
+            raise argparse.ArgumentTypeError(f"{text!r} has no path; {_ENDPOINT_HELP}")
+        return text
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a host and a port; {_ENDPOINT_HELP}")
+    if port != "*" and not (port.isdigit() and 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"{text!r} has port {port!r}; expected a number from 1 to 65535, e.g. "
+                                         "tcp://127.0.0.1:5555 (--bind also takes * for any free port)")
+    return text
+
+
+def parse_connect(text: str) -> str:
+    """A --connect address: as parse_endpoint, without the wildcards (*) only a bind can take."""
+    text = parse_endpoint(text)
+    if text.startswith("tcp://") and "*" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} has a wildcard (*), which only --bind takes; expected the "
+                                         "daemon's tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")
+    return text
+
+
 def load_serving_model(path):
     """The model to serve: the .npz at `path`, or the shipped default model when path is None."""
     from lstm_stream.model import load_model
@@ -61,8 +94,8 @@ def add_serve_arguments(p):
     from .core import EngineConfig
     d = EngineConfig()
     p.add_argument("--model", help="model .npz written by LSTMModel.save (default: the shipped default model)")
-    p.add_argument("--bind", action="append", help=f"endpoint to listen on, tcp:// or ipc://; repeatable "
-                                                   f"(default {DEFAULT_ENDPOINT})")
+    p.add_argument("--bind", action="append", type=parse_endpoint,
+                   help=f"endpoint to listen on, tcp:// or ipc://; repeatable (default {DEFAULT_ENDPOINT})")
     p.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "auto"), help="kernel backend")
     p.add_argument("--threads", type=int, help="CPU kernel threads (default: all cores numba may use)")
     p.add_argument("--max-streams", type=int, help="refuse new streams beyond this many (default: no limit)")
@@ -218,11 +251,20 @@ def _serve(args, streams, snapshots, config) -> int:
 
 # ---- client subcommands ----------------------------------------------------------------------------
 def add_client_arguments(p):
-    p.add_argument("--connect", default=DEFAULT_ENDPOINT, help=f"daemon address (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--connect", default=DEFAULT_ENDPOINT, type=parse_connect,
+                   help=f"daemon address, tcp:// or ipc:// (default {DEFAULT_ENDPOINT})")
     p.add_argument("--timeout", type=parse_duration, default=5.0, help="seconds to wait for a reply")
 
 
+# argparse reads an argument that starts with "-" as an option unless it looks like a negative number, and
+# only -1 and -.5 do: `step ID -0.1,0.2` or `-1e-3,2` were "unrecognized arguments". `step` has no option that
+# starts with a digit, so there "-" then a digit (or "-." then a digit) is a value. _negative_number_matcher is
+# argparse's own (private) per-parser pattern; test_step_takes_negative_values checks it still does this.
+_NEGATIVE_VALUE = re.compile(r"-\.?\d")
+
+
 def add_step_arguments(p):
+    p._negative_number_matcher = _NEGATIVE_VALUE
     add_client_arguments(p)
     p.add_argument("stream", help="stream id (a str; see --int-id)")
     p.add_argument("values", nargs="?", help="one sample as comma-separated numbers, e.g. 0.1,0.2,0.3")
@@ -253,15 +295,46 @@ def run_step(args) -> int:
     if (args.values is None) == (args.json is None):
         print("give the sample either as VALUES (comma-separated) or with --json", file=sys.stderr)
         return EXIT_USAGE
+    from clients import InputError
     try:
-        x = json.loads(args.json) if args.json else [float(v) for v in args.values.split(",")]
-        stream = int(args.stream) if args.int_id else args.stream
+        x = _read_sample(args)
+        stream = _read_stream(args)
     except ValueError as e:
         print(f"cannot read the input: {e}", file=sys.stderr)
         return EXIT_USAGE
     with _client(args) as c:
-        print(json.dumps(c.step(stream, x).tolist()))
+        try:
+            y = c.step(stream, x)
+        except InputError as e:  # e.g. --json '[0.1, "a"]': refused before sending
+            print(f"cannot read the input: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        print(json.dumps(y.tolist()))
     return EXIT_OK
+
+
+def _read_stream(args):
+    """The stream id of `step`: the str, or with --int-id the int; ValueError if it is not one."""
+    if not args.int_id:
+        return args.stream
+    try:
+        return int(args.stream)
+    except ValueError:
+        raise ValueError(f"stream {args.stream!r} is not an int; --int-id expects an integer id, e.g. 7") from None
+
+
+def _read_sample(args):
+    """The sample(s) of `step`, from VALUES or --json; ValueError saying what was wrong and what was expected."""
+    if args.json is not None:
+        try:
+            return json.loads(args.json)
+        except ValueError as e:
+            raise ValueError(f"--json {args.json!r} is not valid JSON ({e}); expected e.g. [0.1, -0.2] for one "
+                             "sample or [[0.1, -0.2], [0.3, 0.4]] for several") from None
+    try:
+        return [float(v) for v in args.values.split(",")]
+    except ValueError:
+        raise ValueError(f"VALUES {args.values!r} is not comma-separated numbers; expected e.g. 0.1,-0.2,3e-3"
+                         ) from None
 
 
 def add_demo_arguments(p):
