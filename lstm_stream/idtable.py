@@ -5,13 +5,14 @@ kv is (capacity, 2) int64, capacity a power of two: row i holds [key, slot], slo
 Open addressing with linear probing from a mixed hash of the key; deletion shifts the rest of the probe run
 back (no tombstones), so a lookup stops at the first empty row. The owner keeps the load at most 1/2.
 Every function is compiled (Numba, cache=True) and takes the array, so the CPU step kernel can look an id up
-in the same call that steps it. (Numba's on-disk cache keys on each function's own file: after editing this
-one, clear kernels/__pycache__ too, or step_one keeps the old lookup; an installed upgrade recompiles all.)
+in the same call that steps it (jitcache.py keys the compiled code on every source of the package).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from . import jitcache  # noqa: F401  (where the compiled functions are cached; before any @njit)
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 EMPTY = -1

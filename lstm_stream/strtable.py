@@ -15,8 +15,7 @@ Lookups from Python pass the ids' bytes: one id as a bytes object, a list of ids
 NUL when that is unambiguous, else with their end offsets), through the compiled functions' entry points (no
 per-call type resolution). Such a call still costs ~0.3-0.5 µs from
 Python where a dict lookup costs ~0.05, so ids found lately are also kept in a bounded dict (HOT_MAX): a
-stream stepped one sample at a time, in-process or by the daemon, finds its id there. (Numba's on-disk cache
-keys on each function's own file: after editing this one, clear __pycache__ too.)
+stream stepped one sample at a time, in-process or by the daemon, finds its id there.
 """
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ import numba
 import numpy as np
 from numba import njit
 
+from .jitcache import entry_point  # (importing jitcache first sets where compiled functions are cached)
 from .idtable import table_capacity
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
@@ -304,8 +304,8 @@ class StrIds:
         """Compile (or load from the cache) the lookups' entry points, once: the arrays that replace these
         later have the same types."""
         arrays = (self.kv, self.arena, self.soff, self.slen)
-        self._get = _entry(find_bytes, arrays + (b"",))
-        self._joined = _entry(find_joined, arrays + (b"", np.empty(0, np.int64)))
+        self._get = entry_point(find_bytes, arrays + (b"",))
+        self._joined = entry_point(find_joined, arrays + (b"", np.empty(0, np.int64)))
         return self._get, self._joined
 
     # ---- changes ---------------------------------------------------------------------------------
@@ -388,11 +388,3 @@ def warm_up() -> None:
     t.remove(0)
     compact(t.arena, t.soff, t.slen, 3, np.empty_like(t.arena))
     rebuild(np.full(64, EMPTY, np.int64), t.arena, t.soff, t.slen, 3)
-
-
-def _entry(dispatcher, args):
-    """The compiled entry point of dispatcher for these arguments' types (no per-call type resolution)."""
-    try:
-        return dispatcher.compile(tuple(numba.typeof(a) for a in args))
-    except AttributeError:  # a Numba without Dispatcher.compile(signature): dispatch per call
-        return dispatcher

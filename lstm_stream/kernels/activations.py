@@ -1,8 +1,7 @@
 """The float32 activation shared by the CPU and CUDA kernels, written once so both compute the same bits.
 
 Plain Python over numpy scalars: kernels/cpu.py compiles it with @njit (through an overload), kernels/cuda.py
-as a CUDA device function. Note: Numba's on-disk cache keys on the file of the cached function, so after
-editing this file clear __pycache__ (an installed upgrade changes every file and recompiles anyway).
+as a CUDA device function.
 """
 import numpy as np
 

@@ -23,7 +23,10 @@ import math
 import numpy as np
 from numba import cuda
 
+from .. import jitcache
 from .activations import tanh32
+
+jitcache.install()  # numba-cuda's cache too (the CPU one is set when jitcache is first imported)
 
 _tanh32 = cuda.jit(device=True)(tanh32)  # the CPU kernels compile the same function
 

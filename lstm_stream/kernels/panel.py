@@ -20,9 +20,6 @@ headdot does the linear head of one stream: per output, the dot product of its w
 partial sums over k (lane q of one vector sums k = q mod 8, so the multiply-adds do not wait on each other),
 the rows past the last whole 8 into lane 0, then the lanes pairwise and the bias: the same order for every
 stream and every path.
-
-Note: Numba's on-disk cache keys on the file of the cached function, not on this one: after editing this
-file clear lstm_stream/kernels/__pycache__ (an installed upgrade changes every file and recompiles anyway).
 """
 from __future__ import annotations
 
