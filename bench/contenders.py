@@ -80,14 +80,11 @@ class StreamsStepMany:
 
 
 class RawKernel:
-    """step_ragged / step_ragged_parallel on preallocated arrays: what the kernels cost without the API.
-    The parallel kernel whenever a call has work enough for it (CPUBackend.goes_parallel); the backend
-    itself then takes whichever of the two has been faster for calls of that size, so Streams.step_many can
-    run the serial one where this runs the parallel one."""
+    """step_ragged on preallocated arrays: what the kernel costs without the API. Shared out over the backend's
+    worker threads whenever a call has work enough for it (CPUBackend.goes_parallel), as Streams.step_many
+    does."""
 
     def __init__(self, model, n, threads):
-        import numba
-
         import lstm_stream as ls
         from lstm_stream.kernels import cpu
 
@@ -96,16 +93,15 @@ class RawKernel:
         self.wbuf, self.meta, self.h, self.c = b.wbuf, b.meta, b.h, b.c
         self.slots, self.offsets = np.arange(n, dtype=np.int64), np.arange(n + 1, dtype=np.int64)
         self.y = np.empty((n, model.output_size), np.float32)
-        self.scratch = b._scratch
         if b.goes_parallel(n, n):
-            grab, piece, par = b._grab, b.piece(n, n), cpu.step_ragged_parallel
-            self.fn = lambda *a: par(*a, grab, piece)
+            piece = b.piece(n, n)
+            self.fn = lambda w, m, h, c, slots, offsets, x, y: b._run_shared(slots, offsets, x, y, piece)
         else:
-            self.fn = cpu.step_ragged
-        numba.set_num_threads(threads)
+            scr, grab, k = b._scratch[0], b._grab, cpu.step_ragged
+            self.fn = lambda *a: k(*a, scr, grab, 1, 1)
 
     def run(self, X):
-        self.fn(self.wbuf, self.meta, self.h, self.c, self.slots, self.offsets, X, self.y, self.scratch)
+        self.fn(self.wbuf, self.meta, self.h, self.c, self.slots, self.offsets, X, self.y)
         return self.y
 
 

@@ -1,7 +1,8 @@
 """Kernel benchmark: one LSTM step for N streams, lstm-stream against torch and onnxruntime.
 
-    python -m bench.kernel            # full run: writes its section of docs/benchmarks.md and docs/kernel.png
-    python -m bench.kernel --quick    # smoke run: a few sizes, prints only (add --doc to write anyway)
+    python -m bench.kernel            # full run (report to bench-results/)
+    python -m bench.kernel --write-docs   # also its section of docs/benchmarks.md and docs/kernel.png
+    python -m bench.kernel --quick    # smoke run: a few sizes, report to bench-results/ only
 
 Per shape, thread count and streams per call, every contender is built from the same weights in this one
 process and timed interleaved (bench/common.py); the whole sweep runs twice (two passes) and the table gives
@@ -14,9 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-# torch's OpenMP threads and numba's spin for a while after each parallel region (OpenMP's default wait
-# policy); with contenders interleaved in one process, one contender's spinning threads then steal the cores
-# from the next one's. Passive waiting (set before torch or numba load their runtimes) treats all alike.
+# torch's OpenMP threads spin for a while after each parallel region (OpenMP's default wait policy); with
+# contenders interleaved in one process, one contender's spinning threads then steal the cores from the next
+# one's. Passive waiting (set before torch loads its runtime) treats all alike.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("KMP_BLOCKTIME", "0")
 
@@ -175,18 +176,11 @@ def cost_lines(cost, results) -> list:
 
 
 def thread_settings(threads) -> str:
-    import numba
     import torch
 
-    layer = "not used yet"
-    try:
-        layer = numba.threading_layer()
-    except ValueError:
-        pass
     return (f"threads {list(threads)} set equally for every contender: torch.set_num_threads, onnxruntime "
-            f"intra_op_num_threads (inter_op 1, sequential), numba via Streams(threads=) / numba.set_num_threads "
-            f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}, threading layer {layer}); torch "
-            f"interop threads {torch.get_num_interop_threads()}")
+            f"intra_op_num_threads (inter_op 1, sequential), lstm-stream via Streams(threads=) (its own worker "
+            f"threads beside the caller's); torch interop threads {torch.get_num_interop_threads()}")
 
 
 def report(results, peak, args, check_err, cost=None) -> str:
@@ -194,7 +188,7 @@ def report(results, peak, args, check_err, cost=None) -> str:
     pk = ", ".join(f"{t} thread{'s' * (t != '1')}: {v:.1f} GFLOP/s" for t, v in peak["gflops"].items())
     lines = ["## Kernel: one step of N streams", "",
              "`python -m bench.kernel` — lstm-stream's public API (`Streams.step` for one stream, "
-             "`Streams.step_many` for N) and its raw kernel (`step_ragged` / `step_ragged_parallel` on "
+             "`Streams.step_many` for N) and its raw kernel (`step_ragged`, shared out over the worker threads for large batches, on "
              "preallocated arrays, no API cost) against torch `nn.LSTMCell` (states in and out), torch "
              "`nn.LSTM` on a length-1 sequence, and an onnxruntime session of an ONNX `LSTM` node "
              "(initial_h/initial_c) + MatMul/Add head. Each shape has a linear head of 4 outputs. "
@@ -254,7 +248,7 @@ def plot(results, path: Path) -> None:
 
 def parse(argv):
     ap = argparse.ArgumentParser(description="lstm-stream kernel benchmark (see docs/benchmarks.md)")
-    ap.add_argument("--quick", action="store_true", help="short smoke run; prints only unless --doc")
+    ap.add_argument("--quick", action="store_true", help="short smoke run")
     ap.add_argument("--streams", type=int, nargs="+", default=None, help=f"streams per call {STREAMS}")
     ap.add_argument("--threads", type=int, nargs="+", default=list(THREADS))
     common.add_doc_options(ap)

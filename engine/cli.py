@@ -118,22 +118,8 @@ def add_serve_arguments(p):
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
-# OpenMP threads (the workers of Numba's parallel kernel) keep spinning for a while after each parallel region
-# by default, taking a core from ZeroMQ's I/O thread and from clients on the same machine. A daemon between
-# requests has nothing for them to do: let them sleep (measured, 2 cores, 100 streams per message, --threads
-# 2: 655-723k samples/s spinning, 824-847k passive). Set before Numba loads OpenMP; the environment wins.
-OMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
-
-
-def set_omp_defaults(environ=os.environ) -> None:
-    """OMP_DEFAULTS into environ, for each variable it does not set already."""
-    for name, value in OMP_DEFAULTS.items():
-        environ.setdefault(name, value)
-
-
 def run_serve(args) -> int:
     """Load the model, restore the snapshot, bind, serve until SIGTERM/SIGINT, snapshot, exit."""
-    set_omp_defaults()
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lstm_stream.errors import LSTMStreamError, SnapshotError

@@ -117,17 +117,20 @@ def rehash(old, new):
 
 
 @njit(**_OPTS)
-def distinct(slots):
-    """True when no value appears twice in slots (int64): at once when they increase (streams created
-    together and stepped in that order: 0.6 µs for 700), else by sorting a copy (6 µs)."""
-    n = slots.shape[0]
+def _increasing(slots):
+    """How many of slots (int64) lead in strictly increasing order."""
     k = 1
-    while k < n and slots[k] > slots[k - 1]:
+    while k < slots.shape[0] and slots[k] > slots[k - 1]:
         k += 1
-    if k >= n:
+    return min(k, slots.shape[0])
+
+
+def distinct(slots) -> bool:
+    """True when no value appears twice in slots (int64): at once when they increase (streams created
+    together and stepped in that order: 0.6 µs for 700), else by numpy sorting a copy (a few µs; a compiled
+    np.sort would cost 1.3 s of cold start for a rare case)."""
+    n = slots.shape[0]
+    if _increasing(slots) >= n:
         return True
     s = np.sort(slots)
-    for k in range(1, s.shape[0]):
-        if s[k] == s[k - 1]:
-            return False
-    return True
+    return bool((s[1:] != s[:-1]).all())

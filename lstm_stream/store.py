@@ -15,6 +15,7 @@ from numba import njit
 from . import idtable
 from .errors import InputError, StoreFullError, UnknownStreamError
 from .state import INT64_MAX, INT64_MIN, check_id
+from .jitcache import entry_point
 from .strtable import StrIds
 
 _PLAIN_ID_TYPES = frozenset((str, int))
@@ -107,9 +108,9 @@ class StateStore:
     stream where a dict of str objects cost ~140. Int ids live in an int64 hash table (idtable.py) and a
     slot -> id int64 array, ~40 bytes. The int id arrays are made when the first int id arrives, and each
     table grows with the number of its ids.
-    on_grow(capacity) is called after the slabs grow, on_table() after int_table is replaced."""
+    on_grow(capacity) is called after the slabs grow."""
 
-    def __init__(self, *, max_streams=None, initial_capacity=64, on_grow=None, on_table=None):
+    def __init__(self, *, max_streams=None, initial_capacity=64, on_grow=None):
         if max_streams is not None and max_streams < 1:
             raise InputError(f"max_streams must be >= 1 or None, got {max_streams}")
         self.max_streams = max_streams
@@ -125,7 +126,7 @@ class StateStore:
         self.strs = StrIds(cap, lambda: self._high, _return_freed_memory)  # str id <-> slot (read-only outside)
         self._n_int = 0
         self.int_table = idtable.new_table(16)  # int id -> slot (read-only outside; replaced as it grows)
-        self._on_table = on_table
+        self._find = None  # idtable.find's compiled entry point (get_slot)
 
     # ---- queries ---------------------------------------------------------------------------------
     def __len__(self):
@@ -169,9 +170,13 @@ class StateStore:
         if t is str:
             return self.strs.get(stream_id)
         if t is int and INT64_MIN <= stream_id <= INT64_MAX:
-            slot = idtable.find(self.int_table, stream_id)
-            return None if slot < 0 else int(slot)
+            slot = (self._find or self._find_entry())(self.int_table, stream_id)
+            return None if slot < 0 else slot
         return None
+
+    def _find_entry(self):
+        self._find = entry_point(idtable.find, (self.int_table, 0))
+        return self._find
 
     def lookup(self, ids):
         """Slots of ids as an int64 array, -1 for unknown ones; None instead if any id is not a plain str or

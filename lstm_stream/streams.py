@@ -48,29 +48,19 @@ class Streams:
         self.idle_ttl = idle_ttl
         self._clock = clock
         self._dtype = np.dtype(model.dtype)
+        self._I = model.input_size
         self._store = StateStore(max_streams=max_streams, initial_capacity=initial_capacity,
-                                 on_grow=self._grow, on_table=self._bind_one)
+                                 on_grow=self._grow)
         self._backend = make_backend(backend, model, self._store.capacity, threads=threads)
         from .kernels.cpu import all_finite
         self._all_finite = all_finite
-        self._bind_one()
 
     def _grow(self, capacity):
         self._backend.grow(capacity)
-        self._bind_one()  # the slabs and the store's arrays are new
-
-    def _bind_one(self):
-        """Install the backend's one-stream fast path as this instance's `step` (see CPUBackend.one_stepper);
-        it hands everything it does not cover to the general path. Not for subclasses that override step, and
-        not on backends without one."""
-        if hasattr(self._backend, "one_stepper") and type(self).step is Streams.step:
-            st = self._store
-            self.step = self._backend.one_stepper(st.strs.get, st.int_table, st.steps, st.last_seen,
-                                                  self._clock, self.model.input_size, self._step_slow)
 
     def warm_up(self) -> None:
-        """Compile (or load from Numba's cache) the backend's batch kernels and the str-id table's functions
-        now rather than on the first call that needs them (seconds, cold). Steps nothing, adds no stream."""
+        """Compile (or load from Numba's cache) the backend's kernels and the id tables' functions now rather
+        than on the first call that needs them (seconds, cold). Steps nothing, adds no stream."""
         if hasattr(self._backend, "warm_up"):
             self._backend.warm_up()
         warm_up_str_ids()
@@ -103,15 +93,14 @@ class Streams:
                 "backend": self.backend, "state_bytes_per_stream": self.model.state_bytes,
                 "bytes_per_slot": self.model.state_bytes + 16,  # + steps (int64) + last_seen (float64)
                 "slab_bytes": cap * (self.model.state_bytes + 16),
-                "id_lists": {"cached": len(self._store.groups), "hits": self._store.groups.hits},
-                "kernel_choice": self._backend.kernel_choice() if hasattr(self._backend, "kernel_choice") else []}
+                "id_lists": {"cached": len(self._store.groups), "hits": self._store.groups.hits}}
 
     # ---- validation ------------------------------------------------------------------------------
     def check_input(self, x, what="x", *, finite=True) -> np.ndarray:
         """x as a C-contiguous (T, I) array of the model's dtype; InputError naming the problem otherwise.
         (finite=False skips the NaN/Inf check, for callers whose compiled step does it.)"""
-        I = self.model.input_size
-        if type(x) is np.ndarray and x.dtype == self._dtype and x.flags.c_contiguous:
+        I = self._I
+        if type(x) is np.ndarray and x.dtype is self._dtype and x.flags.c_contiguous:
             arr = x  # the hot path: already the right dtype and layout
         else:
             try:
@@ -148,20 +137,27 @@ class Streams:
 
     # ---- stepping --------------------------------------------------------------------------------
     def step(self, stream_id, x) -> np.ndarray:
-        """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero.
-        (On the CPU backend, an instance's `step` is the backend's fast path for a known stream and a float
-        array in the model's dtype, which hands everything else to this method: see _bind_one.)"""
-        return self._step_slow(stream_id, x)
-
-    def _step_slow(self, stream_id, x):
-        xs = self.check_input(x)
-        stream_id, = self._ids((stream_id,))
-        now = self._clock()
-        slot = self._slot_or_new(stream_id, now)
+        """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero."""
+        if type(x) is np.ndarray and x.ndim == 1 and x.dtype is self._dtype and len(x) == self._I \
+                and x.flags.c_contiguous:
+            xs = x[None]  # one sample as a (1, I) row (the usual case; no other check needed)
+        else:
+            xs = self.check_input(x, finite=False)  # the one-stream kernel checks for NaN/Inf before it steps
+        store = self._store
+        slot = store.get_slot(stream_id)  # a known stream's slot; else a new id, checked before any change
+        if slot is None:
+            stream_id, = self._ids((stream_id,))
+            if not self._all_finite(xs):
+                raise InputError("x contains NaN or Inf; expected finite values")
+            slot = self._slot_or_new(stream_id, self._clock())
         y = self._backend.run_one(slot, xs)
-        self._store.steps[slot] += xs.shape[0]
-        self._store.last_seen[slot] = now
-        return y[0] if np.ndim(x) == 1 else y
+        if y is None:
+            raise InputError("x contains NaN or Inf; expected finite values")
+        T, steps = len(xs), store.steps
+        n = steps.item(slot)
+        steps[slot] = n + T if n <= INT64_MAX - T else INT64_MAX  # saturates at 2**63-1 instead of wrapping
+        store.last_seen[slot] = self._clock()
+        return y if xs is x or np.ndim(x) != 1 else y[0]  # (I,) in, (O,) out
 
     def step_many(self, ids, X) -> np.ndarray:
         """One sample per id: X (N, I) -> Y (N, O). Ids may repeat: a stream's samples apply in order.

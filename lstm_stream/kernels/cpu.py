@@ -34,10 +34,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
-from ..idtable import find
+from .. import jitcache  # noqa: F401  (where the compiled functions are cached; before any @njit)
 from .activations import tanh32
 from .layout import HEAD_CHAINS
 from .panel import (COLS, MR, borrow, compare_swap, headdot, load_atomic, panel1, panel2, panel3, panel4, panel5,
@@ -308,39 +308,44 @@ def _tiles(wbuf, meta, h, c, slots, offsets, lo, hi, x, y, scr):
 
 
 @njit(**_OPTS)
-def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scratch):
+def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scr, grab, least, parts):
     """Advance streams slots[s] over rows offsets[s]:offsets[s+1] of x (N, I), writing y (N, O).
     slots: (S,) unique int64; offsets: (S+1,) int64; h: (cap, L, P); c: (cap, L, H);
-    scratch: (>= 1, tile * (Gp + K_max + H)) — its row length sets the tile (streams stepped together)."""
-    # (a lone stream could take _one, but compiling it in here cost 1.2 s of cold start)
-    _tiles(wbuf, meta, h, c, slots, offsets, 0, slots.shape[0], x, y, scratch[0])
+    scr: (tile * (Gp + K_max + H),) the caller's scratch row, whose length sets the tile (streams stepped
+    together). parts == 1: every stream, in this call (grab and least unused). parts > 1: the call is one of
+    several made at once from as many threads (the GIL is released), with the same arguments but each its
+    own scr; each takes pieces of the batch from the counter grab[0] (0 before the first call) until none
+    are left (_take: a 1/parts share of what is left, whole multiples of `least` streams). Work goes to
+    whichever thread is free, so a thread slowed by other load on its core holds the call up by about one
+    small piece. Which thread steps a stream does not change its arithmetic (invariant 2)."""
+    n = slots.shape[0]
+    if parts == 1:
+        lo, hi = 0, n
+    else:
+        lo, hi = _take(grab, n, least, parts)
+    while lo < n:
+        _tiles(wbuf, meta, h, c, slots, offsets, lo, hi, x, y, scr)
+        if parts == 1:
+            lo = n
+        else:
+            lo, hi = _take(grab, n, least, parts)
 
 
 @njit(**_OPTS)
-def step_one(ctx, key, slot, x, y, now):
-    """The one-stream fast path: x (T, I) or (I,) -> y (T, O) or (O,), C-contiguous, for the stream in `slot`
-    or, with slot -1, the int id `key` looked up in the store's table ctx.kv (idtable.py); ctx.steps[slot] += T,
-    ctx.last_seen[slot] = now. ctx: a context.StepContext. Returns 0 when stepped, and changes nothing when it
-    returns 1 (x holds a NaN or Inf) or 2 (key is not in the table). One compiled call does the lookup, the
-    check, the step and the bookkeeping, since each Python-level operation on the hot path costs about as
-    much as an argument."""
-    if slot < 0:
-        slot = find(ctx.kv, key)
-        if slot < 0:
-            return 2
+def step_one(wbuf, meta, h, c, slot, x, y, scr):
+    """Advance the one stream in `slot` over x (T, I), writing y (T, O), and return True; or, when x holds a
+    NaN or Inf, change nothing and return False. scr: a scratch row. step_ragged for a single stream, the
+    same bits (tested), without the tile's bookkeeping, which at one stream cost a third of the step; the
+    finiteness check is in here because a second compiled call costs as much as a tenth of the step."""
     if not all_finite(x):
-        return 1
-    meta = ctx.meta
-    T = x.size // meta[1]
-    _one(ctx.wbuf, meta, ctx.h, ctx.c, slot, x.reshape((T, meta[1])), y.reshape((T, meta[4])), ctx.scratch[0])
-    ctx.steps[slot] += T
-    ctx.last_seen[slot] = now
-    return 0
+        return False
+    _one(wbuf, meta, h, c, slot, x, y, scr)
+    return True
 
 
 @njit(inline="always", **_OPTS)
 def _take(grab, n, least, parts):
-    """The next piece of slots[0:n] for a thread of the parallel kernel: [lo, hi) from the counter grab[0]
+    """The next piece of slots[0:n] for a thread of step_ragged: [lo, hi) from the counter grab[0]
     (the first slot nobody has taken), a 1/parts share of what is left, in whole multiples of `least`
     streams (at least one), or (n, n) when nothing is left. Threads race on grab[0] with compare-and-swap,
     so every slot is taken exactly once. Guided scheduling: pieces start large (few takes) and shrink
@@ -355,29 +360,11 @@ def _take(grab, n, least, parts):
     return n, n
 
 
-@njit(parallel=True, **_OPTS)
-def step_ragged_parallel(wbuf, meta, h, c, slots, offsets, x, y, scratch, grab, least):
-    """step_ragged on scratch.shape[0] threads, each with its own scratch row, which take their streams piece
-    by piece (_take) from the counter grab[0] until none are left: work goes to whichever thread is free, so
-    a thread slowed by other load on its core (or given long ragged streams) holds up the call by about one
-    small piece, where fixed shares made it wait for the slowest thread's whole share. least: the smallest
-    piece, in streams (a multiple of the tile). Which thread steps a stream does not change its arithmetic
-    (invariant 2). grab: (>= 1,) int64, overwritten."""
-    n, workers = slots.shape[0], scratch.shape[0]
-    grab[0] = 0
-    for w in prange(workers):
-        scr = scratch[w]
-        lo, hi = _take(grab, n, least, 2 * workers)
-        while lo < n:
-            _tiles(wbuf, meta, h, c, slots, offsets, lo, hi, x, y, scr)
-            lo, hi = _take(grab, n, least, 2 * workers)
-
-
 @njit(**_OPTS)
 def forecast(wbuf, meta, h, c, y, scratch):
     """Roll a private state copy forward feeding each output back as the next input (needs O == I).
     h: (1, L, P), c: (1, L, H) changed in place; y: (horizon + 1, O): y[0] = output of the current state,
-    y[t + 1] = output after feeding y[t]."""
+    y[t + 1] = output after feeding y[t]; scratch: a scratch row."""
     _head(wbuf, meta, h, 0, y, 0)
     for t in range(y.shape[0] - 1):
-        _one(wbuf, meta, h, c, 0, y[t:t + 1], y[t + 1:t + 2], scratch[0])
+        _one(wbuf, meta, h, c, 0, y[t:t + 1], y[t + 1:t + 2], scratch)

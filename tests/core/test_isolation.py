@@ -87,7 +87,7 @@ def test_parallel_kernel_equals_serial(monkeypatch):
     ids = list(range(500))
     results = []
     for threads, min_macs in [(1, 10**12), (2, 1), (2, 10**12)]:
-        monkeypatch.setattr(backends, "PARALLEL_MIN_MACS", (min_macs, min_macs))
+        monkeypatch.setattr(backends, "PARALLEL_MIN_MACS", min_macs)
         s = ls.Streams(model, threads=min(threads, backends_threads()))
         results.append(np.stack([s.step_many(ids, X[t]) for t in range(10)]))
     for r in results[1:]:
@@ -95,17 +95,19 @@ def test_parallel_kernel_equals_serial(monkeypatch):
 
 
 def test_parallel_kernel_only_for_enough_work(monkeypatch):
-    """Serial or parallel by the call's multiply-adds against the fork cost of the OpenMP workers' policy;
-    warm_up compiles both kernels without stepping anything."""
+    """Serial or shared out by the call's multiply-adds against the cost of waking the worker threads;
+    warm_up compiles the kernels without stepping anything."""
     if backends_threads() < 2:
-        pytest.skip("needs NUMBA_NUM_THREADS >= 2")
+        pytest.skip("needs 2 CPUs")
     model = random_model(np.random.default_rng(0), I=8, H=64, L=1, O=4)  # 4*64*(8+64) = 18,432 per row
-    for policy, min_rows in [("", 55), ("ACTIVE", 55), ("passive", 435)]:
-        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    for min_macs, min_rows in [(backends.PARALLEL_MIN_MACS, -(-backends.PARALLEL_MIN_MACS // 18_432)),
+                               (1_000_000, 55), (8_000_000, 435)]:
+        monkeypatch.setattr(backends, "PARALLEL_MIN_MACS", min_macs)
         b = backends.CPUBackend(model, 8, threads=2)
-        assert b.parallel_min_rows == min_rows, policy
+        assert b.parallel_min_rows == min_rows, min_macs
         assert not b.goes_parallel(100, min_rows - 1) and b.goes_parallel(100, min_rows)
-        assert not b.goes_parallel(1, 10**6)  # one stream: nothing to split
+        assert not b.goes_parallel(2 * b._tile - 1, 10**6)  # fewer tiles than threads: nothing to split
+        assert not backends.CPUBackend(model, 8, threads=1).goes_parallel(100, 10**6)
     s = ls.Streams(model, threads=2)
     x = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
     y = s.step("a", x)
@@ -132,8 +134,7 @@ def test_stream_order_and_state_layout_do_not_change_outputs():
 
 
 def backends_threads():
-    import numba
-    return numba.config.NUMBA_NUM_THREADS
+    return os.cpu_count() or 1
 
 
 SCRIPT = """
@@ -151,13 +152,12 @@ sys.stdout.write(out.tobytes().hex())
 
 
 def test_thread_count_does_not_change_outputs():
-    """NUMBA_NUM_THREADS=1 vs 2 in separate processes: identical bytes."""
+    """threads=1 vs 2 (as many as there are CPUs) in separate processes: identical bytes."""
     tests = os.path.dirname(os.path.dirname(__file__))
     outs = []
-    for threads in (1, 2):
-        env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+    for threads in (1, min(2, backends_threads())):
         r = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=tests, seed=SEED, threads=threads)],
-                           env=env, capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         outs.append(r.stdout)
     assert outs[0] == outs[1], f"seed={SEED}"
@@ -183,9 +183,11 @@ def test_step_segments_equals_step_batch_and_validates():
 
 @pytest.mark.parametrize("least_tiles", [1, 3, 1000])
 def test_parallel_kernel_shares_out_every_stream_once(least_tiles):
-    """The parallel kernel's threads take pieces of the batch from a shared counter (guided: large first,
-    then smaller): 300 streams in random slot order with 1 to 5 rows each, whatever the smallest piece,
-    end bit-identical to the serial kernel, outputs and states, so each was stepped exactly once."""
+    """step_ragged called at once from 3 threads with a shared counter (each thread takes pieces, large first,
+    then smaller): 300 streams in random slot order with 1 to 5 rows each, whatever the smallest piece, end
+    bit-identical to one serial call, outputs and states, so each was stepped exactly once."""
+    import threading
+
     from lstm_stream.kernels import cpu
 
     rng = np.random.default_rng(SEED)
@@ -196,23 +198,51 @@ def test_parallel_kernel_shares_out_every_stream_once(least_tiles):
     x = rng.normal(0, 1, (offsets[-1], 7)).astype(np.float32)
     runs = []
     for parallel in (False, True):
-        b = backends.CPUBackend(model, cap, threads=min(2, backends_threads()))
+        b = backends.CPUBackend(model, cap, threads=1)
         b.h[:] = rng.normal(0, 1, b.h.shape) if not runs else runs[0][1]
         b.c[:] = rng.normal(0, 1, b.c.shape) if not runs else runs[0][2]
         h0, c0 = b.h.copy(), b.c.copy()
         y = np.empty((offsets[-1], 3), np.float32)
+        args = (b.wbuf, b.meta, b.h, b.c, slots, offsets, x, y)
         if parallel:
-            scratch = np.zeros((3, b._scratch.shape[1]), np.float32)  # 3 workers, whatever the thread count
-            cpu.step_ragged_parallel(b.wbuf, b.meta, b.h, b.c, slots, offsets, x, y, scratch, b._grab,
-                                     least_tiles * b._tile)
+            scratch = np.zeros((3, b._scratch.shape[1]), np.float32)  # 3 workers, whatever the CPU count
+            b._grab[0] = 0
+            threads = [threading.Thread(target=cpu.step_ragged, args=args + (scratch[w], b._grab,
+                                                                              least_tiles * b._tile, 6))
+                       for w in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
             assert b._grab[0] == n
         else:
-            cpu.step_ragged(b.wbuf, b.meta, b.h, b.c, slots, offsets, x, y, b._scratch)
+            cpu.step_ragged(*args, b._scratch[0], b._grab, 1, 1)
         runs.append((y, h0, c0, b.h.copy(), b.c.copy()))
     (y0, _, _, h0, c0), (y1, _, _, h1, c1) = runs
     assert np.array_equal(y1, y0) and np.array_equal(h1, h0) and np.array_equal(c1, c0), f"seed={SEED}"
     untouched = np.setdiff1d(np.arange(cap), slots)
     assert np.array_equal(h1[untouched], runs[1][1][untouched]), f"seed={SEED}"
+
+
+def test_worker_threads_end_with_their_backend():
+    """The backend's worker threads start at its first shared call and end when it is collected."""
+    import gc
+    import threading
+
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=4, H=8, L=1, O=2)
+    names = lambda: {t for t in threading.enumerate() if t.name.startswith("lstm-stream-kernel")}  # noqa
+    before = names()
+    s = ls.Streams(model, threads=2)
+    s._backend.parallel_min_rows = 1
+    s.step_many(list(range(64)), rng.normal(0, 1, (64, 4)).astype(np.float32))
+    new = names() - before
+    assert len(new) == 1
+    del s
+    gc.collect()
+    for t in new:
+        t.join(timeout=5)
+        assert not t.is_alive()
 
 
 def test_take_hands_out_shrinking_whole_pieces():
