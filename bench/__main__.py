@@ -1,4 +1,7 @@
-"""python -m bench [--quick] [--doc PATH | --no-doc] [--only kernel server ...]: every benchmark in turn.
+"""python -m bench [--quick] [--write-docs | --doc PATH | --no-doc] [--only kernel server ...]: every benchmark.
+
+Reports go to bench-results/ (one file per benchmark and run); docs/benchmarks.md changes only with
+--write-docs (or --doc PATH for another file).
 
 Each runs in its own process (`python -m bench.NAME`), so thread settings and loaded libraries of one never
 touch the next; one that fails is reported and the others still run (the exit status says so).
@@ -16,13 +19,14 @@ BENCHMARKS = ("kernel", "server", "startup", "memory")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="run every lstm-stream benchmark (results: docs/benchmarks.md)")
-    ap.add_argument("--quick", action="store_true", help="short smoke runs; print only unless --doc")
-    ap.add_argument("--doc", help="markdown file to update (default docs/benchmarks.md on full runs)")
-    ap.add_argument("--no-doc", action="store_true", help="print only")
+    ap = argparse.ArgumentParser(description="run every lstm-stream benchmark (reports: bench-results/; "
+                                 "docs/benchmarks.md only with --write-docs)")
+    ap.add_argument("--quick", action="store_true", help="short smoke runs (~1.5 minutes in all)")
+    common.add_doc_options(ap)
     ap.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     a = ap.parse_args(argv)
-    extra = (["--quick"] if a.quick else []) + (["--doc", a.doc] if a.doc else []) + \
+    extra = (["--quick"] if a.quick else []) + (["--write-docs"] if a.write_docs else []) + \
+        (["--doc", str(a.doc)] if a.doc else []) + ["--results", str(a.results)] + \
         (["--no-doc"] if a.no_doc else [])
     common.exit_on_sigterm()
     failed = []

@@ -191,17 +191,27 @@ def machine_lines(extra: dict | None = None) -> list:
 
 
 # ---- command line -------------------------------------------------------------------------------------
+RESULTS = ROOT / "bench-results"  # every run's reports, one file each (git ignores it)
+
+
 def add_doc_options(ap) -> None:
-    """--doc PATH and --no-doc, shared by every benchmark script."""
-    ap.add_argument("--doc", type=Path, default=None, help="markdown file to update (default: "
-                    "docs/benchmarks.md on a full run, none on --quick)")
-    ap.add_argument("--no-doc", action="store_true", help="print only")
+    """--write-docs, --doc PATH and --no-doc, shared by every benchmark script."""
+    ap.add_argument("--write-docs", action="store_true",
+                    help="also replace this benchmark's section of docs/benchmarks.md with the report")
+    ap.add_argument("--doc", type=Path, default=None, help="markdown file whose section to replace instead "
+                    "(implies --write-docs)")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="folder for the run's report files (default bench-results/)")
+    ap.add_argument("--no-doc", action="store_true", help="print only: write no file at all")
 
 
 def resolve_doc(a) -> None:
-    """A full run without --doc or --no-doc writes docs/benchmarks.md; a --quick run writes nothing."""
-    if a.doc is None and not a.quick and not a.no_doc:
+    """a.doc: the markdown file to update, or None. A run writes docs/benchmarks.md only when asked
+    (--write-docs or --doc PATH); every run writes its report to the results folder unless --no-doc."""
+    if a.doc is None and a.write_docs:
         a.doc = DOC
+    if a.no_doc:
+        a.doc = None
 
 
 # ---- docs/benchmarks.md sections ------------------------------------------------------------------------
@@ -210,10 +220,18 @@ def markers(name: str):
 
 
 def publish(name: str, text: str, args) -> bool:
-    """Print a benchmark's report and, unless --no-doc (or a --quick run without --doc), write it into its
-    section of args.doc; True when it wrote."""
+    """Print a benchmark's report, write it to <results>/<name>-<date>-<time>.md (unless --no-doc) and, when
+    asked (args.doc), into its section of that markdown file; True when it wrote the section."""
     print(text)
-    if args.doc and not args.no_doc:
+    if args.no_doc:
+        return False
+    results = Path(getattr(args, "results", RESULTS))
+    results.mkdir(parents=True, exist_ok=True)
+    kind = "quick" if getattr(args, "quick", False) else "full"
+    out = results / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{kind}.md"
+    out.write_text(text.rstrip() + "\n")
+    print(f"wrote {out}")
+    if args.doc:
         write_section(name, text, args.doc)
         print(f"wrote {args.doc}")
         return True

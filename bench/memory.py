@@ -1,7 +1,8 @@
 """Memory benchmark: resident memory with 1,000,000 streams (I=8, H=64, 1 layer) against what they need.
 
-    python -m bench.memory            # full run: writes its section of docs/benchmarks.md
-    python -m bench.memory --quick    # 100,000 streams; prints only (add --doc to write anyway)
+    python -m bench.memory             # full run (report to bench-results/)
+    python -m bench.memory --write-docs   # also its section of docs/benchmarks.md
+    python -m bench.memory --quick    # 100,000 streams; report to bench-results/ only
 
 Each measurement is a fresh child process (`python -m bench.memory --child ...`) so nothing else lives in its
 heap: it loads the model, makes an empty Streams and steps it once (kernels loaded), reads VmRSS from
@@ -122,7 +123,7 @@ def report(runs: dict, args) -> str:
 
 def parse(argv):
     ap = argparse.ArgumentParser(description="lstm-stream memory benchmark (see docs/benchmarks.md)")
-    ap.add_argument("--quick", action="store_true", help=f"{N_QUICK:,} streams; prints only unless --doc")
+    ap.add_argument("--quick", action="store_true", help=f"{N_QUICK:,} streams")
     ap.add_argument("--n", type=int, default=None, help=f"streams (default {N_FULL:,})")
     ap.add_argument("--ids", choices=("int", "str"), default="int", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

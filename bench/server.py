@@ -1,7 +1,8 @@
 """Server benchmark: the lstm-stream daemon against a ZeroMQ echo server (the floor) and a naive torch server.
 
-    python -m bench.server            # full run: writes its section of docs/benchmarks.md
-    python -m bench.server --quick    # smoke run: prints only (add --doc to write anyway)
+    python -m bench.server             # full run (report to bench-results/)
+    python -m bench.server --write-docs   # also its section of docs/benchmarks.md
+    python -m bench.server --quick    # smoke run: report to bench-results/ only
 
 All three servers run at once as child processes on free loopback ports (127.0.0.1), one thread each, and are
 always stopped at the end; the load generator (bench/loadgen.py) runs in this process. Each measurement goes
@@ -200,7 +201,7 @@ def report(s, args) -> str:
 
 def parse(argv):
     ap = argparse.ArgumentParser(description="lstm-stream server benchmark (see docs/benchmarks.md)")
-    ap.add_argument("--quick", action="store_true", help="short smoke run; prints only unless --doc")
+    ap.add_argument("--quick", action="store_true", help="short smoke run")
     ap.add_argument("--threads", type=int, default=1, help="threads of each server (default 1)")
     common.add_doc_options(ap)
     a = ap.parse_args(argv)

@@ -1,7 +1,8 @@
 """Start-up benchmark: from launching `lstm-stream serve` to its first reply, cold and warm Numba cache.
 
-    python -m bench.startup           # full run: writes its section of docs/benchmarks.md
-    python -m bench.startup --quick   # smoke run: prints only (add --doc to write anyway)
+    python -m bench.startup             # full run (report to bench-results/)
+    python -m bench.startup --write-docs   # also its section of docs/benchmarks.md
+    python -m bench.startup --quick   # smoke run: report to bench-results/ only
 
 Cold: NUMBA_CACHE_DIR is a fresh, empty temporary directory, so every kernel compiles. Warm: the same
 directory again, now filled by the cold launch. A pass is one cold launch then several warm ones; two passes,
@@ -143,7 +144,7 @@ def report(r, args) -> str:
 
 def parse(argv):
     ap = argparse.ArgumentParser(description="lstm-stream start-up benchmark (see docs/benchmarks.md)")
-    ap.add_argument("--quick", action="store_true", help="short smoke run; prints only unless --doc")
+    ap.add_argument("--quick", action="store_true", help="short smoke run")
     ap.add_argument("--warm", type=int, default=None, help="warm launches per pass (default 3, quick 1)")
     common.add_doc_options(ap)
     a = ap.parse_args(argv)

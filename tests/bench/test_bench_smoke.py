@@ -64,3 +64,31 @@ def test_ab_names_a_version_it_cannot_find():
     from bench import ab
     with pytest.raises(SystemExit, match="neither a directory holding a checkout"):
         ab.main(["no-such-revision-xyz", "."])
+
+
+def _args(argv, monkeypatch, tmp_path):
+    import argparse
+    monkeypatch.setattr(common, "DOC", tmp_path / "benchmarks.md")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    common.add_doc_options(ap)
+    a = ap.parse_args(argv + ["--results", str(tmp_path / "results")])
+    common.resolve_doc(a)
+    return a
+
+
+def test_a_full_run_writes_its_report_to_the_results_folder_not_the_docs(monkeypatch, tmp_path):
+    """A benchmark run (full or --quick) writes its report under bench-results/ and leaves the docs alone;
+    only --write-docs (or --doc PATH) replaces its section there; --no-doc writes nothing."""
+    for argv in ([], ["--quick"]):
+        a = _args(argv, monkeypatch, tmp_path)
+        assert common.publish("kernel", "figures", a) is False
+        assert not (tmp_path / "benchmarks.md").exists()
+    reports = sorted((tmp_path / "results").iterdir())
+    assert [p.read_text() for p in reports] == ["figures\n", "figures\n"]
+    assert {p.name.split("-")[-1] for p in reports} == {"full.md", "quick.md"}
+    a = _args(["--write-docs"], monkeypatch, tmp_path)
+    assert common.publish("kernel", "new figures", a) is True
+    assert "new figures" in (tmp_path / "benchmarks.md").read_text()
+    a = _args(["--no-doc"], monkeypatch, tmp_path / "none")
+    assert common.publish("kernel", "x", a) is False and not (tmp_path / "none").exists()
