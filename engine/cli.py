@@ -172,17 +172,23 @@ def _open_state(args):
 
 
 def warm_up(model, backend, threads):
-    """Compile (or load from cache) every kernel the daemon uses, on a scratch store, before serving."""
+    """Compile (or load from the cache) every kernel the daemon uses before serving, logging each stage
+    (lstm_stream/warm.py: on a cold cache, in parallel processes). The CUDA kernels by stepping a scratch store."""
     import numpy as np
 
     import lstm_stream as ls
-    scratch = ls.Streams(model, backend=backend, threads=threads)
-    for x in (np.zeros(model.input_size), np.zeros(model.input_size), np.zeros((1, model.input_size))):
-        scratch.step(0, x)  # a new stream, then the one-stream fast path for one sample and for rows
-    scratch.step_batch(list(range(64)), [np.zeros((1, model.input_size))] * 64)  # the batch path
-    scratch.warm_up()  # the batch kernels, serial and parallel, whatever size takes them
-    if model.autoregressive:
-        scratch.forecast(0, 1)
+    from lstm_stream import warm
+    warm.warm_up(model.dtype, model.autoregressive, progress=lambda message: log.info("kernels: %s", message),
+                 defer=True)  # cold: the one-stream kernel is left to a child process (warm.deferred)
+    if backend != "cpu":
+        scratch = ls.Streams(model, backend=backend, threads=threads)
+        if scratch.backend != "cpu":
+            x = np.zeros((2, model.input_size), model.dtype)
+            scratch.step(0, x[0])
+            scratch.step(0, x)
+            scratch.step_batch(list(range(64)), [x[:1]] * 64)
+            if model.autoregressive:
+                scratch.forecast(0, 1)
 
 
 # Python's cyclic garbage collector, for the serving loop. Every request allocates a few dicts and lists that
@@ -207,7 +213,9 @@ def _serve(args, streams, snapshots, config) -> int:
 
     from .core import EngineCore
     from .server import Server
-    core = EngineCore(streams, config, snapshots=snapshots)
+    from lstm_stream import warm
+    background = None if warm.finish_background() else warm.finish_background
+    core = EngineCore(streams, config, snapshots=snapshots, background=background)
     try:
         server = Server(core, args.bind or [DEFAULT_ENDPOINT])
     except zmq.ZMQError as e:
@@ -224,6 +232,7 @@ def _serve(args, streams, snapshots, config) -> int:
              config.max_pending)
     tune_gc()
     server.run()
+    warm.cancel_background()
     status = EXIT_OK
     if snapshots is not None:
         try:

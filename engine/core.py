@@ -3,7 +3,8 @@
     core = EngineCore(streams, EngineConfig(...), snapshots=None)
     reply = core.submit(tag, data)     # queue one request; an immediate reply (bytes) if refused at once
     for tag, data in core.step(): ...  # serve up to max_batch queued requests: one kernel call for the steps
-    core.housekeep()                   # timed snapshot, idle eviction, metrics line; returns the next deadline
+    core.housekeep()                   # timed snapshot, idle eviction, metrics line, background task; returns
+                                       # the next deadline
 
 `tag` is opaque (the server's ZeroMQ envelope). step() walks the queue in arrival order: step requests go into
 one StepPlan (one step_batch call); any other op first runs the plan so far, then itself, so every stream sees
@@ -28,6 +29,9 @@ log = logging.getLogger("lstm_stream.engine")
 
 # Codes of the core's exceptions -> wire codes (the rest are identical).
 _CORE_CODES = {"bad_model": P.UNSUPPORTED, "bad_snapshot": P.SNAPSHOT_FAILED, "bad_backend": P.INTERNAL}
+
+
+BACKGROUND_POLL = 0.1  # seconds between looks at a background task (a kernel compiling) while one runs
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,12 @@ class EngineConfig:
 class EngineCore:
     """Queue, batch plan, op dispatch and housekeeping over one Streams; no sockets, no threads."""
 
-    def __init__(self, streams, config: EngineConfig = EngineConfig(), *, snapshots=None,
+    def __init__(self, streams, config: EngineConfig = EngineConfig(), *, snapshots=None, background=None,
                  clock=time.monotonic):
         self.streams = streams
         self.config = config
         self.snapshots = snapshots
+        self._background = background  # called in housekeeping until it returns True (warm.finish_background)
         self.codec = P.Codec(max_message_bytes=config.max_message_bytes)
         self._clock = clock
         self._queue: collections.deque = collections.deque()  # (tag, Request)
@@ -301,6 +306,11 @@ class EngineCore:
         if now >= self._next_metrics:
             self._log_metrics(now)
         deadlines = [self._next_metrics]
+        if self._background is not None:
+            if self._background():
+                self._background = None
+            else:
+                deadlines.append(now + BACKGROUND_POLL)
         if self.streams.idle_ttl is not None:
             deadlines.append(self._next_evict)
         if self.snapshots is not None and self.snapshots.deadline() is not None:

@@ -29,6 +29,7 @@ from .demo_view import LiveView, ReplayRecord, latency_line, plot_stream
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 DAEMON_START_TIMEOUT = 120.0  # seconds; a first start compiles the kernels (later starts load numba's cache)
 DAEMON_STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+PROGRESS = re.compile(r"kernels: (.*)")  # the daemon's warm-up progress (lstm_stream/warm.py)
 LISTENING = re.compile(r"listening on (tcp://\S+)")  # the daemon's log line naming the endpoint it bound
 
 
@@ -275,9 +276,15 @@ class Daemon:
         from clients import Client
         from clients.errors import ClientError
         deadline = time.monotonic() + self.start_timeout
+        shown = 0  # the daemon's progress lines ("kernels: compiling ...") printed so far
         while self.address is None:
             self._check_alive()
-            found = LISTENING.search(self._read_log())
+            log_text = self._read_log()
+            progress = PROGRESS.findall(log_text)
+            for line in progress[shown:]:
+                print(f"  {line}", flush=True)
+            shown = len(progress)
+            found = LISTENING.search(log_text)
             if found:
                 self.address = found.group(1)
             elif time.monotonic() > deadline:

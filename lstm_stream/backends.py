@@ -20,6 +20,7 @@ import weakref
 
 import numpy as np
 
+from . import warm
 from .errors import BackendError
 
 log = logging.getLogger("lstm_stream")
@@ -98,6 +99,7 @@ class CPUBackend:
         self._workers = None  # started at the first parallel call
         self._one = None  # step_one's compiled entry point (see run_one)
         self._scratch0, self._O, self._dt = self._scratch[0], model.output_size, dt  # run_one's, at hand
+        self._one_slot, self._one_off = np.zeros(1, np.int64), np.zeros(2, np.int64)
         self._macs_per_row = macs_per_row = model.macs_per_step
         self.parallel_min_rows = -(-PARALLEL_MIN_MACS // macs_per_row)
 
@@ -163,9 +165,20 @@ class CPUBackend:
 
     def run_one(self, slot: int, x):
         """run() for a single stream, x (T, I) C-contiguous in the model's dtype -> y (T, O), by the one-stream
-        kernel (the low-latency path); None, with nothing changed, when x holds a NaN or Inf."""
+        kernel (the low-latency path); None, with nothing changed, when x holds a NaN or Inf. While that kernel
+        compiles in the background (warm.deferred), by the many-stream kernel: the same bits."""
         y = np.empty((x.shape[0], self._O), self._dt)
-        one = self._one or self._one_entry(x, y)
+        one = self._one
+        if one is None:
+            if warm.deferred(self._dt.name):
+                if not self._k.all_finite(x):
+                    return None
+                self._one_slot[0] = slot
+                self._one_off[1] = x.shape[0]
+                self._k.step_ragged(self.wbuf, self.meta, self.h, self.c, self._one_slot, self._one_off, x, y,
+                                    self._scratch0, self._grab, 1, 1)
+                return y
+            one = self._one_entry(x, y)
         return y if one(self.wbuf, self.meta, self.h, self.c, slot, x, y, self._scratch0) else None
 
     def _one_entry(self, x, y):

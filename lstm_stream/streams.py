@@ -20,7 +20,6 @@ from .model import LSTMModel
 from .snapshot import read_snapshot, write_snapshot
 from .state import INT64_MAX, StreamState, check_id, check_ids
 from .idtable import distinct
-from .strtable import warm_up as warm_up_str_ids
 from .store import StateStore
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
@@ -59,11 +58,13 @@ class Streams:
         self._backend.grow(capacity)
 
     def warm_up(self) -> None:
-        """Compile (or load from Numba's cache) the backend's kernels and the id tables' functions now rather
-        than on the first call that needs them (seconds, cold). Steps nothing, adds no stream."""
-        if hasattr(self._backend, "warm_up"):
+        """Compile (or load from Numba's cache) every kernel that stepping, the id tables and snapshots use, now
+        rather than on the first call that needs them: seconds on a cold cache (compiled by parallel processes,
+        lstm_stream/warm.py), a fraction of a second after. Steps nothing, adds no stream."""
+        from . import warm
+        warm.warm_up(self.model.dtype, self.model.autoregressive)
+        if hasattr(self._backend, "warm_up") and self.backend != "cpu":
             self._backend.warm_up()
-        warm_up_str_ids()
 
     # ---- introspection -------------------------------------------------------------------------
     @property

@@ -274,3 +274,32 @@ def test_take_hands_out_shrinking_whole_pieces():
         for s in sizes[:-1]:
             assert s == max(least, left // parts // least * least)
             left -= s
+
+
+def test_single_streams_while_the_one_stream_kernel_compiles_in_the_background(monkeypatch):
+    """While warm.deferred() (the daemon's first seconds after a cold start), Streams.step takes the
+    many-stream kernel; before, during and after, a stream's outputs and state are bit-identical to one that
+    always took the one-stream kernel, NaN/Inf is refused with nothing changed either way."""
+    from lstm_stream import warm
+
+    rng = np.random.default_rng(SEED)
+    model = random_model(rng, I=6, H=70, L=2, P=9, O=4)
+    X = rng.normal(0, 1, (30, 3, 6)).astype(np.float32)
+    ref, mixed = ls.Streams(model, threads=1), ls.Streams(model, threads=1)
+    ref.step("s", X[0])  # the one-stream kernel compiled (or loaded) here, before any deferral
+    mixed.step("s", X[0])
+    for t in range(1, 30):
+        deferring = 10 <= t < 20
+        if deferring:
+            monkeypatch.setitem(warm._deferred, model.dtype, None)
+            mixed._backend._one = None  # as a backend that was made while deferring
+        else:
+            monkeypatch.delitem(warm._deferred, model.dtype, raising=False)
+        assert warm.deferred(model.dtype) == deferring
+        x = X[t] if t % 2 else X[t, 0]
+        assert np.array_equal(mixed.step("s", x), ref.step("s", x)), f"t={t}, seed={SEED}"
+        if t == 15:
+            with pytest.raises(ls.InputError, match="NaN or Inf"):
+                mixed.step("s", np.full(6, np.nan, np.float32))
+    a, b = mixed.get_state("s"), ref.get_state("s")
+    assert np.array_equal(a.h, b.h) and np.array_equal(a.c, b.c) and a.steps == b.steps == 3 + 15 * 3 + 14
