@@ -344,8 +344,37 @@ def run_demo(args) -> int:
     return run(args)
 
 
+def add_warm_arguments(p):
+    p.add_argument("--model", help="compile for this model's dtype (default: the shipped default model)")
+    p.add_argument("--dtype", nargs="+", choices=("float32", "float64"), help="compile for these dtypes instead")
+    p.add_argument("--autoregressive", action="store_true", help="with --dtype: also forecast (O == I models)")
+
+
+def run_warm(args) -> int:
+    """Compile every kernel serving uses into the cache now (lstm_stream/warm.py), e.g. when building an image
+    or in a systemd ExecStartPre, so that the first `serve` starts warm."""
+    from lstm_stream import jitcache, warm
+    if args.dtype:
+        jobs = [(d, args.autoregressive) for d in args.dtype]
+    else:
+        try:
+            model = load_serving_model(args.model)
+        except Exception as e:  # a file that is not a model: ModelError, worded for the user
+            print(f"cannot load the model: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        jobs = [(model.dtype, model.autoregressive)]
+    for dtype, ar in jobs:
+        r = warm.warm_up(dtype, ar, progress=lambda m: print(m, flush=True))
+        print(f"{dtype}{' (autoregressive)' if ar else ''}: {'compiled' if r['cold'] else 'already compiled'} "
+              f"in {r['total']:.1f} s", flush=True)
+    print(f"cache: {jitcache.cache_dir()}")
+    return EXIT_OK
+
+
 COMMANDS = {
     "serve": ("run the daemon", add_serve_arguments, run_serve),
+    "warm": ("compile the kernels into the cache now, so that the first start is warm (for images and "
+             "systemd units)", add_warm_arguments, run_warm),
     "demo": ("replay held-out smartwatch recordings as live streams through a daemon; show predictions, "
              "latency, and streaming vs offline accuracy", add_demo_arguments, run_demo),
     "ping": ("check that a daemon answers", add_client_arguments, run_ping),

@@ -1,6 +1,7 @@
 """The lstm-stream command: option parsing, and ping/info/step against a real daemon from a shell."""
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -39,9 +40,13 @@ def test_serve_options_parse():
     assert args.idle_ttl == 3600 and args.max_streams == 1000 and args.backend == "auto"
 
 
-def cli(*args, timeout=60):
+def cli(*args, timeout=60, env=None):
+    environ = None
+    if env is not None:
+        environ = {k: v for k, v in os.environ.items() if k != "LSTM_STREAM_CACHE_DIR"}
+        environ.update(env)
     return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=environ)
 
 
 def test_ping_info_step_from_a_shell(daemon, served_models):
@@ -150,3 +155,15 @@ def test_serve_refuses_a_file_that_is_not_a_model(tmp_path, name):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "allow_pickle" not in r.stderr, r.stderr
     assert f"cannot start: model file '{tmp_path / name}'" in r.stderr, r.stderr
     assert "expected an .npz file written by LSTMModel.save" in r.stderr
+
+
+def test_warm_compiles_into_the_cache_and_says_where(tmp_path):
+    """`lstm-stream warm` on an empty cache compiles, says where the cache is, and a second run finds it warm."""
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    first = cli("warm", env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "float32: compiled" in first.stdout and f"cache: {tmp_path / 'cache'}" in first.stdout
+    second = cli("warm", env=env)
+    assert second.returncode == 0 and "float32: already compiled" in second.stdout
+    bad = cli("warm", "--model", str(tmp_path / "nothing.npz"))
+    assert bad.returncode == 2 and "cannot load the model" in bad.stderr
