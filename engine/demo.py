@@ -39,7 +39,8 @@ class DemoError(Exception):
 
 def add_demo_arguments(p):
     """The demo's command-line options."""
-    p.add_argument("--connect", metavar="ADDR",
+    from .cli import parse_connect
+    p.add_argument("--connect", metavar="ADDR", type=parse_connect,
                    help="use the daemon at ADDR (it must serve the default model); default: start one on a free "
                         "loopback port and stop it at the end")
     p.add_argument("--speed", type=float, default=1.0,

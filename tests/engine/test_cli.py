@@ -139,7 +139,7 @@ def test_bad_bind_and_connect_fail_fast_and_clearly(tmp_path):
     assert "missing.npz" not in r.stderr  # refused before the model was looked at
     r = cli("serve", "--bind", "tcp://127.0.0.1:5555", "--bind", "inproc://x", "--model", tmp_path / "missing.npz")
     assert r.returncode == 2 and "argument --bind: 'inproc://x' has scheme 'inproc'" in r.stderr, r.stderr
-    for command in ("ping", "info"):
+    for command in ("ping", "info", "demo"):
         r = cli(command, "--connect", "localhost:5555")
         assert r.returncode == 2 and "argument --connect: 'localhost:5555' has no scheme; expected" in r.stderr
     r = cli("step", "s", "0,0", "--connect", "tcp://127.0.0.1:x")
