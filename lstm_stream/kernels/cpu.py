@@ -230,7 +230,7 @@ def _one(wbuf, meta, h, c, slot, x, y, scr):
                     _rows8(Wb, k, u, gb)
                 for k in range(K8, K):
                     _row1(Wb, k, u, gb)
-            _cell(wbuf, meta, g1, hr, 0, c, h, slot, l, off_r)
+            _cell(wbuf, meta, g1, hr, l - l, c, h, slot, l, off_r)  # row 0; (a literal 0 compiles another _cell)
         _head(wbuf, meta, h, slot, y, t)
 
 
