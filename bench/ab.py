@@ -42,12 +42,12 @@ KERNEL_CHILD = r"""
 import sys, time
 import numpy as np
 import lstm_stream as ls
-I, H, n_streams, per_call, calls, seed = (int(a) for a in sys.argv[1:7])
+I, H, n_streams, per_call, calls, seed, threads = (int(a) for a in sys.argv[1:8])
 rng = np.random.default_rng(seed)
 t = {"weight_ih_l0": rng.normal(0, 0.3, (4 * H, I)), "weight_hh_l0": rng.normal(0, 0.3, (4 * H, H)),
      "bias_ih_l0": rng.normal(0, 0.1, 4 * H), "bias_hh_l0": rng.normal(0, 0.1, 4 * H),
      "head.weight": rng.normal(0, 0.3, (4, H)), "head.bias": rng.normal(0, 0.1, 4)}
-s = ls.Streams(ls.LSTMModel.from_arrays(t, dtype="float32"), threads=1, initial_capacity=n_streams)
+s = ls.Streams(ls.LSTMModel.from_arrays(t, dtype="float32"), threads=threads, initial_capacity=n_streams)
 ids = list(range(n_streams))
 for a in range(0, n_streams, 4096):
     s.step_many(ids[a:a + 4096], rng.standard_normal((len(ids[a:a + 4096]), I)).astype(np.float32))
@@ -144,15 +144,15 @@ def run_kernel(dirs: dict, args) -> list:
     for r in range(args.rounds):
         for name in (list(dirs) if r % 2 == 0 else list(dirs)[::-1]):
             out = subprocess.run([common.python(), "-c", KERNEL_CHILD, str(I), str(H), str(args.streams),
-                                  str(per_call), str(args.calls), str(r)],
+                                  str(per_call), str(args.calls), str(r), str(args.threads)],
                                  env=common.clean_env(PYTHONPATH=str(dirs[name])), cwd=dirs[name],
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"the kernel child of version {name} failed:\n{out.stderr[-3000:]}")
             res[name].append(float(out.stdout.split()[-1]))
     a, b = res["A"], res["B"]
-    return [[f"ns per stream-step, I={I} H={H}, {per_call} of {args.streams} streams per call (lower is "
-             "better)", f"{np.median(a):.0f}", f"{np.median(b):.0f}", ratios(a, b)]]
+    return [[f"ns per stream-step, I={I} H={H}, {per_call} of {args.streams} streams per call, {args.threads} "
+             f"thread{'s' * (args.threads > 1)} (lower is better)", f"{np.median(a):.0f}", f"{np.median(b):.0f}", ratios(a, b)]]
 
 
 def parse(argv):
@@ -162,7 +162,7 @@ def parse(argv):
     ap.add_argument("--what", choices=("server", "kernel"), default="server")
     ap.add_argument("--rounds", type=int, default=8, help="rounds; every figure of both versions in each")
     ap.add_argument("--block", type=float, default=0.4, help="server: seconds per throughput block")
-    ap.add_argument("--threads", type=int, default=1, help="server: the daemons' --threads")
+    ap.add_argument("--threads", type=int, default=1, help="the daemons' --threads; kernel: Streams(threads=)")
     ap.add_argument("--shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=(8, 64),
                     help="kernel: I,H (default 8,64)")
     ap.add_argument("--streams", type=int, default=10_000, help="kernel: streams in the store")
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         dirs = {"A": export(args.a, tmp / "A"), "B": export(args.b, tmp / "B")}
         rows = run_server(dirs, args, tmp) if args.what == "server" else run_kernel(dirs, args)
     lines = [f"A/B ({args.what}, {args.rounds} rounds, interleaved): A = {args.a}, B = {args.b}", ""]
-    lines += [line for line in common.machine_lines({"threads": args.threads if args.what == "server" else 1})
+    lines += [line for line in common.machine_lines({"threads": args.threads})
               if not line.startswith("- code measured")]  # (the checkout running this, not A or B)
     lines += ["", common.table(["figure", "A (median)", "B (median)", "B/A per round: median (min-max)"], rows)]
     print("\n".join(lines))
