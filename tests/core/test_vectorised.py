@@ -54,7 +54,8 @@ for sig in cpu._cell.signatures:
 
 @pytest.mark.skipif("avx" not in FLAGS, reason="reads x86 AVX assembly (Linux, x86-64 with AVX)")
 def test_cell_vectorises_in_a_fresh_compile(tmp_path):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in os.environ.items() if k != "LSTM_STREAM_CACHE_DIR"}  # (it would take precedence)
+    env.update(NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=tmp_path, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
