@@ -146,10 +146,10 @@ class Streams:
             xs = self.check_input(x, finite=False)  # the one-stream kernel checks for NaN/Inf before it steps
         store = self._store
         slot = store.get_slot(stream_id)  # a known stream's slot; else a new id, checked before any change
-        if slot is None:
-            stream_id, = self._ids((stream_id,))
+        if slot is None:  # a bad input is reported before a full store, as on every other path
             if not self._all_finite(xs):
                 raise InputError("x contains NaN or Inf; expected finite values")
+            stream_id, = self._ids((stream_id,))
             slot = self._slot_or_new(stream_id, self._clock())
         y = self._backend.run_one(slot, xs)
         if y is None:

@@ -270,3 +270,17 @@ def test_step_many_takes_int_ids_as_a_numpy_array():
         with pytest.raises(ls.InputError, match=msg):
             b.step_many(bad, X)
     assert sorted(a.ids()) == sorted(b.ids())
+
+
+def test_a_bad_input_for_a_new_stream_on_a_full_store_is_a_bad_input():
+    """A new id with NaN in x on a full store: InputError (as on every other path), not StoreFullError, and
+    nothing changes; a good input for a new id is then refused as StoreFullError."""
+    streams = ls.Streams(MODEL, max_streams=1)
+    streams.step("a", np.zeros(MODEL.input_size, np.float32))
+    nan = np.full(MODEL.input_size, np.nan, np.float32)
+    for sid in ("b", 2):
+        with pytest.raises(ls.InputError, match="NaN or Inf"):
+            streams.step(sid, nan)
+        with pytest.raises(ls.StoreFullError, match="max_streams=1"):
+            streams.step(sid, np.zeros(MODEL.input_size, np.float32))
+    assert streams.ids() == ["a"] and streams.stream_info("a")["steps"] == 1
