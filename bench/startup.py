@@ -198,9 +198,13 @@ def report(r, args) -> str:
                              ms(r["max_warm"])],
                             ["bare `python -c 'import numpy, numba, zmq, msgpack'`", cell(r["imports"]), "", "",
                              ""]]),
-              "", "Cold start, the warm-up's stages as the daemon logs them (lstm_stream/warm.py; the first "
-                  "compiles in the daemon while a child process compiles the next two, which the daemon then "
-                  "loads; the last drives every serving path and compiles what is left):", "",
+              "", "Cold start, the warm-up's stages as the daemon logs them (lstm_stream/warm.py): the "
+                  "many-stream kernel compiles in the daemon while a child process compiles the id tables, "
+                  "which the daemon then loads; the last stage drives every path serving takes and compiles "
+                  "what is left (nothing, by then). The one-stream kernel compiles in a child process after the "
+                  "daemon is ready (single streams take the many-stream kernel meanwhile, with the same bits), "
+                  "so it is not in these figures; a warm launch right after a cold one that was stopped before "
+                  "that finished compiles it then, which shows in the warm p99 range.", "",
               common.table(["stage", "seconds (per cold launch)"],
                            [[k, ", ".join(f"{st.get(k, float('nan')):.2f}" for st in r["stages"])]
                             for k in stages]),
