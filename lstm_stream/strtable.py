@@ -19,7 +19,6 @@ stream stepped one sample at a time, in-process or by the daemon, finds its id t
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit
 

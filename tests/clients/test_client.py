@@ -7,7 +7,7 @@ from daemons import DaemonFactory
 
 import lstm_stream as ls
 from clients import (BadRequest, Client, ClientClosed, ClientError, InputError, PipelineError, ServerError, State,
-                     Timeout, UnknownStream, Unsupported)
+                     Timeout, UnknownStream)
 
 I = 4
 
