@@ -142,7 +142,9 @@ class CUDABackend:
         return self._y_h[:N].copy()
 
     def run_one(self, slot: int, x):
-        """run() for a single stream."""
+        """run() for a single stream; None, with nothing changed, when x holds a NaN or Inf (as on the CPU)."""
+        if not np.isfinite(x).all():
+            return None
         self._one_off[1] = x.shape[0]
         self._one_slot[0] = slot
         return self.run(self._one_slot, self._one_off, x, x.shape[0])

@@ -113,3 +113,18 @@ def test_cuda_without_gpu_fails_at_construction():
     assert r.returncode == 0, r.stderr
     assert "BackendError: backend='cuda' needs a usable NVIDIA GPU" in r.stdout
     assert "auto -> cpu" in r.stdout
+
+
+def test_nan_or_inf_for_a_known_stream_is_refused_and_changes_nothing(seed):
+    """Streams.step leaves the NaN/Inf check of a known stream's input to the backend's run_one: on CUDA too,
+    an InputError and nothing changed."""
+    model = model_for(seed)
+    s = ls.Streams(model, backend="cuda")
+    x = np.random.default_rng(seed).normal(0, 1, (2, 3)).astype(np.float32)
+    s.step("a", x)
+    before = s.get_state("a")
+    for bad in (np.array([0, np.nan, 1], np.float32), np.array([[np.inf, 0, 0]] * 2, np.float32)):
+        with pytest.raises(ls.InputError, match="NaN or Inf"):
+            s.step("a", bad)
+    after = s.get_state("a")
+    assert np.array_equal(before.h, after.h) and np.array_equal(before.c, after.c) and after.steps == 2
