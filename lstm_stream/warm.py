@@ -228,7 +228,7 @@ def warm_up(dtype: str = "float32", autoregressive: bool = False, *, workers: in
             say(f"waiting for the child process compiling {DESCRIPTIONS[group]}")
             proc.wait()
         what = DESCRIPTIONS.get(group, "every other path serving takes")
-        verb = "compiling" if group in cold or (group == "serving" and cold) else "loading"
+        verb = "loading" if group in children or not cold else "compiling"  # (a child compiled it)
         say(f"{verb} {what} ({k + 1}/{len(stages)})")
         t = time.perf_counter()
         RUN[group](model)
