@@ -4,14 +4,17 @@
     with Client("tcp://127.0.0.1:5555") as c:
         y = c.step("pump-7", x)
 
+LocalClient has the same methods over an EngineCore in this process (no daemon, no socket).
+
 The wire format is lstm_stream.protocol (spec: docs/protocol.md); the exception tree is in clients.errors.
 """
 from ._api import State
 from .aio import AsyncClient
 from .client import DEFAULT_ADDRESS, Client, Pipeline
+from .local import LocalClient
 from .errors import (BadReply, BadRequest, Busy, ClientClosed, ClientError, InputError, InternalError, PipelineError,
                      ServerError, StoreFull, Timeout, UnknownStream, Unsupported)
 
 __all__ = ["AsyncClient", "BadReply", "BadRequest", "Busy", "Client", "ClientClosed", "ClientError",
-           "DEFAULT_ADDRESS", "InputError", "InternalError", "Pipeline", "PipelineError", "ServerError", "State",
+           "DEFAULT_ADDRESS", "InputError", "InternalError", "LocalClient", "Pipeline", "PipelineError", "ServerError", "State",
            "StoreFull", "Timeout", "UnknownStream", "Unsupported"]

@@ -1,14 +1,16 @@
-"""EngineCore: the daemon without sockets. Encoded requests in, encoded replies out, in arrival order.
+"""EngineCore: the daemon without sockets or wire format. Typed requests in, typed replies out.
 
     core = EngineCore(streams, EngineConfig(...), snapshots=None)
-    reply = core.submit(tag, data)     # queue one request; an immediate reply (bytes) if refused at once
-    for tag, data in core.step(): ...  # serve up to max_batch queued requests: one kernel call for the steps
-    core.housekeep()                   # timed snapshot, idle eviction, metrics line, background task; returns
-                                       # the next deadline
+    reply = core.submit(tag, request)     # queue a messages.Request; a Reply at once if refused (busy)
+    for tag, reply in core.step(): ...    # serve up to max_batch queued requests: one kernel call for the steps
+    core.housekeep()                      # timed snapshot, idle eviction, metrics line, background task;
+                                          # returns the next deadline
+    core.call({"v": 1, "op": "ping"})     # one request map in, its reply map out (tests, tools)
 
-`tag` is opaque (the server's ZeroMQ envelope). step() walks the queue in arrival order: step requests go into
-one StepPlan (one step_batch call); any other op first runs the plan so far, then itself, so every stream sees
-its requests in the order they arrived. ping touches no stream and never splits a batch.
+`tag` is opaque (the server's ZeroMQ envelope). step() walks the queue in arrival order: consecutive step
+requests become one BatchPlan (planner.py: one kernel call); any other op first runs the plan so far, then
+itself, so every stream sees its requests in the order they arrived. ping touches no stream and never splits
+a batch. The wire (bytes <-> typed messages) is wire.py's; the socket loop is server.py's.
 """
 from __future__ import annotations
 
@@ -17,13 +19,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 import lstm_stream
 from lstm_stream import protocol as P
-from lstm_stream.errors import LSTMStreamError
+from lstm_stream.errors import InputError, LSTMStreamError
+from lstm_stream.messages import Reply
 
-from .planner import StepPlan
+from .planner import plan
 
 log = logging.getLogger("lstm_stream.engine")
 
@@ -80,7 +81,7 @@ class EngineConfig:
 
 
 class EngineCore:
-    """Queue, batch plan, op dispatch and housekeeping over one Streams; no sockets, no threads."""
+    """Queue, batch plans, op dispatch and housekeeping over one Streams; no sockets, no threads, no bytes."""
 
     def __init__(self, streams, config: EngineConfig = EngineConfig(), *, snapshots=None, background=None,
                  clock=time.monotonic):
@@ -88,7 +89,6 @@ class EngineCore:
         self.config = config
         self.snapshots = snapshots
         self._background = background  # called in housekeeping until it returns True (warm.finish_background)
-        self.codec = P.Codec(max_message_bytes=config.max_message_bytes)
         self._clock = clock
         self._queue: collections.deque = collections.deque()  # (tag, Request)
         self._started = clock()
@@ -104,92 +104,101 @@ class EngineCore:
         return len(self._queue)
 
     # ---- requests in, replies out ----------------------------------------------------------------
-    def submit(self, tag, data) -> bytes | None:
-        """Queue one encoded request; returns an encoded reply when it is answered at once (error or busy)."""
+    def submit(self, tag, req) -> Reply | None:
+        """Queue one request; returns its Reply when it is refused at once (the queue is full: busy)."""
         self.metrics["requests"] += 1
-        try:
-            req = self.codec.decode_request(data)
-        except P.ProtocolError as e:
-            return self._error_bytes(e.request_id, e.code, e.message)
         if len(self._queue) >= self.config.max_pending:
             self.metrics["busy"] += 1
-            return self._error_bytes(req.id, P.BUSY, f"the engine is busy: {len(self._queue)} requests are "
-                                                     "queued; this one was not applied, resend it later")
+            return self.refuse(req.id, P.BUSY, f"the engine is busy: {len(self._queue)} requests are queued; "
+                                               "this one was not applied, resend it later", counted=True)
         self._queue.append((tag, req))
         return None
 
-    def reject(self, code: str, message: str) -> bytes:
-        """Count a request the transport could not even hand over, and return its encoded error reply."""
-        self.metrics["requests"] += 1
-        return self._error_bytes(None, code, message)
+    def refuse(self, request_id, code: str, message: str, *, counted: bool = False) -> Reply:
+        """The error Reply to a request that is not served (one the wire could not decode, say), counted."""
+        if not counted:
+            self.metrics["requests"] += 1
+        self.metrics["errors"] += 1
+        self.metrics[f"error.{code}"] += 1
+        return Reply.failure(request_id, code, message)
 
     def step(self) -> list:
-        """Serve up to max_batch queued requests, stopping early once the turn's steps reach max_turn_samples
-        samples; returns [(tag, encoded reply)] in arrival order."""
+        """Serve up to max_batch queued requests, taking no more step requests once the turn holds
+        max_turn_samples samples; returns [(tag, Reply)] in arrival order."""
         n = min(len(self._queue), self.config.max_batch)
-        if n == 0:
-            return []
-        out, plan, waiting = [], StepPlan(self.streams), []
-        cap = self.config.max_turn_samples
+        out, steps, samples, cap = [], [], 0, self.config.max_turn_samples
         for _ in range(n):
             tag, req = self._queue.popleft()
             if req.op in P.STEP_OPS:
-                err = self._guard(plan.add, req)
-                if err is None:
-                    waiting.append(len(out))  # answered when the plan runs
-                out.append((tag, err))
-                if plan.samples >= cap:
+                steps.append(len(out))  # answered when the plan runs
+                out.append((tag, req))
+                samples += req.samples
+                if samples >= cap:
                     break
             elif req.op == "ping":
-                out.append((tag, self._ok(req, self._op_ping(req))))
+                out.append((tag, self._success(req, {"time": time.time()})))
             else:
-                self._run_plan(plan, out, waiting)
-                plan, waiting = StepPlan(self.streams), []
+                self._run_steps(out, steps)
+                steps = []
                 out.append((tag, self._call(req)))
-        self._run_plan(plan, out, waiting)
+        self._run_steps(out, steps)
         return out
 
     def call(self, msg: dict) -> dict:
-        """Serve one request map in-process and return the decoded reply (tests, tools)."""
-        data = self.codec.encode(msg)
-        reply = self.submit(None, data)
+        """Serve one request map in-process and return the reply map (arrays as numpy arrays)."""
+        try:
+            req = P.parse_request(msg)
+        except P.ProtocolError as e:
+            return self.refuse(e.request_id, e.code, e.message).as_map()
+        reply = self.submit(None, req)
         if reply is None:
             reply = self.step()[-1][1]
-        return self.codec.decode(reply)
+        return reply.as_map()
 
-    def _run_plan(self, plan, out, waiting):
-        """Run the plan (one kernel call) and put each planned request's reply at its place in `out`."""
-        if not len(plan):
+    # ---- step requests: one plan, one kernel call -----------------------------------------------
+    def _run_steps(self, out, positions):
+        """Plan the step requests at `positions` of `out`, run the plan, put each Reply in its place."""
+        if not positions:
             return
-        self.metrics["batches"] += 1
-        self.metrics["batched_requests"] += len(plan)
-        self.metrics["batched_samples"] += plan.samples
+        p = plan([out[k][1] for k in positions], self.streams)
+        replies = {id(req): self._failure(req, e) for req, e in p.refused}
+        if p.spans:
+            replies.update(self._execute(p))
+        for k in positions:
+            tag, req = out[k]
+            out[k] = (tag, replies[id(req)])
+
+    def _execute(self, p, retry=True) -> dict:
+        """{id(request): Reply} for the plan's accepted requests, after one Streams call."""
         self._mutated()
         try:
-            results, err = plan.run(), None
-        except Exception as e:  # planned requests were validated; anything left is unexpected
-            log.exception("step batch of %d requests failed", len(plan))
-            results, err = [(req, None) for req, *_ in plan.parts], e
-        for k, (req, res) in zip(waiting, results):
-            e = err if err is not None else res if isinstance(res, Exception) else None
-            out[k] = (out[k][0], self._ok(req, res) if e is None else self._exc_bytes(req, e))
+            if len(p.ids) == 1:  # a request alone (low load): the one-stream, lowest-latency path
+                Y = self.streams.step(p.ids[0], p.X)  # (T, O), even for one row
+            else:
+                Y = self.streams.step_planned(p.ids, p.lengths, p.X, p.slots, p.generation)
+        except InputError as e:  # NaN/Inf somewhere: refuse the requests holding one, run the others again
+            bad = p.non_finite() if retry else []
+            if not bad:
+                return {id(s.request): self._failure(s.request, e) for s in p.spans}
+            rest = plan([s.request for s in p.spans if all(s.request is not r for r, _ in bad)], self.streams)
+            replies = {id(req): self._failure(req, e) for req, e in bad + rest.refused}
+            if rest.spans:
+                replies.update(self._execute(rest, retry=False))
+            return replies
+        except Exception as e:  # planned requests were checked; anything left is a bug
+            log.exception("step batch of %d requests failed", len(p.spans))
+            return {id(s.request): self._failure(s.request, e) for s in p.spans}
+        self.metrics["batches"] += 1
+        self.metrics["batched_requests"] += len(p.spans)
+        self.metrics["batched_samples"] += p.samples
+        return {id(req): self._success(req, result) for req, result in p.results(Y)}
 
     # ---- one op at a time ------------------------------------------------------------------------
-    def _call(self, req) -> bytes:
-        result = self._guard(self._dispatch[req.op], req)
-        if isinstance(result, bytes):
-            return result
-        return self._ok(req, result)
-
-    def _guard(self, fn, req):
-        """fn(req); an exception becomes an encoded error reply (returned), anything else passes through."""
+    def _call(self, req) -> Reply:
         try:
-            return fn(req)
-        except (P.ProtocolError, LSTMStreamError) as e:
-            return self._exc_bytes(req, e)
+            return self._success(req, self._dispatch[req.op](req))
         except Exception as e:
-            log.exception("op %s failed", req.op)
-            return self._exc_bytes(req, e)
+            return self._failure(req, e)
 
     def _op_ping(self, req):
         return {"time": time.time()}
@@ -212,7 +221,7 @@ class EngineCore:
                                                                   **self.snapshots.status()}}
 
     def _op_streams(self, req):
-        offset, limit = req.fields["offset"], req.fields["limit"]
+        offset, limit = req.offset, req.limit
         if offset < 0 or not 0 <= limit <= P.MAX_STREAMS_PAGE:
             raise P.ProtocolError(P.BAD_REQUEST, f"offset must be >= 0 and limit in 0..{P.MAX_STREAMS_PAGE}, "
                                                  f"got offset={offset}, limit={limit}")
@@ -225,31 +234,30 @@ class EngineCore:
             raise P.ProtocolError(P.UNSUPPORTED, f"forecast needs an autoregressive model (output_size == "
                                                  f"input_size); this one maps {m.input_size} inputs to "
                                                  f"{m.output_size} outputs")
-        return {"y": self.streams.forecast(req.fields["stream"], req.fields["horizon"])}
+        return {"y": self.streams.forecast(req.stream, req.horizon)}
 
     def _op_get_state(self, req):
-        st = self.streams.get_state(req.fields["stream"])
+        st = self.streams.get_state(req.stream)
         return {"h": st.h, "c": st.c, "steps": st.steps, "last_seen": st.last_seen}
 
     def _op_set_state(self, req):
-        f = req.fields  # Streams.set_state checks everything (steps in int64, shapes, NaN) before any change
-        state = {"h": P.to_array(f["h"], "h"), "c": P.to_array(f["c"], "c"), "steps": f["steps"]}
-        self.streams.set_state(f["stream"], state)
+        # Streams.set_state checks everything (steps in int64, shapes, NaN) before any change
+        self.streams.set_state(req.stream, {"h": req.h, "c": req.c, "steps": req.steps})
         self._mutated()
         return {}
 
     def _op_copy(self, req):
-        self.streams.copy(req.fields["src"], req.fields["dst"])
+        self.streams.copy(req.src, req.dst)
         self._mutated()
         return {}
 
     def _op_reset(self, req):
-        self.streams.reset(req.fields["stream"])
+        self.streams.reset(req.stream)
         self._mutated()
         return {}
 
     def _op_drop(self, req):
-        self.streams.drop(req.fields["stream"])
+        self.streams.drop(req.stream)
         self._mutated()
         return {}
 
@@ -262,30 +270,20 @@ class EngineCore:
             raise P.ProtocolError(P.SNAPSHOT_FAILED, f"snapshot to {self.snapshots.path} failed: {e}") from None
 
     # ---- replies ---------------------------------------------------------------------------------
-    def _ok(self, req, result) -> bytes:
-        if req.lists:
-            result = {k: _listify(v) for k, v in result.items()}
-        try:
-            data = self.codec.ok(req.id, result)
-        except Exception as e:  # a result the wire cannot carry is a bug; the client still gets an answer
-            log.exception("cannot encode the reply to %s", req.op)
-            return self._exc_bytes(req, e)
+    def _success(self, req, result) -> Reply:
         self.metrics["ok"] += 1
-        return data
+        return Reply.success(req, result)
 
-    def _exc_bytes(self, req, e) -> bytes:
+    def _failure(self, req, e) -> Reply:
+        """The error Reply for an exception: its own code, or internal (logged) for a bug."""
         if isinstance(e, P.ProtocolError):
             code, msg = e.code, e.message
         elif isinstance(e, LSTMStreamError):
             code, msg = _CORE_CODES.get(e.code, e.code), str(e)
         else:
+            log.error("%s request failed", req.op, exc_info=e)
             code, msg = P.INTERNAL, f"internal error ({type(e).__name__}); the daemon logged it"
-        return self._error_bytes(req.id, code, msg)
-
-    def _error_bytes(self, request_id, code, message) -> bytes:
-        self.metrics["errors"] += 1
-        self.metrics[f"error.{code}"] += 1
-        return self.codec.error(request_id, code, message)
+        return self.refuse(req.id, code, msg, counted=True)
 
     def _mutated(self):
         if self.snapshots is not None:
@@ -331,11 +329,3 @@ class EngineCore:
                 "errors %d (%.2f%%), busy %d, replies dropped %d, streams %d", d["requests"], period,
                 d["requests"] / period, d["batched_samples"], d["batches"], mean, d["errors"], 100 * rate,
                 d["busy"], d["replies_dropped"], len(self.streams))
-
-
-def _listify(v):
-    if isinstance(v, np.ndarray):
-        return P.lists_of(v)
-    if isinstance(v, list):
-        return [_listify(a) for a in v]
-    return v

@@ -1,199 +1,176 @@
-"""Cellular batching planner: turns the step requests of one loop turn into one ragged kernel call.
+"""Cellular batching planner: the step requests of one loop turn -> one BatchPlan (one ragged kernel call).
 
-Idea: every step request that arrived since the last turn brings one or more (stream, samples) segments. The
-plan lists them in arrival order; Streams.step_segments groups them per stream (keeping that order) and runs one
-kernel call for all of them, so each stream advances exactly as if its requests had come alone. Every request
-is validated here, before the call, so a bad one gets its own error and never fails the batch; store capacity
-is reserved per request in arrival order, so a full store refuses exactly the requests that would overflow it.
-The call is Streams.step for a lone one-stream request (lowest latency), else one Streams.step_planned over
-all rows of the turn; both run the same kernel per stream, so a stream's outputs are bit-identical whichever
-is used. The planner builds lists of ids and byte strings only: it never touches weights or state.
+Idea: every step request brings one or more (stream, rows) segments. plan() checks each request on its own, in
+arrival order (shapes and dtype, ids, room in the store for the streams it would create) and lists the
+accepted ones' segments in that order; a refused request gets its own error and never fails the others. The
+engine runs the plan as one Streams call, which groups a stream's segments keeping their order, so every
+stream advances exactly as if its requests had come alone; each Span says which output rows answer which
+request. Pure: no kernel, no socket, no clock; the store is only asked which ids it knows and how many new
+streams fit. NaN/Inf is left to the one call (Streams checks all rows at once); when it refuses, non_finite()
+names the requests that hold one, and the engine plans the others again.
 
-Per request, the plan costs a few dict and list operations, not numpy calls: an input array that arrives as
-a bin map in the model's own dtype (what the client library sends) is kept as its bytes, and the turn's rows
-become one array with one join; the NaN/Inf check runs once over all of them (a request with a NaN is found
-and answered on its own only when that check fails); the ids' slots, looked up once when each request is
-checked against the store, go to the kernel call as they are when every stream was known (nothing can add or
-drop a stream between a request's check and the turn's call); replies carry slices of the outputs' bytes.
+    p = plan(requests, streams)    # p.ids, p.lengths, p.X, p.slots, p.spans; p.refused: [(request, error)]
+    Y = streams.step_planned(p.ids, p.lengths, p.X, p.slots, p.generation)    # (N, O)
+    for request, result in p.results(Y): ...
 """
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from lstm_stream.errors import InputError, StoreFullError
-from lstm_stream.kernels.cpu import all_finite
-from lstm_stream.protocol import BAD_INPUT, ProtocolError, to_array, wire_dtype_name
+from lstm_stream.protocol import BAD_INPUT, ProtocolError
 from lstm_stream.state import check_id
 
-_NATIVE_LE = sys.byteorder == "little"
+
+@dataclass(slots=True)
+class Span:
+    """One accepted request's share of the plan: its rows of X (and of Y) and the shape of its reply."""
+    request: object
+    row: int             # its first row
+    rows: int            # its row count
+    form: object         # "one": y (O,); "rows": y (rows, O); or for `xs`, [(rows, one sample?)] per stream
 
 
-class StepPlan:
-    """The step segments of one turn: ids and inputs in arrival order, and which request asked for which."""
+@dataclass(slots=True)
+class BatchPlan:
+    """What one kernel call does: segment k is the next lengths[k] rows of X, for stream ids[k]."""
+    ids: list                             # one stream id per segment, in arrival order (ids may repeat)
+    lengths: np.ndarray | None            # int64 rows per segment; None when every segment is one row
+    X: np.ndarray | None                  # (N, I) all rows, the model's dtype, C order; None if nothing runs
+    slots: np.ndarray | None              # int64 slot per segment when every id is a known stream, else None
+    generation: int                       # the store's generation the slots belong to
+    spans: list = field(default_factory=list)     # Span per accepted request, arrival order
+    refused: list = field(default_factory=list)   # (request, exception) per refused request
+    samples: int = 0                      # N
+
+    def results(self, Y: np.ndarray) -> list:
+        """[(request, result map)] from Y (N, O): views of Y's rows, shaped as each request sent its input."""
+        out = []
+        for s in self.spans:
+            r, form = s.row, s.form
+            if form == "one":
+                out.append((s.request, {"y": Y[r]}))
+            elif form == "rows":
+                out.append((s.request, {"y": Y[r:r + s.rows]}))
+            else:
+                ys = []
+                for n, one in form:
+                    ys.append(Y[r] if one else Y[r:r + n])
+                    r += n
+                out.append((s.request, {"ys": ys}))
+        return out
+
+    def non_finite(self) -> list:
+        """[(request, InputError)] for the accepted requests whose rows hold a NaN or Inf."""
+        bad = []
+        for s in self.spans:
+            rows = self.X[s.row:s.row + s.rows]
+            if np.isfinite(rows).all():
+                continue
+            blocks = [rows] if type(s.form) is str else np.split(rows, np.cumsum([n for n, _ in s.form])[:-1])
+            what = _first_non_finite(s.request, blocks)
+            if what is not None:
+                bad.append((s.request, InputError(f"{what} contains NaN or Inf; expected finite values")))
+        return bad
+
+
+def plan(requests, streams) -> BatchPlan:
+    """The BatchPlan of a turn's step/step_many requests (arrival order) on `streams` (a Streams)."""
+    builder = _Builder(streams)
+    for req in requests:
+        try:
+            builder.add(req)
+        except Exception as e:  # checked before anything was added: the plan is as it was
+            builder.refused.append((req, e))
+    return builder.finish()
+
+
+class _Builder:
+    """Accumulates the accepted requests' segments; add() raises, changing nothing, to refuse one."""
 
     def __init__(self, streams):
         self.streams = streams
-        m = streams.model
-        self._I, self._dt = m.input_size, np.dtype(m.dtype)
-        self._row_bytes = self._I * self._dt.itemsize
-        self._wire = wire_dtype_name(self._dt) if _NATIVE_LE else None  # bin maps we can take as they are
-        self.ids: list = []        # one stream id per segment
-        self.lengths: list = []    # rows per segment
-        self.blobs: list = []      # the rows' bytes (model dtype, C order), in segment order
-        self.parts: list = []      # (request, first row, first segment, segment count, reply form, first blob)
-        self.samples = 0           # rows over all segments
-        self._new: set = set()     # ids this plan creates (not yet in the store)
-        self._slots: list = []     # per request, its ids' slots (an int for one id) while all are known, else None
-
-    def __len__(self):
-        return len(self.parts)
+        self.ids, self.lengths, self.blocks, self.spans, self.refused = [], [], [], [], []
+        self.slots: list | None = []   # per request: its ids' slots while every id is known, else None
+        self.new: set = set()          # ids this plan creates
+        self.samples = 0
 
     def add(self, req) -> None:
-        """Validate one step/step_many request and append its segments; raises without changing the plan."""
-        f = req.fields
         if req.op == "step":
-            blob, T, nd = self._rows(f["x"], "x")
-            ids, lengths, blobs, form = [f["stream"]], [T], [blob], "row" if nd == 1 else "rows"
-        elif f["x"] is not None:
-            ids = f["streams"]
-            blob, T, _ = self._rows(f["x"], "x")
-            if T != len(ids):
-                raise InputError(f"x has {T} rows but 'streams' lists {len(ids)} ids; expected one row "
-                                 "per stream")
-            lengths, blobs, form = [1] * len(ids), [blob], "matrix"
-        else:
-            ids, xs = f["streams"], f["xs"]
+            block, one = self._rows(req.x, "x")
+            ids, lengths, blocks, form = [req.stream], [len(block)], [block], "one" if one else "rows"
+        elif req.x is not None:  # step_many, one row per stream
+            ids = req.streams
+            block, _ = self._rows(req.x, "x")
+            if len(block) != len(ids):
+                raise InputError(f"x has {len(block)} rows but 'streams' lists {len(ids)} ids; expected one "
+                                 "row per stream")
+            lengths, blocks, form = [1] * len(ids), [block], "rows"
+        else:  # step_many, an array per stream
+            ids, xs = req.streams, req.xs
             if len(xs) != len(ids):
                 raise InputError(f"'xs' has {len(xs)} arrays but 'streams' lists {len(ids)} ids; expected one "
                                  "array per stream")
             rows = [self._rows(a, f"xs[{k}]") for k, a in enumerate(xs)]
-            blobs, lengths = [r[0] for r in rows], [r[1] for r in rows]
-            form = ["row" if r[2] == 1 else "rows" for r in rows]
+            blocks, lengths = [b for b, _ in rows], [len(b) for b, _ in rows]
+            form = [(len(b), one) for b, one in rows]
         if not ids:
             raise ProtocolError(BAD_INPUT, "'streams' is empty; expected at least one stream id")
-        try:
-            slots = self._reserve(ids)
-        except StoreFullError:  # a bad input is the first thing to report, as for a request that fits
-            what = self._non_finite(req, blobs)
-            if what is not None:
-                raise InputError(f"{what} contains NaN or Inf; expected finite values") from None
-            raise
-        self.parts.append((req, self.samples, len(self.ids), len(ids), form, len(self.blobs)))
-        if self._slots is not None:
+        slots = self._reserve(ids, req, blocks)
+        n = sum(lengths)
+        self.spans.append(Span(req, self.samples, n, form))
+        if self.slots is not None:
             if slots is None:
-                self._slots = None
+                self.slots = None
             else:
-                self._slots.append(slots)
+                self.slots.append(slots)
         self.ids.extend(ids)
         self.lengths.extend(lengths)
-        self.blobs.extend(blobs)
-        self.samples += T if type(form) is str else sum(lengths)  # ragged requests have a form per stream
+        self.blocks.extend(blocks)
+        self.samples += n
 
-    def _rows(self, value, what):
-        """(bytes of the rows in the model's dtype, row count T, 1 for one sample (I,) or 2 for (T, I)).
-        A bin map already in the model's dtype and shape is taken as it is; anything else goes through
-        to_array and Streams.check_input, which convert it or say what is wrong. NaN/Inf is checked later,
-        once for the whole turn."""
-        if type(value) is dict and value.get("dtype") == self._wire:
-            shape, data = value.get("shape"), value.get("data")
-            if type(data) is bytes and type(shape) is list:
-                if len(shape) == 1 and shape[0] == self._I and type(shape[0]) is int \
-                        and len(data) == self._row_bytes:
-                    return data, 1, 1
-                if len(shape) == 2 and shape[1] == self._I and type(shape[0]) is int and shape[0] > 0 \
-                        and type(shape[1]) is int and len(data) == shape[0] * self._row_bytes:
-                    return data, shape[0], 2
-        a = to_array(value, what)
-        arr = self.streams.check_input(a, what, finite=False)
-        return arr.tobytes(), arr.shape[0], 1 if a.ndim == 1 else 2
+    def _rows(self, a, what):
+        """(a as (T, I) rows of the model's dtype, whether it was one sample (I,)); InputError if it is not
+        one or more samples. NaN/Inf is checked once for the whole plan, by the call that runs it."""
+        return self.streams.check_input(a, what, finite=False), a.ndim == 1
 
-    def _reserve(self, ids):
-        """The slots of ids when all are known streams (kept for the run, when nothing else has changed the
-        store); else None, after checking that the new ones fit under max_streams (StoreFullError)."""
+    def _reserve(self, ids, req, blocks):
+        """The slots of ids if every one is a known stream; else None, once the new ones are counted against
+        the room left in the store (StoreFullError, or InputError first if the request holds a NaN)."""
         streams = self.streams
         slots = streams.known_slot(ids[0]) if len(ids) == 1 else streams.known_slots(ids)
         if slots is not None:
             return slots
-        new = {check_id(i) for i in streams.unknown(ids)} - self._new
-        limit = self.streams.stats()["max_streams"]
-        if limit is not None and len(self.streams) + len(self._new) + len(new) > limit:
-            raise StoreFullError(f"the store is full: {len(self.streams) + len(self._new)} of max_streams={limit} "
-                                 f"streams in use or being created, this request adds {len(new)}; drop streams "
-                                 "or raise --max-streams")
-        self._new |= new
+        new = {check_id(i) for i in streams.unknown(ids)} - self.new
+        try:
+            streams.check_room(len(new), pending=len(self.new))
+        except StoreFullError:  # a bad input is the first thing to report, as for a request that fits
+            what = _first_non_finite(req, blocks)
+            if what is not None:
+                raise InputError(f"{what} contains NaN or Inf; expected finite values") from None
+            raise
+        self.new |= new
         return None
 
-    def run(self) -> list:
-        """One kernel call for the whole plan; returns [(request, result map or exception)] in arrival order.
-        A request whose input holds a NaN or Inf gets an InputError and the others run without it."""
-        if not self.parts:
-            return []
-        X = np.frombuffer(bytearray().join(self.blobs), self._dt).reshape(self.samples, self._I)  # writable
-        if not all_finite(X):
-            return self._run_without_non_finite(X)
-        if len(self.ids) == 1:  # a request alone (low load): the single-stream, lowest-latency path
-            Y = self.streams.step(self.ids[0], X)  # (T, O), even for one row
-        else:
-            lengths = None if self.samples == len(self.ids) else np.array(self.lengths, np.int64)
-            slots = None if self._slots is None or self._new else self._slot_array()
-            Y = self.streams.step_planned(self.ids, lengths, X, slots)
-        return self._results(Y)
+    def finish(self) -> BatchPlan:
+        streams = self.streams
+        if not self.spans:
+            return BatchPlan([], None, None, None, streams.generation, [], self.refused, 0)
+        X = self.blocks[0] if len(self.blocks) == 1 else np.concatenate(self.blocks)
+        lengths = None if self.samples == len(self.ids) else np.array(self.lengths, np.int64)
+        slots = None
+        if self.slots is not None and not self.new:
+            parts = self.slots
+            slots = np.array(parts, np.int64) if all(type(p) is int for p in parts) else \
+                np.concatenate([p if type(p) is np.ndarray else [p] for p in parts]).astype(np.int64, copy=False)
+        return BatchPlan(self.ids, lengths, X, slots, streams.generation, self.spans, self.refused, self.samples)
 
-    def _slot_array(self):
-        """The requests' slots as one int64 array (an int per one-stream request, an array per other)."""
-        parts = self._slots
-        if all(type(p) is int for p in parts):
-            return np.array(parts, np.int64)
-        return np.concatenate([p if type(p) is np.ndarray else [p] for p in parts]).astype(np.int64, copy=False)
 
-    def _results(self, Y):
-        """Each request's share of Y (N, O): bin maps over slices of Y's bytes (no array per reply), or
-        arrays for requests that asked for nested lists."""
-        name, O = wire_dtype_name(Y.dtype) if _NATIVE_LE else None, Y.shape[1]
-        data, rb, lengths = Y.tobytes(), O * Y.dtype.itemsize, self.lengths
-
-        def rows(r, n, one, lists):
-            if name is None or lists:
-                return Y[r] if one else Y[r:r + n]
-            return {"dtype": name, "shape": [O] if one else [n, O], "data": data[r * rb:(r + n) * rb]}
-
-        results = []
-        for req, r0, k0, n, form, _ in self.parts:
-            if form == "row":
-                results.append((req, {"y": rows(r0, 1, True, req.lists)}))
-            elif form == "matrix":  # one row per stream
-                results.append((req, {"y": rows(r0, n, False, req.lists)}))
-            elif form == "rows":  # one stream, its T rows
-                results.append((req, {"y": rows(r0, lengths[k0], False, req.lists)}))
-            else:
-                ys, r = [], r0
-                for k, f in zip(range(k0, k0 + n), form):
-                    ys.append(rows(r, lengths[k], f == "row", req.lists))
-                    r += lengths[k]
-                results.append((req, {"ys": ys}))
-        return results
-
-    def _non_finite(self, req, blobs):
-        """The field ("x" or "xs[k]") of the first of a request's inputs with a NaN or Inf, else None."""
-        for k, blob in enumerate(blobs):
-            if not np.isfinite(np.frombuffer(blob, self._dt)).all():
-                return "x" if req.op == "step" or req.fields["x"] is not None else f"xs[{k}]"
-        return None
-
-    def _run_without_non_finite(self, X):
-        """The rare turn with a NaN/Inf somewhere: those requests get an InputError naming the field, and a
-        new plan of the others runs (they were valid before, so they are valid again)."""
-        bad, rest = {}, StepPlan(self.streams)
-        for req, r0, k0, n, form, b0 in self.parts:
-            what = self._non_finite(req, self.blobs[b0:b0 + (n if type(form) is list else 1)])
-            if what is None:
-                try:
-                    rest.add(req)
-                except Exception as e:  # cannot happen (fewer new streams than before), but answer anyway
-                    bad[id(req)] = e
-            else:
-                bad[id(req)] = InputError(f"{what} contains NaN or Inf; expected finite values")
-        done = {id(req): res for req, res in rest.run()}
-        return [(req, bad.get(id(req)) or done[id(req)]) for req, *_ in self.parts]
+def _first_non_finite(req, blocks):
+    """The field ("x" or "xs[k]") of the first of a request's input blocks with a NaN or Inf, else None."""
+    for k, block in enumerate(blocks):
+        if not np.isfinite(block).all():
+            return "x" if req.op == "step" or req.x is not None else f"xs[{k}]"
+    return None

@@ -16,6 +16,8 @@ import zmq
 
 from lstm_stream import protocol as P
 
+from .wire import WireCore
+
 log = logging.getLogger("lstm_stream.engine")
 
 MAX_POLL_SECONDS = 0.1  # the loop re-checks the stop flag at least this often (signals set it)
@@ -23,10 +25,11 @@ SHUTDOWN_LINGER_MS = 1000  # at exit, time given to ZeroMQ to deliver the last r
 
 
 class Server:
-    """Binds a ROUTER socket and runs EngineCore until stop() (or SIGTERM via the CLI) is called."""
+    """Binds a ROUTER socket and runs an EngineCore (through its WireCore) until stop() or SIGTERM."""
 
     def __init__(self, core, binds, *, context=None):
         self.core = core
+        self._wire = WireCore(core)
         self._stop = threading.Event()
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
@@ -54,7 +57,7 @@ class Server:
 
     def run(self) -> None:
         """The loop: poll (timeout only for housekeeping), drain, step, reply, housekeep; until stop()."""
-        core, sock = self.core, self._sock
+        core, wire, sock = self.core, self._wire, self._sock
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         deadline = core.housekeep()
@@ -68,13 +71,13 @@ class Server:
                     wait = min(max(deadline - now, 0.0), MAX_POLL_SECONDS)
                 if poller.poll(wait * 1000):
                     self._drain()
-                replies = core.step()
+                replies = wire.step()
                 if replies:
                     self._send_all(replies)
                     spin_until = time.monotonic() + core.config.spin
                 deadline = core.housekeep()
             while core.pending:  # answer what was accepted before stopping
-                self._send_all(core.step())
+                self._send_all(wire.step())
         finally:
             self._close(SHUTDOWN_LINGER_MS)
 
@@ -85,8 +88,8 @@ class Server:
 
     def _drain(self) -> None:
         """Read every ready frame without blocking, up to read_per_turn; refusals are answered at once."""
-        sock, core = self._sock, self.core
-        for _ in range(core.config.read_per_turn):
+        sock, wire = self._sock, self._wire
+        for _ in range(self.core.config.read_per_turn):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -97,10 +100,10 @@ class Server:
                 envelope, body = frames[:2], frames[2]
             else:
                 env = frames[:2] if len(frames) > 2 and frames[1] == b"" else frames[:1]
-                self._send(env, core.reject(P.BAD_MESSAGE, f"expected one payload frame (after an optional "
+                self._send(env, wire.reject(P.BAD_MESSAGE, f"expected one payload frame (after an optional "
                                                            f"empty delimiter), got {len(frames) - 1} frames"))
                 continue
-            reply = core.submit(envelope, body)
+            reply = wire.submit(envelope, body)
             if reply is not None:
                 self._send(envelope, reply)
 

@@ -18,11 +18,12 @@ from operator import countOf
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
+from .messages import (MAX_STREAMS_PAGE, OPS, PROTOCOL_VERSION, REQUEST_FIELDS, REQUESTS, REQUIRED, Reply,
+                       Request, listified)
+
 MAX_MESSAGE_BYTES = 16 * 2**20  # default bound of one encoded message; the daemon's is --max-message-bytes
 MAX_ARRAY_RANK = 4
 MAX_REQUEST_ID_LENGTH = 128     # characters of a str request id
-MAX_STREAMS_PAGE = 100_000      # default and largest `limit` of the streams op
 
 # ---- error codes (stable; clients switch on them) ------------------------------------------------
 BAD_MESSAGE = "bad_message"        # not msgpack, truncated, trailing bytes, not a map, wrong frame count
@@ -40,25 +41,7 @@ INTERNAL = "internal"              # a bug: the daemon logged it and keeps servi
 ERROR_CODES = (BAD_MESSAGE, BAD_REQUEST, BAD_VERSION, UNKNOWN_OP, TOO_LARGE, BAD_INPUT, UNKNOWN_STREAM,
                STORE_FULL, UNSUPPORTED, BUSY, SNAPSHOT_FAILED, INTERNAL)
 
-# ---- ops and their request fields: name -> (kind, default); REQUIRED marks a field without one ----
-REQUIRED = object()
-_STREAM = {"stream": ("id", REQUIRED)}
-REQUEST_FIELDS = {
-    "ping": {},
-    "info": {},
-    "streams": {"offset": ("int", 0), "limit": ("int", MAX_STREAMS_PAGE)},
-    "step": {**_STREAM, "x": ("array", REQUIRED)},
-    "step_many": {"streams": ("ids", REQUIRED), "x": ("array", None), "xs": ("arrays", None)},
-    "forecast": {**_STREAM, "horizon": ("int", REQUIRED)},
-    "get_state": dict(_STREAM),
-    "set_state": {**_STREAM, "h": ("array", REQUIRED), "c": ("array", REQUIRED), "steps": ("int", 0)},
-    "copy": {"src": ("id", REQUIRED), "dst": ("id", REQUIRED)},
-    "reset": dict(_STREAM),
-    "drop": dict(_STREAM),
-    "snapshot": {},
-}
-COMMON_FIELDS = {"lists": ("bool", False)}  # any request: reply arrays as nested lists instead of bin maps
-OPS = tuple(REQUEST_FIELDS)
+# ---- ops: which may be batched, which may be resent ---------------------------------------------
 STEP_OPS = frozenset({"step", "step_many"})
 # Safe to resend after a timeout: applying them twice leaves the same state (absent concurrent writers).
 IDEMPOTENT_OPS = frozenset({"ping", "info", "streams", "forecast", "get_state", "set_state", "copy", "reset"})
@@ -80,18 +63,6 @@ class ProtocolError(Exception):
         self.code, self.message, self.request_id = code, message, request_id
 
 
-class Request:
-    """A decoded, type-checked request: op, id, fields (arrays still undecoded: see to_array)."""
-
-    __slots__ = ("op", "id", "fields", "lists")
-
-    def __init__(self, op, request_id, fields, lists=False):
-        self.op, self.id, self.fields, self.lists = op, request_id, fields, lists
-
-    def __repr__(self):
-        return f"Request(op={self.op!r}, id={self.id!r})"
-
-
 # ---- arrays ---------------------------------------------------------------------------------------
 def wire_dtype_name(dtype):
     """The wire name ("float32", ...) of a numpy dtype in native byte order, or None if the wire has none."""
@@ -108,9 +79,12 @@ def array_map(a: np.ndarray) -> dict:
 
 
 def to_array(value, field: str = "array") -> np.ndarray:
-    """A wire array (bin map or nested lists of numbers) as a writable numpy array; ProtocolError if not."""
-    if isinstance(value, dict):
+    """A wire array (bin map or nested lists of numbers; a numpy array in-process) as a writable numpy
+    array; ProtocolError if not."""
+    if type(value) is dict:
         return _from_map(value, field)
+    if type(value) is np.ndarray:
+        return value if value.flags.writeable else value.copy()
     if isinstance(value, (list, tuple)):
         try:
             a = np.array(value)
@@ -183,6 +157,12 @@ class Codec:
         return self.encode({"v": PROTOCOL_VERSION, "id": request_id, "ok": False,
                             "error": {"code": code, "message": message}})
 
+    def reply(self, reply: Reply) -> bytes:
+        """An encoded Reply (its arrays as array maps, or nested lists when it asks for them)."""
+        if reply.code is not None:
+            return self.error(reply.id, reply.code, reply.message)
+        return self.ok(reply.id, listified(reply.result) if reply.lists else reply.result)
+
     def decode(self, data) -> dict:
         """msgpack bytes -> map, with size and structure bounds; ProtocolError otherwise."""
         if len(data) > self.max_message_bytes:
@@ -197,7 +177,7 @@ class Codec:
         return msg
 
     def decode_request(self, data) -> Request:
-        """Bytes -> Request with op and field types checked; ProtocolError (carrying the id if known)."""
+        """Bytes -> the typed Request (see parse_request); ProtocolError (carrying the id if known)."""
         return parse_request(self.decode(data))
 
     def decode_reply(self, data) -> dict:
@@ -209,7 +189,8 @@ class Codec:
 
 
 def parse_request(msg: dict) -> Request:
-    """Check a decoded map against REQUEST_FIELDS; unknown fields are skipped."""
+    """A decoded map as its typed Request (messages.py): every field checked against its kind, arrays made
+    numpy arrays, unknown fields skipped; ProtocolError (carrying the request id once it is known) if not."""
     rid = msg.get("id")
     if not (rid is None or type(rid) is int or (isinstance(rid, str) and len(rid) <= MAX_REQUEST_ID_LENGTH)):
         raise ProtocolError(BAD_REQUEST, f"'id' must be an int, a str of at most {MAX_REQUEST_ID_LENGTH} "
@@ -236,7 +217,17 @@ def parse_request(msg: dict) -> Request:
     if op == "step_many" and (fields["x"] is None) == (fields["xs"] is None):
         raise ProtocolError(BAD_REQUEST, "step_many needs exactly one of 'x' (one row per stream) or 'xs' "
                                          "(a list of arrays, one per stream)", rid)
-    return Request(op, rid, fields, lists)
+    try:
+        for name, kind in _ARRAY_FIELDS[op]:
+            value = fields[name]
+            if value is None:
+                continue
+            fields[name] = to_array(value, name) if kind == "array" else \
+                [to_array(a, f"{name}[{k}]") for k, a in enumerate(value)]
+    except ProtocolError as e:
+        e.request_id = rid
+        raise
+    return REQUESTS[op](rid, lists, **fields)
 
 
 def _field(msg, name, kind, default, op, rid):
@@ -277,9 +268,11 @@ _KIND_CHECK = {
     "ids": _are_ids,
     "int": lambda v: type(v) is int,
     "bool": lambda v: type(v) is bool,
-    "array": lambda v: isinstance(v, (dict, list)),
-    "arrays": lambda v: isinstance(v, list) and all(isinstance(a, (dict, list)) for a in v),
+    "array": lambda v: isinstance(v, (dict, list, np.ndarray)),
+    "arrays": lambda v: isinstance(v, list) and all(isinstance(a, (dict, list, np.ndarray)) for a in v),
 }
+_ARRAY_FIELDS = {op: tuple((name, kind) for name, (kind, _) in spec.items() if kind in ("array", "arrays"))
+                 for op, spec in REQUEST_FIELDS.items()}
 _KIND_TEXT = {
     "id": "a stream id (str or int)", "ids": "a list of stream ids (str or int)", "int": "an int",
     "bool": "a bool", "array": "an array (map {dtype, shape, data} or nested lists)",

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .backends import make_backend
-from .errors import InputError, ModelError, SnapshotError
+from .errors import InputError, ModelError, SnapshotError, StoreFullError
 from .model import LSTMModel
 from .snapshot import read_snapshot, write_snapshot
 from .state import INT64_MAX, StreamState, check_id, check_ids
@@ -48,6 +48,7 @@ class Streams:
         self._clock = clock
         self._dtype = np.dtype(model.dtype)
         self._I = model.input_size
+        self._generation = 0  # +1 whenever a stream is added or removed (see generation)
         self._store = StateStore(max_streams=max_streams, initial_capacity=initial_capacity,
                                  on_grow=self._grow)
         self._backend = make_backend(backend, model, self._store.capacity, threads=threads)
@@ -133,6 +134,7 @@ class Streams:
         if stream_id in self._store:
             return self._store.slot(stream_id)
         slot = self._store.add(stream_id, now)
+        self._generation += 1
         self._backend.zero(slot)
         return slot
 
@@ -196,6 +198,13 @@ class Streams:
             raise InputError(f"lengths add up to {int(lengths.sum())} rows but X has {X.shape[0]}; expected equal")
         return self._segments(ids, lengths.astype(np.int64), X)
 
+    # ---- for a caller that checks requests itself (the daemon's planner, engine/planner.py) ------------
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever a stream is added or removed: slots taken from known_slot(s) stay
+        valid for as long as it does not change."""
+        return self._generation
+
     def unknown(self, ids) -> list:
         """The ids (as given) that are not streams in the store yet, or are not plain str/int."""
         if self._store.known_slots(ids) is not None:
@@ -204,19 +213,33 @@ class Streams:
         return [i for i in ids if get(i) is None]
 
     def known_slot(self, stream_id):
-        """known_slots for one id: its handle (an int) if it is an existing stream, else None."""
+        """The slot (an int) of an existing stream, else None."""
         return self._store.get_slot(stream_id)
 
     def known_slots(self, ids):
-        """Internal handles of ids, if every one is an existing stream, for step_planned; else None. They stay
-        valid until a stream is added or dropped."""
+        """The slots (int64 array) of ids if every one is an existing stream, else None."""
         return self._store.known_slots(ids)
 
-    def step_planned(self, ids, lengths, X, slots=None) -> np.ndarray:
-        """step_segments for a caller that has validated everything already (the daemon's planner): X a
-        C-contiguous (N, I) array of the model's dtype with no NaN/Inf; lengths an int64 array of counts
-        >= 1 adding up to N, or None for one row per id; slots None, or known_slots(ids) taken with no
-        stream added or dropped since. Saves the checks and the second id lookup (~0.1 µs per id)."""
+    def check_room(self, adding: int, *, pending: int = 0) -> None:
+        """StoreFullError unless `adding` new streams fit under max_streams beside `pending` ones that the
+        caller will create first."""
+        limit, used = self._store.max_streams, len(self._store) + pending
+        if limit is not None and used + adding > limit:
+            raise StoreFullError(f"the store is full: {used} of max_streams={limit} streams in use or being "
+                                 f"created, this request adds {adding}; drop streams or raise --max-streams")
+
+    def step_planned(self, ids, lengths, X, slots=None, generation=None) -> np.ndarray:
+        """step_segments for a caller that has checked shapes, ids and room (the daemon's planner): X a
+        C-contiguous (N, I) array of the model's dtype; lengths an int64 array of counts >= 1 adding up to N,
+        or None for one row per id; slots None, or known_slots(ids) taken at `generation` (looked up again
+        if streams were added or removed since). NaN/Inf anywhere in X: InputError, nothing changed."""
+        if not (X.dtype is self._dtype and X.flags.c_contiguous and X.ndim == 2 and X.shape[1] == self._I):
+            raise InputError(f"X must be a C-contiguous (N, {self._I}) {self._dtype} array, got {X.dtype}"
+                             f"{X.shape}")
+        if not self._all_finite(X):
+            raise InputError("X contains NaN or Inf; expected finite values")
+        if slots is not None and generation != self._generation:
+            slots = None
         return self._segments(ids, lengths, X, slots)
 
     def _segments(self, ids, lengths, X, slots=None):
@@ -331,6 +354,7 @@ class Streams:
         """Remove a stream; its memory is reused by the next new stream."""
         slot = self._store.slot(stream_id)
         self._store.remove(stream_id)
+        self._generation += 1
         self._backend.zero(slot)
 
     def evict_idle(self, now: float | None = None) -> list:
@@ -372,6 +396,7 @@ class Streams:
         for i in list(self._store.ids()):
             self.drop(i)
         slots = self._store.add_many(ids, 0.0)
+        self._generation += 1
         self._backend.scatter(slots, snap["h"], snap["c"])
         self._store.steps[slots] = snap["steps"]
         self._store.last_seen[slots] = snap["last_seen"]

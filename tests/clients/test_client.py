@@ -1,4 +1,5 @@
-"""The sync client against a real daemon: every method, errors, pipelining, timeouts."""
+"""The sync client against a real daemon, and the in-process LocalClient over an EngineCore with the same
+model (one Api, one behaviour): every method, errors, pipelining, timeouts."""
 import time
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 from daemons import DaemonFactory
 
 import lstm_stream as ls
-from clients import (BadRequest, Client, ClientClosed, ClientError, InputError, PipelineError, ServerError, State,
-                     Timeout, UnknownStream)
+from clients import (BadRequest, Client, ClientClosed, ClientError, InputError, LocalClient, PipelineError,
+                     ServerError, State, Timeout, UnknownStream)
 
 I = 4
 
@@ -24,9 +25,17 @@ def served(tmp_path_factory, served_models):
         factory.close()
 
 
-@pytest.fixture
-def client(served):
-    with Client(served[0], timeout=10) as c:
+@pytest.fixture(params=["daemon", "in-process"])
+def client(request, served, tmp_path):
+    if request.param == "daemon":
+        with Client(served[0], timeout=10) as c:
+            yield c
+        return
+    from engine.core import EngineCore
+    from engine.persistence import Snapshots, prepare_dir
+    streams = ls.Streams(served[1])
+    prepare_dir(tmp_path / "state")
+    with LocalClient(EngineCore(streams, snapshots=Snapshots(streams, tmp_path / "state"))) as c:
         yield c
 
 

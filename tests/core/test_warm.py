@@ -28,6 +28,7 @@ assert r["cold"] and r["deferred"] == defer, r
 
 import lstm_stream as ls
 from engine.core import EngineConfig, EngineCore
+from engine.wire import WireCore
 from engine.persistence import Snapshots
 from models import random_model
 from lstm_stream import protocol as P
@@ -51,7 +52,7 @@ I = model.input_size
 with tempfile.TemporaryDirectory() as d:
     s = ls.Streams(model, threads=2, idle_ttl=3600.0, max_streams=100_000)
     snaps = Snapshots(s, d)
-    core = EngineCore(s, EngineConfig(max_turn_samples=100_000), snapshots=snaps)
+    core = WireCore(EngineCore(s, EngineConfig(max_turn_samples=100_000), snapshots=snaps))
     def call(op, **f):
         r = core.call({{"v": 1, "id": 1, "op": op, **f}})
         return r

@@ -1,4 +1,5 @@
-"""EngineCore in-process: every op, cellular batching, arrival order, isolation of bad requests, limits."""
+"""EngineCore in-process, through its wire face (WireCore: bytes in, bytes out): every op, cellular batching,
+arrival order, isolation of bad requests, limits."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -7,6 +8,7 @@ from models import random_model
 
 import lstm_stream as ls
 from engine.core import EngineConfig, EngineCore
+from engine.wire import WireCore
 from lstm_stream import protocol as P
 
 I = 4
@@ -23,7 +25,8 @@ def cls_model():
 
 
 def make_core(model, **config):
-    return EngineCore(ls.Streams(model, max_streams=config.pop("max_streams", None)), EngineConfig(**config))
+    return WireCore(EngineCore(ls.Streams(model, max_streams=config.pop("max_streams", None)),
+                               EngineConfig(**config)))
 
 
 def req(op, rid=1, **fields):
@@ -251,7 +254,8 @@ def test_any_split_into_turns_equals_streams_alone(ops, max_batch, max_turn_samp
     into turns of any size (by request count or by samples), gives every stream the outputs it gets stepped
     alone."""
     model = random_model(np.random.default_rng(5), I=2, H=4, L=1, O=2)
-    core = EngineCore(ls.Streams(model), EngineConfig(max_batch=max_batch, max_turn_samples=max_turn_samples))
+    core = WireCore(EngineCore(ls.Streams(model), EngineConfig(max_batch=max_batch,
+                                                                max_turn_samples=max_turn_samples)))
     rng = np.random.default_rng(len(ops))
     msgs, expect, alone = [], [], {}
 
@@ -313,7 +317,7 @@ def test_a_dropped_stream_in_a_repeated_id_list_starts_again_from_zero():
     step_many requests of the same list, and a new stream that reuses the freed slot, the dropped id must get
     a new stream of its own, and every other stream its own state."""
     model = random_model(np.random.default_rng(8), I=2, H=4, L=1, O=2)
-    core = EngineCore(ls.Streams(model))
+    core = WireCore(EngineCore(ls.Streams(model)))
     ids = [f"sensor-{k}" for k in range(20)]
     rng = np.random.default_rng(9)
     alone = {}

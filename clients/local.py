@@ -1,0 +1,75 @@
+"""In-process client: the Client API over an EngineCore in this process, with no socket and no msgpack.
+
+    c = LocalClient.serving(model)                 # a fresh core over Streams(model); or LocalClient(core)
+    y = c.step("pump-7", x)
+    with c.pipeline() as p: ...                    # queued, served together (one kernel call for the steps)
+
+Each call is checked as the daemon checks a decoded request (protocol.parse_request) and served by the same
+EngineCore, so results and errors are the daemon's, bit for bit: what tests and notebooks use to drive the
+engine without a daemon. Importing this module loads no numba; serving() imports the engine when called.
+"""
+from __future__ import annotations
+
+import itertools
+
+from lstm_stream import protocol as P
+
+from ._api import Api, Call, check_reply
+from .client import Pipeline
+from .errors import BadReply
+
+
+class LocalClient(Api):
+    """Client's methods, served by an EngineCore in this process. For one thread at a time."""
+
+    def __init__(self, core):
+        self.core = core
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def serving(cls, model, *, config=None, **streams_options) -> "LocalClient":
+        """A LocalClient of a new EngineCore over Streams(model, **streams_options)."""
+        from engine.core import EngineConfig, EngineCore
+        from lstm_stream.streams import Streams
+        return cls(EngineCore(Streams(model, **streams_options), config or EngineConfig()))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release (the core stays usable); for symmetry with Client."""
+
+    def __repr__(self):
+        return f"LocalClient({self.core.streams.model!r})"
+
+    def pipeline(self) -> Pipeline:
+        """A Pipeline: queue calls, serve them together, get results in order."""
+        return Pipeline(self)
+
+    def _run(self, call: Call):
+        return call.parse(check_reply(self._roundtrip([call])[0]))
+
+    def _roundtrip(self, calls) -> list:
+        """Queue every call, serve the core until all are answered; reply maps in call order."""
+        core, replies = self.core, {}
+        for k, call in enumerate(calls):
+            try:
+                req = P.parse_request({"v": P.PROTOCOL_VERSION, "id": next(self._ids), "op": call.op,
+                                       **call.fields})
+            except P.ProtocolError as e:
+                replies[k] = core.refuse(e.request_id, e.code, e.message)
+                continue
+            reply = core.submit(k, req)
+            if reply is not None:
+                replies[k] = reply
+        while len(replies) < len(calls) and core.pending:
+            replies.update(core.step())
+        if len(replies) < len(calls):  # cannot happen: every queued request is answered by step()
+            raise BadReply("the engine answered fewer requests than it was given")
+        return [replies[k].as_map() for k in range(len(calls))]
+
+    def _reopen(self) -> None:
+        """Nothing to reopen (Pipeline calls this after a Timeout, which cannot happen here)."""
