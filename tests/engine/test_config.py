@@ -13,6 +13,12 @@ def serve(*argv):
     return [from_args(cls, args) for cls in SERVE_CONFIGS]
 
 
+def test_docs_table_is_the_generated_one():
+    doc = config.DOCS.read_text(encoding="utf-8")
+    assert config.with_table(doc) == doc, "docs/operations.md's option table is stale: run " \
+                                          "`python -m engine.config --write-docs`"
+
+
 def test_no_options_give_every_default():
     assert serve() == [ServeConfig(), StreamsConfig(), EngineConfig()]
 
