@@ -19,52 +19,11 @@ import signal
 import sys
 import time
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+from .config import DEFAULT_ENDPOINT, parse_duration, parse_endpoint, parse_size  # noqa: F401 (API)
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "": 1.0}
-_SIZES = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 2**20}
 
 log = logging.getLogger("lstm_stream.engine")
-
-
-def parse_duration(text: str) -> float:
-    """'250ms', '30s', '5m', '1h', '2d' or plain seconds ('1.5') -> seconds (> 0)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d|)\s*", str(text).lower())
-    if not m or float(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration; expected e.g. 250ms, 30s, 5m, 1h")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_size(text: str) -> int:
-    """'65536', '64KiB', '16MiB' -> bytes (> 0)."""
-    m = re.fullmatch(r"\s*([0-9]+)\s*([a-z]*)\s*", str(text).lower())
-    if not m or m.group(2) not in _SIZES or int(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size; expected e.g. 65536, 64KiB, 16MiB")
-    return int(m.group(1)) * _SIZES[m.group(2)]
-
-
-_ENDPOINT_HELP = "expected tcp://HOST:PORT or ipc://PATH, e.g. tcp://127.0.0.1:5555"
-
-
-def parse_endpoint(text: str) -> str:
-    """A --bind/--connect address: tcp://HOST:PORT (PORT a number, or * to bind any free one) or ipc://PATH."""
-    scheme, sep, rest = str(text).partition("://")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r} has no scheme; {_ENDPOINT_HELP}")
-    if scheme not in ("tcp", "ipc"):
-        raise argparse.ArgumentTypeError(f"{text!r} has scheme {scheme!r}, which a daemon cannot be reached by; "
-                                         f"{_ENDPOINT_HELP}")
-    if scheme == "ipc":
-        if not rest:
-            raise argparse.ArgumentTypeError(f"{text!r} has no path; {_ENDPOINT_HELP}")
-        return text
-    host, colon, port = rest.rpartition(":")
-    if not colon or not host:
-        raise argparse.ArgumentTypeError(f"{text!r} needs a host and a port; {_ENDPOINT_HELP}")
-    if port != "*" and not (port.isdigit() and 0 < int(port) < 65536):
-        raise argparse.ArgumentTypeError(f"{text!r} has port {port!r}; expected a number from 1 to 65535, e.g. "
-                                         "tcp://127.0.0.1:5555 (--bind also takes * for any free port)")
-    return text
 
 
 def parse_connect(text: str) -> str:
@@ -90,31 +49,11 @@ def load_serving_model(path):
 
 # ---- serve -------------------------------------------------------------------------------------------
 def add_serve_arguments(p):
-    from .core import EngineConfig
-    d = EngineConfig()
-    p.add_argument("--model", help="model .npz written by LSTMModel.save (default: the shipped default model)")
-    p.add_argument("--bind", action="append", type=parse_endpoint,
-                   help=f"endpoint to listen on, tcp:// or ipc://; repeatable (default {DEFAULT_ENDPOINT})")
-    p.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "auto"), help="kernel backend")
-    p.add_argument("--threads", type=int, help="CPU kernel threads (default: all cores numba may use)")
-    p.add_argument("--max-streams", type=int, help="refuse new streams beyond this many (default: no limit)")
-    p.add_argument("--idle-ttl", type=parse_duration, help="drop streams idle for this long, e.g. 1h")
-    p.add_argument("--snapshot-dir", help="directory of the snapshot file; restored at start if present")
-    p.add_argument("--snapshot-every", type=parse_duration, help="timed snapshot period, e.g. 30s (needs "
-                                                                 "--snapshot-dir; skipped when nothing changed)")
-    p.add_argument("--max-batch", type=int, default=d.max_batch, help="requests served per loop turn")
-    p.add_argument("--max-turn-samples", type=int, default=d.max_turn_samples,
-                   help="a turn takes no more step requests once it has this many samples (stream-steps)")
-    p.add_argument("--max-pending", type=int, default=d.max_pending,
-                   help="queued requests beyond which new ones get a 'busy' error")
-    p.add_argument("--max-message-bytes", type=parse_size, default=d.max_message_bytes,
-                   help="largest request accepted, e.g. 16MiB")
-    p.add_argument("--hwm", type=int, default=d.hwm, help="ZeroMQ high-water mark per peer (messages)")
-    p.add_argument("--spin-us", type=float, default=d.spin * 1e6,
-                   help="after serving, poll this many µs without sleeping: lower latency, some CPU (0 = off)")
-    p.add_argument("--metrics-every", type=parse_duration, default=d.metrics_every,
-                   help="period of the metrics log line")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    """The options of `serve`: one per field of engine/config.py's SERVE_CONFIGS."""
+    from . import config
+    config.add_arguments(p)
+    p.epilog = ("DURATION: 250ms, 30s, 5m, 1h, 2d or plain seconds. SIZE: 65536, 64KiB, 16MiB. "
+                "All options, and what they cost: docs/operations.md.")
 
 
 def run_serve(args) -> int:
@@ -122,16 +61,15 @@ def run_serve(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lstm_stream.errors import LSTMStreamError, SnapshotError
-    if args.snapshot_every is not None and args.snapshot_dir is None:
-        log.error("--snapshot-every needs --snapshot-dir")
-        return EXIT_USAGE
+
+    from .config import SERVE_CONFIGS, from_args
     try:
-        config = _engine_config(args)
+        serve, streams_config, engine_config = (from_args(cls, args) for cls in SERVE_CONFIGS)
     except ValueError as e:
         log.error("bad option: %s", e)
         return EXIT_USAGE
     try:
-        streams, snapshots = _open_state(args)
+        streams, snapshots = _open_state(serve, streams_config)
     except SnapshotError as e:
         log.error("refusing to start: %s. The snapshot file was left untouched; start with the model that "
                   "wrote it, or move the file away to start empty.", e)
@@ -139,33 +77,27 @@ def run_serve(args) -> int:
     except (LSTMStreamError, OSError) as e:
         log.error("cannot start: %s", e)
         return EXIT_USAGE
-    return _serve(args, streams, snapshots, config)
+    return _serve(serve, streams, snapshots, engine_config)
 
 
-def _engine_config(args):
-    from .core import EngineConfig
-    return EngineConfig(max_batch=args.max_batch, max_turn_samples=args.max_turn_samples,
-                        max_pending=args.max_pending, read_per_turn=2 * args.max_batch,
-                        max_message_bytes=args.max_message_bytes, hwm=args.hwm, metrics_every=args.metrics_every,
-                        spin=max(args.spin_us, 0.0) * 1e-6)
+def _open_state(serve, streams_config):
+    import dataclasses
 
-
-def _open_state(args):
     import lstm_stream as ls
+
     from .persistence import Snapshots, prepare_dir
-    if args.snapshot_dir is not None:  # first: a directory it cannot write fails at once, not after compiling
-        prepare_dir(args.snapshot_dir)  # OSError naming it: run_serve refuses to start (exit 2)
-    model = load_serving_model(args.model)
+    if serve.snapshot_dir is not None:  # first: a directory it cannot write fails at once, not after compiling
+        prepare_dir(serve.snapshot_dir)  # OSError naming it: run_serve refuses to start (exit 2)
+    model = load_serving_model(serve.model)
     t0 = time.perf_counter()
-    warm_up(model, args.backend, args.threads)
-    streams = ls.Streams(model, backend=args.backend, max_streams=args.max_streams, idle_ttl=args.idle_ttl,
-                         threads=args.threads)
+    warm_up(model, streams_config.backend, streams_config.threads)
+    streams = ls.Streams(model, **dataclasses.asdict(streams_config))
     log.info("model %r fingerprint %s: %d inputs -> %d outputs, hidden %d x %d layers, %s, backend %s "
              "(kernels ready in %.2f s)", model.name, model.fingerprint, model.input_size, model.output_size,
              model.hidden_size, model.num_layers, model.dtype, streams.backend, time.perf_counter() - t0)
     snapshots = None
-    if args.snapshot_dir is not None:
-        snapshots = Snapshots(streams, args.snapshot_dir, every=args.snapshot_every)
+    if serve.snapshot_dir is not None:
+        snapshots = Snapshots(streams, serve.snapshot_dir, every=serve.snapshot_every)
         snapshots.restore()
     return streams, snapshots
 
@@ -207,7 +139,7 @@ def tune_gc():
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _serve(args, streams, snapshots, config) -> int:
+def _serve(serve, streams, snapshots, config) -> int:
     import zmq
 
     from .core import EngineCore
@@ -216,9 +148,9 @@ def _serve(args, streams, snapshots, config) -> int:
     background = None if warm.finish_background() else warm.finish_background
     core = EngineCore(streams, config, snapshots=snapshots, background=background)
     try:
-        server = Server(core, args.bind or [DEFAULT_ENDPOINT])
+        server = Server(core, serve.bind)
     except zmq.ZMQError as e:
-        log.error("cannot bind %s: %s", args.bind or [DEFAULT_ENDPOINT], e)
+        log.error("cannot bind %s: %s", list(serve.bind), e)
         return EXIT_USAGE
 
     def on_signal(signum, frame):

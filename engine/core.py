@@ -17,13 +17,13 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from dataclasses import dataclass
 
 import lstm_stream
 from lstm_stream import protocol as P
 from lstm_stream.errors import InputError, LSTMStreamError
 from lstm_stream.messages import Reply
 
+from .config import EngineConfig
 from .planner import plan
 
 log = logging.getLogger("lstm_stream.engine")
@@ -35,58 +35,13 @@ _CORE_CODES = {"bad_model": P.UNSUPPORTED, "bad_snapshot": P.SNAPSHOT_FAILED, "b
 BACKGROUND_POLL = 0.1  # seconds between looks at a background task (a kernel compiling) while one runs
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """Every tunable of the engine, with its default and why."""
-
-    # Requests served per loop turn. Bounds one turn's latency; large enough that a turn can batch thousands
-    # of streams into one kernel call.
-    max_batch: int = 4096
-    # Samples (stream-steps) after which a turn stops taking step requests; the rest wait for the next turn.
-    # Replies go out when their turn ends, so under load a cap lets the first replies leave (and their
-    # clients send again) while the daemon steps the rest: a kernel call of ~1,000 stream-steps is already
-    # as efficient per step as a larger one. 100 streams per message, 16 in flight, 2 cores: 725-904k samples/s
-    # uncapped, 891-986k with turns of 800.
-    max_turn_samples: int = 1024
-    # Requests read but not yet served. Beyond it a request is refused at once with `busy` (nothing applied),
-    # so a client that sends faster than the engine serves learns it instead of waiting without bound.
-    max_pending: int = 16384
-    # Frames the server reads per turn: twice max_batch, so that sustained overload fills the queue (and is
-    # refused) rather than piling up unseen in ZeroMQ's buffers.
-    read_per_turn: int = 8192
-    # Largest accepted request; larger ones get `too_large`. ZeroMQ drops connections sending 4x this.
-    max_message_bytes: int = P.MAX_MESSAGE_BYTES
-    # ZeroMQ high-water mark, messages per peer and direction: the socket-level bound behind max_pending.
-    hwm: int = 10_000
-    # How often idle streams are looked for when idle_ttl is set (eviction costs O(streams)).
-    evict_every: float = 1.0
-    # How often one metrics line is logged (only when there was traffic).
-    metrics_every: float = 60.0
-    # After a turn that served requests, keep polling without sleeping this long. A process woken from
-    # sleep runs its next request on cold caches: one request in flight measured p50 126 µs without this
-    # and 60 µs with 200 µs of spinning (2-core VM). It costs CPU only while requests keep coming; 0 = off.
-    spin: float = 200e-6
-
-    def __post_init__(self):
-        for name in ("max_batch", "max_turn_samples", "max_pending", "read_per_turn", "max_message_bytes"):
-            v = getattr(self, name)
-            if type(v) is not int or v < 1:
-                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= 1, got {v!r}")
-        if type(self.hwm) is not int or self.hwm < 0:
-            raise ValueError(f"hwm (--hwm) must be an integer >= 0 (0: no limit), got {self.hwm!r}")
-        for name in ("evict_every", "metrics_every", "spin"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ValueError(f"{name} must be a number of seconds >= 0, got {v!r}")
-
-
 class EngineCore:
     """Queue, batch plans, op dispatch and housekeeping over one Streams; no sockets, no threads, no bytes."""
 
-    def __init__(self, streams, config: EngineConfig = EngineConfig(), *, snapshots=None, background=None,
+    def __init__(self, streams, config: EngineConfig | None = None, *, snapshots=None, background=None,
                  clock=time.monotonic):
         self.streams = streams
-        self.config = config
+        self.config = config = config or EngineConfig()
         self.snapshots = snapshots
         self._background = background  # called in housekeeping until it returns True (warm.finish_background)
         self._clock = clock

@@ -18,8 +18,8 @@ from operator import countOf
 import msgpack
 import numpy as np
 
-from .messages import (MAX_STREAMS_PAGE, OPS, PROTOCOL_VERSION, REQUEST_FIELDS, REQUESTS, REQUIRED, Reply,
-                       Request, listified)
+from .messages import (MAX_STREAMS_PAGE, OPS, PROTOCOL_VERSION, REQUEST_FIELDS, REQUESTS, REQUIRED,  # noqa: F401
+                       Reply, Request, listified)  # (the tables and message classes are part of this module's API)
 
 MAX_MESSAGE_BYTES = 16 * 2**20  # default bound of one encoded message; the daemon's is --max-message-bytes
 MAX_ARRAY_RANK = 4

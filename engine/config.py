@@ -1,0 +1,318 @@
+"""Every option of `lstm-stream serve`, defined once: one dataclass per layer, each field carrying its default,
+help text and unit. The command line (engine/cli.py) and the option table of docs/operations.md are generated
+from these fields; no option is written anywhere else.
+
+    ServeConfig     what the daemon loads, where it listens, where it snapshots     (engine/cli.py)
+    StreamsConfig   the Streams it serves: Streams(model, **asdict(config))        (lstm_stream/streams.py)
+    EngineConfig    the serving loop's batching, backpressure and timing           (engine/core.py, server.py)
+
+A field is declared with option(default, help, unit=..., flag=..., ...); its "why this value" is the comment
+above it. A field with flag=None has no command-line option (set in code, or derived from the other options).
+
+    python -m engine.config --markdown       # print the option table of docs/operations.md
+    python -m engine.config --write-docs     # rewrite it in place (tests/engine/test_config.py checks it)
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from lstm_stream import protocol as P
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+# ---- units: how a value is written as text -----------------------------------------------------------
+_DURATIONS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "": 1.0}
+_SIZES = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 2**20}
+
+
+def parse_duration(text: str) -> float:
+    """'250ms', '30s', '5m', '1h', '2d' or plain seconds ('1.5') -> seconds (> 0)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d|)\s*", str(text).lower())
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration; expected e.g. 250ms, 30s, 5m, 1h")
+    return float(m.group(1)) * _DURATIONS[m.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> the text parse_duration reads back, in the largest whole unit: 60.0 -> '1m'."""
+    for suffix in ("d", "h", "m", "s", "ms"):
+        n = seconds / _DURATIONS[suffix]
+        if n >= 1 and n == round(n):
+            return f"{round(n)}{suffix}"
+    return f"{seconds:g}"
+
+
+def parse_size(text: str) -> int:
+    """'65536', '64KiB', '16MiB' -> bytes (> 0)."""
+    m = re.fullmatch(r"\s*([0-9]+)\s*([a-z]*)\s*", str(text).lower())
+    if not m or m.group(2) not in _SIZES or int(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size; expected e.g. 65536, 64KiB, 16MiB")
+    return int(m.group(1)) * _SIZES[m.group(2)]
+
+
+def format_size(n: int) -> str:
+    """Bytes -> the text parse_size reads back: 16777216 -> '16MiB'."""
+    for suffix, size in (("MiB", 2**20), ("KiB", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)
+
+
+def parse_microseconds(text: str) -> float:
+    """'200' (µs) -> seconds; a negative number is 0 (off)."""
+    try:
+        return max(float(text), 0.0) / 1e6
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of microseconds; expected e.g. 200, or 0 "
+                                         "for off") from None
+
+
+_ENDPOINT_HELP = "expected tcp://HOST:PORT or ipc://PATH, e.g. tcp://127.0.0.1:5555"
+
+
+def parse_endpoint(text: str) -> str:
+    """A --bind/--connect address: tcp://HOST:PORT (PORT a number, or * to bind any free one) or ipc://PATH."""
+    scheme, sep, rest = str(text).partition("://")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} has no scheme; {_ENDPOINT_HELP}")
+    if scheme not in ("tcp", "ipc"):
+        raise argparse.ArgumentTypeError(f"{text!r} has scheme {scheme!r}, which a daemon cannot be reached by; "
+                                         f"{_ENDPOINT_HELP}")
+    if scheme == "ipc":
+        if not rest:
+            raise argparse.ArgumentTypeError(f"{text!r} has no path; {_ENDPOINT_HELP}")
+        return text
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a host and a port; {_ENDPOINT_HELP}")
+    if port != "*" and not (port.isdigit() and 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"{text!r} has port {port!r}; expected a number from 1 to 65535, e.g. "
+                                         "tcp://127.0.0.1:5555 (--bind also takes * for any free port)")
+    return text
+
+
+@dataclass(frozen=True)
+class Unit:
+    """How an option's value is written as text: its metavar, text -> value, value -> text, a word after it."""
+
+    metavar: str | None
+    parse: Callable[[str], Any] = str
+    show: Callable[[Any], str] = str
+    word: str = ""
+
+
+def count(word: str) -> Unit:
+    """A whole number of `word` (requests, streams ...)."""
+    return Unit("N", int, str, word)
+
+
+TEXT = Unit(None)
+PATH, DIR = Unit("PATH"), Unit("DIR")
+ENDPOINT = Unit("ENDPOINT", parse_endpoint)
+DURATION = Unit("DURATION", parse_duration, format_duration)
+SIZE = Unit("SIZE", parse_size, format_size)
+MICROSECONDS = Unit("N", parse_microseconds, lambda seconds: f"{seconds * 1e6:g}", "µs")
+
+
+def option(default, help: str, *, unit: Unit = TEXT, flag: str | bool = True, shown: str | None = None,
+           choices: tuple | None = None, repeat: bool = False, derive: Callable[[dict], Any] | None = None):
+    """A dataclass field that is a `serve` option. help: markdown, one or two lines. flag: True for
+    --field-name, a str for another name, None for no option. shown: the default in words (for None).
+    repeat: the option may be given several times (a tuple). derive(values): the value when built from the
+    command line, from the other fields' values."""
+    return field(default=default, metadata={"help": help, "unit": unit, "flag": flag, "shown": shown,
+                                            "choices": choices, "repeat": repeat, "derive": derive})
+
+
+# ---- the options -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the daemon serves, where it listens, where it snapshots."""
+
+    model: str | None = option(None, "model `.npz` written by `LSTMModel.save`", unit=PATH,
+                               shown="the shipped default model")
+    bind: tuple = option((DEFAULT_ENDPOINT,), "`tcp://HOST:PORT` or `ipc:///path`; repeat to listen on several; "
+                         "`tcp://127.0.0.1:*` picks a free port (logged)", unit=ENDPOINT, repeat=True)
+    snapshot_dir: str | None = option(None, "where the snapshot file lives; created if missing, restored at start",
+                                      unit=DIR, shown="none")
+    # A crash loses the steps applied since the last snapshot; this period bounds that loss.
+    snapshot_every: float | None = option(None, "timed snapshots (skipped when nothing changed); needs "
+                                          "`--snapshot-dir`", unit=DURATION, shown="none")
+    log_level: str = option("info", "log lines below this level are not written", choices=("debug", "info",
+                                                                                            "warning", "error"))
+
+    def __post_init__(self):
+        if self.snapshot_every is not None and self.snapshot_dir is None:
+            raise ValueError("--snapshot-every needs --snapshot-dir")
+
+
+@dataclass(frozen=True)
+class StreamsConfig:
+    """The Streams the daemon serves: Streams(model, **asdict(config)); Streams checks the values."""
+
+    backend: str = option("cpu", "`cuda` fails at start without a usable GPU; `auto` takes CUDA if usable "
+                          "(logged), else the CPU", choices=("cpu", "cuda", "auto"))
+    threads: int | None = option(None, "threads that step a turn with enough work at once (see "
+                                 "[Threads](#threads)); outputs do not depend on it", unit=count("threads"),
+                                 shown="the machine's CPUs")
+    max_streams: int | None = option(None, "new streams beyond N are refused with `store_full`",
+                                     unit=count("streams"), shown="no limit")
+    idle_ttl: float | None = option(None, "streams not stepped for this long are dropped (looked for every "
+                                    "second)", unit=DURATION, shown="never")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The serving loop: batching, backpressure, timing (every tunable with its default and why)."""
+
+    # Requests served per loop turn. Bounds one turn's latency; large enough that a turn can batch thousands
+    # of streams into one kernel call.
+    max_batch: int = option(4096, "requests served per loop turn (one kernel call)", unit=count("requests"))
+    # Samples (stream-steps) after which a turn stops taking step requests; the rest wait for the next turn.
+    # Replies go out when their turn ends, so under load a cap lets the first replies leave (and their
+    # clients send again) while the daemon steps the rest: a kernel call of ~1,000 stream-steps is already
+    # as efficient per step as a larger one. 100 streams per message, 16 in flight, 2 cores: 725-904k samples/s
+    # uncapped, 891-986k with turns of 800.
+    max_turn_samples: int = option(1024, "a turn takes no more step requests once it holds N samples "
+                                   "(stream-steps); the rest wait for the next turn, so under load the first "
+                                   "replies leave sooner", unit=count("samples"))
+    # Requests read but not yet served. Beyond it a request is refused at once with `busy` (nothing applied),
+    # so a client that sends faster than the engine serves learns it instead of waiting without bound.
+    max_pending: int = option(16384, "queued requests beyond which new ones get `busy` (not applied)",
+                              unit=count("requests"))
+    # Frames the server reads per turn: twice max_batch, so that sustained overload fills the queue (and is
+    # refused) rather than piling up unseen in ZeroMQ's buffers.
+    read_per_turn: int = option(8192, "frames the server reads per turn", unit=count("frames"), flag=None,
+                                derive=lambda values: 2 * values["max_batch"])
+    # Largest accepted request; larger ones get `too_large`. ZeroMQ drops connections sending 4x this.
+    max_message_bytes: int = option(P.MAX_MESSAGE_BYTES, "largest request accepted (`too_large` above; "
+                                    "ZeroMQ drops a connection that sends 4× this)", unit=SIZE)
+    # ZeroMQ high-water mark, messages per peer and direction: the socket-level bound behind max_pending.
+    hwm: int = option(10_000, "ZeroMQ high-water mark per connection and direction (0: no limit)",
+                      unit=count("messages"))
+    # How often idle streams are looked for when idle_ttl is set (eviction costs O(streams)).
+    evict_every: float = option(1.0, "how often idle streams are looked for", unit=DURATION, flag=None)
+    # How often one metrics line is logged (only when there was traffic).
+    metrics_every: float = option(60.0, "period of the metrics log line (written only when there was traffic)",
+                                  unit=DURATION)
+    # After a turn that served requests, keep polling without sleeping this long. A process woken from
+    # sleep runs its next request on cold caches: one request in flight measured p50 126 µs without this
+    # and 60 µs with 200 µs of spinning (2-core VM). It costs CPU only while requests keep coming; 0 = off.
+    spin: float = option(200e-6, "after a turn that served requests, keep polling this long without sleeping: "
+                         "lower latency for some CPU; 0 = off (see [Latency and --spin-us](#latency-and---spin-us))",
+                         unit=MICROSECONDS, flag="--spin-us")
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_turn_samples", "max_pending", "read_per_turn", "max_message_bytes"):
+            v = getattr(self, name)
+            if type(v) is not int or v < 1:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= 1, got {v!r}")
+        if type(self.hwm) is not int or self.hwm < 0:
+            raise ValueError(f"hwm (--hwm) must be an integer >= 0 (0: no limit), got {self.hwm!r}")
+        for name in ("evict_every", "metrics_every", "spin"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {v!r}")
+
+
+SERVE_CONFIGS = (ServeConfig, StreamsConfig, EngineConfig)  # the options of `serve`, in this order
+
+
+# ---- generated: command-line options, configs from them, the docs table ------------------------------
+def options(cls) -> list:
+    """The fields of config class `cls` that are command-line options."""
+    return [f for f in fields(cls) if f.metadata["flag"] is not None]
+
+
+def flag(f) -> str:
+    """The command-line option of field `f`: --field-name unless the field names another."""
+    name = f.metadata["flag"]
+    return name if isinstance(name, str) else "--" + f.name.replace("_", "-")
+
+
+def default_text(f) -> str:
+    """Field `f`'s default as text (markdown): the unit's rendering, or the words given for it."""
+    m = f.metadata
+    if m["shown"] is not None:
+        return m["shown"]
+    values = f.default if m["repeat"] else (f.default,)
+    text = ", ".join(f"`{m['unit'].show(v)}`" for v in values)
+    return f"{text} {m['unit'].word}".rstrip()
+
+
+def plain(markdown: str) -> str:
+    """Help text for a terminal: markdown code spans as plain text, links to docs/operations.md's sections
+    as their titles."""
+    return re.sub(r"\[([^]]*)\]\(#[^)]*\)", r"\1 in docs/operations.md", markdown).replace("`", "")
+
+
+def add_arguments(parser, configs=SERVE_CONFIGS) -> None:
+    """Add one command-line option per option field of each config class, in a group per class."""
+    for cls in configs:
+        group = parser.add_argument_group(cls.__name__, cls.__doc__.splitlines()[0])
+        for f in options(cls):
+            m = f.metadata
+            help_text = f"{plain(m['help'])} (default: {plain(default_text(f))})".replace("%", "%%")
+            group.add_argument(flag(f), dest=f.name, type=m["unit"].parse, choices=m["choices"],
+                               metavar=None if m["choices"] else m["unit"].metavar, help=help_text,
+                               action="append" if m["repeat"] else "store",
+                               default=None if m["repeat"] else f.default)  # append would extend a default
+
+
+def from_args(cls, args):
+    """The config `cls` from arguments parsed by add_arguments; raises ValueError for a bad value."""
+    values = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    for f in options(cls):
+        v = getattr(args, f.name)
+        if v is not None:
+            values[f.name] = tuple(v) if f.metadata["repeat"] else v
+    for f in fields(cls):
+        if f.metadata["derive"] is not None:
+            values[f.name] = f.metadata["derive"](values)
+    return cls(**values)
+
+
+def markdown_table(configs=SERVE_CONFIGS) -> str:
+    """The option table of docs/operations.md."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for cls in configs:
+        for f in options(cls):
+            m = f.metadata
+            value = "{" + ",".join(m["choices"]) + "}" if m["choices"] else m["unit"].metavar
+            rows.append(f"| `{flag(f)} {value}` | {default_text(f)} | {m['help']} |")
+    return "\n".join(rows) + "\n"
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
+_TABLE = re.compile(r"(<!-- options: [^\n]* -->\n)(.*?)(<!-- /options -->)", re.DOTALL)
+
+
+def with_table(doc: str) -> str:
+    """`doc` (docs/operations.md's text) with the generated option table between its markers."""
+    if not _TABLE.search(doc):
+        raise ValueError("no '<!-- options: ... -->' ... '<!-- /options -->' markers in the document")
+    return _TABLE.sub(lambda m: m.group(1) + markdown_table() + m.group(3), doc, count=1)
+
+
+def main(argv=None) -> int:
+    """`python -m engine.config --markdown | --write-docs`."""
+    p = argparse.ArgumentParser(prog="python -m engine.config", description="The option table of `serve`.")
+    p.add_argument("--write-docs", action="store_true", help=f"rewrite the table in {DOCS} (default: print it)")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown (the default)")
+    args = p.parse_args(argv)
+    if args.write_docs:
+        DOCS.write_text(with_table(DOCS.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        sys.stdout.write(markdown_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
