@@ -27,6 +27,7 @@ from .loadgen import LoadGen, ServerFailed, step_pool
 
 ECHO, DAEMON, NAIVE, CLIENT = "echo (ZeroMQ + msgpack floor)", "lstm-stream daemon", "naive torch server", \
     "lstm-stream daemon via clients.Client"
+ASYNC = "lstm-stream daemon via clients.AsyncClient"
 DAEMON_DEFAULT = "lstm-stream daemon, default --threads"  # what `lstm-stream serve` uses unless told: all cores
 SERVERS = (ECHO, DAEMON, DAEMON_DEFAULT, NAIVE)
 SPEC = Spec(8, 64)
@@ -113,21 +114,60 @@ def client_blocks(client, timing):
     return latency, pipelined
 
 
+def async_blocks(endpoint, timing):
+    """The same two blocks through clients.AsyncClient (awaited one at a time; WINDOW gathered), on an event
+    loop of their own; returns (latency, pipelined, close)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(_async_client(endpoint))
+    rng = np.random.default_rng(2)
+    xs = rng.standard_normal((WINDOW, SPEC.I), dtype=np.float32)
+    ids = [f"a{k}" for k in range(WINDOW)]
+
+    async def lat():
+        out = []
+        for k in range(timing["lat_count"]):
+            t0 = time.perf_counter_ns()
+            await client.step("a-lat", xs[k % WINDOW])
+            out.append((time.perf_counter_ns() - t0) * 1e-9)
+        return out
+
+    async def pipe():
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < timing["block_s"]:
+            await asyncio.gather(*(client.step(ids[k], xs[k]) for k in range(WINDOW)))
+            n += WINDOW
+        return [n / (time.perf_counter() - t0)]
+
+    def close():
+        loop.run_until_complete(client.close())
+        loop.close()
+    return (lambda: loop.run_until_complete(lat())), (lambda: loop.run_until_complete(pipe())), close
+
+
+async def _async_client(endpoint):
+    from clients import AsyncClient
+    return AsyncClient(endpoint, timeout=10.0)
+
+
 def one_pass(gens, client, timing) -> dict:
     """{(measure, contender): values} for one pass over every measurement."""
     lat_pool = step_pool(1, SPEC.I, prefix="lat")
     one_pool = step_pool(STREAMS, SPEC.I)
     many_pool = step_pool(MANY_STREAMS, SPEC.I, per_message=MANY, prefix="m")
     c_lat, c_pipe = client_blocks(client, timing)
+    a_lat, a_pipe, a_close = async_blocks(gens[DAEMON].endpoint, timing)
     res = {}
     lat = {n: (lambda g=g: g.latency(lat_pool, timing["lat_count"])) for n, g in gens.items()}
-    lat[CLIENT] = c_lat
+    lat[CLIENT], lat[ASYNC] = c_lat, a_lat
     for name, v in rounds(lat, timing["rounds"]).items():
         res[("latency", name)] = v
     one = {n: (lambda g=g: [g.throughput(one_pool, WINDOW, timing["block_s"])]) for n, g in gens.items()}
-    one[CLIENT] = c_pipe
+    one[CLIENT], one[ASYNC] = c_pipe, a_pipe
     for name, v in rounds(one, timing["rounds"]).items():
         res[("one", name)] = v
+    a_close()
     many = {n: (lambda g=g: [MANY * g.throughput(many_pool, MANY_WINDOW, timing["block_s"])])
             for n, g in gens.items()}
     for name, v in rounds(many, timing["rounds"]).items():
@@ -161,7 +201,8 @@ def report(s, args) -> str:
              "generator (pre-encoded msgpack requests, one DEALER) in the bench process. The echo server "
              "decodes each request and answers with its input: ZeroMQ + msgpack, no work. The naive server "
              "keeps torch (h, c) in a dict and runs nn.LSTMCell per message. The daemon is also measured "
-             f"through `clients.Client` (step; pipelines of {WINDOW} steps). The daemon runs with its defaults, "
+             f"through `clients.Client` (step; pipelines of {WINDOW} steps) and `clients.AsyncClient` (awaited "
+             f"steps; {WINDOW} gathered). The daemon runs with its defaults, "
              "so after each turn it keeps polling for 200 µs without sleeping (`--spin-us`), while the echo and "
              "naive servers block in recv between requests; with `--spin-us 0` its one-in-flight p50 is about "
              "twice as high (docs/operations.md). The daemon is measured a second time as `lstm-stream serve` "
@@ -174,6 +215,8 @@ def report(s, args) -> str:
     e50, d50 = fig(s, ("latency", ECHO, "p50"))[0], fig(s, ("latency", DAEMON, "p50"))[0]
     e1, d1, n1 = (fig(s, ("one", x, "rate"))[0] for x in (ECHO, DAEMON, NAIVE))
     dm, dd = fig(s, ("many", DAEMON, "rate"))[0], fig(s, ("many", DAEMON_DEFAULT, "rate"))[0]
+    c50, c1, a1 = fig(s, ("latency", CLIENT, "p50"))[0], fig(s, ("one", CLIENT, "rate"))[0], \
+        fig(s, ("one", ASYNC, "rate"))[0]
     lines += ["", "### Goals", "",
               common.goal_line("one request in flight: daemon p50 within 1.15× of the echo floor",
                                d50 / e50 <= 1.15, f"{d50 / e50:.2f}×: {d50 * 1e6:.0f} vs {e50 * 1e6:.0f} µs"),
@@ -184,9 +227,15 @@ def report(s, args) -> str:
               common.goal_line(f"{MANY} streams per message: daemon ≥ 1,000,000 samples/s", dm >= 1e6,
                                f"{dm:,.0f} samples/s"),
               common.goal_line(f"... the daemon with its default threads ({os.cpu_count()} here)", dd >= 1e6,
-                               f"{dd:,.0f} samples/s"), ""]
+                               f"{dd:,.0f} samples/s"),
+              common.goal_line("Client.step p50 within 1.1× of a raw DEALER on the same daemon", c50 / d50 <= 1.1,
+                               f"{c50 / d50:.2f}×: {c50 * 1e6:.0f} vs {d50 * 1e6:.0f} µs"),
+              common.goal_line(f"Client.pipeline of {WINDOW} ≥ 0.8× the raw DEALER's rate ({WINDOW} in flight)",
+                               c1 / d1 >= 0.8, f"{c1 / d1:.2f}×: {c1:,.0f} vs {d1:,.0f} samples/s"),
+              common.goal_line(f"AsyncClient, {WINDOW} gathered, ≥ 0.8× the raw DEALER's rate", a1 / d1 >= 0.8,
+                               f"{a1 / d1:.2f}×: {a1:,.0f} vs {d1:,.0f} samples/s"), ""]
     rows = []
-    for name in SERVERS + (CLIENT,):
+    for name in SERVERS + (CLIENT, ASYNC):
         p50, sp50 = fig(s, ("latency", name, "p50"))
         p99, sp99 = fig(s, ("latency", name, "p99"))
         one, sone = fig(s, ("one", name, "rate"))

@@ -67,8 +67,11 @@ class Client(Api):
         sock.setsockopt(zmq.SNDHWM, self.hwm)
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
+        sock.setsockopt(zmq.RCVTIMEO, int(self.timeout * 1000))  # bounds the blocking recv of one call
         sock.connect(self.address)
         self._sock = sock
+        self._poller = zmq.Poller()  # made once: Socket.poll() builds a Poller per call (~5 µs)
+        self._poller.register(sock, zmq.POLLIN)
 
     def _reopen(self):
         self._sock.close(0)
@@ -98,13 +101,37 @@ class Client(Api):
         attempts = 1 + (self.retries if call.op in P.IDEMPOTENT_OPS else 0)
         for attempt in range(attempts):
             try:
-                reply = self._roundtrip([call])[0]
+                reply = self._roundtrip_one(call)
             except Timeout:
                 self._reopen()
                 if attempt == attempts - 1:
                     raise
                 continue
             return call.parse(check_reply(reply))
+
+    def _roundtrip_one(self, call: Call) -> dict:
+        """_roundtrip([call])[0], shorter: send, then one blocking recv (bounded by RCVTIMEO) that is, but for
+        a late reply to an earlier call, the reply."""
+        sock = self._sock
+        if sock is None:
+            raise ClientClosed(f"{self!r} is closed")
+        rid = next(self._ids)
+        deadline = time.monotonic() + self.timeout
+        try:
+            sock.send(self._codec.request(call.op, rid, call.fields))
+            reply = decode_reply(self._codec, sock.recv())
+        except zmq.Again:
+            raise _timeout(f"no reply from {self.address} within {self.timeout} s for 1 request(s) ({call.op})",
+                           [call], {rid: call}, {}) from None
+        if reply["id"] == rid:
+            return reply
+        want, got = {rid: call}, {}  # a late reply to an earlier call: wait for ours, within the same time
+        while not got:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._receive(want, got, left):
+                raise _timeout(f"no reply from {self.address} within {self.timeout} s for 1 request(s) "
+                               f"({call.op})", [call], want, got)
+        return got[rid]
 
     def _roundtrip(self, calls) -> list:
         """Send every call, then wait (one deadline for all) for their replies; replies in call order."""
@@ -133,13 +160,15 @@ class Client(Api):
 
     def _receive(self, want, got, wait) -> bool:
         """Receive ready replies (waiting up to `wait` s for the first); stale ids are dropped."""
-        if not self._sock.poll(wait * 1000, zmq.POLLIN):
+        if wait > 0 and not self._poller.poll(wait * 1000):
             return False
+        sock, received = self._sock, False
         while True:
             try:
-                data = self._sock.recv(zmq.NOBLOCK)
+                data = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return True
+                return received or wait > 0  # (after a poll that saw a message, True as before)
+            received = True
             reply = decode_reply(self._codec, data)
             if reply["id"] in want:
                 got[reply["id"]] = reply

@@ -81,6 +81,9 @@ class EngineCore:
         """Serve up to max_batch queued requests, taking no more step requests once the turn holds
         max_turn_samples samples; returns [(tag, Reply)] in arrival order."""
         n = min(len(self._queue), self.config.max_batch)
+        if n == 1 and self._queue[0][1].op == "step":  # one request (low load): the one-stream path
+            tag, req = self._queue.popleft()
+            return [(tag, self._step_alone(req))]
         out, steps, samples, cap = [], [], 0, self.config.max_turn_samples
         for _ in range(n):
             tag, req = self._queue.popleft()
@@ -122,6 +125,19 @@ class EngineCore:
         for k in positions:
             tag, req = out[k]
             out[k] = (tag, replies[id(req)])
+
+    def _step_alone(self, req) -> Reply:
+        """A turn of one `step` request: Streams.step checks and runs it (the planner's path gives the same
+        bits and the same errors: tests/engine/test_core.py); counted as a plan of one."""
+        self._mutated()
+        try:
+            y = self.streams.step(req.stream, req.x)
+        except Exception as e:
+            return self._failure(req, e)
+        self.metrics["batches"] += 1
+        self.metrics["batched_requests"] += 1
+        self.metrics["batched_samples"] += len(y) if y.ndim == 2 else 1
+        return self._success(req, {"y": y})
 
     def _execute(self, p, retry=True) -> dict:
         """{id(request): Reply} for the plan's accepted requests, after one Streams call."""

@@ -134,7 +134,7 @@ class _Builder:
     def _rows(self, a, what):
         """(a as (T, I) rows of the model's dtype, whether it was one sample (I,)); InputError if it is not
         one or more samples. NaN/Inf is checked once for the whole plan, by the call that runs it."""
-        return self.streams.check_input(a, what, finite=False), a.ndim == 1
+        return self.streams.check_input(a, what, finite=False, writable=False), a.ndim == 1
 
     def _reserve(self, ids, req, blocks):
         """The slots of ids if every one is a known stream; else None, once the new ones are counted against
@@ -159,6 +159,8 @@ class _Builder:
         if not self.spans:
             return BatchPlan([], None, None, None, streams.generation, [], self.refused, 0)
         X = self.blocks[0] if len(self.blocks) == 1 else np.concatenate(self.blocks)
+        if not X.flags.writeable:  # a view of the message: the kernels take writable arrays only (one type)
+            X = X.copy()
         lengths = None if self.samples == len(self.ids) else np.array(self.lengths, np.int64)
         slots = None
         if self.slots is not None and not self.new:

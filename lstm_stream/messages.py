@@ -4,7 +4,7 @@
     reply = Reply.success(req, {"y": y}) or Reply.failure(req.id, "bad_input", "x has shape ...")
 
 protocol.py decodes a msgpack map into one of these (checking each field against its kind, arrays already
-numpy arrays) and encodes a Reply; engine/ works on them only, and an in-process client builds them
+numpy arrays, which may be read-only views of the message's bytes) and encodes a Reply; engine/ works on them only, and an in-process client builds them
 directly. The table REQUEST_FIELDS (op -> {field: (kind, default)}), which the decoder and docs/protocol.md's
 test use, is derived from the classes, so an op's fields are written once. Numpy only: no numba here.
 """

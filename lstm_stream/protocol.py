@@ -11,7 +11,6 @@ numpy and msgpack only: the client library depends on it and must not load numba
 """
 from __future__ import annotations
 
-import math
 import sys
 from operator import countOf
 
@@ -71,6 +70,9 @@ def wire_dtype_name(dtype):
 
 def array_map(a: np.ndarray) -> dict:
     """A numpy array as the wire's {"dtype", "shape", "data"} map (data little-endian, C order)."""
+    name = _DTYPE_NAMES.get(a.dtype) if _NATIVE_LE and type(a) is np.ndarray else None
+    if name is not None:  # the usual case: a wire dtype in this (little-endian) host's order
+        return {"dtype": name, "shape": list(a.shape), "data": a.tobytes()}  # tobytes is C order
     a = np.asarray(a)
     name = wire_dtype_name(a.dtype) or a.dtype.name
     if not _NATIVE_LE or a.dtype.byteorder == ">":
@@ -78,13 +80,14 @@ def array_map(a: np.ndarray) -> dict:
     return {"dtype": name, "shape": list(a.shape), "data": a.tobytes()}  # tobytes is C order
 
 
-def to_array(value, field: str = "array") -> np.ndarray:
-    """A wire array (bin map or nested lists of numbers; a numpy array in-process) as a writable numpy
-    array; ProtocolError if not."""
+def to_array(value, field: str = "array", *, copy: bool = True) -> np.ndarray:
+    """A wire array (bin map or nested lists of numbers; a numpy array in-process) as a numpy array, writable
+    and owning its data; with copy=False a bin map's array may be a read-only view of the message's bytes.
+    ProtocolError if it is not an array."""
     if type(value) is dict:
-        return _from_map(value, field)
+        return _from_map(value, field, copy)
     if type(value) is np.ndarray:
-        return value if value.flags.writeable else value.copy()
+        return value if not copy or value.flags.writeable else value.copy()
     if isinstance(value, (list, tuple)):
         try:
             a = np.array(value)
@@ -98,25 +101,38 @@ def to_array(value, field: str = "array") -> np.ndarray:
                                      f"numbers, got {type(value).__name__}")
 
 
-def _from_map(m: dict, field: str) -> np.ndarray:
+def _from_map(m: dict, field: str, copy: bool = True) -> np.ndarray:
     dtype, shape, data = m.get("dtype"), m.get("shape"), m.get("data")
-    if dtype not in WIRE_DTYPES:
+    wire = _WIRE.get(dtype) if type(dtype) is str else None
+    if wire is None:
         raise ProtocolError(BAD_INPUT, f"{field}.dtype is {dtype!r}; expected one of float32, float64, int32, "
                                        "int64 (little-endian)")
-    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_ARRAY_RANK or \
-            not all(type(n) is int and n >= 0 for n in shape):
+    n = _elements(shape)
+    if n < 0:
         raise ProtocolError(BAD_INPUT, f"{field}.shape is {shape!r}; expected a list of at most "
                                        f"{MAX_ARRAY_RANK} non-negative ints")
-    if not isinstance(data, (bytes, bytearray)):
+    if type(data) is not bytes and not isinstance(data, (bytes, bytearray)):
         raise ProtocolError(BAD_INPUT, f"{field}.data is {type(data).__name__}; expected bin (raw bytes)")
-    dt, native = _WIRE[dtype]
-    want = math.prod(shape) * dt.itemsize
-    if len(data) != want:
+    dt, native = wire
+    if len(data) != n * dt.itemsize:
         raise ProtocolError(BAD_INPUT, f"{field}.data has {len(data)} bytes; shape {list(shape)} of {dtype} "
-                                       f"needs {want}")
-    # a copy: writable, native byte order, and free of the message buffer
-    a = np.frombuffer(data, dt).reshape(shape)
-    return a.copy() if dt is native or dt == native else a.astype(native)
+                                       f"needs {n * dt.itemsize}")
+    a = np.frombuffer(data, dt).reshape(shape)  # a read-only view of the message
+    if dt is not native and dt != native:
+        return a.astype(native)  # a big-endian host: a native copy
+    return a.copy() if copy else a
+
+
+def _elements(shape) -> int:
+    """The element count of a wire shape (a list of at most MAX_ARRAY_RANK ints >= 0), or -1 if it is not one."""
+    if type(shape) is not list and not isinstance(shape, (list, tuple)) or len(shape) > MAX_ARRAY_RANK:
+        return -1
+    n = 1
+    for d in shape:
+        if type(d) is not int or d < 0:
+            return -1
+        n *= d
+    return n
 
 
 def lists_of(a: np.ndarray) -> list:
@@ -206,28 +222,27 @@ def parse_request(msg: dict) -> Request:
     spec = REQUEST_FIELDS.get(op)
     if spec is None:
         raise ProtocolError(UNKNOWN_OP, f"unknown op {op[:64]!r}; expected one of {', '.join(OPS)}", rid)
-    fields = {}
-    for name, (kind, default) in spec.items():  # _field, inlined for the common case (this runs per request)
+    values = []
+    for name, kind, check in _CHECKS[op]:  # _field, inlined for the common case (this runs per request)
         value = msg.get(name)
-        fields[name] = value if value is not None and _KIND_CHECK[kind](value) else \
-            _field(msg, name, kind, default, op, rid)
+        values.append(value if value is not None and check(value) else
+                      _field(msg, name, kind, spec[name][1], op, rid))
     lists = msg.get("lists")
     if type(lists) is not bool:
         lists = _field(msg, "lists", "bool", False, op, rid)
-    if op == "step_many" and (fields["x"] is None) == (fields["xs"] is None):
+    if op == "step_many" and (values[1] is None) == (values[2] is None):  # fields: streams, x, xs
         raise ProtocolError(BAD_REQUEST, "step_many needs exactly one of 'x' (one row per stream) or 'xs' "
                                          "(a list of arrays, one per stream)", rid)
     try:
-        for name, kind in _ARRAY_FIELDS[op]:
-            value = fields[name]
-            if value is None:
-                continue
-            fields[name] = to_array(value, name) if kind == "array" else \
-                [to_array(a, f"{name}[{k}]") for k, a in enumerate(value)]
+        for k, name, kind in _ARRAY_FIELDS[op]:
+            value = values[k]
+            if value is not None:
+                values[k] = to_array(value, name, copy=False) if kind == "array" else \
+                    [to_array(a, f"{name}[{j}]", copy=False) for j, a in enumerate(value)]
     except ProtocolError as e:
         e.request_id = rid
         raise
-    return REQUESTS[op](rid, lists, **fields)
+    return REQUESTS[op](rid, lists, *values)
 
 
 def _field(msg, name, kind, default, op, rid):
@@ -271,7 +286,10 @@ _KIND_CHECK = {
     "array": lambda v: isinstance(v, (dict, list, np.ndarray)),
     "arrays": lambda v: isinstance(v, list) and all(isinstance(a, (dict, list, np.ndarray)) for a in v),
 }
-_ARRAY_FIELDS = {op: tuple((name, kind) for name, (kind, _) in spec.items() if kind in ("array", "arrays"))
+_CHECKS = {op: tuple((name, kind, _KIND_CHECK[kind]) for name, (kind, _) in spec.items())  # in field order
+           for op, spec in REQUEST_FIELDS.items()}
+_ARRAY_FIELDS = {op: tuple((k, name, kind) for k, (name, (kind, _)) in enumerate(spec.items())
+                           if kind in ("array", "arrays"))
                  for op, spec in REQUEST_FIELDS.items()}
 _KIND_TEXT = {
     "id": "a stream id (str or int)", "ids": "a list of stream ids (str or int)", "int": "an int",

@@ -98,12 +98,13 @@ class Streams:
                 "id_lists": {"cached": len(self._store.groups), "hits": self._store.groups.hits}}
 
     # ---- validation ------------------------------------------------------------------------------
-    def check_input(self, x, what="x", *, finite=True) -> np.ndarray:
-        """x as a C-contiguous (T, I) array of the model's dtype; InputError naming the problem otherwise.
-        (finite=False skips the NaN/Inf check, for callers whose compiled step does it.)"""
+    def check_input(self, x, what="x", *, finite=True, writable=True) -> np.ndarray:
+        """x as a C-contiguous (T, I) array of the model's dtype, writable (the kernels take one array type)
+        unless writable=False; InputError naming the problem otherwise. (finite=False skips the NaN/Inf
+        check, for callers whose compiled step does it.)"""
         I = self._I
         if type(x) is np.ndarray and x.dtype is self._dtype and x.flags.c_contiguous:
-            arr = x  # the hot path: already the right dtype and layout
+            arr = x if x.flags.writeable or not writable else x.copy()  # the hot path: dtype and layout right
         else:
             try:
                 arr = np.asarray(x)
@@ -112,6 +113,8 @@ class Streams:
             if arr.dtype.kind not in "fiu":
                 raise InputError(f"{what} has dtype {arr.dtype}; expected real numbers (float or int)")
             arr = np.ascontiguousarray(arr, dtype=self._dtype)
+            if writable and not arr.flags.writeable:
+                arr = arr.copy()
         if arr.ndim == 1:
             arr = arr.reshape(1, -1)
         if arr.ndim != 2 or arr.shape[1] != I or arr.shape[0] == 0:
@@ -127,7 +130,7 @@ class Streams:
         for i in ids:
             if i not in self._store:
                 check_id(i)
-        self._store.reserve([i for i in ids if i not in self._store])
+        self.check_room(len({i for i in ids if i not in self._store}))
         return ids
 
     def _slot_or_new(self, stream_id, now):
@@ -142,7 +145,7 @@ class Streams:
     def step(self, stream_id, x) -> np.ndarray:
         """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero."""
         if type(x) is np.ndarray and x.ndim == 1 and x.dtype is self._dtype and len(x) == self._I \
-                and x.flags.c_contiguous:
+                and x.flags.c_contiguous and x.flags.writeable:
             xs = x[None]  # one sample as a (1, I) row (the usual case; no other check needed)
         else:
             xs = self.check_input(x, finite=False)  # the one-stream kernel checks for NaN/Inf before it steps
@@ -226,7 +229,8 @@ class Streams:
         limit, used = self._store.max_streams, len(self._store) + pending
         if limit is not None and used + adding > limit:
             raise StoreFullError(f"the store is full: {used} of max_streams={limit} streams in use or being "
-                                 f"created, this request adds {adding}; drop streams or raise --max-streams")
+                                 f"created, this request adds {adding}; drop streams or raise max_streams "
+                                 "(--max-streams)")
 
     def step_planned(self, ids, lengths, X, slots=None, generation=None) -> np.ndarray:
         """step_segments for a caller that has checked shapes, ids and room (the daemon's planner): X a

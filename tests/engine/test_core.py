@@ -355,3 +355,24 @@ def test_a_dropped_stream_in_a_repeated_id_list_starts_again_from_zero():
     # caches it again and request 1 hits; each drop empties the cache, and each request 2 names the
     # dropped id, so it is looked up id by id
     assert info == {"cached": 0, "hits": 2}
+
+
+def test_a_step_alone_and_the_same_step_in_a_plan_answer_alike(ar_model):
+    """A turn of one `step` request runs Streams.step directly (the low-load path); within a turn of several
+    requests the planner runs it. Both must give the same bits and the same errors."""
+    x, xs = np.linspace(-1, 1, I).astype(np.float32), np.linspace(0, 1, 3 * I).reshape(3, I)
+    cases = [dict(stream="a", x=x), dict(stream=7, x=xs), dict(stream="a", x=x.tolist()),
+             dict(stream="b", x=np.ones(I + 1)), dict(stream="c", x=[np.nan] * I), dict(stream="d" * 300, x=x),
+             dict(stream="new", x=x), dict(stream="new2", x=[np.inf] * I)]
+    alone, planned = make_core(ar_model, max_streams=3), make_core(ar_model, max_streams=4)
+    submit_all(planned, [req("step", 0, stream="other", x=x)])  # the one more stream that the room allows
+    for k, case in enumerate(cases):
+        a = submit_all(alone, [req("step", k, **case)])[0]
+        p = submit_all(planned, [req("step", k, **case), req("step", 99, stream="other", x=x)])[0]
+        assert a["ok"] == p["ok"], (case, a, p)
+        if a["ok"]:
+            np.testing.assert_array_equal(y_of(a), y_of(p))
+            assert y_of(a).shape == y_of(p).shape
+        else:
+            assert a["error"] == p["error"], (case, a, p)
+    assert alone.metrics["batches"] == 4 and planned.metrics["batches"] == 1 + len(cases)
