@@ -3,7 +3,7 @@
 Both keep their ids in a compiled open-addressing table of the same layout (probe.py: a row ends in
 tag << 32 | slot, so its home is known from the row alone and one insert, backshift delete and rehash serve
 both), plus per-slot arrays for slot -> id: an int id sits in its table row, a str id's bytes in one arena.
-No Python object per id: ~40-50 bytes a stream where a dict cost 110-140. The StateStore (store.py) owns
+No Python object per id: ~40-50 bytes a stream at a million where a dict cost 110-140. The StateStore (store.py) owns
 the slots and asks the index of an id's kind; the str index also caches ids found lately and whole id lists
 (groups.py), as a daemon steps the same ids again and again.
 """

@@ -1,7 +1,7 @@
 """Int stream ids: an int64 -> slot hash table (the key inline in each row) and a slot -> id array.
 
-~40 bytes a stream (16-32 of table, 8 of slot -> id) where a Python dict with its int objects costs ~110: at a
-million streams that was most of the gap to the state's own bytes. kv is a probe.py table of width 2: row
+40-72 bytes a stream (32-64 of table rows by the table's load, 8 of slot -> id) where a Python dict with its int
+objects costs ~110, a large share of a small model's state per stream. kv is a probe.py table of width 2: row
 [key, tag << 32 | slot], so a lookup reads one row per probe and never the slot -> id array. The kernels below
 take the arrays, so compiled code can look ids up too (jitcache.py keys the cache on every source of the
 package).

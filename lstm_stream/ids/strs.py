@@ -1,9 +1,8 @@
 """Str stream ids without a Python object per id: their UTF-8 bytes in one arena, a hash table of slots.
 
 Why: a str id kept as a dict key costs ~140 bytes (the dict entry, the str object, the slot as an int object,
-the slot -> id array); at a million streams of hidden 64 that took 1.35x the state's own bytes. Here an id
-costs its bytes in the arena (which doubles, so up to twice that), 12 bytes of per-slot offset and length,
-and 16-32 bytes of table (python -m bench.memory).
+the slot -> id array), a large share of a small model's state per stream. Here an id costs its bytes in the
+arena (which doubles, so up to twice that), 12 bytes of per-slot offset and length, and 16-32 bytes of table.
 
 Layout. arena (uint8) holds the ids' bytes back to back; soff[slot] / slen[slot] locate a slot's id (slen -1:
 no str id in that slot). kv is a probe.py table of width 1, row tag << 32 | slot: most non-matching rows are
