@@ -68,15 +68,9 @@ def child(n: int, id_kind: str) -> dict:
 
 
 def id_map_bytes(streams) -> int:
-    """Bytes of the store's id bookkeeping: the str id arena, offsets and table, the int id table, and the
-    slot -> id arrays (a breakdown only: it reads the store's private fields, 0 if they are renamed)."""
-    store = getattr(streams, "_store", None)
-    try:
-        arrays = (store.int_table, store._kind, store._int_id)
-        strs = store.strs.nbytes
-    except AttributeError:
-        return 0
-    return strs + sum(a.nbytes for a in arrays if a is not None)
+    """Bytes of the store's id bookkeeping: the str id arena, offsets and table, the int id table and slot ->
+    id array, the per-slot kind (a breakdown only: 0 if the store has no such figure)."""
+    return getattr(getattr(streams, "_store", None), "id_nbytes", 0)
 
 
 def measure(n: int, id_kind: str) -> dict:
@@ -96,7 +90,7 @@ def report(runs: dict, args) -> str:
              f"{CHUNK:,}. Resident memory from /proc/self/status. 'Needed' = model.state_bytes × n + the "
              "model's weights; 'streams added' = RSS after − RSS before creating them (the interpreter, numpy, "
              "numba and the compiled kernels are the baseline); 'id map' = the store's id bookkeeping: the str ids' "
-             "arena, per-slot offsets and hash table (strtable.py), the int id hash table and slot -> id array, "
+             "arena, per-slot offsets and hash table (ids/strs.py), the int id hash table and slot -> id array, "
              "the per-slot kind. Two runs each; ± is half their spread.", ""]
     lines += common.machine_lines({"mode": "quick (smoke run: 100,000 streams)" if args.quick else "full"})
     rows, goal = [], []

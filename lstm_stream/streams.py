@@ -19,8 +19,7 @@ from .errors import InputError, ModelError, SnapshotError, StoreFullError
 from .model import LSTMModel
 from .snapshot import read_snapshot, write_snapshot
 from .state import INT64_MAX, StreamState, check_id, check_ids
-from .idtable import distinct
-from .store import StateStore
+from .store import StateStore, distinct
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
 

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from . import idtable, jitcache
+from . import jitcache
 
 # Each group compiles code no other group needs (so that groups in different processes do not compile the same
 # functions twice); the heaviest first, as it compiles in this process while child processes take the others.
@@ -77,10 +77,10 @@ def _one(model):
 
 
 def _ids(model):
-    """The id tables (idtable.py, strtable.py), step accounting and the NaN/Inf check, on a store alone."""
+    """The id indexes (lstm_stream/ids/), step accounting and the NaN/Inf check, on a store alone."""
+    from .ids import warm_up
     from .kernels.cpu import all_finite
-    from .store import StateStore
-    from .strtable import warm_up
+    from .store import StateStore, distinct
     warm_up()
     all_finite(_rows(model, 2))
     st = StateStore(initial_capacity=2)
@@ -91,7 +91,7 @@ def _ids(model):
     st.get_slot(3)
     st.account(slots, np.arange(41, dtype=np.int64), 1.0)
     st.remove(5)
-    idtable.distinct(slots[::-1].copy())
+    distinct(slots[::-1].copy())
 
 
 def _serving(model):

@@ -13,8 +13,9 @@ from lstm_stream import jitcache
 PACKAGE = Path(lstm_stream.__file__).resolve().parent
 CHILD = """
 import sys
-from lstm_stream import idtable, jitcache
-assert idtable.find(idtable.new_table(16), 5) == -1
+from lstm_stream import jitcache
+from lstm_stream.ids import ints
+assert ints.find(ints.new_table(16), 5) == -1
 print(jitcache.cache_dir())
 """
 
@@ -43,7 +44,7 @@ def test_the_cache_is_outside_the_package_and_keyed_on_every_source(tmp_path):
     root = tmp_path / "cache"
     first = run_child(site, LSTM_STREAM_CACHE_DIR=str(root))
     assert cache_files(site) == [], "compiled code was written into the package directory"
-    assert first.parent == root / "lstm-stream" and any(n.startswith("idtable.find") for n in cache_files(first))
+    assert first.parent == root / "lstm-stream" and any(n.startswith("ints.find") for n in cache_files(first))
     assert run_child(site, LSTM_STREAM_CACHE_DIR=str(root)) == first  # the same sources: the same directory
     # An edit to any file of the package (here one no compiled function is in) starts a new directory, so
     # code inlined from another file can never be loaded stale.

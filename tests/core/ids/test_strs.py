@@ -1,17 +1,13 @@
-"""The str-id table (lstm_stream/strtable.py: ids' bytes in an arena, a hash table of slots) against a dict:
+"""The str-id table (lstm_stream/ids/strs.py: ids' bytes in an arena, a hash table of slots) against a dict:
 adds and removes in any order, with table growth, arena growth and compaction, and ids of every kind (NUL
 inside, non-ASCII, lone surrogates, long, one character)."""
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lstm_stream import strtable
+from lstm_stream.ids import strs as strtable
+from lstm_stream.ids.strs import StrIds
 from lstm_stream.store import StateStore
-from lstm_stream.strtable import StrIds
 
 IDS = st.one_of(st.sampled_from(["a", "b", "ab", "a\0b", "\0", "é", "ä" * 3, "\ud800", "x" * 256, "日本"]),
                 st.text(min_size=1, max_size=12),
@@ -23,7 +19,7 @@ class Owner:
 
     def __init__(self, capacity):
         self.high, self.free, self.capacity = 0, [], capacity
-        self.t = StrIds(capacity, lambda: self.high)
+        self.t = StrIds(capacity)
 
     def slot(self):
         if self.free:
@@ -58,7 +54,7 @@ def test_table_matches_a_dict(ops, cap):
         for j in [i] + more + list(d)[:6]:
             assert o.t.get(j) == d.get(j)
         probe = [i] + more + list(d)
-        slots, missing = o.t.find_list(probe)
+        slots, missing = o.t.find_many(probe)
         assert slots.tolist() == [d.get(j, -1) for j in probe]
         assert missing == sum(j not in d for j in probe)
     if d:
@@ -81,13 +77,13 @@ def test_arena_compacts_instead_of_growing_when_ids_come_and_go():
     assert [o.t.get(f"stream-{k:06d}") is not None for k in range(19_940, 20_000)] == [False] * 10 + [True] * 50
 
 
-def test_find_list_takes_the_callers_join_and_refuses_other_kinds():
+def test_find_many_takes_the_callers_join_and_refuses_other_kinds():
     o = Owner(4)
     for i in ("a", "b"):
         o.t.add(i, o.slot())
-    assert o.t.find_list(["b", "a", "c"], "b\0a\0c")[0].tolist() == [1, 0, -1]
-    assert o.t.find_list(["a", 1]) is None
-    slots, missing = o.t.find_list([])
+    assert o.t.find_many(["b", "a", "c"], "b\0a\0c")[0].tolist() == [1, 0, -1]
+    assert o.t.find_many(["a", 1]) is None
+    slots, missing = o.t.find_many([])
     assert len(slots) == 0 and missing == 0
 
 
@@ -109,20 +105,9 @@ def test_ids_found_lately_are_bounded_and_forgotten_on_remove(monkeypatch):
         o.t.add(f"id{k}", o.slot())
     for k in range(30):
         assert o.t.get(f"id{k}") == k and len(o.t._hot) <= 8
-    assert o.t.find_list(["id29", "id28"])[0].tolist() == [29, 28]  # from the dict
+    assert o.t.find_many(["id29", "id28"])[0].tolist() == [29, 28]  # from the dict
     o.t.remove(29)
     o.free.append(29)
-    assert o.t.get("id29") is None and o.t.find_list(["id29", "id28"])[0].tolist() == [-1, 28]
+    assert o.t.get("id29") is None and o.t.find_many(["id29", "id28"])[0].tolist() == [-1, 28]
     o.t.add("other", o.slot())  # takes slot 29
     assert o.t.get("other") == 29 and o.t.get("id29") is None
-
-
-def test_warm_up_compiles_every_function_of_the_table():
-    """What Streams.warm_up (and so the daemon's start) calls, in a fresh process, where nothing else has
-    compiled the table's functions yet."""
-    code = ("from lstm_stream import strtable as S; S.warm_up(); print(' '.join(f.__name__ for f in (S.find_bytes, "
-            "S.find_joined, S.find_many, S.store_many, S.delete, S.rebuild, S.compact, S.gather) if not f.signatures))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=Path(strtable.__file__).parents[1])
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == [], f"not compiled by warm_up: {out.stdout}"

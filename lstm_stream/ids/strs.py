@@ -1,71 +1,60 @@
 """Str stream ids without a Python object per id: their UTF-8 bytes in one arena, a hash table of slots.
 
 Why: a str id kept as a dict key costs ~140 bytes (the dict entry, the str object, the slot as an int object,
-the slot -> id array); at a million streams of hidden 64 that took 1.35x the state's own bytes. Here an id
-costs its bytes in the arena (which doubles, so up to twice that), 12 bytes of per-slot offset and length,
-and 16-32 bytes of table: 46 MB for a million ids of 14 characters, 1.15x in all (python -m bench.memory).
+the slot -> id array), a large share of a small model's state per stream. Here an id costs its bytes in the
+arena (which doubles, so up to twice that), 12 bytes of per-slot offset and length, and 16-32 bytes of table.
 
 Layout. arena (uint8) holds the ids' bytes back to back; soff[slot] / slen[slot] locate a slot's id (slen -1:
-no str id in that slot). kv (int64, a power of two rows) is an open-addressing table at load <= 1/2: a row is
-EMPTY (-1) or tag << 32 | slot, the tag being 31 high bits of the id's hash, so most non-matching rows are
-passed over without reading the arena. Linear probing; deletion shifts the rest of the probe run back (no
-tombstones), as in idtable.py. A dropped id's bytes stay in the arena as garbage until compaction.
+no str id in that slot). kv is a probe.py table of width 1, row tag << 32 | slot: most non-matching rows are
+passed over on their tag without reading the arena. A dropped id's bytes stay in the arena as garbage until
+compaction.
 
 Lookups from Python pass the ids' bytes: one id as a bytes object, a list of ids as one buffer (joined with
 NUL when that is unambiguous, else with their end offsets), through the compiled functions' entry points (no
-per-call type resolution). Such a call still costs ~0.3-0.5 µs from
-Python where a dict lookup costs ~0.05, so ids found lately are also kept in a bounded dict (HOT_MAX): a
-stream stepped one sample at a time, in-process or by the daemon, finds its id there.
+per-call type resolution). Such a call still costs several times a dict lookup from Python, so ids found lately
+are also kept in a bounded dict (HOT_MAX): a stream stepped one sample at a time, in-process or by the daemon,
+finds its id there. Lists of GROUP_MIN_IDS ids or more go through IdGroups (groups.py) first.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from .jitcache import entry_point  # (importing jitcache first sets where compiled functions are cached)
-from .idtable import table_capacity
+from ..jitcache import entry_point  # (importing jitcache first sets where compiled functions are cached)
+from .groups import IdGroups
+from .probe import EMPTY, LOW, OPTS, delete_slot, home, new_table, place, rehash, table_capacity, tag_of
 
-_OPTS = dict(cache=True, nogil=True, error_model="numpy")
-EMPTY = -1
-_LOW = 0xFFFFFFFF
-# StrIds.get keeps up to this many recently found ids in a dict: a call into compiled code costs ~0.3-0.5 µs
-# from Python here, a dict lookup ~0.04 µs, and a stream stepped one sample at a time looks its id up each time.
-# ~8 MB at most for ids of 14 characters (emptied when full).
+# get() keeps up to this many recently found ids in a dict: a stream stepped one sample at a time looks its id
+# up each time, and a dict lookup is several times cheaper than a compiled call from Python. ~8 MB at most for
+# ids of 14 characters (emptied when full).
 HOT_MAX = 65_536
-HOT_LIST = 16  # find_list tries the hot ids first for lists up to this long (longer ones: store.IdGroups)
+# find_many remembers lists of at least this many ids whole (IdGroups); shorter ones cost no more to look up
+# id by id, and are first looked for among the ids found lately.
+GROUP_MIN_IDS = 16
 
 
-@njit(**_OPTS)
-def _hash(buf, a, b):
-    """64-bit FNV-1a over buf[a:b], then murmur3's finaliser (so the low bits, the home row, mix well)."""
+@njit(**OPTS)
+def _tag(buf, a, b):
+    """The tag of buf[a:b]: 64-bit FNV-1a over the bytes, then probe.tag_of (whose finaliser mixes them)."""
     h = np.uint64(0xCBF29CE484222325)
     for i in range(a, b):
         h = (h ^ np.uint64(buf[i])) * np.uint64(0x100000001B3)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
+    return tag_of(h)
 
 
-@njit(inline="always", **_OPTS)
-def _home_tag(h, mask):
-    return np.int64(h & np.uint64(mask)), np.int64(h >> np.uint64(33))
-
-
-@njit(**_OPTS)
+@njit(**OPTS)
 def find(kv, arena, soff, slen, buf, a, b):
     """The slot of the id whose bytes are buf[a:b], or -1."""
     mask = kv.shape[0] - 1
-    i, tag = _home_tag(_hash(buf, a, b), mask)
+    tag = _tag(buf, a, b)
+    i = home(tag, mask)
     n = b - a
     while True:
-        r = kv[i]
+        r = kv[i, 0]
         if r == EMPTY:
             return EMPTY
         if (r >> 32) == tag:
-            s = r & _LOW
+            s = r & LOW
             if slen[s] == n:
                 o = soff[s]
                 k = 0
@@ -76,7 +65,7 @@ def find(kv, arena, soff, slen, buf, a, b):
         i = (i + 1) & mask
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def find_joined(kv, arena, soff, slen, buf, out):
     """out[k] = the slot of the k-th id of buf, ids separated by single NUL bytes (none inside an id; out has
     one element per id), or -1; returns how many were not found."""
@@ -92,8 +81,8 @@ def find_joined(kv, arena, soff, slen, buf, out):
     return missing
 
 
-@njit(**_OPTS)
-def find_many(kv, arena, soff, slen, buf, ends, out):
+@njit(**OPTS)
+def find_ends(kv, arena, soff, slen, buf, ends, out):
     """out[k] = the slot of the id buf[ends[k-1]:ends[k]] (ends[-1] taken as 0), or -1; returns the misses."""
     missing, a = 0, 0
     for k in range(ends.shape[0]):
@@ -105,17 +94,7 @@ def find_many(kv, arena, soff, slen, buf, ends, out):
     return missing
 
 
-@njit(**_OPTS)
-def _insert(kv, arena, soff, slen, slot):
-    mask = kv.shape[0] - 1
-    o = soff[slot]
-    i, tag = _home_tag(_hash(arena, o, o + slen[slot]), mask)
-    while kv[i] != EMPTY:
-        i = (i + 1) & mask
-    kv[i] = (tag << 32) | slot
-
-
-@njit(**_OPTS)
+@njit(**OPTS)
 def store_many(kv, arena, soff, slen, used, buf, ends, slots):
     """Copy the ids buf[ends[k-1]:ends[k]] into the arena from `used` on (it has room), give them slots[k],
     and insert them (none of them in the table; the load stays <= 1/2). Returns the new `used`."""
@@ -127,53 +106,25 @@ def store_many(kv, arena, soff, slen, used, buf, ends, slots):
             arena[used + j] = buf[a + j]
         soff[s] = used
         slen[s] = n
+        place(kv, _tag(buf, a, ends[k]), s)
         used += n
-        _insert(kv, arena, soff, slen, s)
         a = ends[k]
     return used
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def delete(kv, arena, soff, slen, slot):
-    """Take slot's id out of the table (its bytes stay in the arena) and mark the slot free. Later rows of
-    the probe run move back into the gap when their home row allows it, so no lookup ever stops early."""
-    mask = kv.shape[0] - 1
+    """Take slot's id out of the table (its bytes stay in the arena) and mark the slot free."""
     o = soff[slot]
-    i, _ = _home_tag(_hash(arena, o, o + slen[slot]), mask)
-    while kv[i] != EMPTY and (kv[i] & _LOW) != slot:
-        i = (i + 1) & mask
+    delete_slot(kv, _tag(arena, o, o + slen[slot]), slot)
     slen[slot] = -1
-    if kv[i] == EMPTY:
-        return
-    j = i
-    while True:
-        kv[i] = EMPTY
-        while True:
-            j = (j + 1) & mask
-            if kv[j] == EMPTY:
-                return
-            s = kv[j] & _LOW
-            h, _ = _home_tag(_hash(arena, soff[s], soff[s] + slen[s]), mask)
-            # row j may move to the gap at i unless its home lies cyclically in (i, j]
-            if (i <= j and (h <= i or h > j)) or (i > j and h <= i and h > j):
-                break
-        kv[i] = kv[j]
-        i = j
 
 
-@njit(**_OPTS)
-def rebuild(kv, arena, soff, slen, high):
-    """Insert every slot below `high` that holds a str id into the empty table kv."""
-    for s in range(high):
-        if slen[s] >= 0:
-            _insert(kv, arena, soff, slen, s)
-
-
-@njit(**_OPTS)
-def compact(arena, soff, slen, high, out):
+@njit(**OPTS)
+def compact(arena, soff, slen, out):
     """Copy the live ids into `out` back to back, in slot order, updating soff; returns the bytes used."""
     used = 0
-    for s in range(high):
+    for s in range(slen.shape[0]):
         n = slen[s]
         if n >= 0:
             o = soff[s]
@@ -184,7 +135,7 @@ def compact(arena, soff, slen, high, out):
     return used
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def gather(arena, soff, slen, slots, ends):
     """The ids of slots (each holding one) back to back in one uint8 array; ends[k] = where slots[k]'s ends."""
     total = 0
@@ -201,7 +152,7 @@ def gather(arena, soff, slen, slots, ends):
     return out
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def find_bytes(kv, arena, soff, slen, key):
     """find() for one id given as a bytes object."""
     return find(kv, arena, soff, slen, key, 0, len(key))
@@ -211,17 +162,23 @@ def _encode(s: str) -> bytes:
     return s.encode("utf-8", "surrogatepass")  # lossless for any str, lone surrogates included
 
 
+def _encode_all(ids):
+    """The ids' bytes back to back, and where each ends (int64)."""
+    bs = [_encode(s) for s in ids]
+    return b"".join(bs), np.cumsum(np.fromiter(map(len, bs), np.int64, len(bs)))
+
+
 class StrIds:
-    """str id <-> slot for a StateStore: the arena, the per-slot offsets and lengths, and the table.
+    """str id <-> slot for a StateStore (an IdIndex): the arena, the per-slot offsets and lengths, the table,
+    the ids found lately and the whole-list cache.
 
-    The owner calls grow(capacity) when its slabs grow; high() tells the slots handed out so far, released()
-    is called after the table or the arena was replaced. The per-slot arrays are made when the first str id
-    arrives: a store of int ids only pays nothing here."""
+    The owner calls grow(capacity) when its slabs grow; released() is called after the table or the arena was
+    replaced. The per-slot arrays are made when the first str id arrives: a store of int ids only pays nothing
+    here."""
 
-    def __init__(self, capacity: int, high, released=lambda: None):
-        self._high = high                       # callable: slots handed out so far (the owner's mark)
+    def __init__(self, capacity: int, released=lambda: None):
         self._released = released               # called after arrays were replaced (to hand memory back)
-        self.kv = np.full(16, EMPTY, np.int64)
+        self.kv = new_table(16, 1)              # (rows, 1) int64 (read-only outside; replaced as it grows)
         self.arena = np.empty(1024, np.uint8)
         self.used = 0                           # arena bytes written
         self.garbage = 0                        # of which belong to removed ids
@@ -229,6 +186,7 @@ class StrIds:
         self.soff = np.zeros(0, np.int64)       # per slot, from the first str id on
         self.slen = np.full(0, -1, np.int32)
         self.n = 0
+        self.groups = IdGroups()                # whole lists of known ids -> their slots (cleared by remove)
         self._hot: dict = {}                    # str id -> slot, ids get() found lately (emptied by remove)
         self._get = None                        # find_bytes' compiled entry point
         self._joined = None                     # find_joined's
@@ -238,6 +196,7 @@ class StrIds:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the table, the arena and the per-slot offsets and lengths."""
         return self.kv.nbytes + self.arena.nbytes + self.soff.nbytes + self.slen.nbytes
 
     # ---- lookups ---------------------------------------------------------------------------------
@@ -254,35 +213,41 @@ class StrIds:
         self._remember(((stream_id, s),), 1)
         return s
 
-    def find_list(self, ids, key=None):
+    def find_many(self, ids, key=None):
         """(slots as int64, -1 for unknown ids; how many were unknown) for a list of str ids, or None if
         they are not all str. key: "\\0".join(ids), when the caller has it already."""
         n = len(ids)
-        if n <= HOT_LIST:
-            try:  # short lists of ids found lately: no compiled call
+        if n < GROUP_MIN_IDS:  # ids found lately: no compiled call
+            try:
                 return np.fromiter(map(self._hot.__getitem__, ids), np.int64, n), 0
             except (KeyError, TypeError):  # one is not hot, or not even hashable
                 pass
-        out = np.empty(n, np.int64)
-        if n == 0:
-            return out, 0
+            if n == 0:
+                return np.zeros(0, np.int64), 0
         if key is None:
             try:
                 key = "\0".join(ids)
-            except TypeError:
+            except TypeError:  # not all str
                 return None
-        elif type(key) is not str:
-            return None
-        if key.isascii() and key.count("\0") == n - 1:  # one bytes object, split in the compiled loop
-            fn = self._joined or self._entries()[1]
-            missing = fn(self.kv, self.arena, self.soff, self.slen, key.encode("ascii"), out)
-        else:
-            bs = [_encode(s) for s in ids]
-            ends = np.cumsum(np.fromiter(map(len, bs), np.int64, n))
-            missing = find_many(self.kv, self.arena, self.soff, self.slen, b"".join(bs), ends, out)
-        if n <= HOT_LIST and not missing:
-            self._remember(zip(ids, out.tolist()), n)
+        if n >= GROUP_MIN_IDS:  # a list seen before: one hash of the joined ids
+            slots = self.groups.get(key)
+            if slots is not None:
+                return slots, 0
+        out = np.empty(n, np.int64)
+        missing = self._find_joined(ids, key, out)
+        if not missing:
+            if n >= GROUP_MIN_IDS:
+                self.groups.put(key, n, out)
+            else:
+                self._remember(zip(ids, out.tolist()), n)
         return out, missing
+
+    def _find_joined(self, ids, key, out):
+        if key.isascii() and key.count("\0") == len(ids) - 1:  # one bytes object, split in the compiled loop
+            fn = self._joined or self._entries()[1]
+            return fn(self.kv, self.arena, self.soff, self.slen, key.encode("ascii"), out)
+        buf, ends = _encode_all(ids)
+        return find_ends(self.kv, self.arena, self.soff, self.slen, buf, ends, out)
 
     def ids_of(self, slots) -> list:
         """The str ids of slots (int64 array; each must hold one), as a list."""
@@ -315,9 +280,8 @@ class StrIds:
 
     def add_many(self, ids: list, slots: np.ndarray) -> None:
         """Give slots[k] the str id ids[k] (distinct, none in the table)."""
-        bs = [_encode(s) for s in ids]
-        ends = np.cumsum(np.fromiter(map(len, bs), np.int64, len(bs)))
-        self.add_many_bytes(b"".join(bs), ends, np.asarray(slots, np.int64))
+        buf, ends = _encode_all(ids)
+        self.add_many_bytes(buf, ends, np.asarray(slots, np.int64))
 
     def add_many_bytes(self, buf: bytes, ends: np.ndarray, slots: np.ndarray) -> None:
         """add_many for ids already encoded: buf holds them back to back, ends[k] where the k-th ends."""
@@ -330,8 +294,9 @@ class StrIds:
         self.n += n
 
     def remove(self, slot: int) -> None:
-        """Forget slot's str id."""
+        """Forget slot's str id (and every cached list: one holding it would keep a slot soon another's)."""
         self._hot.clear()
+        self.groups.clear()
         self.garbage += int(self.slen[slot])
         delete(self.kv, self.arena, self.soff, self.slen, slot)
         self.n -= 1
@@ -352,8 +317,8 @@ class StrIds:
     def _fit_table(self, n_keys: int) -> None:
         if 2 * n_keys <= self.kv.shape[0]:
             return
-        kv = np.full(table_capacity(n_keys), EMPTY, np.int64)
-        rebuild(kv, self.arena, self.soff, self.slen, self._high())
+        kv = new_table(table_capacity(n_keys), 1)
+        rehash(self.kv, kv)
         self.kv = kv
         self._released()
 
@@ -370,20 +335,6 @@ class StrIds:
             if size == self.arena.shape[0]:
                 size *= 2
         out = np.empty(size, np.uint8)
-        self.used = compact(self.arena, self.soff, self.slen, self._high(), out)
+        self.used = compact(self.arena, self.soff, self.slen, out)
         self.arena, self.garbage = out, 0
         self._released()
-
-
-def warm_up() -> None:
-    """Compile (or load from Numba's cache) every function a StrIds uses, on a throwaway one."""
-    t = StrIds(4, lambda: 2)
-    t.add("a", 0)
-    t.add_many(["\u00e9", "c"], np.array([1, 2]))
-    t.get("a")
-    t.find_list(["a", "b"] * HOT_LIST)
-    t.find_list(["\u00e9"] * (HOT_LIST + 1))
-    t.ids_of(np.array([0, 1]))
-    t.remove(0)
-    compact(t.arena, t.soff, t.slen, 3, np.empty_like(t.arena))
-    rebuild(np.full(64, EMPTY, np.int64), t.arena, t.soff, t.slen, 3)

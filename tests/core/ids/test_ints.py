@@ -1,4 +1,4 @@
-"""The int-id hash table (lstm_stream/idtable.py) against a dict, and the store's id handling built on it."""
+"""The int-id hash table (lstm_stream/ids/ints.py) against a dict, and the store's id handling built on it."""
 import os
 import secrets
 
@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstm_stream as ls
-from lstm_stream import idtable as T
-from lstm_stream.store import StateStore
+from lstm_stream.ids import ints as T
+from lstm_stream.store import StateStore, distinct
 from models import random_model
 
 SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
@@ -122,10 +122,10 @@ def test_add_many_equals_adding_one_by_one():
 def test_distinct_agrees_with_a_set(values):
     """distinct(): the increasing fast path and the sorting one agree with set() on any list of slots."""
     a = np.array(values, np.int64)
-    assert T.distinct(a) == (len(set(values)) == len(values))
+    assert distinct(a) == (len(set(values)) == len(values))
     inc = np.unique(a)  # increasing and distinct; then one repeat at every place
-    assert T.distinct(inc)
+    assert distinct(inc)
     for k in range(1, len(inc)):
         rep = inc.copy()
         rep[k] = rep[k - 1]
-        assert not T.distinct(rep)
+        assert not distinct(rep)

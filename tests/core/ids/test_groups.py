@@ -1,5 +1,5 @@
-"""The store's cache of whole id lists (store.IdGroups, used by known_slots for step_many's str ids): it must
-never hand out a slot that is not the id's slot now, through drops, slot reuse, eviction, copies and
+"""The cache of whole id lists (ids/groups.py IdGroups, which StrIds.find_many uses for step_many's str ids): it
+must never hand out a slot that is not the id's slot now, through drops, slot reuse, eviction, copies and
 restores, nor confuse two lists whose ids join to the same string. Checked against one private Streams per
 id, as the state store's own machine does."""
 import os
@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import lstm_stream as ls
-from lstm_stream.store import GROUP_MIN_IDS, IdGroups, StateStore
+from lstm_stream.ids.groups import IdGroups
+from lstm_stream.ids.strs import GROUP_MIN_IDS
+from lstm_stream.store import StateStore
 from models import Clock, random_model
 
 SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
