@@ -6,10 +6,16 @@
 One reader task receives every reply and resolves the waiting call by request id. Each call has its own
 timeout; idempotent ops are resent after one (with a new id, so a late reply to the old one is ignored);
 steps never are. Use an AsyncClient from one event loop.
+
+Per call it costs a future and a dict entry: requests go out through the plain (non-future) socket when its
+queue has room, and the calls' deadlines (all `timeout` after their send, so in send order) sit in one queue
+that a single timer walks, instead of a timer per call: zmq.asyncio's send and a call_later per call took
+more time than the rest of a call together.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 
 import zmq
@@ -20,6 +26,9 @@ from lstm_stream import protocol as P
 from ._api import Api, Call, check_reply
 from .client import DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, check_options, decode_reply
 from .errors import BadReply, ClientClosed, ClientError, Timeout
+
+
+_POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the enum costs microseconds
 
 
 class AsyncClient(Api):
@@ -35,6 +44,8 @@ class AsyncClient(Api):
         self._codec = P.Codec(max_message_bytes=max_message_bytes)
         self._ids = itertools.count(1)
         self._pending: dict = {}     # request id -> Future of its reply
+        self._deadlines: collections.deque = collections.deque()  # (loop time, request id, op), send order
+        self._sweeper = None         # the timer that fails expired calls (see _sweep)
         self._sock = self._raw = None
         self._reader = None
         self._closed = False
@@ -65,6 +76,10 @@ class AsyncClient(Api):
             except asyncio.CancelledError:
                 pass
             self._reader = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._deadlines.clear()
         self._fail_pending(ClientClosed(f"{self!r} was closed while waiting"))
         if self._sock is not None:
             self._sock.close(0)
@@ -103,53 +118,79 @@ class AsyncClient(Api):
         rid = next(self._ids)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._pending[rid] = fut
-        timer = loop.call_later(self.timeout, _expire, fut, call.op, self)
+        pending, deadlines = self._pending, self._deadlines
+        pending[rid] = fut
+        while deadlines and deadlines[0][1] not in pending:  # answered calls at the head: forget them
+            deadlines.popleft()
+        deadlines.append((loop.time() + self.timeout, rid, call.op))
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(deadlines[0][0], self._sweep)
         try:
             data = self._codec.request(call.op, rid, call.fields)
-            sent = self._sock.send(data)  # done at once unless our send queue is full
-            if not sent.done():  # wait for room, bounded by the call's timer
-                await asyncio.wait([sent, fut], return_when=asyncio.FIRST_COMPLETED)
-                if not sent.done():
-                    sent.cancel()
-            if sent.done() and not sent.cancelled():
-                sent.result()  # raises a socket error, if any
+            try:
+                self._raw.send(data, zmq.NOBLOCK)  # at once, unless our send queue is full
+            except zmq.Again:
+                await self._send_when_room(data, fut)
+            else:  # a plain send may take the socket's edge-triggered wake-up from the reader: look ourselves
+                if self._raw.getsockopt(zmq.EVENTS) & _POLLIN:
+                    self._drain()
             return await fut
         finally:
-            timer.cancel()
-            self._pending.pop(rid, None)
+            pending.pop(rid, None)
+
+    async def _send_when_room(self, data, fut):
+        """Send through the future socket, waiting for room in its queue until the call's deadline fails fut."""
+        sent = self._sock.send(data)
+        if not sent.done():
+            await asyncio.wait([sent, fut], return_when=asyncio.FIRST_COMPLETED)
+            if not sent.done():
+                sent.cancel()
+        if sent.done() and not sent.cancelled():
+            sent.result()  # raises a socket error, if any
+
+    def _sweep(self):
+        """The one timer: fail every call whose deadline has passed with Timeout, then wait for the next."""
+        loop, deadlines, pending = asyncio.get_running_loop(), self._deadlines, self._pending
+        now = loop.time()
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in pending):
+            _, rid, op = deadlines.popleft()
+            fut = pending.get(rid)
+            if fut is not None and not fut.done():
+                fut.set_exception(Timeout(f"no reply from {self.address} within {self.timeout} s for {op!r}"))
+        self._sweeper = loop.call_at(deadlines[0][0], self._sweep) if deadlines else None
 
     async def _read_loop(self):
         """Receive replies for as long as the client is open and hand each to the call that waits for it."""
-        raw, pending = self._raw, self._pending
         try:
             while True:
-                data = await self._sock.recv()
-                while data is not None:  # then drain everything ready without a future per message
-                    try:
-                        reply = decode_reply(self._codec, data)
-                    except BadReply:
-                        reply = {"id": None}  # cannot tell whose it is; that call will time out
-                    fut = pending.get(reply["id"])
-                    if fut is not None and not fut.done():
-                        fut.set_result(reply)
-                    try:
-                        data = raw.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        data = None
+                self._dispatch(await self._sock.recv())
+                self._drain()  # then everything ready, without a future per message
         except asyncio.CancelledError:
             raise
         except Exception as e:  # socket closed under us, or a bug: no one must wait forever
             self._fail_pending(ClientError(f"the reply reader stopped: {e!r}"))
+
+    def _drain(self):
+        """Hand every reply that is ready to its call (plain non-blocking receives)."""
+        raw = self._raw
+        while True:
+            try:
+                data = raw.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._dispatch(data)
+
+    def _dispatch(self, data):
+        try:
+            reply = decode_reply(self._codec, data)
+        except BadReply:
+            return  # cannot tell whose it is; that call will time out
+        fut = self._pending.get(reply["id"])
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
 
     def _fail_pending(self, exc):
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
-
-
-def _expire(fut, op, client):
-    """The call's timer: fail its future with Timeout unless the reply came first."""
-    if not fut.done():
-        fut.set_exception(Timeout(f"no reply from {client.address} within {client.timeout} s for {op!r}"))

@@ -138,22 +138,21 @@ class StateStore:
         return self._ids_of(np.flatnonzero((self.last_seen[:n] < now - ttl) & (self._kind[:n] != _FREE)))
 
     # ---- changes ---------------------------------------------------------------------------------
-    def reserve(self, new_ids) -> None:
-        """Check that the unknown ids among new_ids fit under max_streams; raise StoreFullError otherwise."""
-        if self.max_streams is None or not new_ids:
-            return
-        n_new = sum(1 for i in set(new_ids) if i not in self)
-        if len(self) + n_new > self.max_streams:
-            raise StoreFullError(f"the store is full: {len(self)} of max_streams={self.max_streams} "
-                                 f"streams in use, {n_new} new stream(s) asked for; drop streams or raise "
-                                 "max_streams")
+    def check_room(self, adding: int, *, pending: int = 0) -> None:
+        """StoreFullError unless `adding` new streams fit under max_streams beside `pending` ones that the
+        caller will create first (the one store-full rule: the planner, Streams and restores use it)."""
+        limit, used = self.max_streams, len(self) + pending
+        if limit is not None and used + adding > limit:
+            raise StoreFullError(f"the store is full: {used} of max_streams={limit} streams in use or being "
+                                 f"created, this request adds {adding}; drop streams or raise max_streams "
+                                 "(--max-streams)")
 
     def add(self, stream_id, now: float) -> int:
         """Slot for a new stream (zero state is the caller's job); grows the slabs if needed."""
         stream_id = check_id(stream_id)
         if stream_id in self:
             raise InputError(f"stream {stream_id!r} already exists")
-        self.reserve([stream_id])
+        self.check_room(1)
         if self._free:
             slot = self._free.pop()
         else:
@@ -172,9 +171,7 @@ class StateStore:
         """Slots for many new streams at once (a snapshot restore): ids plain str or int (see check_id),
         distinct and not in the store, which the caller has checked. Grows the slabs and the tables once."""
         n = len(ids)
-        if self.max_streams is not None and len(self) + n > self.max_streams:
-            raise StoreFullError(f"the store is full: {len(self)} of max_streams={self.max_streams} streams in "
-                                 f"use, {n} new stream(s) asked for")
+        self.check_room(n)
         slots = np.empty(n, np.int64)
         k = min(len(self._free), n)
         if k:  # reuse free slots first, as add() would

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .backends import make_backend
-from .errors import InputError, ModelError, SnapshotError, StoreFullError
+from .errors import InputError, ModelError, SnapshotError
 from .model import LSTMModel
 from .snapshot import read_snapshot, write_snapshot
 from .state import INT64_MAX, StreamState, check_id, check_ids
@@ -225,11 +225,7 @@ class Streams:
     def check_room(self, adding: int, *, pending: int = 0) -> None:
         """StoreFullError unless `adding` new streams fit under max_streams beside `pending` ones that the
         caller will create first."""
-        limit, used = self._store.max_streams, len(self._store) + pending
-        if limit is not None and used + adding > limit:
-            raise StoreFullError(f"the store is full: {used} of max_streams={limit} streams in use or being "
-                                 f"created, this request adds {adding}; drop streams or raise max_streams "
-                                 "(--max-streams)")
+        self._store.check_room(adding, pending=pending)
 
     def step_planned(self, ids, lengths, X, slots=None, generation=None) -> np.ndarray:
         """step_segments for a caller that has checked shapes, ids and room (the daemon's planner): X a
