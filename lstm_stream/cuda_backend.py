@@ -17,6 +17,7 @@ from numba import cuda
 from .errors import BackendError
 from .kernels import cuda as k
 from .kernels import cuda_wide as kw
+from .kernels.layout import widest_input
 
 log = logging.getLogger("lstm_stream")
 
@@ -73,8 +74,8 @@ class CUDABackend:
             limit = DEFAULT_SHARED_BYTES
         if self.shared_bytes > limit:
             raise BackendError(f"model too large for backend='cuda': a block needs {self.shared_bytes} bytes of "
-                               f"shared memory for {k.TILE} streams' state, the device allows {limit}")
-        self.wide_shared = k.TILE * int(meta[7]) * item  # gates_kernel: (TILE, K_max) input vectors
+                               f"shared memory for {k.CUDA_TILE_STREAMS} streams' state, the device allows {limit}")
+        self.wide_shared = k.CUDA_TILE_STREAMS * int(widest_input(meta)) * item  # gates_kernel: (tile, K_max) inputs
         self.wide_ok = self._kernels.opt_in_shared(self.wide_shared, ("gates_kernel",))
         self._work = None
         per_sm = _shared_per_sm() // max(self.shared_bytes, 1)
@@ -85,7 +86,7 @@ class CUDABackend:
 
     def grid(self, n_streams: int) -> int:
         """Blocks for a batch: one per tile, capped to a persistent grid when weights are staged."""
-        tiles = -(-n_streams // k.TILE)
+        tiles = -(-n_streams // k.CUDA_TILE_STREAMS)
         cap = self.sms * self.blocks_per_sm if self.staged else 1 << 20
         return max(1, min(tiles, cap))
 
@@ -154,7 +155,7 @@ class CUDABackend:
         memory, a block cannot cover all H units at once, and the batch has too few tiles to keep every SM
         busy with one block per tile."""
         return (self.wide_ok and not self.staged and self._H > self.threads
-                and -(-n_streams // k.TILE) < self.sms * WIDE_BELOW_TILES_PER_SM)
+                and -(-n_streams // k.CUDA_TILE_STREAMS) < self.sms * WIDE_BELOW_TILES_PER_SM)
 
     def _run_wide(self, S, T):
         """T_max x L x (gates, hidden) launches, then the head for each step."""
@@ -162,7 +163,7 @@ class CUDABackend:
             self._work = cuda.device_array((max(S, 2 * (0 if self._work is None else self._work.shape[0])),
                                             self._H), self.dtype, stream=self.stream)
         L, NT, st = self._L, self.threads, self.stream
-        gates_grid = (-(-self._H // NT), min(-(-S // k.TILE), 65535))
+        gates_grid = (-(-self._H // NT), min(-(-S // k.CUDA_TILE_STREAMS), 65535))
         flat = lambda n: max(1, min(-(-n // NT), 65535))  # noqa: E731  1-D grids over n items
         args = (self.wbuf, self.meta, self.state, self._plan_d)
         for t in range(T):
