@@ -68,13 +68,13 @@ def _head(wbuf, meta, h, slot, y, row):
     """y[row] = act(W_head h[slot, L-1] + b) (or that h row itself without a head). h: (S, L, P) state slab,
     y: (N, O) C-contiguous. The sums through headdot (panel.py), straight into y."""
     L, _, _, P, O = sizes(meta)
-    has_head, act = head_kind(meta)
-    if has_head == 0:
+    if head_kind(meta)[0] == 0:  # no head: y = h
         for k in range(P):
             y[row, k] = h[slot, L - 1, k]
         return
     off_w, off_b = head_offsets(meta)
     headdot(wbuf, off_w, head_row(P), off_b, P, O, h, (slot * L + L - 1) * P, y, row * O)
+    act = head_kind(meta)[1]  # (read after the sums: a value held across headdot's loops takes a register)
     if act == 1:
         for o in range(O):
             y[row, o] = act_sigmoid(y[row, o])
