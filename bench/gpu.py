@@ -114,7 +114,7 @@ def check(args, torch_device):
     import numpy as np
     import torch
     import lstm_stream as ls
-    from lstm_stream import cuda_backend
+    from lstm_stream.backends import cuda as cuda_backend
     H = 8 if args.sim else 64
     rng = np.random.default_rng(args.seed)
     lstm, head, model = make_models(args.inputs, H, args.outputs, args.seed, torch_device)

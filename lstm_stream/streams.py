@@ -63,8 +63,7 @@ class Streams:
         lstm_stream/warm.py), a fraction of a second after. Steps nothing, adds no stream."""
         from . import warm
         warm.warm_up(self.model.dtype, self.model.autoregressive)
-        if hasattr(self._backend, "warm_up") and self.backend != "cpu":
-            self._backend.warm_up()
+        self._backend.warm_up()
 
     # ---- introspection -------------------------------------------------------------------------
     @property

@@ -1,9 +1,14 @@
-"""The float32 activation shared by the CPU and CUDA kernels, written once so both compute the same bits.
+"""The activations of the kernels, written once so that the CPU and CUDA kernels compute the same bits.
 
-Plain Python over numpy scalars: kernels/cpu.py compiles it with @njit (through an overload), kernels/cuda.py
-as a CUDA device function.
+tanh32 is plain Python over numpy float32 scalars: kernels/cuda.py compiles it as a CUDA device function, and
+the CPU kernels reach it through act_tanh / act_sigmoid, whose overloads below pick tanh32 for float32 and
+libm for float64 when Numba compiles a kernel (called from plain Python they are libm's, float64).
 """
+import math
+
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 
 def tanh32(x):
@@ -23,3 +28,34 @@ def tanh32(x):
     q = z2 * q + np.float32(4.89352518554385e-03)
     r = (z * p) / q
     return x if abs(x) < np.float32(4e-4) else r
+
+
+def act_tanh(x):
+    """tanh, float32 via tanh32 (in compiled code), float64 exact."""
+    return math.tanh(x)
+
+
+def act_sigmoid(x):
+    """Logistic sigmoid, float32 via tanh32 (in compiled code), float64 exact."""
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _is_f32(x):
+    return isinstance(x, types.Float) and x.bitwidth == 32
+
+
+@overload(act_tanh, jit_options=dict(error_model="numpy"))
+def _ov_tanh(x):
+    if _is_f32(x):
+        return tanh32
+    return lambda x: math.tanh(x)
+
+
+@overload(act_sigmoid, jit_options=dict(error_model="numpy"))
+def _ov_sigmoid(x):
+    if _is_f32(x):
+        def sigmoid32(x):
+            # σ(x) = (1 + tanh(x/2)) / 2: no exp, so it vectorises like tanh32
+            return np.float32(0.5) + np.float32(0.5) * act_tanh(np.float32(0.5) * x)
+        return sigmoid32
+    return lambda x: 1.0 / (1.0 + math.exp(-x))

@@ -1,98 +1,84 @@
 """CPU step kernels (numba @njit, cache=True): advance many streams, each by its own number of timesteps.
 
-Idea: every stream's state lives in slab arrays h (S, L, P) and c (S, L, H) at its slot. A call gets the
-unique slots of a batch, and for slot s the rows offsets[s]:offsets[s+1] of the input matrix x; it advances
-each stream through its rows in order, writing one output row per input row. Streams are stepped in tiles of
-up to 30 in lockstep: per layer and step, the tile's gate sums are one matrix product [x, h] W + b done by a
-register-blocked micro-kernel (panel.py: 6 streams x 16 gate columns at a time, 85-95% of the matmul peak),
-then each stream's cell update and head. Before a tile starts, the state rows of the next one are
-prefetched: a daemon's slots come in no particular order, and each row would otherwise be a cache miss
-(I=8 H=64, 1,000 streams in random order among 10,000: 620-720 -> 580-590 ns per stream-step). A single
-stream takes _one, a plain loop without the tile's bookkeeping. On several threads, each takes pieces of the
-batch (whole tiles, large first, then smaller) from a shared counter until none are left, so that a core
-slowed by other load delays the call by about one small piece, not by its whole fixed share (on this 2-core VM
-with a busy process beside it: I=32 H=256, 4,096 streams, 0.83x the time of fixed shares; idle: no change).
+Every stream's state lives in slab arrays h (S, L, P) and c (S, L, H) at its slot. A call gets the unique
+slots of a batch and, for slot s, the rows offsets[s]:offsets[s+1] of the input matrix x (N, I); it advances
+each stream through its rows in order, writing one output row per input row of y (N, O).
 
-Determinism: for each stream the float operations are the same sequence whatever else is in the batch, in
-whatever order, on however many threads: every gate sum is one multiply-add chain over k in order starting
-from the bias (in _one's loop and in the micro-kernel alike), a tile's streams never mix, and nothing is
-reassociated. The one fastmath flag is 'contract', which lets LLVM fuse a*b+c into an FMA (one rounding
-instead of two), as the micro-kernel's llvm.fmuladd does: the same fusions happen for every stream, so
-outputs stay bit-identical on a given CPU. (A CPU without FMA rounds differently, within float32 tolerance,
-so snapshots move between machines with the same tolerance.) error_model='numpy' lets the gate loops
-vectorise.
+Call tree (the LSTM's equations are in one place, _cell):
+    step_ragged        many streams; on several threads each call takes pieces of the batch (_take)
+      _tiles           CPU_TILE_STREAMS streams at a time, the next tile's state rows prefetched
+        _tile          per step and layer: copy each stream's [x, h], then
+          _gate_sums     g = [x, h] W + b for the whole tile (panel.py's register-blocked micro-kernel)
+          _cell          i, f, g, o = σ, σ, tanh, σ of g;  c = f*c + i*g;  h = o*tanh(c)  (W_hr h if projected)
+        _head          y = act(W_head h + b) for each stream (panel.headdot), or y = h without a head
+    step_one           one stream: all_finite, then _one (the same gate sums as a plain loop: _rows8, _row1),
+                       _cell, _head
+    forecast           _head, then _one per step, feeding each output back as the next input
+    all_finite         the NaN/Inf check of inputs
+
+Tiles: per layer and step, a tile's gate sums are one matrix product, so each block of weights, once in cache,
+serves every stream of the tile. The slots of a daemon's batch come in no particular order, so each state row
+would be a cache miss when its stream's turn comes: the next tile's rows are prefetched while a tile runs.
+Threads (parts > 1): each takes pieces from a shared counter until none are left, large first, then smaller,
+so a core slowed by other load delays the call by about one small piece, not by a fixed share.
+
+Determinism (invariant 2): for each stream the float operations are the same sequence whatever else is in the
+batch, in whatever order, on however many threads: every gate sum is one multiply-add chain over k in order
+starting from the bias (in _one's loop and in the micro-kernel alike), a tile's streams never mix, and nothing
+is reassociated. The one fastmath flag is 'contract', which lets LLVM fuse a*b+c into an FMA (one rounding),
+as the micro-kernel's llvm.fmuladd does: the same fusions happen for every stream, so outputs are
+bit-identical on a given CPU (a CPU without FMA rounds differently, within float32 tolerance).
+error_model='numpy' lets the gate loops vectorise.
 
 No reference counting in the loops: Numba increments and decrements an array's count (an atomic operation)
-whenever it is passed to a function, inlined or not, or sliced into a view. _tile and _one first take their
-arrays through panel.borrow (the same arrays with a null count, on which those operations are a test), and
-pass slabs with indices rather than row views to _cell and _head. Index arithmetic that Numba cannot prove
-non-negative gets a wraparound select per element, which turned the [x, h] copy into scatter stores; such
-offsets are written as max(..., 0). Together: I=8 H=64, 4,096 streams, 1 thread, 0.90x the time per step.
+whenever it is passed to a function or sliced into a view. So _tile and _one take their arrays through
+panel.borrow (the same arrays with a null count), and pass slabs with indices rather than row views to _cell
+and _head. Index arithmetic that Numba cannot prove non-negative gets a wraparound select per element (which
+turns row copies into scatter stores), so such offsets are written as max(..., 0).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from numba import njit
 
 from .. import jitcache  # noqa: F401  (where the compiled functions are cached; before any @njit)
-from .activations import tanh32
-from .layout import HEAD_CHAINS
-from .panel import (COLS, MR, borrow, compare_swap, headdot, load_atomic, panel1, panel2, panel3, panel4, panel5,
-                    panel6, prefetch)
+from . import layout
+from .activations import act_sigmoid, act_tanh
+from .constants import CACHE_LINE_BYTES, PANEL_COLS, PANEL_ROWS
+from .panel import (borrow, compare_swap, headdot, load_atomic, panel1, panel2, panel3, panel4, panel5, panel6,
+                    prefetch)
 
 _OPTS = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 
-
-# ---- activations: the clamped rational tanh of activations.py for float32, libm for float64 ---------------
-def act_tanh(x):
-    """tanh, float32 via a rational approximation that vectorises, float64 exact."""
-    return math.tanh(x)
-
-
-def act_sigmoid(x):
-    """logistic sigmoid, float32 via act_tanh, float64 exact."""
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-@overload(act_tanh, jit_options=dict(error_model="numpy"))
-def _ov_tanh(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        return tanh32
-    return lambda x: math.tanh(x)
-
-
-@overload(act_sigmoid, jit_options=dict(error_model="numpy"))
-def _ov_sigmoid(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        def sigmoid32(x):
-            # σ(x) = (1 + tanh(x/2)) / 2
-            return np.float32(0.5) + np.float32(0.5) * act_tanh(np.float32(0.5) * x)
-        return sigmoid32
-    return lambda x: 1.0 / (1.0 + math.exp(-x))
+# The layout's meta accessors (kernels/layout.py), compiled into these kernels.
+_inline = njit(inline="always", **_OPTS)
+sizes, head_kind, widest_input, layer, head_offsets, blocking, scratch_per_stream, head_row = (
+    _inline(f) for f in (layout.sizes, layout.head_kind, layout.widest_input, layout.layer, layout.head_offsets,
+                         layout.blocking, layout.scratch_per_stream, layout.head_row))
 
 
 # ---- the per-stream core ----------------------------------------------------------------------------
 # Weights are read through 2-D views whose indices come from range(): Numba then knows they are never
 # negative, skips its wraparound check, and LLVM vectorises the inner loops (flat `wbuf[base + j]` indexing
-# with offsets read from `meta` ran ~8x slower).
+# with offsets read from `meta` does not vectorise).
 @njit(inline="always", **_OPTS)
 def _head(wbuf, meta, h, slot, y, row):
     """y[row] = act(W_head h[slot, L-1] + b) (or that h row itself without a head). h: (S, L, P) state slab,
     y: (N, O) C-contiguous. The sums through headdot (panel.py), straight into y."""
-    L, P, O = meta[0], meta[3], meta[4]
-    if meta[5] == 0:
+    L, _, _, P, O = sizes(meta)
+    if head_kind(meta)[0] == 0:  # no head: y = h
         for k in range(P):
             y[row, k] = h[slot, L - 1, k]
         return
-    ldw = (P + HEAD_CHAINS - 1) // HEAD_CHAINS * HEAD_CHAINS
-    headdot(wbuf, meta[8 + 3 * L], ldw, meta[9 + 3 * L], P, O, h, (slot * L + L - 1) * P, y, row * O)
-    if meta[6] == 1:
+    off_w, off_b = head_offsets(meta)
+    headdot(wbuf, off_w, head_row(P), off_b, P, O, h, (slot * L + L - 1) * P, y, row * O)
+    act = head_kind(meta)[1]  # (read after the sums: a value held across headdot's loops takes a register)
+    if act == 1:
         for o in range(O):
             y[row, o] = act_sigmoid(y[row, o])
-    elif meta[6] == 2:
+    elif act == 2:
         m = y[row, 0]
         for o in range(1, O):
             m = max(m, y[row, o])
@@ -131,11 +117,11 @@ def _gate_sums(wbuf, off_w, K, JB, nJ, scr, uo, ldu, go, ldg, n):
     streams x 16 columns (panel.py), then one smaller panel for the streams left over."""
     for jb in range(nJ):
         wo = off_w + jb * (K + 1) * JB
-        for j0 in range(0, JB, COLS):
+        for j0 in range(0, JB, PANEL_COLS):
             p = 0
-            while n - p >= MR:
+            while n - p >= PANEL_ROWS:
                 panel6(wbuf, wo + j0, JB, scr, uo + p * ldu, ldu, go + p * ldg + jb * JB + j0, ldg, K)
-                p += MR
+                p += PANEL_ROWS
             r, gr, ur = n - p, go + p * ldg + jb * JB + j0, uo + p * ldu
             if r == 1:
                 panel1(wbuf, wo + j0, JB, scr, ur, ldu, gr, ldg, K)
@@ -159,8 +145,9 @@ def _tile(wbuf, meta, h, c, slots, offsets, s0, nb, x, y, scr):
     serves every stream of the tile, and each stream's sums are the same chain whatever shares its tile."""
     wbuf, meta, h, c, x, y, scr = borrow(wbuf), borrow(meta), borrow(h), borrow(c), borrow(x), borrow(y), borrow(scr)
     slots, offsets = borrow(slots), borrow(offsets)  # (no reference counting from here on: see the docstring)
-    L, H, P, K_max = meta[0], meta[2], meta[3], meta[7]
-    JB, nJ = meta[10 + 3 * L], meta[11 + 3 * L]
+    L, _, H, P, _ = sizes(meta)
+    K_max = widest_input(meta)
+    JB, nJ = blocking(meta)
     Gp = JB * nJ
     g = scr[:nb * Gp].reshape((nb, Gp))
     u = scr[nb * Gp:nb * (Gp + K_max)].reshape((nb, K_max))
@@ -176,7 +163,7 @@ def _tile(wbuf, meta, h, c, slots, offsets, s0, nb, x, y, scr):
                 run[n] = a
                 n += 1
         for l in range(L):
-            off_w, K, off_r = meta[8 + 3 * l], meta[9 + 3 * l], meta[10 + 3 * l]
+            off_w, K, off_r = layer(meta, l)
             n_in = max(K - P, 0)  # (never negative; saying so lets LLVM copy rows with vector moves, not scatters)
             for p in range(n):
                 slot = slots[s0 + run[p]]
@@ -199,10 +186,11 @@ def _tile(wbuf, meta, h, c, slots, offsets, s0, nb, x, y, scr):
 @njit(**_OPTS)
 def _one(wbuf, meta, h, c, slot, x, y, scr):
     """_tile for a single stream, rows x (T, I) -> y (T, O): the same arithmetic, so the same bits (tested),
-    without the tile's bookkeeping, which at one stream cost a third of the step. scr: scratch row."""
+    without the tile's bookkeeping (at one stream, a large part of the step). scr: scratch row."""
     wbuf, meta, h, c, x, y, scr = borrow(wbuf), borrow(meta), borrow(h), borrow(c), borrow(x), borrow(y), borrow(scr)
-    L, H, P, K_max = meta[0], meta[2], meta[3], meta[7]
-    JB, nJ = meta[10 + 3 * L], meta[11 + 3 * L]
+    L, _, H, P, _ = sizes(meta)
+    K_max = widest_input(meta)
+    JB, nJ = blocking(meta)
     Gp = JB * nJ
     g = scr[:Gp].reshape((nJ, JB))
     g1 = scr[:Gp].reshape((1, Gp))  # the same sums, as _cell reads them
@@ -210,7 +198,7 @@ def _one(wbuf, meta, h, c, slot, x, y, scr):
     hr = scr[Gp + K_max:Gp + K_max + H].reshape((1, H))
     for t in range(x.shape[0]):
         for l in range(L):
-            off_w, K, off_r = meta[8 + 3 * l], meta[9 + 3 * l], meta[10 + 3 * l]
+            off_w, K, off_r = layer(meta, l)
             n_in = max(K - P, 0)  # (never negative; saying so lets LLVM copy rows with vector moves, not scatters)
             W = wbuf[off_w:off_w + nJ * (K + 1) * JB].reshape((nJ, K + 1, JB))
             if l == 0:
@@ -240,9 +228,9 @@ def _cell(wbuf, meta, g, hr, p, c, h, slot, l, off_r):
     h[slot, l] (P,); hr[p] (H,) is scratch for the projection's input. The step's input was copied out of
     h[slot, l] before, so it can be overwritten. The callers pass borrowed arrays (see the module doc), so
     the row views here cost no reference counting. (The loop body must stay one loop calling the activations
-    directly: split into two loops over an inlined per-unit function, a fresh compile left it scalar, 2.5x
-    slower, while the cached one was vectorised; tests/core/test_vectorised.py checks a fresh compile.)"""
-    H, P = meta[2], meta[3]
+    directly: split into two loops over an inlined per-unit function, a fresh compile left it scalar while the
+    cached one was vectorised; tests/core/test_vectorised.py checks a fresh compile.)"""
+    _, _, H, P, _ = sizes(meta)
     gp, cl, hl = g[p], c[slot, l], h[slot, l]
     out = hl if off_r < 0 else hr[p]         # without a projection, o tanh(c') is h' itself
     for j in range(H):
@@ -266,9 +254,9 @@ def _cell(wbuf, meta, g, hr, p, c, h, slot, l, off_r):
 # ---- entry points ----------------------------------------------------------------------------------------
 @njit(**_OPTS)
 def all_finite(x):
-    """True when no element of x (any shape) is NaN or ±Inf; ~10x cheaper than numpy for small arrays. It
-    counts instead of stopping at the first bad value, so that the loop vectorises (0.5 µs for 5,600 floats,
-    against 3.3 µs stopping early): NaN and ±Inf are the values for which |v| < inf is false."""
+    """True when no element of x (any shape) is NaN or ±Inf; much cheaper than numpy for small arrays. It
+    counts instead of stopping at the first bad value, so that the loop vectorises: NaN and ±Inf are the values
+    for which |v| < inf is false."""
     v = x.ravel()
     bad = 0
     for i in range(v.shape[0]):
@@ -280,9 +268,9 @@ def all_finite(x):
 def _prefetch_states(h, c, slots, lo, hi):
     """Ask for the state rows (h and c) of slots[lo:hi] to come into cache ahead of their tile: with the
     slots in no particular order (the usual case in a daemon) each row is otherwise a cache miss when its
-    stream's turn comes, and a tile of 30 streams waits on 240 of them. No effect on any result."""
+    stream's turn comes. No effect on any result."""
     nh, nc = h.shape[1] * h.shape[2], c.shape[1] * c.shape[2]
-    line = 64 // h.itemsize  # elements per cache line (the slabs start on a line: layout.aligned_zeros)
+    line = CACHE_LINE_BYTES // h.itemsize  # elements per cache line (the slabs start on one: layout.aligned_zeros)
     prev = slots[lo - 1] if lo > 0 else -2
     for a in range(lo, hi):
         s = slots[a]
@@ -300,7 +288,7 @@ def _prefetch_states(h, c, slots, lo, hi):
 def _tiles(wbuf, meta, h, c, slots, offsets, lo, hi, x, y, scr):
     """_tile over slots[lo:hi], a tile at a time, each tile's state rows prefetched while the one before runs.
     scr: one scratch row; its length sets the tile (streams stepped together)."""
-    tile = scr.shape[0] // (meta[10 + 3 * meta[0]] * meta[11 + 3 * meta[0]] + meta[7] + meta[2])
+    tile = scr.shape[0] // scratch_per_stream(meta)
     _prefetch_states(h, c, slots, lo, min(lo + tile, hi))
     for s0 in range(lo, hi, tile):
         _prefetch_states(h, c, slots, min(s0 + tile, hi), min(s0 + 2 * tile, hi))  # the next tile's
@@ -335,8 +323,8 @@ def step_ragged(wbuf, meta, h, c, slots, offsets, x, y, scr, grab, least, parts)
 def step_one(wbuf, meta, h, c, slot, x, y, scr):
     """Advance the one stream in `slot` over x (T, I), writing y (T, O), and return True; or, when x holds a
     NaN or Inf, change nothing and return False. scr: a scratch row. step_ragged for a single stream, the
-    same bits (tested), without the tile's bookkeeping, which at one stream cost a third of the step; the
-    finiteness check is in here because a second compiled call costs as much as a tenth of the step."""
+    same bits (tested), without the tile's bookkeeping; the finiteness check is in here because a second
+    compiled call would cost a noticeable part of the step."""
     if not all_finite(x):
         return False
     _one(wbuf, meta, h, c, slot, x, y, scr)

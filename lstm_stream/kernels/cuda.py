@@ -1,20 +1,22 @@
 """CUDA step kernels (numba.cuda): the device twin of kernels/cpu.py, the same math in the same order.
 
-Idea: one thread block advances a tile of TILE streams of the batch plan, and loops over tiles with a
-grid stride (a persistent grid keeps the weights it staged in shared memory for many tiles). Thread u
-owns hidden units u, u + NT, ...: for each k it reads the four gate weights W[k, {i,f,g,o}*H + u] once and
-applies them to every stream of the tile (weight reuse), summing over k in order, bias first, then the
-input part, then the recurrent part, exactly as the CPU does. So a stream's arithmetic depends on nothing
-but its own data: not its tile partners, its slot in the tile, the grid or the block size. h and the
-current inputs sit in shared memory (every thread reads them); c stays in the global slab, read and
-written only by the thread that owns the unit. Ragged batches: each stream advances over its own rows;
-a tile slot whose rows are used up idles. No fastmath; NVVM contracts a*b+c into FMAs the same way for
-every stream, so results are deterministic on a device and differ from the CPU only by rounding.
+Idea: one thread block advances a tile of CUDA_TILE_STREAMS streams (kernels/constants.py) of the batch plan,
+and loops over tiles with a grid stride (a persistent grid keeps the weights it staged in shared memory for
+many tiles). Thread u owns hidden units u, u + NT, ...: for each k it reads the four gate weights
+W[k, {i,f,g,o}*H + u] once and applies them to every stream of the tile (weight reuse), summing over k in order,
+bias first, then the input part, then the recurrent part, exactly as the CPU does. So a stream's arithmetic
+depends on nothing but its own data: not its tile partners, its slot in the tile, the grid or the block size.
+h and the current inputs sit in shared memory (every thread reads them); c stays in the global slab, read and
+written only by the thread that owns the unit. Ragged batches: each stream advances over its own rows; a tile
+slot whose rows are used up idles. No fastmath; NVVM contracts a*b+c into FMAs the same way for every stream,
+so results are deterministic on a device and differ from the CPU only by rounding.
 
 Layouts (floats of the model's dtype):
     state (cap, L*(P+H))  per layer l at l*(P+H): [h_l (P) | c_l (H)]
     plan  (2S+4,) int64   [S, flags, T_max, slots (S), offsets (S+1)]; flags bit 0: weights in shared
-    shared memory         [weights (n, when staged) | xs (TILE, I) | hs (TILE, L, P) | hr (TILE, H)]
+    shared memory         [weights (n, when staged) | xs (NB, I) | hs (NB, L, P) | hr (NB, H)]
+                          with NB = CUDA_TILE_STREAMS
+meta is read through layout.py's accessors, compiled here as device functions.
 """
 from __future__ import annotations
 
@@ -24,22 +26,25 @@ import numpy as np
 from numba import cuda
 
 from .. import jitcache
+from . import layout
 from .activations import tanh32
+from .constants import CUDA_TILE_STREAMS
+from .layout import PLAN_HEAD
 
 jitcache.install()  # numba-cuda's cache too (the CPU one is set when jitcache is first imported)
 
-_tanh32 = cuda.jit(device=True)(tanh32)  # the CPU kernels compile the same function
-
-# Streams per thread block; a compile-time constant because the accumulators are a local array.
-TILE = 4
-_ACC = 4 * TILE  # gate accumulators per owned unit: (TILE, 4)
-PLAN_HEAD = 3  # plan[0:3] = S, flags, T_max; then slots, then offsets
+_device = cuda.jit(device=True)
+_tanh32 = _device(tanh32)  # the CPU kernels compile the same function
+# The layout's meta accessors (kernels/layout.py), as device functions.
+sizes, head_kind, widest_input, layer, head_offsets = (
+    _device(f) for f in (layout.sizes, layout.head_kind, layout.widest_input, layout.layer, layout.head_offsets))
+_ACC = 4 * CUDA_TILE_STREAMS  # gate accumulators per owned unit: (NB, 4), a local array (compile-time size)
 
 
 def shared_floats(meta, n_weights: int, staged: bool) -> int:
     """Floats of dynamic shared memory step_kernel needs: meta (host copy), weights staged or not."""
-    L, I, H, P = (int(v) for v in meta[:4])
-    return (n_weights if staged else 0) + TILE * (I + L * P + H)
+    L, I, H, P, _ = (int(v) for v in layout.sizes(meta))
+    return (n_weights if staged else 0) + CUDA_TILE_STREAMS * (I + L * P + H)
 
 
 # ---- activations: the CPU's float32 rational tanh (same constants, same order), libm for float64 --------
@@ -77,8 +82,8 @@ def _active(plan, tile0, n, b, t):
 @cuda.jit(device=True)
 def _stage_x(meta, plan, x, xshift, sh, base, tile0, n, t):
     """xs[b] = x[row_b + xshift] for active slots, 0 otherwise.  x: (N, I)."""
-    I = meta[1]
-    for idx in range(cuda.threadIdx.x, TILE * I, cuda.blockDim.x):
+    _, I, _, _, _ = sizes(meta)
+    for idx in range(cuda.threadIdx.x, CUDA_TILE_STREAMS * I, cuda.blockDim.x):
         b, k = idx // I, idx % I
         v = sh[0] * 0
         if _active(plan, tile0, n, b, t):
@@ -92,7 +97,7 @@ def gemv_tile(w, acc, row, G, H, sh, v0, stride, m):
     for k in range(m):
         r = row + k * G
         wi, wf, wg, wo = w[r], w[r + H], w[r + 2 * H], w[r + 3 * H]
-        for b in range(TILE):
+        for b in range(CUDA_TILE_STREAMS):
             v = sh[v0 + b * stride + k]
             acc[4 * b] += wi * v
             acc[4 * b + 1] += wf * v
@@ -103,22 +108,22 @@ def gemv_tile(w, acc, row, G, H, sh, v0, stride, m):
 @cuda.jit(device=True)
 def _cell(w, meta, state, plan, sh, base, tile0, n, t, l):
     """Layer l: gates from [input, h_l] for the tile, then c' (in state) and hr = o*tanh(c') (shared)."""
-    L, I, H, P = meta[0], meta[1], meta[2], meta[3]
+    L, I, H, P, _ = sizes(meta)
     G = 4 * H
-    off_w, K = meta[8 + 3 * l], meta[9 + 3 * l]
+    off_w, K, _ = layer(meta, l)
     n_in = K - P
-    hs, hr = base + TILE * I, base + TILE * (I + L * P)
+    hs, hr = base + CUDA_TILE_STREAMS * I, base + CUDA_TILE_STREAMS * (I + L * P)
     in0, in_stride = (base, I) if l == 0 else (hs + (l - 1) * P, L * P)
     f32 = w.itemsize == 4
-    acc = cuda.local.array(_ACC, dtype=w.dtype)  # (TILE, 4): [i, f, g, o] per slot
+    acc = cuda.local.array(_ACC, dtype=w.dtype)  # (NB, 4): [i, f, g, o] per slot
     for u in range(cuda.threadIdx.x, H, cuda.blockDim.x):
         bias = off_w + K * G + u
-        for b in range(TILE):
+        for b in range(CUDA_TILE_STREAMS):
             for q in range(4):
                 acc[4 * b + q] = w[bias + q * H]
         gemv_tile(w, acc, off_w + u, G, H, sh, in0, in_stride, n_in)                  # input part
         gemv_tile(w, acc, off_w + n_in * G + u, G, H, sh, hs + l * P, L * P, P)       # recurrent part
-        for b in range(TILE):
+        for b in range(CUDA_TILE_STREAMS):
             if _active(plan, tile0, n, b, t):
                 slot = plan[PLAN_HEAD + tile0 + b]
                 sh[hr + b * H + u] = unit_update(acc, b, state, slot, l * (P + H) + P + u, f32)
@@ -139,10 +144,10 @@ def unit_update(acc, b, state, slot, ci, f32):
 @cuda.jit(device=True)
 def _new_h(w, meta, plan, sh, base, tile0, n, t, l):
     """hs[b, l] = hr[b] (or W_hr hr[b] with a projection) for the active slots."""
-    L, I, H, P = meta[0], meta[1], meta[2], meta[3]
-    off_r = meta[10 + 3 * l]
-    hs, hr = base + TILE * I, base + TILE * (I + L * P)
-    for idx in range(cuda.threadIdx.x, TILE * P, cuda.blockDim.x):
+    L, I, H, P, _ = sizes(meta)
+    _, _, off_r = layer(meta, l)
+    hs, hr = base + CUDA_TILE_STREAMS * I, base + CUDA_TILE_STREAMS * (I + L * P)
+    for idx in range(cuda.threadIdx.x, CUDA_TILE_STREAMS * P, cuda.blockDim.x):
         b, k = idx // P, idx % P
         if _active(plan, tile0, n, b, t):
             if off_r < 0:
@@ -157,25 +162,26 @@ def _new_h(w, meta, plan, sh, base, tile0, n, t, l):
 @cuda.jit(device=True)
 def _head(w, meta, plan, sh, base, tile0, n, t, y, yshift):
     """y[row_b + t + yshift] = act(W_head h_last + b) (or h_last) for the active slots.  y: (N, O)."""
-    L, I, P, O = meta[0], meta[1], meta[3], meta[4]
-    hl = base + TILE * I + (L - 1) * P
-    off_w, off_b = meta[8 + 3 * L], meta[9 + 3 * L]
+    L, I, _, P, O = sizes(meta)
+    has_head, act = head_kind(meta)
+    hl = base + CUDA_TILE_STREAMS * I + (L - 1) * P
+    off_w, off_b = head_offsets(meta)
     f32 = w.itemsize == 4
-    for idx in range(cuda.threadIdx.x, TILE * O, cuda.blockDim.x):
+    for idx in range(cuda.threadIdx.x, CUDA_TILE_STREAMS * O, cuda.blockDim.x):
         b, o = idx // O, idx % O
         if _active(plan, tile0, n, b, t):
-            if meta[5] == 0:
+            if has_head == 0:
                 v = sh[hl + b * L * P + o]
             else:
                 v = w[off_b + o]
                 for k in range(P):
                     v += w[off_w + k * O + o] * sh[hl + b * L * P + k]
-                if meta[6] == 1:
+                if act == 1:
                     v = sigmoid(v, f32)
             y[rows(plan, tile0 + b)[0] + t + yshift, o] = v
-    if meta[6] == 2:  # softmax of each row, one thread per row, sequential like the CPU
+    if act == 2:  # softmax of each row, one thread per row, sequential like the CPU
         cuda.syncthreads()
-        for b in range(cuda.threadIdx.x, TILE, cuda.blockDim.x):
+        for b in range(cuda.threadIdx.x, CUDA_TILE_STREAMS, cuda.blockDim.x):
             if _active(plan, tile0, n, b, t):
                 softmax_row(y, rows(plan, tile0 + b)[0] + t + yshift, O)
 
@@ -200,7 +206,8 @@ def _timestep(w, meta, state, plan, sh, base, tile0, n, t, x, xshift, y, yshift)
     """One step t of the tile: stage inputs, every layer, the head; ends with the block in sync."""
     _stage_x(meta, plan, x, xshift, sh, base, tile0, n, t)
     cuda.syncthreads()
-    for l in range(meta[0]):
+    L, _, _, _, _ = sizes(meta)
+    for l in range(L):
         _cell(w, meta, state, plan, sh, base, tile0, n, t, l)
         cuda.syncthreads()
         _new_h(w, meta, plan, sh, base, tile0, n, t, l)
@@ -225,9 +232,9 @@ def _stage_weights(wbuf, plan, sh):
 @cuda.jit(device=True)
 def _move_h(meta, state, plan, sh, base, tile0, n, store):
     """Copy h of the tile's streams between the slab and shared hs (store: shared -> slab)."""
-    L, I, H, P = meta[0], meta[1], meta[2], meta[3]
-    hs = base + TILE * I
-    for idx in range(cuda.threadIdx.x, TILE * L * P, cuda.blockDim.x):
+    L, I, H, P, _ = sizes(meta)
+    hs = base + CUDA_TILE_STREAMS * I
+    for idx in range(cuda.threadIdx.x, CUDA_TILE_STREAMS * L * P, cuda.blockDim.x):
         b, lk = idx // (L * P), idx % (L * P)
         if b < n:
             col = (lk // P) * (P + H) + lk % P
@@ -248,8 +255,8 @@ def step_kernel(wbuf, meta, state, plan, x, y):
     sh = cuda.shared.array(0, dtype=wbuf.dtype)
     w, base = _stage_weights(wbuf, plan, sh)
     S = plan[0]
-    for tile0 in range(cuda.blockIdx.x * TILE, S, cuda.gridDim.x * TILE):
-        n = min(TILE, S - tile0)
+    for tile0 in range(cuda.blockIdx.x * CUDA_TILE_STREAMS, S, cuda.gridDim.x * CUDA_TILE_STREAMS):
+        n = min(CUDA_TILE_STREAMS, S - tile0)
         _move_h(meta, state, plan, sh, base, tile0, n, False)
         T = 0
         for b in range(n):

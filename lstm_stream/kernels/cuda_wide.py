@@ -4,9 +4,9 @@ Idea: when the weights do not fit in shared memory and the batch has fewer tiles
 the fused step_kernel would leave most SMs idle while each busy block streams every weight from global
 memory. Here each (timestep, layer) runs as kernel launches over a 2-D grid (unit chunks x stream tiles):
 gates_kernel stages a tile's [input, h_l] vectors in shared memory and each thread computes one unit for
-the TILE streams with the same gemv_tile and unit_update as the fused kernel (so the same sums in the
-same order: a stream's bits do not depend on which path, tile or block computed them); hidden_kernel then
-writes the new h (copy or projection), head_kernel the outputs. Launch boundaries are the grid-wide
+the tile's CUDA_TILE_STREAMS streams with the same gemv_tile and unit_update as the fused kernel (so the
+same sums in the same order: a stream's bits do not depend on which path, tile or block computed them);
+hidden_kernel then writes the new h (copy or projection), head_kernel the outputs. Launch boundaries are the grid-wide
 barriers. The host loops over t < T_max and l < L.
 
 Shapes: as kernels/cuda.py (state (cap, L*(P+H)), plan (2S+4,) int64), plus work (>= S, H): o*tanh(c')
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from numba import cuda
 
-from .cuda import PLAN_HEAD, TILE, _ACC, gemv_tile, rows, sigmoid, softmax_row, unit_update
+from .cuda import (CUDA_TILE_STREAMS, PLAN_HEAD, _ACC, gemv_tile, head_kind, head_offsets, layer, rows, sigmoid,
+                   sizes, softmax_row, unit_update)
 
 
 @cuda.jit(device=True)
@@ -29,17 +30,17 @@ def _live(plan, s, t):
 def gates_kernel(wbuf, meta, state, plan, x, work, phase):
     """Layer l, step t: for units of chunk blockIdx.x and streams of tile blockIdx.y (grid-stride):
     c' into state, o*tanh(c') into work (S, H).  x (N, I); wbuf, meta, state, plan as step_kernel."""
-    L, H, P = meta[0], meta[2], meta[3]
+    L, _, H, P, _ = sizes(meta)
     t, l = phase // L, phase % L
     G = 4 * H
-    off_w, K = meta[8 + 3 * l], meta[9 + 3 * l]
+    off_w, K, _ = layer(meta, l)
     n_in = K - P
     f32 = wbuf.itemsize == 4
-    vin = cuda.shared.array(0, dtype=wbuf.dtype)  # (TILE, K): [input | h_l] per stream of the tile
+    vin = cuda.shared.array(0, dtype=wbuf.dtype)  # (CUDA_TILE_STREAMS, K): [input | h_l] per stream
     acc = cuda.local.array(_ACC, dtype=wbuf.dtype)
     u = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    for tile0 in range(cuda.blockIdx.y * TILE, plan[0], cuda.gridDim.y * TILE):
-        for idx in range(cuda.threadIdx.x, TILE * K, cuda.blockDim.x):
+    for tile0 in range(cuda.blockIdx.y * CUDA_TILE_STREAMS, plan[0], cuda.gridDim.y * CUDA_TILE_STREAMS):
+        for idx in range(cuda.threadIdx.x, CUDA_TILE_STREAMS * K, cuda.blockDim.x):
             b, k = idx // K, idx % K
             s = tile0 + b
             v = vin[0] * 0
@@ -54,11 +55,11 @@ def gates_kernel(wbuf, meta, state, plan, x, work, phase):
             vin[idx] = v
         cuda.syncthreads()
         if u < H:
-            for b in range(TILE):
+            for b in range(CUDA_TILE_STREAMS):
                 for q in range(4):
                     acc[4 * b + q] = wbuf[off_w + K * G + u + q * H]
             gemv_tile(wbuf, acc, off_w + u, G, H, vin, 0, K, K)  # input part, then recurrent part
-            for b in range(TILE):
+            for b in range(CUDA_TILE_STREAMS):
                 s = tile0 + b
                 if _live(plan, s, t):
                     slot = plan[PLAN_HEAD + s]
@@ -69,9 +70,9 @@ def gates_kernel(wbuf, meta, state, plan, x, work, phase):
 @cuda.jit(cache=True)
 def hidden_kernel(wbuf, meta, state, plan, work, phase):
     """h_l := work (or W_hr work with a projection) for the live streams; any 1-D grid over S*P."""
-    L, H, P = meta[0], meta[2], meta[3]
+    L, _, H, P, _ = sizes(meta)
     t, l = phase // L, phase % L
-    off_r = meta[10 + 3 * l]
+    _, _, off_r = layer(meta, l)
     for idx in range(cuda.grid(1), plan[0] * P, cuda.gridsize(1)):
         s, k = idx // P, idx % P
         if _live(plan, s, t):
@@ -88,20 +89,21 @@ def hidden_kernel(wbuf, meta, state, plan, work, phase):
 def head_kernel(wbuf, meta, state, plan, y, t):
     """y[row_s + t] = act(W_head h_last + b) (softmax excepted: softmax_kernel) for live streams; 1-D grid
     over S*O.  y (N, O)."""
-    L, H, P, O = meta[0], meta[2], meta[3], meta[4]
+    L, _, H, P, O = sizes(meta)
+    has_head, act = head_kind(meta)
     hl = (L - 1) * (P + H)
-    off_w, off_b = meta[8 + 3 * L], meta[9 + 3 * L]
+    off_w, off_b = head_offsets(meta)
     for idx in range(cuda.grid(1), plan[0] * O, cuda.gridsize(1)):
         s, o = idx // O, idx % O
         if _live(plan, s, t):
             slot = plan[PLAN_HEAD + s]
-            if meta[5] == 0:
+            if has_head == 0:
                 v = state[slot, hl + o]
             else:
                 v = wbuf[off_b + o]
                 for k in range(P):
                     v += wbuf[off_w + k * O + o] * state[slot, hl + k]
-                if meta[6] == 1:
+                if act == 1:
                     v = sigmoid(v, wbuf.itemsize == 4)
             y[rows(plan, s)[0] + t, o] = v
 
@@ -111,4 +113,4 @@ def softmax_kernel(meta, plan, y, t):
     """Softmax of each live stream's output row at step t; 1-D grid over S.  y (N, O)."""
     for s in range(cuda.grid(1), plan[0], cuda.gridsize(1)):
         if _live(plan, s, t):
-            softmax_row(y, rows(plan, s)[0] + t, meta[4])
+            softmax_row(y, rows(plan, s)[0] + t, sizes(meta)[4])

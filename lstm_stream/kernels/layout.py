@@ -14,20 +14,75 @@ wbuf segments (row-major):
     HEAD_CHAINS, so that a row's dot product with h loads whole vectors; headb (O,) its own segment)
 Gate columns are [i | f | g | o], each H wide (PyTorch's order). K_l = I_l + P.
 With block=None (the CUDA layout) JB = 4H and nJ = 1, i.e. W_l is simply (K_l + 1, 4H). The CPU layout
-uses blocks of 128 columns (when 4H > 256), JB a multiple of 16 (the micro-kernel's panel width, panel.py),
-and starts every segment on a 16-element boundary, so that weight rows load as whole aligned vectors.
+uses blocks of CPU_BLOCK columns (when 4H > 2 * CPU_BLOCK), JB a multiple of PANEL_COLS, and starts every
+segment on a PANEL_COLS boundary, so that weight rows load as whole aligned vectors.
+
+The meta accessors below are the one place that knows these indices. They are plain functions over an int
+array: the host calls them as they are, kernels/cpu.py compiles them into its kernels with njit, and
+kernels/cuda.py as CUDA device functions. numba-free, like the rest of this module.
+
+The CUDA batch plan (int64): [S, flags, T_max | slots (S) | offsets (S+1)], flags bit 0: weights staged in
+shared memory; PLAN_HEAD is the length of its head.
 """
 from __future__ import annotations
 
 import numpy as np
 
-PANEL_COLS = 16  # gate columns per micro-kernel panel on the CPU (kernels/panel.py)
-HEAD_CHAINS = 8  # partial sums per head output on the CPU: lanes of one vector (kernels/panel.py)
+from .constants import CACHE_LINE_BYTES, CPU_BLOCK, CPU_TILE_STREAMS, HEAD_CHAINS, PANEL_COLS
+
 HEAD_ACT_CODES = {"none": 0, "sigmoid": 1, "softmax": 2}
-META_HEAD = 8  # index of the first per-layer entry
+META_HEAD = 8  # meta[0:META_HEAD] = L, I, H, P, O, has_head, head_act, K_max; the per-layer entries follow
+PLAN_HEAD = 3  # plan[0:PLAN_HEAD] = S, flags, T_max; then slots, then offsets
 
 
-def aligned_zeros(shape, dtype, align: int = 64) -> np.ndarray:
+# ---- reading meta ------------------------------------------------------------------------------------------
+def sizes(meta):
+    """(L, I, H, P, O): layers, input, hidden, state (h) and output sizes."""
+    return meta[0], meta[1], meta[2], meta[3], meta[4]
+
+
+def head_kind(meta):
+    """(has_head, act): 0 when y is h of the last layer itself; act 0 none, 1 sigmoid, 2 softmax."""
+    return meta[5], meta[6]
+
+
+def widest_input(meta):
+    """K_max: the longest layer input [x, h] of the model, I + P or P + P (a scratch row's width)."""
+    return meta[7]
+
+
+def layer(meta, l):
+    """(off_W, K, off_R) of layer l: its gate weights (nJ, K + 1, JB) at wbuf[off_W], input width K = I_l + P,
+    and W_hr^T (H, P) at wbuf[off_R] (-1 without a projection)."""
+    base = META_HEAD + 3 * l
+    return meta[base], meta[base + 1], meta[base + 2]
+
+
+def head_offsets(meta):
+    """(off_headW, off_headb): the head's weights and bias in wbuf (-1, -1 without a head)."""
+    base = META_HEAD + 3 * meta[0]
+    return meta[base], meta[base + 1]
+
+
+def blocking(meta):
+    """(JB, nJ): gate columns per block and the number of blocks (JB * nJ = Gp >= 4H)."""
+    base = META_HEAD + 3 * meta[0] + 2
+    return meta[base], meta[base + 1]
+
+
+def scratch_per_stream(meta):
+    """Floats of CPU scratch per stream of a tile: gate sums (Gp), layer input [x, h] (K_max), o*tanh(c) (H)."""
+    base = META_HEAD + 3 * meta[0] + 2  # (the accessors call no other function: each compiles on its own)
+    return meta[base] * meta[base + 1] + meta[7] + meta[2]
+
+
+def head_row(P):
+    """Floats per row of the CPU layout's head weights: P rounded up to whole HEAD_CHAINS vectors."""
+    return (P + HEAD_CHAINS - 1) // HEAD_CHAINS * HEAD_CHAINS
+
+
+# ---- building the layout -----------------------------------------------------------------------------------
+def aligned_zeros(shape, dtype, align: int = CACHE_LINE_BYTES) -> np.ndarray:
     """np.zeros whose data starts on an `align`-byte boundary (a cache line): numpy guarantees only 16, and
     vector loads that straddle cache lines made the same kernel run up to ~25% slower from run to run."""
     dtype = np.dtype(dtype)
@@ -67,38 +122,27 @@ def pack(model, block=None):
         return off - a.size
 
     km = 0  # K_max: the longest layer input (k_max(model) gives the same from the sizes alone)
-    for layer in model.layers:
-        w = np.concatenate([layer.w_ih.T, layer.w_hh.T, (layer.b_ih + layer.b_hh)[None, :]], axis=0)
+    for lay in model.layers:
+        w = np.concatenate([lay.w_ih.T, lay.w_hh.T, (lay.b_ih + lay.b_hh)[None, :]], axis=0)
         k = w.shape[0] - 1
         w = np.pad(w, ((0, 0), (0, JB * nJ - 4 * H)))              # (K + 1, Gp)
         w = w.reshape(k + 1, nJ, JB).transpose(1, 0, 2)           # (nJ, K + 1, JB)
         km = max(km, k)
         off_w = add(w)
-        off_r = add(layer.w_hr.T) if layer.w_hr is not None else -1
+        off_r = add(lay.w_hr.T) if lay.w_hr is not None else -1
         meta += [off_w, k, off_r]
     if model.head_w is not None and block is not None:
-        pc = -(-P // HEAD_CHAINS) * HEAD_CHAINS
-        off_h = add(np.pad(model.head_w, ((0, 0), (0, pc - P))))  # (O, Pc)
+        off_h = add(np.pad(model.head_w, ((0, 0), (0, head_row(P) - P))))  # (O, Pc)
         meta += [off_h, add(model.head_b)]
     elif model.head_w is not None:
         meta += [add(model.head_w.T), add(model.head_b)]
     else:
         meta += [-1, -1]
     meta += [JB, nJ]
-    head = [L, I, H, P, O, int(model.head_w is not None), HEAD_ACT_CODES[model.head_activation], km]
-    wbuf = aligned_zeros((off,), dt)  # 64-byte aligned: with the padding, every CPU weight row is too
+    head = [L, I, H, P, O, int(model.head_w is not None), HEAD_ACT_CODES[model.head_activation], km]  # META_HEAD
+    wbuf = aligned_zeros((off,), dt)  # on a cache line: with the padding, every CPU weight row is too
     np.concatenate(parts, out=wbuf)
     return wbuf, np.asarray(head + meta, dtype=np.int64)
-
-
-# Streams stepped together by the CPU kernel: each weight panel loaded into cache serves this many streams.
-# A multiple of the micro-kernel's 6 rows (panel.py), so a full tile leaves no smaller panel over. Measured
-# (I=32, H=256, 4096 streams, 1 thread): tiles of 30 to 48 all ran 89-92 GFLOP/s; 60 ran 84.
-TILE = 30
-# Gate columns per block in the CPU layout: one stream's loop (_one) keeps a block's sums in L1. Gates up to
-# 256 wide stay one block: at H=64, one block of 256 ran 38 GFLOP/s against 31 with 128. The tiled
-# micro-kernel does not care (blocks of 64, 128 and 256 all ran 89-91 GFLOP/s at I=32 H=256).
-CPU_BLOCK = 128
 
 
 def k_max(model) -> int:
@@ -106,10 +150,9 @@ def k_max(model) -> int:
     return max(model.input_size, model.state_size if model.num_layers > 1 else 0) + model.state_size
 
 
-def scratch_size(model, tile: int = TILE, block=CPU_BLOCK) -> int:
+def scratch_size(model, tile: int = CPU_TILE_STREAMS, block=CPU_BLOCK) -> int:
     """Floats of scratch per thread: for each of `tile` streams, gate sums (Gp), layer input [x, h] (K_max)
-    and o*tanh(c) (H). The kernel derives its tile from this row length (so K_max must be the kernel's own:
-    with P + P for a one-layer model, a tile of 30 became 34 at I=8 H=64 and at I=32 H=256, and every tile
-    ended in a panel of 4 streams; tested)."""
+    and o*tanh(c) (H). The kernel derives its tile from this row length (scratch_per_stream), so K_max here
+    must be the packed one (tests/core/test_panel.py)."""
     JB, nJ = gate_blocks(model.hidden_size, block)
     return tile * (JB * nJ + k_max(model) + model.hidden_size)

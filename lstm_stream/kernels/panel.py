@@ -2,10 +2,10 @@
 
 At hundreds of streams per call the step is the matrix product G = [x, h] W + b, and its speed is decided by
 how often each loaded weight is reused from a register. Numba cannot keep an array of accumulators in
-registers, and LLVM's vectoriser alone produced loops that reload and store the gate sums every few rows
-(~55% of the matmul peak). `panel(mr)` builds the loop the way a BLAS micro-kernel does: for `mr` streams
-(rows of u) and 16 gate columns, the sums live in vector registers for the whole k loop; each step of k loads
-16 weights once and adds them, times each stream's u[k] (broadcast), into every stream's sums.
+registers, and LLVM's vectoriser alone reloads and stores the gate sums every few rows. `panel(mr)` builds the
+loop the way a BLAS micro-kernel does: for `mr` streams (rows of u, mr <= PANEL_ROWS) and PANEL_COLS gate
+columns, the sums live in vector registers for the whole k loop; each step of k loads the panel's weights once
+and adds them, times each stream's u[k] (broadcast), into every stream's sums.
 
 Determinism: each sum is exactly   acc = b[j];  for k in 0..K-1:  acc = fmuladd(W[k, j], u[k], acc)
 a single chain in k order, whatever mr is or which lane a stream lands in, so a stream's result does not
@@ -16,10 +16,12 @@ prefetch asks for one cache line ahead of use (llvm.prefetch); cpu.py uses it fo
 load_atomic and compare_swap (LLVM atomic load and cmpxchg) are how the parallel kernel's threads share out
 the batch from one counter.
 
-headdot does the linear head of one stream: per output, the dot product of its weight row with h, as 8
-partial sums over k (lane q of one vector sums k = q mod 8, so the multiply-adds do not wait on each other),
-the rows past the last whole 8 into lane 0, then the lanes pairwise and the bias: the same order for every
-stream and every path.
+headdot does the linear head of one stream: per output, the dot product of its weight row with h, as
+HEAD_CHAINS (8) partial sums over k (lane q of one vector sums k = q mod 8, so the multiply-adds do not wait on
+each other), the rows past the last whole 8 into lane 0, then the lanes pairwise and the bias: the same order
+for every stream and every path.
+
+borrow drops an array's reference count inside a kernel (see kernels/cpu.py).
 """
 from __future__ import annotations
 
@@ -28,10 +30,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .layout import HEAD_CHAINS  # partial sums per head output: the lanes of one vector
+from .constants import HEAD_CHAINS, PANEL_COLS, PANEL_ROWS
+
 assert HEAD_CHAINS == 8, "headdot's pairwise tree (three shuffles) is written for 8 lanes"
-from .layout import PANEL_COLS as COLS  # gate columns per panel: a multiple of both vector widths (8 and 4)
-MR = 6     # streams per full panel: 6 x 16 float32 sums = 12 ymm registers, + 2 weight vectors + 1 broadcast
 
 
 class _Vec:
@@ -96,7 +97,7 @@ def _codegen(mr: int):
         w_arr, wo, ldw, s_arr, uo, ldu, go, ldg, K = args
         V = _Vec(context, builder, sig.args[0].dtype)
         wp, sp = _data(context, builder, sig.args[0], w_arr), _data(context, builder, sig.args[3], s_arr)
-        nv = COLS // V.width
+        nv = PANEL_COLS // V.width  # vectors per panel row (PANEL_COLS is a multiple of both widths, 8 and 4)
         bias = V.add(wo, builder.mul(K, ldw))  # the accumulators start as the bias row (row K of the block)
         b = [V.load(wp, V.add(bias, V.const(v * V.width))) for v in range(nv)]
         acc = [[V.slot(b[v]) for v in range(nv)] for _ in range(mr)]
@@ -121,7 +122,7 @@ def _headdot_codegen(context, builder, sig, args):
     """headdot's body. Per output o: acc (a vector of HEAD_CHAINS lanes, zero) += W[o, 8b:8b+8] * h[8b:8b+8]
     for each whole block b in order (one fmuladd per block: lane q sums k = q mod 8); then the last P % 8
     rows into lane 0 in order; then ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) by three shuffles; then
-    bias[o] + that. The order of the 8-column head this replaced (same bits)."""
+    bias[o] + that."""
     w_arr, wo, ldw, bo, P, O, h_arr, ho, y_arr, yo = args
     dt = sig.args[0].dtype
     b = builder
@@ -178,7 +179,7 @@ def _float_arrays(*arrays, flat=True):
 
 def _make_panel(mr: int):
     def panel(typingctx, w, wo, ldw, scr, uo, ldu, go, ldg, K):
-        """For a = 0..mr-1 and j = 0..15:
+        """For a = 0..mr-1 and j = 0..PANEL_COLS-1:
             scr[go + a*ldg + j] = w[wo + K*ldw + j] + sum_k w[wo + k*ldw + j] * scr[uo + a*ldu + k]
         (summed as the one fmuladd chain in k order of the module docstring). w and scr: 1-D contiguous
         arrays of the same float dtype; the caller keeps every index in bounds (no checks here)."""
@@ -190,7 +191,7 @@ def _make_panel(mr: int):
     return intrinsic(panel)
 
 
-PANELS = tuple(_make_panel(mr) for mr in range(1, MR + 1))
+PANELS = tuple(_make_panel(mr) for mr in range(1, PANEL_ROWS + 1))
 panel1, panel2, panel3, panel4, panel5, panel6 = PANELS
 
 
@@ -234,8 +235,8 @@ def prefetch(typingctx, arr, index):
 def borrow(typingctx, arr):
     """The array itself, without its reference count: the same data, shape and strides, with a null
     meminfo. Numba increments and decrements the count of every array passed to a function or bound to a new
-    name, an atomic read-modify-write each (~20 per stream-step at I=8 H=64 through _cell and _head, ~5% of
-    the step); on a null meminfo both are a test and a return. Only for an array that the caller keeps alive
+    name, an atomic read-modify-write each (many per stream-step through _cell and _head); on a null meminfo
+    both are a test and a return. Only for an array that the caller keeps alive
     for as long as the borrowed one is used (a kernel's own arguments, within that kernel call); never
     return one to Python."""
     if not isinstance(arr, types.Array):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from lstm_stream.kernels import cpu
+from lstm_stream.kernels import activations as cpu
 
 
 @njit

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lstm_stream as ls
-from lstm_stream import backends
+from lstm_stream.backends import cpu as cpu_backend
 from models import random_model, step_ragged_interleaved
 
 SEED = int(os.environ.get("LSTM_TEST_SEED", secrets.randbelow(2**31)))
@@ -87,7 +87,7 @@ def test_parallel_kernel_equals_serial(monkeypatch):
     ids = list(range(500))
     results = []
     for threads, min_macs in [(1, 10**12), (2, 1), (2, 10**12)]:
-        monkeypatch.setattr(backends, "PARALLEL_MIN_MACS", min_macs)
+        monkeypatch.setattr(cpu_backend, "PARALLEL_MIN_MACS", min_macs)
         s = ls.Streams(model, threads=min(threads, backends_threads()))
         results.append(np.stack([s.step_many(ids, X[t]) for t in range(10)]))
     for r in results[1:]:
@@ -100,14 +100,14 @@ def test_parallel_kernel_only_for_enough_work(monkeypatch):
     if backends_threads() < 2:
         pytest.skip("needs 2 CPUs")
     model = random_model(np.random.default_rng(0), I=8, H=64, L=1, O=4)  # 4*64*(8+64) = 18,432 per row
-    for min_macs, min_rows in [(backends.PARALLEL_MIN_MACS, -(-backends.PARALLEL_MIN_MACS // 18_432)),
+    for min_macs, min_rows in [(cpu_backend.PARALLEL_MIN_MACS, -(-cpu_backend.PARALLEL_MIN_MACS // 18_432)),
                                (1_000_000, 55), (8_000_000, 435)]:
-        monkeypatch.setattr(backends, "PARALLEL_MIN_MACS", min_macs)
-        b = backends.CPUBackend(model, 8, threads=2)
+        monkeypatch.setattr(cpu_backend, "PARALLEL_MIN_MACS", min_macs)
+        b = cpu_backend.CPUBackend(model, 8, threads=2)
         assert b.parallel_min_rows == min_rows, min_macs
         assert not b.goes_parallel(100, min_rows - 1) and b.goes_parallel(100, min_rows)
         assert not b.goes_parallel(2 * b._tile - 1, 10**6)  # fewer tiles than threads: nothing to split
-        assert not backends.CPUBackend(model, 8, threads=1).goes_parallel(100, 10**6)
+        assert not cpu_backend.CPUBackend(model, 8, threads=1).goes_parallel(100, 10**6)
     s = ls.Streams(model, threads=2)
     x = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
     y = s.step("a", x)
@@ -198,7 +198,7 @@ def test_parallel_kernel_shares_out_every_stream_once(least_tiles):
     x = rng.normal(0, 1, (offsets[-1], 7)).astype(np.float32)
     runs = []
     for parallel in (False, True):
-        b = backends.CPUBackend(model, cap, threads=1)
+        b = cpu_backend.CPUBackend(model, cap, threads=1)
         b.h[:] = rng.normal(0, 1, b.h.shape) if not runs else runs[0][1]
         b.c[:] = rng.normal(0, 1, b.c.shape) if not runs else runs[0][2]
         h0, c0 = b.h.copy(), b.c.copy()

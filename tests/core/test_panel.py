@@ -9,7 +9,8 @@ import pytest
 from numba import njit
 
 from lstm_stream.kernels import cpu
-from lstm_stream.kernels.layout import CPU_BLOCK, TILE, k_max, scratch_size
+from lstm_stream.kernels.constants import CPU_BLOCK, CPU_TILE_STREAMS, PANEL_ROWS
+from lstm_stream.kernels.layout import k_max, scratch_per_stream, scratch_size, widest_input
 from lstm_stream.kernels.panel import borrow
 from models import random_model
 
@@ -105,10 +106,10 @@ def test_scratch_row_holds_the_intended_tile(I, H, L, P):
     the tile of 30 became 34 (a panel of 4 streams ending every tile)."""
     model = random_model(np.random.default_rng(SEED), I=I, H=H, L=L, P=P, O=2)
     wbuf, meta = model.packed(CPU_BLOCK)
-    per_stream = meta[10 + 3 * L] * meta[11 + 3 * L] + meta[7] + meta[2]
-    assert k_max(model) == meta[7]
-    assert scratch_size(model) // per_stream == TILE
-    assert TILE % cpu.MR == 0
+    per_stream = scratch_per_stream(meta)
+    assert k_max(model) == widest_input(meta)
+    assert scratch_size(model) // per_stream == CPU_TILE_STREAMS
+    assert CPU_TILE_STREAMS % PANEL_ROWS == 0
 
 
 @njit(cache=False)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import lstm_stream as ls
-from lstm_stream import cuda_backend
+from lstm_stream.backends import cuda as cuda_backend
 from cuda_helpers import big
 from models import random_model, step_ragged_interleaved
 
@@ -53,11 +53,12 @@ def test_ragged_step_batch_is_bit_identical(seed):
 
 GEOMETRIES = {  # name: monkeypatches of cuda_backend
     "default": {},
-    "few threads (units loop per thread)": {"MAX_THREADS": 8, "MIN_THREADS": 8},
-    "one persistent block for all tiles": {"MAX_BLOCKS_PER_SM": 1, "_sm_count": lambda: 1},
-    "weights read from global memory": {"_Kernels.opt_in_shared": lambda self, n, names=(): False},
+    "few threads (units loop per thread)": {"MAX_BLOCK_THREADS": 8, "MIN_BLOCK_THREADS": 8},
+    "one persistent block for all tiles": {"MAX_BLOCKS_PER_SM": 1, "sm_count": lambda: 1},
+    "weights read from global memory": {"Kernels.opt_in_shared": lambda self, n, names=(): False},
     "wide path (units over blocks)": {"CUDABackend._wide": lambda self, n: True},
-    "wide path, few threads": {"CUDABackend._wide": lambda self, n: True, "MAX_THREADS": 8, "MIN_THREADS": 8},
+    "wide path, few threads": {"CUDABackend._wide": lambda self, n: True, "MAX_BLOCK_THREADS": 8,
+                               "MIN_BLOCK_THREADS": 8},
 }
 
 

@@ -1,18 +1,12 @@
-"""Backends own the state slabs and run the kernels; they decide nothing about ids or policy.
+"""CPUBackend: state slabs in host memory, stepped by the kernels of kernels/cpu.py, on the caller's thread or
+shared out over worker threads (_Workers). Implements the Backend protocol (backends/protocol.py).
 
-Interface (CPU here; CUDA in cuda_backend.py mirrors it method for method):
-    run(slots, offsets, x) -> y      advance unique `slots` over ragged rows of x (N, I); y (N, O)
-    read(slot) -> (h, c)             copies, (L, P) and (L, H)
-    write(slot, h, c) / zero(slot) / copy_slot(src, dst)
-    gather(slots) -> (h, c)          (n, L, P), (n, L, H) host copies, for snapshots
-    scatter(slots, h, c)             the reverse
-    forecast(slot, horizon) -> y     (horizon, O), the slot's state untouched
-    grow(capacity)                   keep every slot's state, add zeroed slots
-    warm_up()                        optional: compile the kernels now, stepping nothing (CPU)
+A call goes parallel when its work, in multiply-adds, is at least PARALLEL_MIN_MACS and it has a tile of
+streams for every thread; the threads then take pieces of the batch from one counter (kernels/cpu.py). The
+tuning constants and why they have their values: kernels/constants.py.
 """
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
@@ -20,25 +14,14 @@ import weakref
 
 import numpy as np
 
-from . import warm
-from .errors import BackendError
-
-log = logging.getLogger("lstm_stream")
-
-# Serial or parallel: a parallel call hands a share of the work to the backend's worker threads (a queue put,
-# a sleeping thread woken, the GIL taken to enter the kernel), which costs ~60 µs on an idle 2-core VM
-# (measured: 16 streams at I=8 H=64, 13 µs serial, 73 µs shared out). So a call goes parallel when its serial
-# work, in multiply-adds (rows x the sum over layers of 4H(I_l + P)), is well above that, PARALLEL_MIN_MACS
-# (at I=8 H=64: 256 streams 1.35x faster on 2 threads, 128 streams 0.87x), and when it has a tile of streams
-# for every thread (a tile is the kernel's unit of work). Before the worker threads, an OpenMP parallel
-# kernel (Numba's parallel=True) did this, with the same wake-up cost; its compile alone took ~5 s of every
-# cold start.
-PARALLEL_MIN_MACS = 4_000_000
-# The threads take their streams from a shared counter piece by piece (guided: pieces shrink as the work
-# runs out; kernels/cpu.py), so a core slowed by other load does not hold up the whole call. The smallest
-# piece is whole tiles with at least PIECE_MACS multiply-adds (~10 µs), so that taking one (an atomic
-# operation on a cache line both cores use) stays well under 1% of it.
-PIECE_MACS = 400_000
+from .. import warm
+from ..errors import BackendError
+from ..kernels.constants import (
+    CPU_BLOCK,
+    PARALLEL_MIN_MACS,
+    PIECE_MACS,
+    SHARES_PER_THREAD,
+)
 
 
 class _Workers:
@@ -76,8 +59,8 @@ class CPUBackend:
     name = "cpu"
 
     def __init__(self, model, capacity: int, *, threads=None):
-        from .kernels import cpu  # numba loads here, not at `import lstm_stream`
-        from .kernels.layout import CPU_BLOCK, aligned_zeros, scratch_size
+        from ..kernels import cpu  # numba loads here, not at `import lstm_stream`
+        from ..kernels.layout import aligned_zeros, scratch_size
 
         self._k = cpu
         self.model = model
@@ -92,16 +75,16 @@ class CPUBackend:
             raise BackendError(f"threads must be an int between 1 and {max_threads} (this machine's CPUs), "
                                f"got {threads!r}")
         self.threads = threads or max_threads
-        row = -(-scratch_size(model) // 16) * 16  # whole cache lines per row, so every row starts aligned
+        row = -(-scratch_size(model) // 16) * 16  # whole cache lines (16 floats) per row: every row starts on one
         self._scratch = aligned_zeros((self.threads, row), dt)  # a row per thread
         self._tile = row // scratch_size(model, tile=1)  # streams stepped together (the kernel's own rule)
-        self._grab = aligned_zeros(8, np.int64)  # the threads' work counter, on its own cache line
+        self._grab = aligned_zeros(8, np.int64)  # the threads' work counter, alone on its cache line
         self._workers = None  # started at the first parallel call
         self._one = None  # step_one's compiled entry point (see run_one)
         self._scratch0, self._O, self._dt = self._scratch[0], model.output_size, dt  # run_one's, at hand
         self._one_slot, self._one_off = np.zeros(1, np.int64), np.zeros(2, np.int64)
         self._macs_per_row = macs_per_row = model.macs_per_step
-        self.parallel_min_rows = -(-PARALLEL_MIN_MACS // macs_per_row)
+        self.parallel_min_rows = -(-PARALLEL_MIN_MACS // macs_per_row)  # (read here, so tests can patch it)
 
     def goes_parallel(self, n_streams: int, n_rows: int) -> bool:
         """Whether a call of n_streams streams over n_rows rows has work enough for the worker threads."""
@@ -113,16 +96,8 @@ class CPUBackend:
         return self._tile * max(1, -(-PIECE_MACS // max(int(tile_macs), 1)))
 
     def warm_up(self) -> None:
-        """Compile (or load from Numba's cache) the kernels serving uses, by calling them on an empty batch
-        (the many-stream kernel, serial and shared out, which are the same compiled function) and on a scratch
-        stream; nothing is stepped."""
-        I, O, dt = self.model.input_size, self.model.output_size, self.h.dtype
-        x, y = np.zeros((0, I), dt), np.zeros((0, O), dt)
-        slots, offsets = np.zeros(0, np.int64), np.zeros(1, np.int64)
-        self._k.step_ragged(self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y, self._scratch[0],
-                            self._grab, 1, 1)
-        self._one_entry(np.zeros((1, I), dt), np.zeros((1, O), dt))
-        self._k.all_finite(x)
+        """Nothing: warm.warm_up, which Streams.warm_up runs first, compiles every CPU kernel (in child processes
+        when cold, the one-stream kernel possibly in the background, which compiling it here would undo)."""
 
     def grow(self, capacity: int) -> None:
         """Enlarge the slabs to `capacity` slots, keeping every stream's state."""
@@ -150,7 +125,7 @@ class CPUBackend:
             workers = self._workers = _Workers(self._k.step_ragged, self.threads - 1)
             weakref.finalize(self, workers.stop)
         args = (self.wbuf, self.meta, self.h, self.c, slots, offsets, x, y)
-        parts = 2 * self.threads
+        parts = SHARES_PER_THREAD * self.threads
         self._grab[0] = 0
         for w in range(1, self.threads):
             workers.jobs.put(args + (self._scratch[w], self._grab, least, parts))
@@ -185,7 +160,7 @@ class CPUBackend:
         """step_one's compiled entry point (compiled or loaded now if need be), called without Numba's type
         resolution (~0.4 µs a call): the argument types never change (x and y are always C-contiguous 2-D
         arrays of the model's dtype, which is what the caller checks)."""
-        from .jitcache import entry_point
+        from ..jitcache import entry_point
         self._one = entry_point(self._k.step_one, (self.wbuf, self.meta, self.h, self.c, 0, x, y, self._scratch0))
         return self._one
 
@@ -228,37 +203,3 @@ class CPUBackend:
         y = np.empty((horizon + 1, self.model.output_size), self.h.dtype)
         self._k.forecast(self.wbuf, self.meta, h, c, y, self._scratch[0])
         return y[1:]
-
-
-def cuda_available() -> bool:
-    """True when numba.cuda can see a usable GPU (or the CUDA simulator is on)."""
-    try:
-        from numba import cuda
-        return bool(cuda.is_available())
-    except Exception:  # numba-cuda missing or broken driver: no GPU for us
-        return False
-
-
-def make_backend(name: str, model, capacity: int, *, threads=None):
-    """Backend by name: 'cpu', 'cuda' (fails clearly without a GPU), or 'auto' (CUDA if usable, logged)."""
-    if name not in ("cpu", "cuda", "auto"):
-        raise BackendError(f"backend must be 'cpu', 'cuda' or 'auto', got {name!r}")
-    if name in ("cuda", "auto") and cuda_available():
-        from .cuda_backend import CUDABackend
-        try:
-            backend = CUDABackend(model, capacity)
-        except BackendError as e:
-            if name == "cuda":
-                raise
-            log.warning("backend=auto: a GPU is visible but unusable (%s); using cpu", e)
-        else:
-            if name == "auto":
-                log.info("backend=auto chose cuda")
-            return backend
-    elif name == "cuda":
-        raise BackendError("backend='cuda' needs a usable NVIDIA GPU with numba-cuda installed "
-                           "(pip install 'lstm-stream[cu12]' or '[cu13]'); none was found. Use backend='cpu' "
-                           "or 'auto'.")
-    elif name == "auto":
-        log.info("backend=auto chose cpu (no usable GPU)")
-    return CPUBackend(model, capacity, threads=threads)

@@ -5,7 +5,7 @@ plan and inputs in and its outputs out, through pinned host buffers that are reu
 never per step), all on one CUDA stream with a single synchronisation. The weights are copied once; when
 they fit in a block's shared memory, the kernel stages them there and runs a persistent grid (a few blocks
 per SM, each looping over many tiles of streams), so a step reads them from shared memory, not from global.
-Mirrors CPUBackend method for method (see backends.py).
+Implements the Backend protocol (backends/protocol.py); how kernels are compiled and launched: cuda_launch.py.
 """
 from __future__ import annotations
 
@@ -14,21 +14,25 @@ import logging
 import numpy as np
 from numba import cuda
 
-from .errors import BackendError
-from .kernels import cuda as k
-from .kernels import cuda_wide as kw
+from ..errors import BackendError
+from ..kernels import cuda as k
+from ..kernels.constants import (
+    CUDA_TILE_STREAMS,
+    DEFAULT_SHARED_BYTES,
+    MAX_BLOCK_THREADS,
+    MAX_BLOCKS_PER_SM,
+    MAX_GRID_Y,
+    MIN_BLOCK_THREADS,
+    THREADS_PER_SM,
+    WARP,
+    WIDE_BELOW_TILES_PER_SM,
+    ZERO_MAX_BLOCKS,
+    ZERO_THREADS,
+)
+from ..kernels.layout import PLAN_HEAD, widest_input
+from .cuda_launch import Kernels, shared_limit, shared_per_sm, sm_count
 
 log = logging.getLogger("lstm_stream")
-
-# Threads per block: enough warps to cover H units once up to this size; more units loop per thread.
-MAX_THREADS = 256
-MIN_THREADS = 32  # one warp
-# Shared memory a block may use without opting in (CUDA's portable default); more needs the opt-in below.
-DEFAULT_SHARED_BYTES = 48 * 1024
-# Blocks per SM we aim for when weights are staged (each stages its own copy, so fewer is cheaper).
-MAX_BLOCKS_PER_SM = 4
-# Without staged weights, batches of fewer tiles than this many per SM take the wide path (cuda_wide.py).
-WIDE_BELOW_TILES_PER_SM = 1
 
 
 class CUDABackend:
@@ -48,10 +52,10 @@ class CUDABackend:
             self.stream = cuda.stream()
             self.wbuf, self.meta = cuda.to_device(wbuf, stream=self.stream), cuda.to_device(meta, stream=self.stream)
             self.state = self._zeros(capacity)
-            self._kernels = _Kernels(model.dtype)
+            self._kernels = Kernels(model.dtype)
         except Exception as e:  # out of memory, no NVVM, driver trouble: fail at construction, clearly
             raise BackendError(f"backend='cuda' could not set up its kernels and device memory: {e}") from e
-        self.threads = min(MAX_THREADS, max(MIN_THREADS, -(-max(H, P, O) // 32) * 32))
+        self.threads = min(MAX_BLOCK_THREADS, max(MIN_BLOCK_THREADS, -(-max(H, P, O) // WARP) * WARP))
         self._geometry(wbuf, meta)
         self._pending = []  # slots to zero before the next use of the slab (zero() is batched)
         self._zero_h, self._zero_d = cuda.pinned_array(0, np.int64), None
@@ -65,7 +69,7 @@ class CUDABackend:
     def _geometry(self, wbuf, meta):
         """Decide whether weights are staged in shared memory, and the dynamic shared bytes per block."""
         item = self.dtype.itemsize
-        limit = _shared_limit()
+        limit = shared_limit()
         staged_bytes = k.shared_floats(meta, wbuf.size, True) * item
         self.staged = staged_bytes <= limit and self._kernels.opt_in_shared(staged_bytes)
         self.shared_bytes = k.shared_floats(meta, wbuf.size, self.staged) * item
@@ -73,19 +77,19 @@ class CUDABackend:
             limit = DEFAULT_SHARED_BYTES
         if self.shared_bytes > limit:
             raise BackendError(f"model too large for backend='cuda': a block needs {self.shared_bytes} bytes of "
-                               f"shared memory for {k.TILE} streams' state, the device allows {limit}")
-        self.wide_shared = k.TILE * int(meta[7]) * item  # gates_kernel: (TILE, K_max) input vectors
+                               f"shared memory for {CUDA_TILE_STREAMS} streams' state, the device allows {limit}")
+        self.wide_shared = CUDA_TILE_STREAMS * int(widest_input(meta)) * item  # gates_kernel: (tile, K_max) inputs
         self.wide_ok = self._kernels.opt_in_shared(self.wide_shared, ("gates_kernel",))
         self._work = None
-        per_sm = _shared_per_sm() // max(self.shared_bytes, 1)
-        self.blocks_per_sm = max(1, min(MAX_BLOCKS_PER_SM, per_sm, 2048 // self.threads))
-        self.sms = _sm_count()
+        per_sm = shared_per_sm() // max(self.shared_bytes, 1)
+        self.blocks_per_sm = max(1, min(MAX_BLOCKS_PER_SM, per_sm, THREADS_PER_SM // self.threads))
+        self.sms = sm_count()
         log.info("cuda backend: %d threads/block, %d B shared/block, weights %s shared memory",
                  self.threads, self.shared_bytes, "staged in" if self.staged else "read from global, not")
 
     def grid(self, n_streams: int) -> int:
         """Blocks for a batch: one per tile, capped to a persistent grid when weights are staged."""
-        tiles = -(-n_streams // k.TILE)
+        tiles = -(-n_streams // CUDA_TILE_STREAMS)
         cap = self.sms * self.blocks_per_sm if self.staged else 1 << 20
         return max(1, min(tiles, cap))
 
@@ -102,8 +106,8 @@ class CUDABackend:
             self._y_d = cuda.device_array((self._n_rows, self._O), self.dtype, stream=self.stream)
         if n_streams > self._n_streams:
             self._n_streams = max(n_streams, 2 * self._n_streams)
-            self._plan_h = cuda.pinned_array(2 * self._n_streams + 4, np.int64)
-            self._plan_d = cuda.device_array(2 * self._n_streams + 4, np.int64, stream=self.stream)
+            self._plan_h = cuda.pinned_array(PLAN_HEAD + 2 * self._n_streams + 1, np.int64)
+            self._plan_d = cuda.device_array(PLAN_HEAD + 2 * self._n_streams + 1, np.int64, stream=self.stream)
 
     def _flush(self):
         """Zero the slots queued by zero() with one launch (through a reused pinned/device buffer)."""
@@ -116,7 +120,8 @@ class CUDABackend:
             self._pending = []
             self._zero_d[:m].copy_to_device(self._zero_h[:m], stream=self.stream)
             n = m * self._W
-            k.zero_slots_kernel[min(-(-n // 256), 4096), 256, self.stream](self.state, self._zero_d[:m])
+            k.zero_slots_kernel[min(-(-n // ZERO_THREADS), ZERO_MAX_BLOCKS), ZERO_THREADS, self.stream](
+                self.state, self._zero_d[:m])
 
     # ---- stepping ---------------------------------------------------------------------------------------
     def run(self, slots, offsets, x, t_max=None):
@@ -125,12 +130,12 @@ class CUDABackend:
         S, N = len(slots), x.shape[0]
         T = int(np.max(np.diff(offsets))) if t_max is None else t_max
         self._ensure(N, S)
-        plan = self._plan_h
+        plan, n_plan = self._plan_h, PLAN_HEAD + 2 * S + 1  # [S, flags, T_max | slots | offsets] (layout.py)
         plan[0], plan[1], plan[2] = S, int(self.staged), T
-        plan[3:3 + S] = slots
-        plan[3 + S:4 + 2 * S] = offsets
+        plan[PLAN_HEAD:PLAN_HEAD + S] = slots
+        plan[PLAN_HEAD + S:n_plan] = offsets
         self._x_h[:N] = x
-        self._plan_d[:2 * S + 4].copy_to_device(plan[:2 * S + 4], stream=self.stream)
+        self._plan_d[:n_plan].copy_to_device(plan[:n_plan], stream=self.stream)
         self._x_d[:N].copy_to_device(self._x_h[:N], stream=self.stream)
         if self._wide(S):
             self._run_wide(S, T)
@@ -154,7 +159,7 @@ class CUDABackend:
         memory, a block cannot cover all H units at once, and the batch has too few tiles to keep every SM
         busy with one block per tile."""
         return (self.wide_ok and not self.staged and self._H > self.threads
-                and -(-n_streams // k.TILE) < self.sms * WIDE_BELOW_TILES_PER_SM)
+                and -(-n_streams // CUDA_TILE_STREAMS) < self.sms * WIDE_BELOW_TILES_PER_SM)
 
     def _run_wide(self, S, T):
         """T_max x L x (gates, hidden) launches, then the head for each step."""
@@ -162,8 +167,8 @@ class CUDABackend:
             self._work = cuda.device_array((max(S, 2 * (0 if self._work is None else self._work.shape[0])),
                                             self._H), self.dtype, stream=self.stream)
         L, NT, st = self._L, self.threads, self.stream
-        gates_grid = (-(-self._H // NT), min(-(-S // k.TILE), 65535))
-        flat = lambda n: max(1, min(-(-n // NT), 65535))  # noqa: E731  1-D grids over n items
+        gates_grid = (-(-self._H // NT), min(-(-S // CUDA_TILE_STREAMS), MAX_GRID_Y))
+        flat = lambda n: max(1, min(-(-n // NT), MAX_GRID_Y))
         args = (self.wbuf, self.meta, self.state, self._plan_d)
         for t in range(T):
             for l in range(L):
@@ -186,6 +191,11 @@ class CUDABackend:
         out = y.copy_to_host(stream=self.stream)
         self.stream.synchronize()
         return out[1:]
+
+    def warm_up(self) -> None:
+        """Compile every kernel for its one signature now (step and forecast already are, since construction),
+        so that the first wide batch does not compile; nothing under the simulator."""
+        self._kernels.compile_all()
 
     # ---- per-slot state -----------------------------------------------------------------------------------
     def _split(self, rows):
@@ -245,96 +255,3 @@ class CUDABackend:
         new[:old.shape[0]].copy_to_device(old, stream=self.stream)
         self.stream.synchronize()
         self.state = new
-
-
-# ---- device queries (guarded: the simulator and old drivers lack some) ------------------------------------
-def _device_attr(name, default):
-    try:
-        return int(getattr(cuda.get_current_device(), name))
-    except Exception:
-        return default
-
-
-def _sm_count() -> int:
-    return _device_attr("MULTIPROCESSOR_COUNT", 1)
-
-
-def _shared_limit() -> int:
-    """Bytes of dynamic shared memory one block may use (the opt-in maximum where the device has one)."""
-    return max(DEFAULT_SHARED_BYTES, _device_attr("MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", DEFAULT_SHARED_BYTES))
-
-
-def _shared_per_sm() -> int:
-    return _device_attr("MAX_SHARED_MEMORY_PER_MULTIPROCESSOR", DEFAULT_SHARED_BYTES)
-
-
-def _simulated() -> bool:
-    from numba.cuda.core import config
-    return bool(config.ENABLE_CUDASIM)
-
-
-_SIGNATURES = {  # kernel: argument types; A1 = dtype[::1], A2 = dtype[:, ::1]
-    "step_kernel": "A1, int64[::1], A2, int64[::1], A2, A2",
-    "forecast_kernel": "A1, int64[::1], A2, int64[::1], A2",
-    "gates_kernel": "A1, int64[::1], A2, int64[::1], A2, A2, int64",
-    "hidden_kernel": "A1, int64[::1], A2, int64[::1], A2, int64",
-    "head_kernel": "A1, int64[::1], A2, int64[::1], A2, int64",
-    "softmax_kernel": "int64[::1], int64[::1], A2, int64",
-}
-
-
-class _Kernels:
-    """The kernels for one dtype, compiled for their one signature (step and forecast at construction, so
-    errors show there) and launched through the compiled kernel, which skips per-call type dispatch.
-    Plain launches under the simulator."""
-
-    def __init__(self, dtype):
-        self.sim = _simulated()
-        self.direct = not self.sim  # launch through the compiled kernel (skips per-call type dispatch)
-        self.dtype = dtype
-        self._compiled, self._shared = {}, {}
-        if not self.sim:
-            for name in ("step_kernel", "forecast_kernel"):
-                self._get(name)
-
-    def _get(self, name):
-        if name not in self._compiled:
-            sig = _SIGNATURES[name].replace("A1", f"{self.dtype}[::1]").replace("A2", f"{self.dtype}[:, ::1]")
-            self._compiled[name] = _module_of(name).__dict__[name].compile(f"void({sig})")
-        return self._compiled[name]
-
-    def launch(self, name, grid, block, stream, shared, args):
-        """name[grid, block, stream, shared](*args), on a GPU straight through the compiled kernel."""
-        if self.direct:
-            try:
-                from numba.cuda.cudadrv.driver import _to_core_stream
-                from numba.cuda.errors import normalize_kernel_dimensions
-                g, b = normalize_kernel_dimensions(grid, block)
-                return self._get(name).launch(args, g, b, _to_core_stream(stream), shared)
-            except (AttributeError, ImportError, TypeError) as e:  # pragma: no cover - numba-cuda internals moved
-                log.warning("cuda backend: direct kernel launch unavailable (%s); using numba's dispatcher", e)
-                self.direct = False
-        kern = _module_of(name).__dict__[name]
-        if not self.sim:
-            self._get(name)  # compiled for its one signature (and opted in to shared memory) before use
-        kern[grid, block, stream, shared](*args)
-
-    def opt_in_shared(self, nbytes: int, names=("step_kernel", "forecast_kernel")) -> bool:
-        """Allow nbytes of dynamic shared memory per block (above 48 KiB CUDA needs a per-kernel opt-in).
-        False when that cannot be done; the caller then needs less."""
-        if nbytes <= DEFAULT_SHARED_BYTES or self.sim:
-            return True
-        try:
-            from numba.cuda.cudadrv import driver as drv
-            attr = drv.binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-            for name in names:
-                fn = self._get(name)._codelibrary.get_cufunc()
-                drv.driver.cuKernelSetAttribute(attr, nbytes, fn.handle, fn.device.id)
-            return True
-        except Exception as e:  # pragma: no cover - needs a GPU
-            log.warning("cuda backend: shared-memory opt-in of %d bytes failed (%s)", nbytes, e)
-            return False
-
-
-def _module_of(name):
-    return k if name in ("step_kernel", "forecast_kernel") else kw
