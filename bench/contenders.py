@@ -80,9 +80,9 @@ class StreamsStepMany:
 
 
 class RawKernel:
-    """step_ragged on preallocated arrays: what the kernel costs without the API. Shared out over the backend's
-    worker threads whenever a call has work enough for it (CPUBackend.goes_parallel), as Streams.step_many
-    does."""
+    """The kernel that the API's call runs, on preallocated arrays: what it costs without the API. One stream:
+    step_one, as Streams.step runs it. N streams: step_ragged, shared out over the backend's worker threads
+    whenever a call has work enough for it (CPUBackend.goes_parallel), as Streams.step_many does."""
 
     def __init__(self, model, n, threads):
         import lstm_stream as ls
@@ -93,7 +93,10 @@ class RawKernel:
         self.wbuf, self.meta, self.h, self.c = b.wbuf, b.meta, b.h, b.c
         self.slots, self.offsets = np.arange(n, dtype=np.int64), np.arange(n + 1, dtype=np.int64)
         self.y = np.empty((n, model.output_size), np.float32)
-        if b.goes_parallel(n, n):
+        if n == 1:
+            scr, one = b._scratch0, cpu.step_one
+            self.fn = lambda w, m, h, c, slots, offsets, x, y: one(w, m, h, c, 0, x, y, scr)
+        elif b.goes_parallel(n, n):
             piece = b.piece(n, n)
             self.fn = lambda w, m, h, c, slots, offsets, x, y: b._run_shared(slots, offsets, x, y, piece)
         else:

@@ -188,7 +188,8 @@ def report(results, peak, args, check_err, cost=None) -> str:
     pk = ", ".join(f"{t} thread{'s' * (t != '1')}: {v:.1f} GFLOP/s" for t, v in peak["gflops"].items())
     lines = ["## Kernel: one step of N streams", "",
              "`python -m bench.kernel` — lstm-stream's public API (`Streams.step` for one stream, "
-             "`Streams.step_many` for N) and its raw kernel (`step_ragged`, shared out over the worker threads for large batches, on "
+             "`Streams.step_many` for N) and the raw kernel each of those runs (`step_one` for one stream; `step_ragged`, "
+             "shared out over the worker threads for large batches, for N), on "
              "preallocated arrays, no API cost) against torch `nn.LSTMCell` (states in and out), torch "
              "`nn.LSTM` on a length-1 sequence, and an onnxruntime session of an ONNX `LSTM` node "
              "(initial_h/initial_c) + MatMul/Add head. Each shape has a linear head of 4 outputs. "

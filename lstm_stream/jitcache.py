@@ -6,7 +6,7 @@
 Numba's default puts a function's cache in the __pycache__ beside its source file. For an installed package
 that is site-packages: a later `pip install -e .` leaves a site-packages/lstm_stream/ holding only cache files,
 which Python then takes for the package. And Numba keys each function's cache on its own source file only:
-a kernel that inlines a function of another file (step_one inlines idtable.find; every kernel inlines panel.py's
+a kernel that inlines a function of another file (every kernel inlines layout.py's accessors and panel.py's
 intrinsics) would load stale code after that other file changed.
 
 So every function of this package is cached in
