@@ -92,6 +92,7 @@ class _Builder:
 
     def __init__(self, streams):
         self.streams = streams
+        self._I, self._dt = streams.model.input_size, np.dtype(streams.model.dtype)
         self.ids, self.lengths, self.blocks, self.spans, self.refused = [], [], [], [], []
         self.slots: list | None = []   # per request: its ids' slots while every id is known, else None
         self.new: set = set()          # ids this plan creates
@@ -99,26 +100,42 @@ class _Builder:
 
     def add(self, req) -> None:
         if req.op == "step":
-            block, one = self._rows(req.x, "x")
-            ids, lengths, blocks, form = [req.stream], [len(block)], [block], "one" if one else "rows"
-        elif req.x is not None:  # step_many, one row per stream
+            return self._add_step(req)
+        if req.x is not None:  # step_many, one row per stream
             ids = req.streams
-            block, _ = self._rows(req.x, "x")
-            if len(block) != len(ids):
-                raise InputError(f"x has {len(block)} rows but 'streams' lists {len(ids)} ids; expected one "
-                                 "row per stream")
-            lengths, blocks, form = [1] * len(ids), [block], "rows"
+            block, T, _ = self._rows(req.x, "x")
+            if T != len(ids):
+                raise InputError(f"x has {T} rows but 'streams' lists {len(ids)} ids; expected one row per "
+                                 "stream")
+            lengths, blocks, form = [1] * T, [block], "rows"
         else:  # step_many, an array per stream
             ids, xs = req.streams, req.xs
             if len(xs) != len(ids):
                 raise InputError(f"'xs' has {len(xs)} arrays but 'streams' lists {len(ids)} ids; expected one "
                                  "array per stream")
             rows = [self._rows(a, f"xs[{k}]") for k, a in enumerate(xs)]
-            blocks, lengths = [b for b, _ in rows], [len(b) for b, _ in rows]
-            form = [(len(b), one) for b, one in rows]
+            blocks, lengths = [b for b, _, _ in rows], [T for _, T, _ in rows]
+            form = [(T, one) for _, T, one in rows]
         if not ids:
             raise ProtocolError(BAD_INPUT, "'streams' is empty; expected at least one stream id")
-        slots = self._reserve(ids, req, blocks)
+        self._append(req, ids, lengths, blocks, form, self._reserve(ids, req, blocks))
+
+    def _add_step(self, req):
+        """add() for `step` (one stream: the usual request, kept short)."""
+        block, T, one = self._rows(req.x, "x")
+        slot = self._reserve([req.stream], req, (block,))
+        self.spans.append(Span(req, self.samples, T, "one" if one else "rows"))
+        if self.slots is not None:
+            if slot is None:
+                self.slots = None
+            else:
+                self.slots.append(slot)
+        self.ids.append(req.stream)
+        self.lengths.append(T)
+        self.blocks.append(block)
+        self.samples += T
+
+    def _append(self, req, ids, lengths, blocks, form, slots):
         n = sum(lengths)
         self.spans.append(Span(req, self.samples, n, form))
         if self.slots is not None:
@@ -132,9 +149,16 @@ class _Builder:
         self.samples += n
 
     def _rows(self, a, what):
-        """(a as (T, I) rows of the model's dtype, whether it was one sample (I,)); InputError if it is not
-        one or more samples. NaN/Inf is checked once for the whole plan, by the call that runs it."""
-        return self.streams.check_input(a, what, finite=False, writable=False), a.ndim == 1
+        """(a's rows: (I,) or (T, I) of the model's dtype, C order; T; whether it was one sample (I,)), or
+        InputError if it is not one or more samples. NaN/Inf is checked once for the whole plan, by the call
+        that runs it."""
+        if type(a) is np.ndarray and a.dtype is self._dt and a.flags.c_contiguous:  # as the client sends it
+            if a.ndim == 1 and a.shape[0] == self._I:
+                return a, 1, True
+            if a.ndim == 2 and a.shape[1] == self._I and a.shape[0] > 0:
+                return a, a.shape[0], False
+        rows = self.streams.check_input(a, what, finite=False, writable=False)
+        return rows, len(rows), a.ndim == 1
 
     def _reserve(self, ids, req, blocks):
         """The slots of ids if every one is a known stream; else None, once the new ones are counted against
@@ -158,7 +182,8 @@ class _Builder:
         streams = self.streams
         if not self.spans:
             return BatchPlan([], None, None, None, streams.generation, [], self.refused, 0)
-        X = self.blocks[0] if len(self.blocks) == 1 else np.concatenate(self.blocks)
+        blocks = self.blocks  # each (I,) or (T, I): one flat copy of all, as (N, I) rows
+        X = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=None)).reshape(self.samples, self._I)
         if not X.flags.writeable:  # a view of the message: the kernels take writable arrays only (one type)
             X = X.copy()
         lengths = None if self.samples == len(self.ids) else np.array(self.lengths, np.int64)

@@ -174,7 +174,7 @@ class Reply:
     @classmethod
     def success(cls, req: Request, result: dict) -> "Reply":
         """A success reply to req."""
-        return cls(req.id, result, lists=req.lists)
+        return cls(req.id, result, None, "", req.lists)
 
     @classmethod
     def failure(cls, request_id, code: str, message: str) -> "Reply":

@@ -50,8 +50,10 @@ WIRE_DTYPES = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8
                "<f4": "<f4", "<f8": "<f8", "<i4": "<i4", "<i8": "<i8"}
 _DTYPE_NAMES = {np.dtype(n): n for n in ("float32", "float64", "int32", "int64")}
 _NATIVE_LE = sys.byteorder == "little"
-# wire dtype name -> (little-endian dtype, native dtype), built once (np.dtype() per message is not free)
-_WIRE = {name: (np.dtype(le), np.dtype(le).newbyteorder("=")) for name, le in WIRE_DTYPES.items()}
+# wire dtype name -> (little-endian dtype, native dtype, whether they are the same), built once (np.dtype()
+# or a dtype comparison per message is not free)
+_WIRE = {name: (np.dtype(le), np.dtype(le).newbyteorder("="), np.dtype(le) == np.dtype(le).newbyteorder("="))
+         for name, le in WIRE_DTYPES.items()}
 
 
 class ProtocolError(Exception):
@@ -113,12 +115,14 @@ def _from_map(m: dict, field: str, copy: bool = True) -> np.ndarray:
                                        f"{MAX_ARRAY_RANK} non-negative ints")
     if type(data) is not bytes and not isinstance(data, (bytes, bytearray)):
         raise ProtocolError(BAD_INPUT, f"{field}.data is {type(data).__name__}; expected bin (raw bytes)")
-    dt, native = wire
+    dt, native, same = wire
     if len(data) != n * dt.itemsize:
         raise ProtocolError(BAD_INPUT, f"{field}.data has {len(data)} bytes; shape {list(shape)} of {dtype} "
                                        f"needs {n * dt.itemsize}")
-    a = np.frombuffer(data, dt).reshape(shape)  # a read-only view of the message
-    if dt is not native and dt != native:
+    a = np.frombuffer(data, dt)  # a read-only view of the message
+    if len(shape) != 1:
+        a = a.reshape(shape)
+    if not same:
         return a.astype(native)  # a big-endian host: a native copy
     return a.copy() if copy else a
 
@@ -155,6 +159,10 @@ class Codec:
     def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.max_message_bytes = max_message_bytes
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default)
+        # ok(id, {"y": y}) is these bytes, the id, a tail per dtype and shape, y's bytes (tested against ok())
+        self._ok_head = b"\x84" + self._packer.pack("v") + self._packer.pack(PROTOCOL_VERSION) + \
+            self._packer.pack("id")
+        self._y_tails: dict = {}
 
     def encode(self, msg: dict) -> bytes:
         """One message (numpy arrays in it become array maps) as msgpack bytes."""
@@ -177,7 +185,28 @@ class Codec:
         """An encoded Reply (its arrays as array maps, or nested lists when it asks for them)."""
         if reply.code is not None:
             return self.error(reply.id, reply.code, reply.message)
-        return self.ok(reply.id, listified(reply.result) if reply.lists else reply.result)
+        result = reply.result
+        if not reply.lists and len(result) == 1:  # a step's reply, {"y": array}: from a template
+            y = result.get("y")
+            if type(y) is np.ndarray:
+                tail = self._y_tails.get((y.dtype, y.shape)) or self._y_tail(y)
+                if tail is not None:
+                    return self._ok_head + self._packer.pack(reply.id) + tail + y.tobytes()
+        return self.ok(reply.id, listified(result) if reply.lists else result)
+
+    def _y_tail(self, y):
+        """The bytes of {"ok": true, "y": array map} up to the array's data, for arrays of y's dtype and shape
+        (None if y is not a wire dtype in this host's order): what ok(id, {"y": y}) packs after the id."""
+        name = _DTYPE_NAMES.get(y.dtype) if _NATIVE_LE and y.flags.c_contiguous else None
+        if name is None:
+            return None
+        pack = self._packer.pack
+        tail = pack("ok") + pack(True) + pack("y") + \
+            pack({"dtype": name, "shape": list(y.shape), "data": bytes(y.nbytes)})[:-y.nbytes or None]
+        if len(self._y_tails) >= 256:  # shapes (T, O) vary with T: keep the cache small
+            self._y_tails.clear()
+        self._y_tails[(y.dtype, y.shape)] = tail
+        return tail
 
     def decode(self, data) -> dict:
         """msgpack bytes -> map, with size and structure bounds; ProtocolError otherwise."""
@@ -219,30 +248,35 @@ def parse_request(msg: dict) -> Request:
     op = msg.get("op")
     if not isinstance(op, str):
         raise ProtocolError(BAD_REQUEST, f"'op' must be a str, got {type(op).__name__}", rid)
-    spec = REQUEST_FIELDS.get(op)
-    if spec is None:
+    parser = _PARSERS.get(op)
+    if parser is None:
         raise ProtocolError(UNKNOWN_OP, f"unknown op {op[:64]!r}; expected one of {', '.join(OPS)}", rid)
+    cls, checks, arrays = parser
     values = []
-    for name, kind, check in _CHECKS[op]:  # _field, inlined for the common case (this runs per request)
+    for name, kind, check, default in checks:  # _field, inlined for the common case (this runs per request)
         value = msg.get(name)
-        values.append(value if value is not None and check(value) else
-                      _field(msg, name, kind, spec[name][1], op, rid))
+        values.append(value if value is not None and check(value) else _field(msg, name, kind, default, op, rid))
     lists = msg.get("lists")
-    if type(lists) is not bool:
+    if lists is None:
+        lists = False
+    elif type(lists) is not bool:
         lists = _field(msg, "lists", "bool", False, op, rid)
     if op == "step_many" and (values[1] is None) == (values[2] is None):  # fields: streams, x, xs
         raise ProtocolError(BAD_REQUEST, "step_many needs exactly one of 'x' (one row per stream) or 'xs' "
                                          "(a list of arrays, one per stream)", rid)
     try:
-        for k, name, kind in _ARRAY_FIELDS[op]:
+        for k, name, kind in arrays:
             value = values[k]
-            if value is not None:
-                values[k] = to_array(value, name, copy=False) if kind == "array" else \
-                    [to_array(a, f"{name}[{j}]", copy=False) for j, a in enumerate(value)]
+            if value is None:
+                continue
+            if kind == "array":
+                values[k] = _from_map(value, name, False) if type(value) is dict else to_array(value, name, copy=False)
+            else:
+                values[k] = [to_array(a, f"{name}[{j}]", copy=False) for j, a in enumerate(value)]
     except ProtocolError as e:
         e.request_id = rid
         raise
-    return REQUESTS[op](rid, lists, *values)
+    return cls(rid, lists, *values)
 
 
 def _field(msg, name, kind, default, op, rid):
@@ -286,11 +320,12 @@ _KIND_CHECK = {
     "array": lambda v: isinstance(v, (dict, list, np.ndarray)),
     "arrays": lambda v: isinstance(v, list) and all(isinstance(a, (dict, list, np.ndarray)) for a in v),
 }
-_CHECKS = {op: tuple((name, kind, _KIND_CHECK[kind]) for name, (kind, _) in spec.items())  # in field order
-           for op, spec in REQUEST_FIELDS.items()}
-_ARRAY_FIELDS = {op: tuple((k, name, kind) for k, (name, (kind, _)) in enumerate(spec.items())
-                           if kind in ("array", "arrays"))
-                 for op, spec in REQUEST_FIELDS.items()}
+# op -> (its Request class, (field, kind, check, default) in field order, (index, field, kind) of its arrays)
+_PARSERS = {op: (REQUESTS[op],
+                 tuple((name, kind, _KIND_CHECK[kind], default) for name, (kind, default) in spec.items()),
+                 tuple((k, name, kind) for k, (name, (kind, _)) in enumerate(spec.items())
+                       if kind in ("array", "arrays")))
+            for op, spec in REQUEST_FIELDS.items()}
 _KIND_TEXT = {
     "id": "a stream id (str or int)", "ids": "a list of stream ids (str or int)", "int": "an int",
     "bool": "a bool", "array": "an array (map {dtype, shape, data} or nested lists)",
