@@ -128,3 +128,22 @@ def test_the_spec_documents_every_op_field_and_error_code():
     for code in P.ERROR_CODES:
         assert f"| `{code}` |" in spec, code
     assert f"version {P.PROTOCOL_VERSION}" in spec
+
+
+@pytest.mark.parametrize("rid", [None, 0, 5, -7, 2**63 - 1, 2**64 - 1, "r", "é" * 128])
+def test_a_step_reply_from_its_template_is_the_maps_encoding(rid):
+    """Codec.reply packs {"y": array} replies from a cached template (the daemon's hot path); the slow twin is
+    the plain map encoding, which it must equal byte for byte, for any id, dtype and shape."""
+    from lstm_stream.messages import Reply
+    codec, rng = P.Codec(), np.random.default_rng(0)
+    arrays = [rng.normal(size=4).astype(np.float32), rng.normal(size=(3, 5)), np.zeros((0, 4), np.float32),
+              rng.normal(size=(1, 70_000)).astype(np.float32), np.arange(6, dtype=np.int64)]
+    for y in arrays + arrays:  # the second time from the cache
+        fast = codec.reply(Reply(rid, {"y": y}))
+        assert fast == codec.ok(rid, {"y": y})
+        back = codec.decode_reply(fast)
+        assert back["id"] == rid and np.array_equal(P.to_array(back["y"]), y)
+    lists = codec.decode_reply(codec.reply(Reply(rid, {"y": arrays[1]}, lists=True)))
+    assert lists["y"] == arrays[1].tolist()
+    view = np.arange(12, dtype=np.float32).reshape(3, 4)[:, 1]  # not C-contiguous: the map path
+    assert codec.reply(Reply(rid, {"y": view})) == codec.ok(rid, {"y": view.copy()})
