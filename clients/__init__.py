@@ -9,12 +9,12 @@ LocalClient has the same methods over an EngineCore in this process (no daemon, 
 The wire format is lstm_stream.protocol (spec: docs/protocol.md); the exception tree is in clients.errors.
 """
 from ._api import State
-from .aio import AsyncClient
+from .aio import AsyncClient, AsyncPipeline
 from .client import DEFAULT_ADDRESS, Client, Pipeline
 from .local import LocalClient
 from .errors import (BadReply, BadRequest, Busy, ClientClosed, ClientError, InputError, InternalError, PipelineError,
                      ServerError, StoreFull, Timeout, UnknownStream, Unsupported)
 
-__all__ = ["AsyncClient", "BadReply", "BadRequest", "Busy", "Client", "ClientClosed", "ClientError",
+__all__ = ["AsyncClient", "AsyncPipeline", "BadReply", "BadRequest", "Busy", "Client", "ClientClosed", "ClientError",
            "DEFAULT_ADDRESS", "InputError", "InternalError", "LocalClient", "Pipeline", "PipelineError", "ServerError", "State",
            "StoreFull", "Timeout", "UnknownStream", "Unsupported"]

@@ -24,7 +24,8 @@ import zmq.asyncio
 from lstm_stream import protocol as P
 
 from ._api import Api, Call, check_reply
-from .client import DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, check_options, decode_reply
+from .client import (DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, check_options,
+                     decode_reply, result_of, settled)
 from .errors import BadReply, ClientClosed, ClientError, Timeout
 
 
@@ -113,7 +114,40 @@ class AsyncClient(Api):
                 continue
             return call.parse(check_reply(reply))
 
+    def pipeline(self) -> "AsyncPipeline":
+        """An AsyncPipeline: queue calls, send them together, await every result in order."""
+        return AsyncPipeline(self)
+
     async def _roundtrip(self, call: Call) -> dict:
+        rid, fut = await self._send(call)
+        try:
+            return await fut
+        finally:
+            self._pending.pop(rid, None)
+
+    async def _roundtrip_many(self, calls, parse) -> list:
+        """Send every call, then await their replies: parse(call, reply) of each in call order, a Timeout in
+        place of each call that got no reply in time (then raised, its `replies` holding that list)."""
+        sent, results, timeout = [], [], None
+        try:
+            for call in calls:
+                sent.append(await self._send(call))
+            for call, (_, fut) in zip(calls, sent):
+                try:
+                    results.append(parse(call, await fut))
+                except Timeout as e:
+                    results.append(e)
+                    timeout = timeout or e
+        finally:
+            for rid, _ in sent:
+                self._pending.pop(rid, None)
+        if timeout is not None:
+            timeout.replies = [MISSING if isinstance(r, Timeout) else r for r in results]
+            raise timeout
+        return results
+
+    async def _send(self, call: Call):
+        """Register and send one call: (request id, future of its reply), its deadline in the sweep queue."""
         self._ensure_open()
         rid = next(self._ids)
         loop = asyncio.get_running_loop()
@@ -134,9 +168,10 @@ class AsyncClient(Api):
             else:  # a plain send may take the socket's edge-triggered wake-up from the reader: look ourselves
                 if self._raw.getsockopt(zmq.EVENTS) & _POLLIN:
                     self._drain()
-            return await fut
-        finally:
+        except BaseException:
             pending.pop(rid, None)
+            raise
+        return rid, fut
 
     async def _send_when_room(self, data, fut):
         """Send through the future socket, waiting for room in its queue until the call's deadline fails fut."""
@@ -194,3 +229,44 @@ class AsyncClient(Api):
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
+
+
+class AsyncPipeline(Api):
+    """Client.pipeline's twin: calls queued by the Api methods (which return the pipeline), sent together by
+    `await execute()` (or at the end of `async with`), without a task per call.
+
+    The calls are independent: one that fails does not stop the others. execute() returns every result in
+    order, or raises PipelineError if any call failed; either way `results` then holds every call's result,
+    the exception of each failed call in its place. Never retried: a call with no reply in time has a
+    Timeout in its place, and that Timeout is raised (it may or may not have been applied)."""
+
+    def __init__(self, client: AsyncClient):
+        self._client = client
+        self._calls: list = []
+        self.results: list | None = None
+
+    def _run(self, call: Call):
+        self._calls.append(call)
+        return self
+
+    def __len__(self):
+        return len(self._calls)
+
+    async def execute(self, *, return_exceptions: bool = False) -> list:
+        """Send all queued calls, await every reply, return their results in order (also in `results`)."""
+        calls, self._calls = self._calls, []
+        try:
+            results = await self._client._roundtrip_many(calls, result_of)
+        except ClientError as e:  # a Timeout, the client closed, the reader failed
+            done = getattr(e, "replies", None) or [MISSING] * len(calls)
+            self.results = [e if r is MISSING else r for r in done]
+            raise
+        self.results = results
+        return settled(results, return_exceptions)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, exc_type, *exc):
+        if exc_type is None and self._calls:
+            await self.execute()

@@ -27,6 +27,7 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0   # seconds per call (per pipeline execute)
 DEFAULT_RETRIES = 2     # extra attempts for idempotent ops after a timeout
 DEFAULT_HWM = 10_000    # messages queued per direction before sends wait (then time out)
+RECEIVE_EVERY = 64      # a long pipeline takes in the replies that came, every this many sends (a try costs ~2 µs)
 
 
 def check_options(timeout, retries, hwm):
@@ -133,8 +134,9 @@ class Client(Api):
                                f"({call.op})", [call], want, got)
         return got[rid]
 
-    def _roundtrip(self, calls) -> list:
-        """Send every call, then wait (one deadline for all) for their replies; replies in call order."""
+    def _roundtrip(self, calls, parse=None) -> list:
+        """Send every call, then wait (one deadline for all) for their replies; replies in call order, or
+        parse(call, reply) of each, taken as each reply comes (while the daemon still works on later ones)."""
         if self._sock is None:
             raise ClientClosed(f"{self!r} is closed")
         deadline = time.monotonic() + self.timeout
@@ -148,18 +150,19 @@ class Client(Api):
                 raise _timeout(f"could not send {call.op!r} to {self.address} within {self.timeout} s: the "
                                "daemon is unreachable or not keeping up (both send queues are full)",
                                calls, want, got) from None
-            if len(calls) > 1:
-                self._receive(want, got, 0.0)  # keep our receive queue short while sending a long pipeline
+            if len(want) % RECEIVE_EVERY == 0:  # keep our receive queue short while sending a long pipeline
+                self._receive(want, got, 0.0, parse)
         while len(got) < len(want):
             left = deadline - time.monotonic()
-            if left <= 0 or not self._receive(want, got, left):
+            if left <= 0 or not self._receive(want, got, left, parse):
                 ops = sorted({c.op for r, c in want.items() if r not in got})
                 raise _timeout(f"no reply from {self.address} within {self.timeout} s for {len(want) - len(got)} "
                                f"request(s) ({', '.join(ops)})", calls, want, got)
         return [got[r] for r in want]
 
-    def _receive(self, want, got, wait) -> bool:
-        """Receive ready replies (waiting up to `wait` s for the first); stale ids are dropped."""
+    def _receive(self, want, got, wait, parse=None) -> bool:
+        """Receive ready replies (waiting up to `wait` s for the first) into got (parse(call, reply) of each
+        if parse is given); stale ids are dropped."""
         if wait > 0 and not self._poller.poll(wait * 1000):
             return False
         sock, received = self._sock, False
@@ -170,16 +173,21 @@ class Client(Api):
                 return received or wait > 0  # (after a poll that saw a message, True as before)
             received = True
             reply = decode_reply(self._codec, data)
-            if reply["id"] in want:
-                got[reply["id"]] = reply
+            rid = reply["id"]
+            if rid in want:
+                got[rid] = reply if parse is None else parse(want[rid], reply)
                 if len(got) == len(want):  # all in: no further recv (its zmq.Again costs microseconds)
                     return True
 
 
+MISSING = object()  # in Timeout.replies: no reply came
+
+
 def _timeout(message, calls, want, got) -> Timeout:
-    """A Timeout whose `replies` are the replies that did arrive, in call order (None for the others)."""
+    """A Timeout whose `replies` are the replies (or parsed results) that did arrive, in call order (MISSING
+    for the others)."""
     e = Timeout(message)
-    e.replies = [got.get(r) for r in want] + [None] * (len(calls) - len(want))
+    e.replies = [got.get(r, MISSING) for r in want] + [MISSING] * (len(calls) - len(want))
     return e
 
 
@@ -211,17 +219,15 @@ class Pipeline(Api):
         others (those calls may or may not have been applied)."""
         calls, self._calls = self._calls, []
         try:
-            replies = self._client._roundtrip(calls)
+            results = self._client._roundtrip(calls, result_of)
         except ClientError as e:  # Timeout, ClientClosed, an unreadable reply: the whole round trip failed
             if isinstance(e, Timeout):
                 self._client._reopen()
-            replies = getattr(e, "replies", None) or [None] * len(calls)
-            self.results = [e if reply is None else _result(call, reply) for call, reply in zip(calls, replies)]
+            done = getattr(e, "replies", None) or [MISSING] * len(calls)
+            self.results = [e if r is MISSING else r for r in done]
             raise
-        self.results = results = [_result(call, reply) for call, reply in zip(calls, replies)]
-        if not return_exceptions and any(isinstance(r, Exception) for r in results):
-            raise PipelineError(results) from next(r for r in results if isinstance(r, Exception))
-        return results
+        self.results = results
+        return settled(results, return_exceptions)
 
     def __enter__(self):
         return self
@@ -231,7 +237,14 @@ class Pipeline(Api):
             self.execute()
 
 
-def _result(call: Call, reply: dict):
+def settled(results: list, return_exceptions: bool) -> list:
+    """A pipeline's results, or PipelineError if any is an exception (unless return_exceptions)."""
+    if not return_exceptions and any(isinstance(r, Exception) for r in results):
+        raise PipelineError(results) from next(r for r in results if isinstance(r, Exception))
+    return results
+
+
+def result_of(call: Call, reply: dict):
     """The call's result, or the ClientError (a ServerError, BadReply) its reply means."""
     try:
         return call.parse(check_reply(reply))

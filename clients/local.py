@@ -52,8 +52,9 @@ class LocalClient(Api):
     def _run(self, call: Call):
         return call.parse(check_reply(self._roundtrip([call])[0]))
 
-    def _roundtrip(self, calls) -> list:
-        """Queue every call, serve the core until all are answered; reply maps in call order."""
+    def _roundtrip(self, calls, parse=None) -> list:
+        """Queue every call, serve the core until all are answered; reply maps in call order, or
+        parse(call, reply map) of each."""
         core, replies = self.core, {}
         for k, call in enumerate(calls):
             try:
@@ -69,7 +70,8 @@ class LocalClient(Api):
             replies.update(core.step())
         if len(replies) < len(calls):  # cannot happen: every queued request is answered by step()
             raise BadReply("the engine answered fewer requests than it was given")
-        return [replies[k].as_map() for k in range(len(calls))]
+        maps = [replies[k].as_map() for k in range(len(calls))]
+        return maps if parse is None else [parse(call, m) for call, m in zip(calls, maps)]
 
     def _reopen(self) -> None:
         """Nothing to reopen (Pipeline calls this after a Timeout, which cannot happen here)."""

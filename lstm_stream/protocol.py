@@ -153,16 +153,41 @@ def _default(obj):
     raise TypeError(f"cannot encode {type(obj).__name__} on the wire")
 
 
+_X_KEY = msgpack.packb("x")                                               # step's array field
+_OK_Y_KEYS = msgpack.packb("ok") + msgpack.packb(True) + msgpack.packb("y")  # a step reply's, up to its array
+
+
 class Codec:
     """Encoder (one reused Packer) and bounded decoder; one per socket owner, not shared between threads."""
 
     def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.max_message_bytes = max_message_bytes
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default)
-        # ok(id, {"y": y}) is these bytes, the id, a tail per dtype and shape, y's bytes (tested against ok())
-        self._ok_head = b"\x84" + self._packer.pack("v") + self._packer.pack(PROTOCOL_VERSION) + \
-            self._packer.pack("id")
-        self._y_tails: dict = {}
+        # The two messages sent most, each from a template (byte-equal to the map's encoding, tested):
+        # ok(id, {"y": y})      = _ok_head, id, the array head of ("ok": true, "y"), y's bytes
+        # request("step", id, {"stream": s, "x": x}) = _step_head, id, _step_mid, s, the array head of "x", x's bytes
+        pack = self._packer.pack
+        self._ok_head = b"\x84" + pack("v") + pack(PROTOCOL_VERSION) + pack("id")
+        self._step_head = b"\x85" + pack("v") + pack(PROTOCOL_VERSION) + pack("id")
+        self._step_mid = pack("op") + pack("step") + pack("stream")
+        self._array_heads: dict = {}  # (prefix, dtype, shape) -> bytes
+
+    def _array_head(self, prefix: bytes, a: np.ndarray):
+        """prefix + the packed array map of a up to its data (None if a is not a wire dtype in this host's
+        order, or not C-contiguous): the bytes before a.tobytes() in a message that ends with a's map."""
+        key = (prefix, a.dtype, a.shape)
+        head = self._array_heads.get(key)
+        if head is not None:
+            return head
+        name = _DTYPE_NAMES.get(a.dtype) if _NATIVE_LE and a.flags.c_contiguous else None
+        if name is None:
+            return None
+        head = prefix + self._packer.pack({"dtype": name, "shape": list(a.shape), "data": bytes(a.nbytes)})
+        head = head[:len(head) - a.nbytes]
+        if len(self._array_heads) >= 256:  # shapes (T, O) vary with T: keep the cache small
+            self._array_heads.clear()
+        self._array_heads[key] = head
+        return head
 
     def encode(self, msg: dict) -> bytes:
         """One message (numpy arrays in it become array maps) as msgpack bytes."""
@@ -170,6 +195,14 @@ class Codec:
 
     def request(self, op: str, request_id, fields: dict) -> bytes:
         """An encoded request."""
+        if op == "step" and len(fields) == 2:
+            x = fields.get("x")
+            if type(x) is np.ndarray and "stream" in fields:
+                head = self._array_head(_X_KEY, x)
+                if head is not None:
+                    pack = self._packer.pack
+                    return self._step_head + pack(request_id) + self._step_mid + pack(fields["stream"]) + head + \
+                        x.tobytes()
         return self.encode({"v": PROTOCOL_VERSION, "id": request_id, "op": op, **fields})
 
     def ok(self, request_id, result: dict) -> bytes:
@@ -189,24 +222,10 @@ class Codec:
         if not reply.lists and len(result) == 1:  # a step's reply, {"y": array}: from a template
             y = result.get("y")
             if type(y) is np.ndarray:
-                tail = self._y_tails.get((y.dtype, y.shape)) or self._y_tail(y)
-                if tail is not None:
-                    return self._ok_head + self._packer.pack(reply.id) + tail + y.tobytes()
+                head = self._array_head(_OK_Y_KEYS, y)
+                if head is not None:
+                    return self._ok_head + self._packer.pack(reply.id) + head + y.tobytes()
         return self.ok(reply.id, listified(result) if reply.lists else result)
-
-    def _y_tail(self, y):
-        """The bytes of {"ok": true, "y": array map} up to the array's data, for arrays of y's dtype and shape
-        (None if y is not a wire dtype in this host's order): what ok(id, {"y": y}) packs after the id."""
-        name = _DTYPE_NAMES.get(y.dtype) if _NATIVE_LE and y.flags.c_contiguous else None
-        if name is None:
-            return None
-        pack = self._packer.pack
-        tail = pack("ok") + pack(True) + pack("y") + \
-            pack({"dtype": name, "shape": list(y.shape), "data": bytes(y.nbytes)})[:-y.nbytes or None]
-        if len(self._y_tails) >= 256:  # shapes (T, O) vary with T: keep the cache small
-            self._y_tails.clear()
-        self._y_tails[(y.dtype, y.shape)] = tail
-        return tail
 
     def decode(self, data) -> dict:
         """msgpack bytes -> map, with size and structure bounds; ProtocolError otherwise."""

@@ -8,7 +8,8 @@ import pytest
 from daemons import DaemonFactory
 
 import lstm_stream as ls
-from clients import AsyncClient, Client, ClientClosed, InputError, Timeout, UnknownStream
+from clients import (AsyncClient, AsyncPipeline, BadRequest, Client, ClientClosed, InputError, PipelineError, Timeout,
+                     UnknownStream)
 
 I = 4
 
@@ -128,3 +129,50 @@ def test_inputs_that_are_not_real_numbers_are_refused_before_sending(served):
             return await c.streams()
 
     assert "aio-bad" not in run(main())
+
+
+def test_the_async_pipeline_mirrors_the_sync_one(served):
+    """AsyncClient.pipeline(): calls queued, sent together, results in order with each failed call's exception
+    in its place (the others applied), PipelineError unless return_exceptions; as Client.pipeline()."""
+    endpoint, model = served
+    x = np.full(I, 0.25)
+
+    async def main():
+        async with AsyncClient(endpoint, timeout=30) as c:
+            async with c.pipeline() as p:
+                assert isinstance(p, AsyncPipeline)
+                for k in range(100):
+                    p.step(f"ap{k % 7}", np.full(I, k / 100))
+                p.get_state("ap3")
+            first = p.results
+            p = c.pipeline().step("apl-a", x).step("apl-b", np.zeros(I + 1)).step("apl-c", x)
+            with pytest.raises(PipelineError) as e:
+                await p.execute()
+            res = await c.pipeline().step("apl-a", x).get_state("never").ping().execute(return_exceptions=True)
+            return first, e.value, p.results, res, await c.streams()
+
+    first, err, results, res, ids = run(main())
+    assert len(first) == 101 and first[-1].steps == 14
+    ref = ls.Streams(model)
+    want = {}
+    for k in range(100):
+        want[f"ap{k % 7}"] = ref.step(f"ap{k % 7}", np.full(I, k / 100))
+        if k >= 93:
+            np.testing.assert_array_equal(first[k], want[f"ap{k % 7}"])
+    good, bad, good2 = results
+    assert err.results is results and err.errors == [bad] and isinstance(bad, BadRequest)
+    np.testing.assert_array_equal(good, ls.Streams(model).step("apl-a", x))
+    np.testing.assert_array_equal(good2, ls.Streams(model).step("apl-c", x))
+    assert "apl-b" not in ids and isinstance(res[1], UnknownStream) and res[2] is not None
+
+
+def test_an_async_pipeline_that_times_out_sets_results(tmp_path):
+    async def main():
+        async with AsyncClient(f"ipc://{tmp_path}/nobody.sock"[:100], timeout=0.2) as c:
+            p = c.pipeline().ping().step("a", np.zeros(I))
+            with pytest.raises(Timeout) as e:
+                await p.execute()
+            return p.results, e.value
+
+    results, e = run(main())
+    assert len(results) == 2 and all(isinstance(r, Timeout) for r in results) and e in results

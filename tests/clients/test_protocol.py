@@ -147,3 +147,20 @@ def test_a_step_reply_from_its_template_is_the_maps_encoding(rid):
     assert lists["y"] == arrays[1].tolist()
     view = np.arange(12, dtype=np.float32).reshape(3, 4)[:, 1]  # not C-contiguous: the map path
     assert codec.reply(Reply(rid, {"y": view})) == codec.ok(rid, {"y": view.copy()})
+
+
+@pytest.mark.parametrize("rid", [None, 5, -7, 2**64 - 1, "é" * 128])
+def test_a_step_request_from_its_template_is_the_maps_encoding(rid):
+    """Codec.request packs `step` from a cached template (what every Client.step sends); the slow twin is the
+    plain map encoding, which it must equal byte for byte, and the daemon must read the same request."""
+    codec, rng = P.Codec(), np.random.default_rng(1)
+    xs = [rng.normal(size=4).astype(np.float32), rng.normal(size=(3, 5)), np.arange(6, dtype=np.int32)]
+    for x in xs + xs:
+        for stream in ("pump-7", 7, "é" * 256, 2**63):
+            fast = codec.request("step", rid, {"stream": stream, "x": x})
+            assert fast == codec.encode({"v": 1, "id": rid, "op": "step", "stream": stream, "x": x})
+            req = codec.decode_request(fast)
+            assert (req.id, req.stream) == (rid, stream) and np.array_equal(req.x, x)
+    view = np.arange(12.0).reshape(3, 4)[:, 1]  # not C-contiguous: the map path
+    assert codec.request("step", rid, {"stream": "a", "x": view}) == \
+        codec.encode({"v": 1, "id": rid, "op": "step", "stream": "a", "x": view.copy()})
