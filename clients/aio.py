@@ -24,8 +24,8 @@ import zmq.asyncio
 from lstm_stream import protocol as P
 
 from ._api import Api, Call, check_reply
-from .client import (DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, check_options,
-                     decode_reply, result_of, settled)
+from .client import (DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Queued,
+                     check_options, decode_reply, result_of, settled)
 from .errors import BadReply, ClientClosed, ClientError, Timeout
 
 
@@ -231,7 +231,7 @@ class AsyncClient(Api):
         self._pending.clear()
 
 
-class AsyncPipeline(Api):
+class AsyncPipeline(Queued):
     """Client.pipeline's twin: calls queued by the Api methods (which return the pipeline), sent together by
     `await execute()` (or at the end of `async with`), without a task per call.
 
@@ -239,18 +239,6 @@ class AsyncPipeline(Api):
     order, or raises PipelineError if any call failed; either way `results` then holds every call's result,
     the exception of each failed call in its place. Never retried: a call with no reply in time has a
     Timeout in its place, and that Timeout is raised (it may or may not have been applied)."""
-
-    def __init__(self, client: AsyncClient):
-        self._client = client
-        self._calls: list = []
-        self.results: list | None = None
-
-    def _run(self, call: Call):
-        self._calls.append(call)
-        return self
-
-    def __len__(self):
-        return len(self._calls)
 
     async def execute(self, *, return_exceptions: bool = False) -> list:
         """Send all queued calls, await every reply, return their results in order (also in `results`)."""

@@ -191,14 +191,10 @@ def _timeout(message, calls, want, got) -> Timeout:
     return e
 
 
-class Pipeline(Api):
-    """Calls queued by the Api methods (which return the pipeline), sent together by execute().
+class Queued(Api):
+    """The queue of Pipeline and AsyncPipeline: each Api method queues its call and returns the pipeline."""
 
-    The calls are independent: one that fails does not stop the others. execute() returns every result in
-    order, or raises PipelineError if any call failed; either way `results` then holds every call's result,
-    the exception of each failed call in its place."""
-
-    def __init__(self, client: Client):
+    def __init__(self, client):
         self._client = client
         self._calls: list = []
         self.results: list | None = None
@@ -209,6 +205,14 @@ class Pipeline(Api):
 
     def __len__(self):
         return len(self._calls)
+
+
+class Pipeline(Queued):
+    """Calls queued by the Api methods (which return the pipeline), sent together by execute().
+
+    The calls are independent: one that fails does not stop the others. execute() returns every result in
+    order, or raises PipelineError if any call failed; either way `results` then holds every call's result,
+    the exception of each failed call in its place."""
 
     def execute(self, *, return_exceptions: bool = False) -> list:
         """Send all queued calls, wait for every reply, return their results in order (also in `results`).
