@@ -162,7 +162,8 @@ class EngineCore:
         self.metrics["batches"] += 1
         self.metrics["batched_requests"] += len(p.spans)
         self.metrics["batched_samples"] += p.samples
-        return {id(req): self._success(req, result) for req, result in p.results(Y)}
+        self.metrics["ok"] += len(p.spans)
+        return {id(req): Reply(req.id, result, None, "", req.lists) for req, result in p.results(Y)}
 
     # ---- one op at a time ------------------------------------------------------------------------
     def _call(self, req) -> Reply:
