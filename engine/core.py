@@ -151,7 +151,8 @@ class EngineCore:
             bad = p.non_finite() if retry else []
             if not bad:
                 return {id(s.request): self._failure(s.request, e) for s in p.spans}
-            rest = plan([s.request for s in p.spans if all(s.request is not r for r, _ in bad)], self.streams)
+            held = {id(r) for r, _ in bad}
+            rest = plan([s.request for s in p.spans if id(s.request) not in held], self.streams)
             replies = {id(req): self._failure(req, e) for req, e in bad + rest.refused}
             if rest.spans:
                 replies.update(self._execute(rest, retry=False))
