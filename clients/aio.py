@@ -45,6 +45,7 @@ class AsyncClient(Api):
         self._codec = P.Codec(max_message_bytes=max_message_bytes)
         self._ids = itertools.count(1)
         self._pending: dict = {}     # request id -> Future of its reply
+        self._parsing: dict = {}     # request id -> (call, parse) of a pipelined call (see _register)
         self._deadlines: collections.deque = collections.deque()  # (loop time, request id, op), send order
         self._sweeper = None         # the timer that fails expired calls (see _sweep)
         self._sock = self._raw = None
@@ -119,59 +120,71 @@ class AsyncClient(Api):
         return AsyncPipeline(self)
 
     async def _roundtrip(self, call: Call) -> dict:
-        rid, fut = await self._send(call)
+        rid, fut, data = self._register(call)
         try:
+            await self._transmit(data, fut)
+            self._look()
             return await fut
         finally:
             self._pending.pop(rid, None)
 
     async def _roundtrip_many(self, calls, parse) -> list:
-        """Send every call, then await their replies: parse(call, reply) of each in call order, a Timeout in
-        place of each call that got no reply in time (then raised, its `replies` holding that list)."""
+        """Send every call, then await their results: parse(call, reply) of each (taken by the reader as each
+        reply comes) in call order, a Timeout in place of each call that got no reply in time (then raised,
+        its `replies` holding that list)."""
         sent, results, timeout = [], [], None
         try:
             for call in calls:
-                sent.append(await self._send(call))
-            for call, (_, fut) in zip(calls, sent):
+                rid, fut, data = self._register(call, parse)
+                sent.append((rid, fut))
+                await self._transmit(data, fut)
+            self._look()
+            for _, fut in sent:
                 try:
-                    results.append(parse(call, await fut))
+                    results.append(await fut)
                 except Timeout as e:
                     results.append(e)
                     timeout = timeout or e
         finally:
             for rid, _ in sent:
                 self._pending.pop(rid, None)
+                self._parsing.pop(rid, None)
         if timeout is not None:
             timeout.replies = [MISSING if isinstance(r, Timeout) else r for r in results]
             raise timeout
         return results
 
-    async def _send(self, call: Call):
-        """Register and send one call: (request id, future of its reply), its deadline in the sweep queue."""
+    def _register(self, call: Call, parse=None):
+        """(request id, future of its reply, encoded request) of a call about to be sent; its deadline joins
+        the sweep queue, and the reader hands the future parse(call, reply) instead of the reply if given."""
         self._ensure_open()
         rid = next(self._ids)
         loop = asyncio.get_running_loop()
+        data = self._codec.request(call.op, rid, call.fields)
         fut = loop.create_future()
         pending, deadlines = self._pending, self._deadlines
         pending[rid] = fut
+        if parse is not None:
+            self._parsing[rid] = (call, parse)
         while deadlines and deadlines[0][1] not in pending:  # answered calls at the head: forget them
             deadlines.popleft()
         deadlines.append((loop.time() + self.timeout, rid, call.op))
         if self._sweeper is None:
             self._sweeper = loop.call_at(deadlines[0][0], self._sweep)
+        return rid, fut, data
+
+    async def _transmit(self, data, fut):
+        """Send at once through the plain socket, or wait for room in the queue (bounded by fut's deadline)."""
         try:
-            data = self._codec.request(call.op, rid, call.fields)
-            try:
-                self._raw.send(data, zmq.NOBLOCK)  # at once, unless our send queue is full
-            except zmq.Again:
-                await self._send_when_room(data, fut)
-            else:  # a plain send may take the socket's edge-triggered wake-up from the reader: look ourselves
-                if self._raw.getsockopt(zmq.EVENTS) & _POLLIN:
-                    self._drain()
-        except BaseException:
-            pending.pop(rid, None)
-            raise
-        return rid, fut
+            self._raw.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            await self._send_when_room(data, fut)
+
+    def _look(self):
+        """After plain sends: hand over the replies that are ready (a plain send may take the socket's
+        edge-triggered wake-up from the reader, which would then sleep on them)."""
+        if self._raw.getsockopt(zmq.EVENTS) & _POLLIN:
+            self._drain()
 
     async def _send_when_room(self, data, fut):
         """Send through the future socket, waiting for room in its queue until the call's deadline fails fut."""
@@ -220,15 +233,18 @@ class AsyncClient(Api):
             reply = decode_reply(self._codec, data)
         except BadReply:
             return  # cannot tell whose it is; that call will time out
-        fut = self._pending.get(reply["id"])
+        rid = reply["id"]
+        fut = self._pending.get(rid)
         if fut is not None and not fut.done():
-            fut.set_result(reply)
+            how = self._parsing.pop(rid, None) if self._parsing else None
+            fut.set_result(reply if how is None else how[1](how[0], reply))
 
     def _fail_pending(self, exc):
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
+        self._parsing.clear()
 
 
 class AsyncPipeline(Queued):
