@@ -5,7 +5,10 @@
              {"v": 1, "id": <echoed>, "ok": false, "error": {"code": <str>, "message": <str>}}
     array    {"dtype": "float32", "shape": [T, I], "data": <bin: little-endian, C order>} or nested lists
 
-Evolution is append-only: new ops and fields only, each field with a default; unknown fields are skipped.
+A request map is decoded into its typed Request (messages.py: one class per op) and a Reply is encoded from
+its typed form; the two messages sent most (`step` and its reply) are packed from templates, byte-equal to
+the maps' encoding. Evolution is append-only: new ops and fields only, each field with a default; unknown
+fields are skipped.
 Decoding is bounded (message size, array rank and element count) and never uses pickle. This module imports
 numpy and msgpack only: the client library depends on it and must not load numba.
 """
