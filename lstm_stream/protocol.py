@@ -116,7 +116,7 @@ def _from_map(m: dict, field: str, copy: bool = True) -> np.ndarray:
     if n < 0:
         raise ProtocolError(BAD_INPUT, f"{field}.shape is {shape!r}; expected a list of at most "
                                        f"{MAX_ARRAY_RANK} non-negative ints")
-    if type(data) is not bytes and not isinstance(data, (bytes, bytearray)):
+    if not isinstance(data, (bytes, bytearray)):
         raise ProtocolError(BAD_INPUT, f"{field}.data is {type(data).__name__}; expected bin (raw bytes)")
     dt, native, same = wire
     if len(data) != n * dt.itemsize:
@@ -132,7 +132,7 @@ def _from_map(m: dict, field: str, copy: bool = True) -> np.ndarray:
 
 def _elements(shape) -> int:
     """The element count of a wire shape (a list of at most MAX_ARRAY_RANK ints >= 0), or -1 if it is not one."""
-    if type(shape) is not list and not isinstance(shape, (list, tuple)) or len(shape) > MAX_ARRAY_RANK:
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_ARRAY_RANK:
         return -1
     n = 1
     for d in shape:

@@ -231,9 +231,10 @@ class Streams:
         C-contiguous (N, I) array of the model's dtype; lengths an int64 array of counts >= 1 adding up to N,
         or None for one row per id; slots None, or known_slots(ids) taken at `generation` (looked up again
         if streams were added or removed since). NaN/Inf anywhere in X: InputError, nothing changed."""
-        if not (X.dtype is self._dtype and X.flags.c_contiguous and X.ndim == 2 and X.shape[1] == self._I):
-            raise InputError(f"X must be a C-contiguous (N, {self._I}) {self._dtype} array, got {X.dtype}"
-                             f"{X.shape}")
+        if not (X.dtype is self._dtype and X.flags.c_contiguous and X.flags.writeable and X.ndim == 2
+                and X.shape[1] == self._I):
+            raise InputError(f"X must be a writable C-contiguous (N, {self._I}) {self._dtype} array, got "
+                             f"{X.dtype}{X.shape}")
         if not self._all_finite(X):
             raise InputError("X contains NaN or Inf; expected finite values")
         if slots is not None and generation != self._generation:
