@@ -123,7 +123,9 @@ class _Builder:
     def _add_step(self, req):
         """add() for `step` (one stream: the usual request, kept short)."""
         block, T, one = self._rows(req.x, "x")
-        slot = self._reserve([req.stream], req, (block,))
+        slot = self.streams.known_slot(req.stream)
+        if slot is None:  # a new stream (or not a plain id): checked, and counted against the room
+            self._reserve([req.stream], req, (block,))
         self.spans.append(Span(req, self.samples, T, "one" if one else "rows"))
         if self.slots is not None:
             if slot is None:
