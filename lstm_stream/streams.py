@@ -366,13 +366,23 @@ class Streams:
         return stale
 
     # ---- snapshots -------------------------------------------------------------------------------
+    def export_slots(self, slots) -> dict:
+        """Copies of every per-stream array at `slots` (an int64 array), by name: h (n, L, P), c (n, L, H),
+        steps (n,) int64, last_seen (n,) float64. Snapshots and the cold store save streams through this pair
+        only, so a per-stream array added later is saved everywhere by adding it here and in import_slots."""
+        h, c = self._backend.gather(slots)
+        return {"h": h, "c": c, "steps": self._store.steps[slots], "last_seen": self._store.last_seen[slots]}
+
+    def import_slots(self, slots, arrays) -> None:
+        """Write export_slots' arrays (already checked) into `slots`."""
+        self._backend.scatter(slots, arrays["h"], arrays["c"])
+        self._store.steps[slots] = arrays["steps"]
+        self._store.last_seen[slots] = arrays["last_seen"]
+
     def save_snapshot(self, path) -> int:
         """Write every stream's state to `path` atomically; returns the file size in bytes."""
         ids, slots = self._store.ids_and_slots()
-        h, c = self._backend.gather(slots)
-        return write_snapshot(path, fingerprint=self.model.fingerprint, ids=ids,
-                              arrays={"h": h, "c": c, "steps": self._store.steps[slots],
-                                      "last_seen": self._store.last_seen[slots]})
+        return write_snapshot(path, fingerprint=self.model.fingerprint, ids=ids, arrays=self.export_slots(slots))
 
     def restore_snapshot(self, path) -> int:
         """Replace all streams with those of a snapshot of this model; on any error nothing changes.
@@ -396,9 +406,7 @@ class Streams:
             self.drop(i)
         slots = self._store.add_many(ids, 0.0)
         self._generation += 1
-        self._backend.scatter(slots, snap["h"], snap["c"])
-        self._store.steps[slots] = snap["steps"]
-        self._store.last_seen[slots] = snap["last_seen"]
+        self.import_slots(slots, snap)
         return len(ids)
 
     @classmethod
