@@ -15,7 +15,7 @@ from lstm_stream import protocol as P
 
 from lstm_stream.state import StreamState
 
-from .errors import BadReply, InputError, server_error
+from .errors import BadReply, InputError, UnknownStream, server_error
 
 
 # The core's own state record (lstm_stream.state imports numpy only, never numba), so a State read from the
@@ -24,12 +24,22 @@ State = StreamState
 
 
 class Call:
-    """One request to make: op, fields, and how to turn the reply into the method's result."""
+    """One request to make: op, fields, how to turn the reply into the method's result, and (unknown_is) the
+    result when the daemon answers unknown_stream, for a call that reads a missing stream as a value."""
 
-    __slots__ = ("op", "fields", "parse")
+    __slots__ = ("op", "fields", "parse", "unknown_is")
 
-    def __init__(self, op, fields, parse):
-        self.op, self.fields, self.parse = op, fields, parse
+    def __init__(self, op, fields, parse, unknown_is=None):
+        self.op, self.fields, self.parse, self.unknown_is = op, fields, parse, unknown_is
+
+    def finish(self, reply: dict):
+        """The call's result from its reply map; the ServerError it means raised."""
+        try:
+            return self.parse(check_reply(reply))
+        except UnknownStream:
+            if self.unknown_is is None:
+                raise
+            return self.unknown_is
 
 
 def check_reply(reply: dict) -> dict:
@@ -132,9 +142,18 @@ class Api:
         """Ids of the daemon's streams (one page: `limit` ids from `offset`)."""
         return self._run(Call("streams", {"offset": offset, "limit": limit}, lambda r: r["streams"]))
 
-    def step(self, stream, x):
-        """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero."""
-        return self._run(Call("step", {"stream": stream, "x": _array(x)}, _y))
+    def step(self, stream, x, *, seq: int | None = None):
+        """Advance one stream: x (I,) -> y (O,), or xs (T, I) -> ys (T, O) in order. New ids start at zero.
+        seq: the stream's step count after this step, to make it exactly-once: the daemon applies it only
+        if it is the next number, answers a resend of its last step with the original outputs, and raises
+        SequenceError (.seq, .expected) otherwise (see Client(exactly_once=True), which numbers steps itself)."""
+        if seq is None:
+            return self._run(Call("step", {"stream": stream, "x": _array(x)}, _y))
+        return self._run(Call("step", {"stream": stream, "x": _array(x), "seq": int(seq)}, _y))
+
+    def seq(self, stream):
+        """The stream's sequence number on the daemon (its step count; 0 for a stream it does not have)."""
+        return self._run(Call("get_state", {"stream": stream}, lambda r: r["steps"], unknown_is=0))
 
     def step_many(self, inputs: Mapping):
         """Advance many streams in one message: {id: x (I,) or (T, I)} -> {id: y (O,) or (T, O)}."""

@@ -23,8 +23,8 @@ import zmq.asyncio
 
 from lstm_stream import protocol as P
 
-from ._api import Api, Call, check_reply
-from .client import (DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Queued,
+from ._api import Api, Call
+from .client import (DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Queued, resendable,
                      check_options, decode_reply, result_of, settled)
 from .errors import BadReply, ClientClosed, ClientError, Timeout
 
@@ -105,7 +105,7 @@ class AsyncClient(Api):
 
     # ---- the round trip ----------------------------------------------------------------------------
     async def _run(self, call: Call):
-        attempts = 1 + (self.retries if call.op in P.IDEMPOTENT_OPS else 0)
+        attempts = 1 + (self.retries if resendable(call) else 0)
         for attempt in range(attempts):
             try:
                 reply = await self._roundtrip(call)
@@ -113,7 +113,7 @@ class AsyncClient(Api):
                 if attempt == attempts - 1:
                     raise
                 continue
-            return call.parse(check_reply(reply))
+            return call.finish(reply)
 
     def pipeline(self) -> "AsyncPipeline":
         """An AsyncPipeline: queue calls, send them together, await every result in order."""

@@ -7,9 +7,15 @@
         ys = p.results                          # PipelineError if any failed: its .results say what was applied
 
 Timeouts are on by default. After a timeout the socket is replaced (dropping queued requests and late
-replies), and only idempotent ops (protocol.IDEMPOTENT_OPS) are resent; a step is never resent, because it may
-already have been applied. ZeroMQ reconnects by itself, so the same Client keeps working across a daemon
-restart. A Client is for one thread at a time.
+replies), and only idempotent ops (protocol.IDEMPOTENT_OPS) and steps that carry a sequence number are resent;
+a plain step is never resent, because it may already have been applied. ZeroMQ reconnects by itself, so the
+same Client keeps working across a daemon restart. A Client is for one thread at a time.
+
+Exactly-once steps: Client(address, exactly_once=True) numbers each stream's steps itself (reading a stream's
+number from the daemon the first time it steps it) and resends a step after a timeout or a daemon restart; the
+daemon applies it once and answers a resend with the original outputs. A step that finds the daemon at another
+number raises SequenceError (.seq: the daemon's number, .expected) and forgets the client's number for that
+stream, so the next step continues from the daemon's.
 """
 from __future__ import annotations
 
@@ -20,8 +26,8 @@ import zmq
 
 from lstm_stream import protocol as P
 
-from ._api import Api, Call, check_reply
-from .errors import BadReply, ClientClosed, ClientError, PipelineError, Timeout
+from ._api import Api, Call, _array
+from .errors import BadReply, ClientClosed, ClientError, PipelineError, SequenceError, Timeout
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0   # seconds per call (per pipeline execute)
@@ -40,6 +46,11 @@ def check_options(timeout, retries, hwm):
         raise ValueError(f"hwm must be a positive int, got {hwm!r}")
 
 
+def resendable(call: Call) -> bool:
+    """Whether a call may be sent again after a timeout: an idempotent op, or a step carrying its seq."""
+    return call.op in P.IDEMPOTENT_OPS or "seq" in call.fields
+
+
 def decode_reply(codec, data) -> dict:
     """Bytes -> reply map; BadReply if it is not one."""
     try:
@@ -53,9 +64,12 @@ class Client(Api):
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, hwm: int = DEFAULT_HWM,
-                 max_message_bytes: int = P.MAX_MESSAGE_BYTES, context: zmq.Context | None = None):
+                 max_message_bytes: int = P.MAX_MESSAGE_BYTES, context: zmq.Context | None = None,
+                 exactly_once: bool = False):
         check_options(timeout, retries, hwm)
         self.address, self.timeout, self.retries, self.hwm = address, float(timeout), retries, hwm
+        self.exactly_once = bool(exactly_once)
+        self._seqs: dict = {}  # stream -> its number after the last step acknowledged (exactly_once)
         self._ctx = context or zmq.Context.instance()
         self._codec = P.Codec(max_message_bytes=max_message_bytes)
         self._ids = itertools.count(1)
@@ -97,9 +111,27 @@ class Client(Api):
         """A Pipeline: queue calls, send them all at once, get results in order."""
         return Pipeline(self)
 
+    def step(self, stream, x, *, seq: int | None = None):
+        if not self.exactly_once or seq is not None:
+            return super().step(stream, x, seq=seq)
+        now = self._seqs.get(stream)
+        if now is None:
+            now = self.seq(stream)
+        x = _array(x)
+        after = now + (1 if x.ndim == 1 else len(x))
+        try:
+            y = super().step(stream, x, seq=after)
+        except SequenceError:
+            self._seqs.pop(stream, None)
+            raise
+        self._seqs[stream] = after
+        return y
+
+    step.__doc__ = Api.step.__doc__
+
     # ---- the round trip ----------------------------------------------------------------------------
     def _run(self, call: Call):
-        attempts = 1 + (self.retries if call.op in P.IDEMPOTENT_OPS else 0)
+        attempts = 1 + (self.retries if resendable(call) else 0)
         for attempt in range(attempts):
             try:
                 reply = self._roundtrip_one(call)
@@ -108,7 +140,7 @@ class Client(Api):
                 if attempt == attempts - 1:
                     raise
                 continue
-            return call.parse(check_reply(reply))
+            return call.finish(reply)
 
     def _roundtrip_one(self, call: Call) -> dict:
         """_roundtrip([call])[0], shorter: send, then one blocking recv (bounded by RCVTIMEO) that is, but for
@@ -251,6 +283,6 @@ def settled(results: list, return_exceptions: bool) -> list:
 def result_of(call: Call, reply: dict):
     """The call's result, or the ClientError (a ServerError, BadReply) its reply means."""
     try:
-        return call.parse(check_reply(reply))
+        return call.finish(reply)
     except ClientError as e:
         return e

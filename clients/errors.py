@@ -13,6 +13,8 @@
         ├── StoreFull                  store_full: nothing was applied
         ├── Busy                       busy: the engine's queue is full; nothing was applied, resend later
         ├── Unsupported                unsupported (forecast on a non-autoregressive model, no snapshot dir)
+        ├── SequenceError              seq_stale, seq_gap: .seq (the stream's number), .expected
+        ├── LogFailed                  log_failed: the daemon's step log cannot be written; nothing applied
         └── InternalError              internal, snapshot_failed
 """
 from __future__ import annotations
@@ -84,6 +86,19 @@ class Unsupported(ServerError):
     """The daemon cannot do this op (e.g. forecast on a non-autoregressive model)."""
 
 
+class SequenceError(ServerError):
+    """A step's seq is not the stream's next number: applied before (code seq_stale) or skipping steps
+    (seq_gap); nothing was applied. `seq`: the stream's number on the daemon; `expected`: the seq to send."""
+
+    def __init__(self, code: str, message: str, request_id=None, seq=None, expected=None):
+        super().__init__(code, message, request_id)
+        self.seq, self.expected = seq, expected
+
+
+class LogFailed(ServerError):
+    """The daemon cannot write its step log (disk full, I/O error): nothing was applied; resend later."""
+
+
 class InternalError(ServerError):
     """The daemon failed internally (logged on its side) or could not write a snapshot."""
 
@@ -92,7 +107,7 @@ _BY_CODE = {
     P.BAD_MESSAGE: BadRequest, P.BAD_REQUEST: BadRequest, P.BAD_VERSION: BadRequest, P.UNKNOWN_OP: BadRequest,
     P.TOO_LARGE: BadRequest, P.BAD_INPUT: BadRequest, P.UNKNOWN_STREAM: UnknownStream,
     P.STORE_FULL: StoreFull, P.BUSY: Busy, P.UNSUPPORTED: Unsupported, P.SNAPSHOT_FAILED: InternalError,
-    P.INTERNAL: InternalError,
+    P.INTERNAL: InternalError, P.SEQ_STALE: SequenceError, P.SEQ_GAP: SequenceError, P.LOG_FAILED: LogFailed,
 }
 
 
@@ -102,4 +117,7 @@ def server_error(reply: dict) -> ServerError:
     if not isinstance(err, dict):
         return ServerError("unknown", f"malformed error reply: {reply!r:.200}", reply.get("id"))
     code, message = str(err.get("code", "unknown")), str(err.get("message", ""))
-    return _BY_CODE.get(code, ServerError)(code, message, reply.get("id"))
+    cls = _BY_CODE.get(code, ServerError)
+    if cls is SequenceError:
+        return cls(code, message, reply.get("id"), err.get("seq"), err.get("expected"))
+    return cls(code, message, reply.get("id"))

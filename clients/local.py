@@ -14,7 +14,7 @@ import itertools
 
 from lstm_stream import protocol as P
 
-from ._api import Api, Call, check_reply
+from ._api import Api, Call
 from .client import Pipeline
 from .errors import BadReply
 
@@ -50,7 +50,7 @@ class LocalClient(Api):
         return Pipeline(self)
 
     def _run(self, call: Call):
-        return call.parse(check_reply(self._roundtrip([call])[0]))
+        return call.finish(self._roundtrip([call])[0])
 
     def _roundtrip(self, calls, parse=None) -> list:
         """Queue every call, serve the core until all are answered; reply maps in call order, or

@@ -20,10 +20,12 @@ import time
 
 import lstm_stream
 from lstm_stream import protocol as P
-from lstm_stream.errors import InputError, LSTMStreamError
+from lstm_stream.errors import InputError, LSTMStreamError, SequenceError
 from lstm_stream.messages import Reply
 
+from . import records
 from .config import EngineConfig
+from .journal import LogWriteError
 from .planner import plan
 
 log = logging.getLogger("lstm_stream.engine")
@@ -38,11 +40,16 @@ BACKGROUND_POLL = 0.1  # seconds between looks at a background task (a kernel co
 class EngineCore:
     """Queue, batch plans, op dispatch and housekeeping over one Streams; no sockets, no threads, no bytes."""
 
-    def __init__(self, streams, config: EngineConfig | None = None, *, snapshots=None, background=None,
-                 clock=time.monotonic):
+    def __init__(self, streams, config: EngineConfig | None = None, *, snapshots=None, journal=None,
+                 background=None, clock=time.monotonic):
         self.streams = streams
         self.config = config = config or EngineConfig()
         self.snapshots = snapshots
+        self.journal = journal         # the step log (engine/journal.py), or None
+        self._held: collections.deque = collections.deque()  # (lsn, [(tag, Reply)]): replies awaiting an fsync
+        self._wall = time.time()       # the turn's wall time: stamps last_seen and the turn's log records
+        if journal is not None:
+            streams.clock = lambda: self._wall
         self._background = background  # called in housekeeping until it returns True (warm.finish_background)
         self._clock = clock
         self._queue: collections.deque = collections.deque()  # (tag, Request)
@@ -79,11 +86,18 @@ class EngineCore:
 
     def step(self) -> list:
         """Serve up to max_batch queued requests, taking no more step requests once the turn holds
-        max_turn_samples samples; returns [(tag, Reply)] in arrival order."""
+        max_turn_samples samples; returns [(tag, Reply)] in arrival order: this turn's, or under
+        `--fsync always` those whose log records are now durable (see released())."""
+        if self.journal is not None:
+            return self._logged_turn()
         n = min(len(self._queue), self.config.max_batch)
-        if n == 1 and self._queue[0][1].op == "step":  # one request (low load): the one-stream path
+        if n == 1 and self._queue[0][1].op == "step" and self._queue[0][1].seq is None:  # the one-stream path
             tag, req = self._queue.popleft()
             return [(tag, self._step_alone(req))]
+        return self._turn(n)
+
+    def _turn(self, n) -> list:
+        """Serve the next n queued requests (fewer once max_turn_samples is reached), in arrival order."""
         out, steps, samples, cap = [], [], 0, self.config.max_turn_samples
         for _ in range(n):
             tag, req = self._queue.popleft()
@@ -102,6 +116,38 @@ class EngineCore:
         self._run_steps(out, steps)
         return out
 
+    # ---- with a step log -------------------------------------------------------------------------
+    def _logged_turn(self) -> list:
+        """A turn whose state changes are logged first; under `always` its replies wait for their fsync
+        (and so do the replies of later turns: each client sees its replies in order)."""
+        journal = self.journal
+        self._wall = time.time()
+        before = journal.lsn
+        out = self._turn(min(len(self._queue), self.config.max_batch)) if self._queue else []
+        if journal.lsn > before:
+            journal.commit()
+        if journal.policy != "always" or (not self._held and journal.durable >= journal.lsn):
+            return out
+        if out:
+            self._held.append((journal.lsn, out))
+        return self.released()
+
+    def released(self) -> list:
+        """[(tag, Reply)] held for an fsync that has now returned, in order."""
+        out, held, durable = [], self._held, self.journal.durable if self.journal is not None else 0
+        while held and held[0][0] <= durable:
+            out.extend(held.popleft()[1])
+        return out
+
+    @property
+    def held(self) -> int:
+        """Replies waiting for their log records to be durable."""
+        return sum(len(r) for _, r in self._held)
+
+    def _log(self, payload: bytes) -> None:
+        """Append one record (LogWriteError: nothing written, refuse the requests)."""
+        self.journal.append(payload)
+
     def call(self, msg: dict) -> dict:
         """Serve one request map in-process and return the reply map (arrays as numpy arrays)."""
         try:
@@ -110,7 +156,11 @@ class EngineCore:
             return self.refuse(e.request_id, e.code, e.message).as_map()
         reply = self.submit(None, req)
         if reply is None:
-            reply = self.step()[-1][1]
+            replies = self.step()
+            while not replies and self._held:  # fsync always: wait for the record to be durable
+                self.journal.sync()
+                replies = self.released()
+            reply = replies[-1][1]
         return reply.as_map()
 
     # ---- step requests: one plan, one kernel call -----------------------------------------------
@@ -120,6 +170,7 @@ class EngineCore:
             return
         p = plan([out[k][1] for k in positions], self.streams)
         replies = {id(req): self._failure(req, e) for req, e in p.refused}
+        replies.update((id(req), self._success(req, result)) for req, result in p.answered)
         if p.spans:
             replies.update(self._execute(p))
         for k in positions:
@@ -141,12 +192,20 @@ class EngineCore:
 
     def _execute(self, p, retry=True) -> dict:
         """{id(request): Reply} for the plan's accepted requests, after one Streams call."""
+        if not p.ids:  # only resends within the plan (answered below from the rows they repeat: none ran)
+            return {}
         self._mutated()
         try:
+            if self.journal is not None:
+                if not self.streams.finite(p.X):
+                    raise InputError("X contains NaN or Inf; expected finite values")
+                self._log(records.steps_record(p, self._wall, self.streams))
             if len(p.ids) == 1:  # a request alone (low load): the one-stream, lowest-latency path
                 Y = self.streams.step(p.ids[0], p.X)  # (T, O), even for one row
             else:
                 Y = self.streams.step_planned(p.ids, p.lengths, p.X, p.slots, p.generation)
+        except LogWriteError as e:
+            return {id(s.request): self.refuse(s.request.id, P.LOG_FAILED, str(e), counted=True) for s in p.spans}
         except InputError as e:  # NaN/Inf somewhere: refuse the requests holding one, run the others again
             bad = p.non_finite() if retry else []
             if not bad:
@@ -164,10 +223,18 @@ class EngineCore:
         self.metrics["batched_requests"] += len(p.spans)
         self.metrics["batched_samples"] += p.samples
         self.metrics["ok"] += len(p.spans)
+        if p.seqs is not None:
+            for stream, seq, rows in p.receipts(Y):
+                self.streams.remember(stream, seq, rows)
         return {id(req): Reply(req.id, result, None, "", req.lists) for req, result in p.results(Y)}
 
     # ---- one op at a time ------------------------------------------------------------------------
     def _call(self, req) -> Reply:
+        if self.journal is not None and req.op in records.LOGGED_OPS:
+            try:
+                self._log(records.op_record(req, self._wall))
+            except LogWriteError as e:
+                return self.refuse(req.id, P.LOG_FAILED, str(e), counted=True)
         try:
             return self._success(req, self._dispatch[req.op](req))
         except Exception as e:
@@ -188,6 +255,7 @@ class EngineCore:
                 "pending": len(self._queue), "max_batch": self.config.max_batch,
                 "max_pending": self.config.max_pending, "max_message_bytes": self.config.max_message_bytes,
                 "counters": dict(self.metrics),
+                "log": None if self.journal is None else {**self.journal.status(), "held_replies": self.held},
                 "snapshot": None if self.snapshots is None else {"path": self.snapshots.path,
                                                                   "every": self.snapshots.every,
                                                                   "last": self.snapshots.last,
@@ -249,14 +317,19 @@ class EngineCore:
 
     def _failure(self, req, e) -> Reply:
         """The error Reply for an exception: its own code, or internal (logged) for a bug."""
+        detail = None
         if isinstance(e, P.ProtocolError):
             code, msg = e.code, e.message
+        elif isinstance(e, SequenceError):
+            code, msg, detail = e.code, str(e), {"seq": e.seq, "expected": e.expected}
         elif isinstance(e, LSTMStreamError):
             code, msg = _CORE_CODES.get(e.code, e.code), str(e)
         else:
             log.error("%s request failed", req.op, exc_info=e)
             code, msg = P.INTERNAL, f"internal error ({type(e).__name__}); the daemon logged it"
-        return self.refuse(req.id, code, msg, counted=True)
+        reply = self.refuse(req.id, code, msg, counted=True)
+        reply.detail = detail
+        return reply
 
     def _mutated(self):
         if self.snapshots is not None:

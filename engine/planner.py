@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lstm_stream.errors import InputError, StoreFullError
-from lstm_stream.protocol import BAD_INPUT, ProtocolError
+from lstm_stream.errors import InputError, SequenceError, StoreFullError
+from lstm_stream.protocol import BAD_INPUT, SEQ_GAP, SEQ_STALE, ProtocolError
 from lstm_stream.state import check_id
 
 
@@ -31,6 +31,8 @@ class Span:
     row: int             # its first row
     rows: int            # its row count
     form: object         # "one": y (O,); "rows": y (rows, O); or for `xs`, [(rows, one sample?)] per stream
+    seq: int | None = None   # a sequenced step's seq (its reply carries it)
+    duplicate: bool = False  # a resend of an earlier request in the plan: its rows are that request's
 
 
 @dataclass(slots=True)
@@ -44,13 +46,18 @@ class BatchPlan:
     spans: list = field(default_factory=list)     # Span per accepted request, arrival order
     refused: list = field(default_factory=list)   # (request, exception) per refused request
     samples: int = 0                      # N
+    seqs: list | None = None              # per segment: its request's seq, or -1; None when no request has one
+    answered: list = field(default_factory=list)  # (request, result) of resends answered from a receipt
 
     def results(self, Y: np.ndarray) -> list:
         """[(request, result map)] from Y (N, O): views of Y's rows, shaped as each request sent its input."""
         out = []
         for s in self.spans:
             r, form = s.row, s.form
-            if form == "one":
+            if s.seq is not None:
+                y = Y[r] if form == "one" else Y[r:r + s.rows]
+                out.append((s.request, {"y": y, "seq": s.seq, **({"duplicate": True} if s.duplicate else {})}))
+            elif form == "one":
                 out.append((s.request, {"y": Y[r]}))
             elif form == "rows":
                 out.append((s.request, {"y": Y[r:r + s.rows]}))
@@ -62,10 +69,17 @@ class BatchPlan:
                 out.append((s.request, {"ys": ys}))
         return out
 
+    def receipts(self, Y: np.ndarray) -> list:
+        """[(stream, seq, its rows of Y)] of the sequenced steps that ran, in order (Streams.remember)."""
+        return [(s.request.stream, s.seq, Y[s.row:s.row + s.rows]) for s in self.spans
+                if s.seq is not None and not s.duplicate]
+
     def non_finite(self) -> list:
         """[(request, InputError)] for the accepted requests whose rows hold a NaN or Inf."""
         bad = []
         for s in self.spans:
+            if s.duplicate:
+                continue
             rows = self.X[s.row:s.row + s.rows]
             if np.isfinite(rows).all():
                 continue
@@ -97,10 +111,18 @@ class _Builder:
         self.slots: list | None = []   # per request: its ids' slots while every id is known, else None
         self.new: set = set()          # ids this plan creates
         self.samples = 0
+        self.pending: dict | None = None  # stream -> [rows in the plan, its last Span]: once a seq is seen
+        self.seqs: list | None = None     # per segment, once a seq is seen
+        self.answered: list = []
 
     def add(self, req) -> None:
         if req.op == "step":
-            return self._add_step(req)
+            if req.seq is not None:
+                return self._add_sequenced(req)
+            self._add_step(req)
+            if self.pending is not None:
+                self._track()
+            return
         if req.x is not None:  # step_many, one row per stream
             ids = req.streams
             block, T, _ = self._rows(req.x, "x")
@@ -119,6 +141,68 @@ class _Builder:
         if not ids:
             raise ProtocolError(BAD_INPUT, "'streams' is empty; expected at least one stream id")
         self._append(req, ids, lengths, blocks, form, self._reserve(ids, req, blocks))
+        if self.pending is not None:
+            self._track()
+
+    # ---- sequence numbers (exactly-once steps) ----------------------------------------------------------
+    def _add_sequenced(self, req):
+        """add() for a step carrying seq: applied when seq is the stream's number after it; a resend of the
+        last applied request answered from its receipt (or from this plan); otherwise SequenceError."""
+        block, T, one = self._rows(req.x, "x")
+        if self.pending is None:  # the first seq of the plan: count the rows already planned per stream
+            self.pending, self.seqs = {}, [-1] * len(self.ids)
+            for i, T, span in zip(self.ids, self.lengths, self._segment_spans()):
+                rows, _ = self.pending.get(i, (0, None))
+                self.pending[i] = (rows + T, span)
+        stream, seq = req.stream, req.seq
+        steps, last = self.streams.sequence(stream)
+        rows, span = self.pending.get(stream, (0, None))
+        now = steps + rows
+        if seq == now + T:
+            self._add_step(req)
+            self.spans[-1].seq = seq
+            self._track()
+            return
+        if seq == now and span is not None and span.seq == seq and span.rows == T and not span.duplicate:
+            self.spans.append(Span(req, span.row, T, "one" if one else "rows", seq, True))  # resent in one turn
+            return
+        if seq == now and rows == 0 and last == steps:
+            y = self.streams.receipt(stream, seq, T)
+            if y is not None:
+                self.answered.append((req, {"y": y[0] if one else y, "seq": seq, "duplicate": True}))
+                return
+        if seq <= now:
+            raise SequenceError(SEQ_STALE, f"stream {stream!r} is at seq {now}; a step with seq {seq} was applied "
+                                f"before and is not its last step (resent too late?); nothing was applied",
+                                now, now + T)
+        raise SequenceError(SEQ_GAP, f"stream {stream!r} is at seq {now}, so a step of {T} sample(s) must carry "
+                            f"seq {now + T}, got {seq}: the steps in between are missing; nothing was applied",
+                            now, now + T)
+
+    def _segment_spans(self):
+        """The Span of each segment planned so far (a step_many's span once per stream)."""
+        out = []
+        for s in self.spans:
+            if s.duplicate:
+                continue
+            n = 1 if s.request.op == "step" else len(s.request.streams)
+            out.extend([s] * n)
+        return out
+
+    def _track(self):
+        """After an add while sequencing: count the new request's rows per stream, extend seqs."""
+        span = self.spans[-1]
+        req = span.request
+        if req.op == "step":
+            self.seqs.append(span.seq if span.seq is not None else -1)
+            rows, _ = self.pending.get(req.stream, (0, None))
+            self.pending[req.stream] = (rows + span.rows, span)
+            return
+        n = len(req.streams)
+        self.seqs.extend([-1] * n)
+        for i, T in zip(req.streams, self.lengths[len(self.lengths) - n:]):
+            rows, _ = self.pending.get(i, (0, None))
+            self.pending[i] = (rows + T, span)
 
     def _add_step(self, req):
         """add() for `step` (one stream: the usual request, kept short)."""
@@ -183,7 +267,7 @@ class _Builder:
     def finish(self) -> BatchPlan:
         streams = self.streams
         if not self.spans:
-            return BatchPlan([], None, None, None, streams.generation, [], self.refused, 0)
+            return BatchPlan([], None, None, None, streams.generation, [], self.refused, 0, None, self.answered)
         blocks = self.blocks  # each (I,) or (T, I): one flat copy of all, as (N, I) rows
         X = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=None)).reshape(self.samples, self._I)
         if not X.flags.writeable:  # a view of the message: the kernels take writable arrays only (one type)
@@ -194,7 +278,8 @@ class _Builder:
             parts = self.slots
             slots = np.array(parts, np.int64) if all(type(p) is int for p in parts) else \
                 np.concatenate([p if type(p) is np.ndarray else [p] for p in parts]).astype(np.int64, copy=False)
-        return BatchPlan(self.ids, lengths, X, slots, streams.generation, self.spans, self.refused, self.samples)
+        return BatchPlan(self.ids, lengths, X, slots, streams.generation, self.spans, self.refused, self.samples,
+                         self.seqs, self.answered)
 
 
 def _first_non_finite(req, blocks):

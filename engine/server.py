@@ -50,6 +50,7 @@ class Server:
             self._close(0)
             raise
         self._dropped_logged = 0
+        self.fatal = False  # the step log could not be made durable (--fsync always): stopped without answering
 
     def stop(self) -> None:
         """Ask the loop to finish the current turn, serve what is queued, and return (signal-safe)."""
@@ -58,8 +59,11 @@ class Server:
     def run(self) -> None:
         """The loop: poll (timeout only for housekeeping), drain, step, reply, housekeep; until stop()."""
         core, wire, sock = self.core, self._wire, self._sock
+        journal = core.journal
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        if journal is not None:  # the fsync thread's wake-ups: held replies may leave (--fsync always)
+            poller.register(journal.wake_fd, zmq.POLLIN)
         deadline = core.housekeep()
         spin_until = 0.0
         try:
@@ -69,14 +73,24 @@ class Server:
                     wait = 0  # work queued, or just served: look again without sleeping (EngineConfig.spin)
                 else:
                     wait = min(max(deadline - now, 0.0), MAX_POLL_SECONDS)
-                if poller.poll(wait * 1000):
+                events = dict(poller.poll(wait * 1000))
+                if sock in events and core.held < core.config.max_pending:  # held: replies awaiting an fsync
                     self._drain()
+                if journal is not None:
+                    if journal.wake_fd in events:
+                        journal.woken()
+                    if journal.fatal is not None:
+                        self.fatal = True
+                        return
                 replies = wire.step()
                 if replies:
                     self._send_all(replies)
                     spin_until = time.monotonic() + core.config.spin
                 deadline = core.housekeep()
             while core.pending:  # answer what was accepted before stopping
+                self._send_all(wire.step())
+            if journal is not None and core.held:
+                journal.sync()
                 self._send_all(wire.step())
         finally:
             self._close(SHUTDOWN_LINGER_MS)

@@ -6,6 +6,7 @@
     ├── UnknownStreamError (KeyError)  no stream with that id
     ├── StoreFullError              the state store is at its max_streams limit
     ├── SnapshotError               snapshot missing, truncated, corrupted or of another model
+    ├── SequenceError               a step's sequence number is stale or skips steps
     └── BackendError                the requested backend is not usable here (e.g. no GPU)
 
 Every message names what was wrong and what was expected.
@@ -49,6 +50,15 @@ class SnapshotError(LSTMStreamError):
     """A snapshot file cannot be used: missing, truncated, corrupted, or of another model."""
 
     code = "bad_snapshot"
+
+
+class SequenceError(LSTMStreamError):
+    """A step's sequence number is not the next one for its stream: applied before (code seq_stale), or
+    skipping steps (seq_gap). `seq` is the stream's number now; `expected` the seq the request should carry."""
+
+    def __init__(self, code: str, message: str, seq: int, expected: int):
+        super().__init__(message)
+        self.code, self.seq, self.expected = code, seq, expected
 
 
 class BackendError(LSTMStreamError):

@@ -67,10 +67,12 @@ class ListStreams(Request):
 
 @dataclass(slots=True, eq=False)
 class Step(Request):
-    """Advance one stream: x (I,) for one sample or (T, I) for T in order."""
+    """Advance one stream: x (I,) for one sample or (T, I) for T in order. seq: the stream's step count the
+    client expects after it (exactly-once: see lstm_stream/receipts.py), or None."""
     op: ClassVar[str] = "step"
     stream: StreamId = _kind("id")
     x: np.ndarray = _kind("array")
+    seq: int | None = _kind("int", None)
 
     @property
     def samples(self) -> int:
@@ -165,6 +167,7 @@ class Reply:
     code: str | None = None      # protocol error code when not ok
     message: str = ""
     lists: bool = False          # send result arrays as nested lists
+    detail: dict | None = None   # extra fields of the error map (seq_stale/seq_gap: the stream's "seq")
 
     @property
     def ok(self) -> bool:
@@ -177,14 +180,15 @@ class Reply:
         return cls(req.id, result, None, "", req.lists)
 
     @classmethod
-    def failure(cls, request_id, code: str, message: str) -> "Reply":
+    def failure(cls, request_id, code: str, message: str, detail: dict | None = None) -> "Reply":
         """An error reply."""
-        return cls(request_id, None, code, message)
+        return cls(request_id, None, code, message, False, detail)
 
     def as_map(self) -> dict:
         """The reply as the decoded wire map, arrays left as numpy arrays unless `lists` (in-process clients)."""
         if self.code is not None:
-            return {"v": PROTOCOL_VERSION, "id": self.id, "ok": False, "error": {"code": self.code, "message": self.message}}
+            return {"v": PROTOCOL_VERSION, "id": self.id, "ok": False,
+                    "error": {"code": self.code, "message": self.message, **(self.detail or {})}}
         result = listified(self.result) if self.lists else self.result
         return {"v": PROTOCOL_VERSION, "id": self.id, "ok": True, **result}
 

@@ -40,8 +40,11 @@ UNSUPPORTED = "unsupported"        # the op cannot run here (forecast on a non-a
 BUSY = "busy"                      # the engine's queue is full; nothing was applied, resend later
 SNAPSHOT_FAILED = "snapshot_failed"
 INTERNAL = "internal"              # a bug: the daemon logged it and keeps serving
+SEQ_STALE = "seq_stale"            # a step's seq was applied before (and is not the last one): error.seq is now
+SEQ_GAP = "seq_gap"                # a step's seq skips steps: error.seq is the stream's number, error.expected
+LOG_FAILED = "log_failed"          # the step log cannot be written: nothing was applied, reads still work
 ERROR_CODES = (BAD_MESSAGE, BAD_REQUEST, BAD_VERSION, UNKNOWN_OP, TOO_LARGE, BAD_INPUT, UNKNOWN_STREAM,
-               STORE_FULL, UNSUPPORTED, BUSY, SNAPSHOT_FAILED, INTERNAL)
+               STORE_FULL, UNSUPPORTED, BUSY, SNAPSHOT_FAILED, INTERNAL, SEQ_STALE, SEQ_GAP, LOG_FAILED)
 
 # ---- ops: which may be batched, which may be resent ---------------------------------------------
 STEP_OPS = frozenset({"step", "step_many"})
@@ -212,15 +215,15 @@ class Codec:
         """An encoded success reply."""
         return self.encode({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, **result})
 
-    def error(self, request_id, code: str, message: str) -> bytes:
-        """An encoded error reply."""
+    def error(self, request_id, code: str, message: str, detail: dict | None = None) -> bytes:
+        """An encoded error reply (detail: extra fields of the error map)."""
         return self.encode({"v": PROTOCOL_VERSION, "id": request_id, "ok": False,
-                            "error": {"code": code, "message": message}})
+                            "error": {"code": code, "message": message, **(detail or {})}})
 
     def reply(self, reply: Reply) -> bytes:
         """An encoded Reply (its arrays as array maps, or nested lists when it asks for them)."""
         if reply.code is not None:
-            return self.error(reply.id, reply.code, reply.message)
+            return self.error(reply.id, reply.code, reply.message, reply.detail)
         result = reply.result
         if not reply.lists and len(result) == 1:  # a step's reply, {"y": array}: from a template
             y = result.get("y")

@@ -17,6 +17,7 @@ import numpy as np
 from .backends import make_backend
 from .errors import InputError, ModelError, SnapshotError
 from .model import LSTMModel
+from .receipts import Receipts
 from .snapshot import read_snapshot, write_snapshot
 from .state import INT64_MAX, StreamState, check_id, check_ids
 from .store import StateStore, distinct
@@ -44,18 +45,20 @@ class Streams:
             raise InputError(f"idle_ttl must be a positive number of seconds or None, got {idle_ttl!r}")
         self.model = model
         self.idle_ttl = idle_ttl
-        self._clock = clock
+        self.clock = clock  # stamps last_seen; the daemon sets one whose times its step log records
         self._dtype = np.dtype(model.dtype)
         self._I = model.input_size
         self._generation = 0  # +1 whenever a stream is added or removed (see generation)
         self._store = StateStore(max_streams=max_streams, initial_capacity=initial_capacity,
                                  on_grow=self._grow)
         self._backend = make_backend(backend, model, self._store.capacity, threads=threads)
+        self._receipts = Receipts(self._store.capacity, model.output_size, self._dtype)
         from .kernels.cpu import all_finite
         self._all_finite = all_finite
 
     def _grow(self, capacity):
         self._backend.grow(capacity)
+        self._receipts.grow(capacity)
 
     def warm_up(self) -> None:
         """Compile (or load from Numba's cache) every kernel that stepping, the id tables and snapshots use, now
@@ -137,6 +140,7 @@ class Streams:
         slot = self._store.add(stream_id, now)
         self._generation += 1
         self._backend.zero(slot)
+        self._receipts.clear(slot)
         return slot
 
     # ---- stepping --------------------------------------------------------------------------------
@@ -153,14 +157,14 @@ class Streams:
             if not self._all_finite(xs):
                 raise InputError("x contains NaN or Inf; expected finite values")
             stream_id, = self._ids((stream_id,))
-            slot = self._slot_or_new(stream_id, self._clock())
+            slot = self._slot_or_new(stream_id, self.clock())
         y = self._backend.run_one(slot, xs)
         if y is None:
             raise InputError("x contains NaN or Inf; expected finite values")
         T, steps = len(xs), store.steps
         n = steps.item(slot)
         steps[slot] = n + T if n <= INT64_MAX - T else INT64_MAX  # saturates at 2**63-1 instead of wrapping
-        store.last_seen[slot] = self._clock()
+        store.last_seen[slot] = self.clock()
         return y if xs is x or np.ndim(x) != 1 else y[0]  # (I,) in, (O,) out
 
     def step_many(self, ids, X) -> np.ndarray:
@@ -226,6 +230,30 @@ class Streams:
         caller will create first."""
         self._store.check_room(adding, pending=pending)
 
+    def counts(self, slots) -> np.ndarray:
+        """The step counts (int64) of the streams at `slots` (from known_slots)."""
+        return self._store.steps[slots]
+
+    def finite(self, X) -> bool:
+        """Whether every value of X (a C-contiguous array of the model's dtype) is finite."""
+        return self._all_finite(X)
+
+    def sequence(self, stream_id) -> tuple[int, int]:
+        """(step count, seq of its receipt or -1) of a stream; (0, -1) for one not in the store."""
+        slot = self._store.get_slot(stream_id)
+        if slot is None:
+            return 0, -1
+        return self._store.steps.item(slot), self._receipts.seq.item(slot)
+
+    def receipt(self, stream_id, seq: int, rows: int):
+        """The outputs (rows, O) of the stream's last sequenced step if it had `seq` and `rows`, else None."""
+        slot = self._store.get_slot(stream_id)
+        return None if slot is None else self._receipts.get(slot, seq, rows)
+
+    def remember(self, stream_id, seq: int, Y) -> None:
+        """Keep (seq, Y) as the receipt of the stream's step that just ran (see lstm_stream/receipts.py)."""
+        self._receipts.put(self._store.slot(stream_id), seq, Y)
+
     def step_planned(self, ids, lengths, X, slots=None, generation=None) -> np.ndarray:
         """step_segments for a caller that has checked shapes, ids and room (the daemon's planner): X a
         C-contiguous (N, I) array of the model's dtype; lengths an int64 array of counts >= 1 adding up to N,
@@ -243,7 +271,7 @@ class Streams:
 
     def _segments(self, ids, lengths, X, slots=None):
         """Validated X; lengths None means one row per id. Creates new streams, runs one kernel call."""
-        now = self._clock()
+        now = self.clock()
         if slots is None:
             slots = self._store.known_slots(ids)
         if slots is None:  # some are new (or not plain ids)
@@ -313,11 +341,12 @@ class Streams:
         h = self._check_state_array(h, "h", (m.num_layers, m.state_size))
         c = self._check_state_array(c, "c", (m.num_layers, m.hidden_size))
         stream_id, = self._ids((stream_id,))
-        now = self._clock()
+        now = self.clock()
         slot = self._slot_or_new(stream_id, now)
         self._backend.write(slot, h, c)
         self._store.steps[slot] = int(steps)
         self._store.last_seen[slot] = now
+        self._receipts.clear(slot)
 
     def _check_state_array(self, a, name, shape):
         try:
@@ -338,16 +367,18 @@ class Streams:
         """Give stream dst (created if new) a copy of src's state and step count."""
         s = self._store.slot(src)
         dst, = self._ids((dst,))
-        d = self._slot_or_new(dst, self._clock())
+        d = self._slot_or_new(dst, self.clock())
         if d != s:
             self._backend.copy_slot(s, d)
             self._store.steps[d] = self._store.steps[s]
+            self._receipts.clear(d)
 
     def reset(self, stream_id) -> None:
         """Zero a stream's state (it stays in the store)."""
         slot = self._store.slot(stream_id)
         self._backend.zero(slot)
         self._store.steps[slot] = 0
+        self._receipts.clear(slot)
 
     def drop(self, stream_id) -> None:
         """Remove a stream; its memory is reused by the next new stream."""
@@ -355,12 +386,13 @@ class Streams:
         self._store.remove(stream_id)
         self._generation += 1
         self._backend.zero(slot)
+        self._receipts.clear(slot)
 
     def evict_idle(self, now: float | None = None) -> list:
         """Drop streams idle for longer than idle_ttl; returns their ids (none when idle_ttl is None)."""
         if self.idle_ttl is None:
             return []
-        stale = self._store.idle(self._clock() if now is None else now, self.idle_ttl)
+        stale = self._store.idle(self.clock() if now is None else now, self.idle_ttl)
         for i in stale:
             self.drop(i)
         return stale
@@ -371,13 +403,15 @@ class Streams:
         steps (n,) int64, last_seen (n,) float64. Snapshots and the cold store save streams through this pair
         only, so a per-stream array added later is saved everywhere by adding it here and in import_slots."""
         h, c = self._backend.gather(slots)
-        return {"h": h, "c": c, "steps": self._store.steps[slots], "last_seen": self._store.last_seen[slots]}
+        return {"h": h, "c": c, "steps": self._store.steps[slots], "last_seen": self._store.last_seen[slots],
+                **self._receipts.export(slots)}
 
     def import_slots(self, slots, arrays) -> None:
         """Write export_slots' arrays (already checked) into `slots`."""
         self._backend.scatter(slots, arrays["h"], arrays["c"])
         self._store.steps[slots] = arrays["steps"]
         self._store.last_seen[slots] = arrays["last_seen"]
+        self._receipts.load(slots, arrays)
 
     def save_snapshot(self, path) -> int:
         """Write every stream's state to `path` atomically; returns the file size in bytes."""

@@ -1,0 +1,164 @@
+"""What the step log's records say, and how a start replays them (the format of a record's bytes is
+lstm_stream/steplog.py's; when they reach the disk, engine/journal.py's).
+
+A record's payload is a msgpack array [kind, wall time, ...]:
+
+    [STEPS, t, ids, lengths, X, after, seqs]   one turn's step plan: ids (segment k is the next lengths[k]
+                                               rows of X, for ids[k]); lengths int64 bytes or nil (one row
+                                               each); X the rows, the model's dtype; after int64 bytes: each
+                                               segment's stream's step count after it; seqs: per segment the
+                                               request's seq or -1, nil when none had one
+    [OP, t, op, fields]                        set_state, copy, reset or drop, with the request's fields
+    [EVICT, t, ids]                            streams moved to the cold store
+
+A record is written before what it says is applied, and only for requests that passed the checks the
+engine makes before a kernel runs (shapes, ids, room, NaN). An op record may still fail when applied (an
+unknown stream, say); replay fails it the same way, since the kernels and the checks are deterministic.
+Replay runs each record through the same Streams calls at the record's wall time (the streams' clock), so
+every stream's state, step count, last-seen time and receipt come out as if the daemon had never stopped.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import msgpack
+import numpy as np
+
+from lstm_stream import protocol as P
+from lstm_stream import steplog
+from lstm_stream.errors import LSTMStreamError
+
+log = logging.getLogger("lstm_stream.engine")
+
+STEPS, OP, EVICT = 0, 1, 2
+LOGGED_OPS = ("set_state", "copy", "reset", "drop")  # the ops besides steps that change state
+_packer = msgpack.Packer(use_bin_type=True, autoreset=True, default=P._default)
+
+
+def steps_record(p, t: float, streams) -> bytes:
+    """The record of BatchPlan p, run at wall time t on `streams` (not yet applied)."""
+    return _packer.pack([STEPS, t, p.ids, None if p.lengths is None else p.lengths.tobytes(), p.X.tobytes(),
+                         counts_after(p, streams).tobytes(), p.seqs])
+
+
+def op_record(req, t: float) -> bytes:
+    """The record of a set_state, copy, reset or drop request."""
+    return _packer.pack([OP, t, req.op, req.fields])
+
+
+def evict_record(ids, t: float) -> bytes:
+    return _packer.pack([EVICT, t, list(ids)])
+
+
+def counts_after(p, streams) -> np.ndarray:
+    """Each segment's stream's step count after the segment runs (int64), before the plan is applied."""
+    lengths = np.ones(len(p.ids), np.int64) if p.lengths is None else p.lengths
+    if p.slots is not None and p.generation == streams.generation:
+        before = streams.counts(p.slots)
+        if len(np.unique(p.slots)) == len(p.slots):
+            return before + lengths
+    seen, out = {}, np.empty(len(p.ids), np.int64)
+    for k, (i, n) in enumerate(zip(p.ids, lengths.tolist())):
+        now = seen[i] if i in seen else streams.sequence(i)[0]
+        seen[i] = out[k] = now + n
+    return out
+
+
+class ReplayError(LSTMStreamError):
+    """Replaying the log does not reproduce what the daemon recorded: the log and the snapshot disagree."""
+
+    code = "bad_log"
+
+
+def replay(streams, records) -> dict:
+    """Apply [(lsn, payload)] in order; {records, steps, seconds}. ReplayError if a record's step counts do
+    not come out as recorded. The streams' clock is left as it was."""
+    clock, t0, steps = streams.clock, time.perf_counter(), 0
+    try:
+        for lsn, payload in records:
+            rec = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            t = rec[1]
+            streams.clock = lambda t=t: t
+            if rec[0] == STEPS:
+                steps += _replay_steps(streams, lsn, rec)
+            elif rec[0] == OP:
+                _replay_op(streams, rec)
+            elif rec[0] == EVICT:
+                streams.evict(rec[2], lsn)
+            else:
+                raise ReplayError(f"record {lsn} has unknown kind {rec[0]!r}")
+    finally:
+        streams.clock = clock
+    return {"records": len(records), "steps": steps, "seconds": time.perf_counter() - t0}
+
+
+def _replay_steps(streams, lsn, rec) -> int:
+    _, _, ids, lengths, X, after, seqs = rec
+    dtype, I = np.dtype(streams.model.dtype), streams.model.input_size
+    X = np.frombuffer(X, dtype).reshape(-1, I).copy()
+    lengths = None if lengths is None else np.frombuffer(lengths, np.int64)
+    after = np.frombuffer(after, np.int64)
+    Y = streams.step_planned(ids, lengths, X)
+    last = {i: k for k, i in enumerate(ids)}  # each stream's last segment
+    got = streams.counts(np.array([streams.known_slot(i) for i in last], np.int64))
+    want = after[list(last.values())]
+    if not np.array_equal(got, want):
+        k = int(np.flatnonzero(got != want)[0])
+        raise ReplayError(f"replaying record {lsn} left stream {list(last)[k]!r} at step {got[k]}, but the log "
+                          f"recorded {want[k]}: the log does not continue the snapshot it is replayed onto")
+    if seqs is not None:
+        offsets = np.zeros(len(ids) + 1, np.int64)
+        np.cumsum(np.ones(len(ids), np.int64) if lengths is None else lengths, out=offsets[1:])
+        for k, seq in enumerate(seqs):
+            if seq >= 0:
+                streams.remember(ids[k], seq, Y[offsets[k]:offsets[k + 1]])
+    return X.shape[0]
+
+
+def _replay_op(streams, rec):
+    _, _, op, f = rec
+    try:
+        if op == "set_state":
+            streams.set_state(f["stream"], {"h": P.to_array(f["h"]), "c": P.to_array(f["c"]), "steps": f["steps"]})
+        elif op == "copy":
+            streams.copy(f["src"], f["dst"])
+        elif op == "reset":
+            streams.reset(f["stream"])
+        elif op == "drop":
+            streams.drop(f["stream"])
+        else:
+            raise ReplayError(f"an op record names op {op!r}, which is not logged")
+    except (LSTMStreamError, P.ProtocolError) as e:
+        if isinstance(e, ReplayError):
+            raise
+        log.debug("replayed %s failed as it did when served: %s", op, e)
+
+
+def recover(streams, directory, covered: int) -> tuple[int, dict]:
+    """Replay the log in `directory` after lsn `covered` (what the restored snapshot holds) onto `streams`.
+    Drops a torn tail (logged), refuses a corrupt middle or a gap (LogCorruptError), deletes the segments the
+    snapshot covers. Returns (last lsn, replay stats)."""
+    found = steplog.scan(directory, after=covered, fingerprint=streams.model.fingerprint)
+    if found.tail is not None:
+        path, offset, size = found.tail
+        log.warning("step log %s ends with a torn record at byte %d of %d (a crash in the middle of a write; "
+                    "its request was never acknowledged): dropping the last %d bytes", path, offset, size,
+                    size - offset)
+        steplog.cut_tail(found.tail)
+    if found.records and found.records[0][0] != covered + 1:
+        raise steplog.LogCorruptError(
+            f"the step log in {directory} resumes at record {found.records[0][0]}, but the snapshot holds records "
+            f"up to {covered} only: records {covered + 1}..{found.records[0][0] - 1} are missing. Restore the "
+            f"segment that holds them, or move the log away to start from the snapshot alone (losing them)")
+    stats = replay(streams, found.records)
+    last = max(found.last_lsn, covered)
+    if found.records:
+        log.info("replayed %d step log records (%d steps) after the snapshot in %.3f s (%.0f steps/s)",
+                 stats["records"], stats["steps"], stats["seconds"],
+                 stats["steps"] / stats["seconds"] if stats["seconds"] else 0.0)
+    segments = steplog.segments(directory)
+    for (_, path), (nxt, _) in zip(segments, segments[1:]):
+        if nxt - 1 <= covered:  # every record in it is in the snapshot (a crash came before its deletion)
+            steplog.remove(path)
+    return last, stats

@@ -1,0 +1,72 @@
+"""Receipts of sequenced steps: per slot, the sequence number of the stream's last step that carried one, and
+that step's outputs, so that a resent request is answered with the original outputs instead of applied again.
+
+A stream's sequence number is its step count. A step may carry `seq`, the count the client expects after it;
+the engine applies it only when seq == steps + rows, and remembers (seq, outputs) here. The same request
+again (seq == steps, the receipt's seq, the same row count) is a duplicate and is answered from the receipt.
+
+Outputs of one row (the usual request) live in a slab (capacity, O), saved by snapshots and the cold store
+through Streams.export_slots; the outputs of a request of several rows are kept in a dict, which snapshots do
+not save: after a restart from a snapshot taken since, such a duplicate is refused with the current number
+(`seq_stale`) rather than answered (the step log replays receipts made after the snapshot exactly).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NONE = -1  # no receipt
+
+
+class Receipts:
+    """Per slot: seq (int64, NONE when there is none), rows (int32), y (capacity, O) of the last row."""
+
+    def __init__(self, capacity: int, out_size: int, dtype):
+        self.seq = np.full(capacity, NONE, np.int64)
+        self.rows = np.zeros(capacity, np.int32)
+        self.y = np.zeros((capacity, out_size), dtype)
+        self._many: dict = {}  # slot -> (rows, O) outputs of a receipt of several rows
+
+    def grow(self, capacity: int) -> None:
+        n = len(self.seq)
+        self.seq = np.concatenate([self.seq, np.full(capacity - n, NONE, np.int64)])
+        self.rows = np.concatenate([self.rows, np.zeros(capacity - n, np.int32)])
+        self.y = np.concatenate([self.y, np.zeros((capacity - n, self.y.shape[1]), self.y.dtype)])
+
+    def clear(self, slot: int) -> None:
+        """Forget slot's receipt (its stream was created, reset, overwritten or dropped)."""
+        self.seq[slot] = NONE
+        self.rows[slot] = 0
+        self._many.pop(slot, None)
+
+    def put(self, slot: int, seq: int, Y: np.ndarray) -> None:
+        """The receipt of a sequenced step: its seq and its outputs Y (rows, O)."""
+        self.seq[slot] = seq
+        self.rows[slot] = len(Y)
+        self.y[slot] = Y[-1]
+        if len(Y) > 1:
+            self._many[slot] = Y.copy()
+        else:
+            self._many.pop(slot, None)
+
+    def get(self, slot: int, seq: int, rows: int):
+        """The outputs (rows, O) of slot's receipt if it is for `seq` and `rows` rows, else None."""
+        if self.seq[slot] != seq or self.rows[slot] != rows:
+            return None
+        if rows == 1:
+            return self.y[slot:slot + 1].copy()
+        return self._many.get(slot)
+
+    def export(self, slots) -> dict:
+        return {"last_seq": self.seq[slots], "last_rows": self.rows[slots], "last_y": self.y[slots]}
+
+    def load(self, slots, arrays: dict) -> None:
+        """Receipts from export() (a file without them: none)."""
+        if "last_seq" not in arrays:
+            self.seq[slots] = NONE
+            self.rows[slots] = 0
+            return
+        self.seq[slots] = arrays["last_seq"]
+        self.rows[slots] = arrays["last_rows"]
+        self.y[slots] = arrays["last_y"]
+        for s in np.asarray(slots).tolist():
+            self._many.pop(s, None)
