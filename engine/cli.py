@@ -21,7 +21,7 @@ import time
 
 from .config import DEFAULT_ENDPOINT, parse_duration, parse_endpoint, parse_size  # noqa: F401 (API)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOG_FATAL = 0, 1, 2, 3
 
 log = logging.getLogger("lstm_stream.engine")
 
@@ -69,7 +69,7 @@ def run_serve(args) -> int:
         log.error("bad option: %s", e)
         return EXIT_USAGE
     try:
-        streams, snapshots = _open_state(serve, streams_config)
+        streams, snapshots, journal = _open_state(serve, streams_config)
     except SnapshotError as e:
         log.error("refusing to start: %s. The snapshot file was left untouched; start with the model that "
                   "wrote it, or move the file away to start empty.", e)
@@ -77,7 +77,7 @@ def run_serve(args) -> int:
     except (LSTMStreamError, OSError) as e:
         log.error("cannot start: %s", e)
         return EXIT_USAGE
-    return _serve(serve, streams, snapshots, engine_config)
+    return _serve(serve, streams, snapshots, journal, engine_config)
 
 
 def _open_state(serve, streams_config):
@@ -95,11 +95,37 @@ def _open_state(serve, streams_config):
     log.info("model %r fingerprint %s: %d inputs -> %d outputs, hidden %d x %d layers, %s, backend %s "
              "(kernels ready in %.2f s)", model.name, model.fingerprint, model.input_size, model.output_size,
              model.hidden_size, model.num_layers, model.dtype, streams.backend, time.perf_counter() - t0)
-    snapshots = None
+    snapshots = journal = None
     if serve.snapshot_dir is not None:
         snapshots = Snapshots(streams, serve.snapshot_dir, every=serve.snapshot_every)
         snapshots.restore()
-    return streams, snapshots
+        if serve.logging_steps:
+            journal = _open_log(serve, streams, snapshots)
+    return streams, snapshots, journal
+
+
+def _open_log(serve, streams, snapshots):
+    """Replay the step log after the restored snapshot, then open it for writing; snapshots record the log
+    position they hold, and a durable one deletes the segments it covers."""
+    import os
+
+    from .journal import Journal
+    from .records import recover
+    directory = os.path.join(serve.snapshot_dir, "log")
+    os.makedirs(directory, exist_ok=True)
+    last, _ = recover(streams, directory, getattr(snapshots, "restored_meta", {}).get("log_lsn", 0))
+    journal = Journal(directory, streams.model.fingerprint, streams.model.dtype, fsync=serve.fsync,
+                      segment_bytes=serve.log_segment)
+    journal.open(last)
+
+    def position():  # at the snapshot's capture, on the loop: it holds every record written so far
+        if journal.lsn >= journal.segment_first:  # start a new segment, so that this one can go once it is durable
+            journal.rotate()
+        return {"log_lsn": journal.lsn}
+
+    snapshots.position = position
+    snapshots.on_durable = lambda meta: journal.covered(meta.get("log_lsn", 0))
+    return journal
 
 
 def warm_up(model, backend, threads):
@@ -139,14 +165,14 @@ def tune_gc():
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _serve(serve, streams, snapshots, config) -> int:
+def _serve(serve, streams, snapshots, journal, config) -> int:
     import zmq
 
     from .core import EngineCore
     from .server import Server
     from lstm_stream import warm
     background = None if warm.finish_background() else warm.finish_background
-    core = EngineCore(streams, config, snapshots=snapshots, background=background)
+    core = EngineCore(streams, config, snapshots=snapshots, journal=journal, background=background)
     try:
         server = Server(core, serve.bind)
     except zmq.ZMQError as e:
@@ -164,6 +190,8 @@ def _serve(serve, streams, snapshots, config) -> int:
     tune_gc()
     server.run()
     warm.cancel_background()
+    if server.fatal:  # the step log could not be made durable: no snapshot (journal.py says why)
+        return EXIT_LOG_FATAL
     status = EXIT_OK
     if snapshots is not None:
         try:
@@ -171,6 +199,8 @@ def _serve(serve, streams, snapshots, config) -> int:
         except Exception:
             log.exception("shutdown snapshot to %s failed", snapshots.path)
             status = EXIT_FAILED
+    if journal is not None:
+        journal.close()
     log.info("stopped (%d requests served)", core.metrics["requests"])
     return status
 

@@ -145,12 +145,28 @@ class ServeConfig:
     # A crash loses the steps applied since the last snapshot; this period bounds that loss.
     snapshot_every: float | None = option(None, "timed snapshots (skipped when nothing changed); needs "
                                           "`--snapshot-dir`", unit=DURATION, shown="none")
+    # The step log makes a crash lose nothing acknowledged (docs/operations.md, "The step log").
+    step_log: str = option("on", "with `--snapshot-dir`: log every state change before it is applied and replay "
+                           "the log after the snapshot at start, so that a crash loses nothing acknowledged",
+                           choices=("on", "off"))
+    # Redis's appendfsync: `everysec` is its default too (a machine crash loses about a second).
+    fsync: str = option("everysec", "when the step log reaches the disk: `always` (a reply leaves once its "
+                        "record is fsynced; group commit), `everysec` (fsync once a second), `no` (the kernel "
+                        "decides); see [The step log](#the-step-log)", choices=("always", "everysec", "no"))
+    # Segments are deleted whole once a snapshot holds them: the size bounds the disk a log takes beyond it.
+    log_segment: int = option(64 * 2**20, "a step log segment is closed and a new one started past this size "
+                              "(and at every snapshot)", unit=SIZE)
     log_level: str = option("info", "log lines below this level are not written", choices=("debug", "info",
                                                                                             "warning", "error"))
 
     def __post_init__(self):
         if self.snapshot_every is not None and self.snapshot_dir is None:
             raise ValueError("--snapshot-every needs --snapshot-dir")
+
+    @property
+    def logging_steps(self) -> bool:
+        """Whether the daemon writes a step log (it needs a state directory)."""
+        return self.snapshot_dir is not None and self.step_log == "on"
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,13 @@ class EngineCore:
         journal = self.journal
         self._wall = time.time()
         before = journal.lsn
-        out = self._turn(min(len(self._queue), self.config.max_batch)) if self._queue else []
+        queue = self._queue
+        if len(queue) == 1 and queue[0][1].op == "step" and queue[0][1].seq is None \
+                and self.streams.known_slot(queue[0][1].stream) is not None:  # the one-stream path
+            tag, req = queue.popleft()
+            out = [(tag, self._step_alone(req))]
+        else:
+            out = self._turn(min(len(queue), self.config.max_batch)) if queue else []
         if journal.lsn > before:
             journal.commit()
         if journal.policy != "always" or (not self._held and journal.durable >= journal.lsn):
@@ -179,10 +185,21 @@ class EngineCore:
 
     def _step_alone(self, req) -> Reply:
         """A turn of one `step` request: Streams.step checks and runs it (the planner's path gives the same
-        bits and the same errors: tests/engine/test_core.py); counted as a plan of one."""
+        bits and the same errors: tests/engine/test_core.py); counted as a plan of one. With a step log, for a
+        known stream only (so that nothing after the record can refuse it), logged first."""
         self._mutated()
+        x = req.x
+        if self.journal is not None:
+            try:
+                xs = self.streams.check_input(x)  # (T, I), finite, of the model's dtype: what the record holds
+                self._log(records.one_record(req.stream, xs, self._wall, self.streams))
+            except LogWriteError as e:
+                return self.refuse(req.id, P.LOG_FAILED, str(e), counted=True)
+            except Exception as e:
+                return self._failure(req, e)
+            x = xs if x.ndim == 2 else xs[0]
         try:
-            y = self.streams.step(req.stream, req.x)
+            y = self.streams.step(req.stream, x)
         except Exception as e:
             return self._failure(req, e)
         self.metrics["batches"] += 1

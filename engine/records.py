@@ -28,6 +28,7 @@ import numpy as np
 from lstm_stream import protocol as P
 from lstm_stream import steplog
 from lstm_stream.errors import LSTMStreamError
+from lstm_stream.store import distinct
 
 log = logging.getLogger("lstm_stream.engine")
 
@@ -42,6 +43,14 @@ def steps_record(p, t: float, streams) -> bytes:
                          counts_after(p, streams).tobytes(), p.seqs])
 
 
+def one_record(stream, xs: np.ndarray, t: float, streams) -> bytes:
+    """The record of one known stream's step of rows xs (T, I) (the one-request turn)."""
+    T = xs.shape[0]
+    after = streams.sequence(stream)[0] + T
+    return _packer.pack([STEPS, t, [stream], None if T == 1 else np.array([T], np.int64).tobytes(), xs.tobytes(),
+                         np.array([after], np.int64).tobytes(), None])
+
+
 def op_record(req, t: float) -> bytes:
     """The record of a set_state, copy, reset or drop request."""
     return _packer.pack([OP, t, req.op, req.fields])
@@ -54,10 +63,8 @@ def evict_record(ids, t: float) -> bytes:
 def counts_after(p, streams) -> np.ndarray:
     """Each segment's stream's step count after the segment runs (int64), before the plan is applied."""
     lengths = np.ones(len(p.ids), np.int64) if p.lengths is None else p.lengths
-    if p.slots is not None and p.generation == streams.generation:
-        before = streams.counts(p.slots)
-        if len(np.unique(p.slots)) == len(p.slots):
-            return before + lengths
+    if p.slots is not None and p.generation == streams.generation and distinct(p.slots):
+        return streams.counts(p.slots) + lengths
     seen, out = {}, np.empty(len(p.ids), np.int64)
     for k, (i, n) in enumerate(zip(p.ids, lengths.tolist())):
         now = seen[i] if i in seen else streams.sequence(i)[0]
@@ -100,13 +107,7 @@ def _replay_steps(streams, lsn, rec) -> int:
     lengths = None if lengths is None else np.frombuffer(lengths, np.int64)
     after = np.frombuffer(after, np.int64)
     Y = streams.step_planned(ids, lengths, X)
-    last = {i: k for k, i in enumerate(ids)}  # each stream's last segment
-    got = streams.counts(np.array([streams.known_slot(i) for i in last], np.int64))
-    want = after[list(last.values())]
-    if not np.array_equal(got, want):
-        k = int(np.flatnonzero(got != want)[0])
-        raise ReplayError(f"replaying record {lsn} left stream {list(last)[k]!r} at step {got[k]}, but the log "
-                          f"recorded {want[k]}: the log does not continue the snapshot it is replayed onto")
+    _check_counts(streams, lsn, ids, after)
     if seqs is not None:
         offsets = np.zeros(len(ids) + 1, np.int64)
         np.cumsum(np.ones(len(ids), np.int64) if lengths is None else lengths, out=offsets[1:])
@@ -114,6 +115,23 @@ def _replay_steps(streams, lsn, rec) -> int:
             if seq >= 0:
                 streams.remember(ids[k], seq, Y[offsets[k]:offsets[k + 1]])
     return X.shape[0]
+
+
+def _check_counts(streams, lsn, ids, after):
+    """ReplayError unless each stream's step count after the record is what the record says."""
+    slots = streams.known_slots(ids)
+    if slots is None:  # a record that ends with a stream dropped cannot be: every id was stepped last
+        raise ReplayError(f"replaying record {lsn} left a stream of the record missing")
+    got = streams.counts(slots)
+    if not distinct(slots):  # a stream's last segment holds its count after the record
+        _, first_from_end = np.unique(slots[::-1], return_index=True)
+        last = len(slots) - 1 - first_from_end
+        got, after, ids = got[last], after[last], [ids[k] for k in last.tolist()]
+    bad = np.flatnonzero(got != after)
+    if len(bad):
+        k = int(bad[0])
+        raise ReplayError(f"replaying record {lsn} left stream {ids[k]!r} at step {got[k]}, but the log recorded "
+                          f"{after[k]}: the log does not continue the snapshot it is replayed onto")
 
 
 def _replay_op(streams, rec):

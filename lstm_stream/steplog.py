@@ -115,7 +115,7 @@ def scan(directory, *, after: int = -1, fingerprint: str | None = None) -> Scan:
         while pos < len(data):
             rec = _record(data, pos)
             if rec is None or rec[0] != lsn + 1:
-                if newest and _is_tail(data, pos):
+                if newest and _is_tail(data, pos, lsn):
                     tail = (path, pos, len(data))
                     break
                 raise LogCorruptError(
@@ -148,19 +148,16 @@ def _record(data, pos):
     return lsn, payload, end
 
 
-def _is_tail(data, pos) -> bool:
-    """Whether a bad record at pos is a torn write: nothing valid can follow it. A record that claims to
-    run past the end of the file is one; so is one followed only by zeros (a file extended, never written);
-    otherwise, if a valid record starts anywhere after pos, it is corruption."""
-    if pos + _REC.size <= len(data):
-        n, _, _ = _REC.unpack_from(data, pos)
-        if n <= MAX_RECORD_BYTES and pos + _REC.size + n >= len(data):
-            return True
-    rest = data[pos:]
-    if not rest.strip(b"\0"):
+def _is_tail(data, pos, lsn) -> bool:
+    """Whether a bad record at pos (after record lsn) is a torn write: nothing valid follows it. A crash
+    leaves a prefix of the last record (or zeros, where the file was extended but never written); a record
+    whose length, lsn or bytes were damaged is followed by valid records with later lsns, which a byte-by-byte
+    search finds (only after a crash, and only over what follows the bad record)."""
+    if not data[pos:].strip(b"\0"):
         return True
     for q in range(pos + 1, len(data) - _REC.size + 1):
-        if _record(data, q) is not None:
+        rec = _record(data, q)
+        if rec is not None and lsn < rec[0] <= lsn + MAX_RECORD_BYTES:
             return False
     return True
 
