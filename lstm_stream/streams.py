@@ -18,7 +18,7 @@ from .backends import make_backend
 from .errors import InputError, ModelError, SnapshotError
 from .model import LSTMModel
 from .snapshot import read_snapshot, write_snapshot
-from .state import INT64_MAX, StreamState, check_id, check_ids
+from .state import INT64_MAX, StreamState, check_id, check_ids, parse_state
 from .store import StateStore, distinct
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
@@ -296,43 +296,14 @@ class Streams:
 
     def set_state(self, stream_id, state) -> None:
         """Overwrite (or create) a stream's state from a StreamState, an (h, c) pair or a {'h', 'c'} map."""
-        if isinstance(state, StreamState):
-            h, c, steps = state.h, state.c, state.steps
-        elif isinstance(state, dict):
-            missing = [k for k in ("h", "c") if k not in state]
-            if missing:
-                raise InputError(f"state is missing {missing}; expected a dict with 'h' and 'c' arrays")
-            h, c, steps = state["h"], state["c"], state.get("steps", 0)
-        elif isinstance(state, (tuple, list)) and len(state) == 2:
-            (h, c), steps = state, 0
-        else:
-            raise InputError("state must be a StreamState, an (h, c) pair or a dict with 'h' and 'c'")
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 0 <= steps <= INT64_MAX:
-            raise InputError(f"state 'steps' must be an int from 0 to 2**63-1 ({INT64_MAX}), got {steps!r}")
         m = self.model
-        h = self._check_state_array(h, "h", (m.num_layers, m.state_size))
-        c = self._check_state_array(c, "c", (m.num_layers, m.hidden_size))
+        h, c, steps = parse_state(state, (m.num_layers, m.state_size), (m.num_layers, m.hidden_size), self._dtype)
         stream_id, = self._ids((stream_id,))
         now = self._clock()
         slot = self._slot_or_new(stream_id, now)
         self._backend.write(slot, h, c)
-        self._store.steps[slot] = int(steps)
+        self._store.steps[slot] = steps
         self._store.last_seen[slot] = now
-
-    def _check_state_array(self, a, name, shape):
-        try:
-            a = np.asarray(a)
-        except Exception:
-            raise InputError(f"state {name!r} is not an array") from None
-        if a.dtype.kind not in "fiu":
-            raise InputError(f"state {name!r} has dtype {a.dtype}; expected real numbers")
-        if a.shape != shape:
-            raise InputError(f"state {name!r} has shape {a.shape}; expected {shape} (num_layers, size)")
-        with np.errstate(over="ignore", invalid="ignore"):
-            a = np.ascontiguousarray(a, dtype=self._dtype)
-        if not np.isfinite(a).all():  # after the cast: 1e300 is finite in float64, Inf in float32
-            raise InputError(f"state {name!r} contains NaN or Inf (in {self._dtype}); expected finite values")
-        return a
 
     def copy(self, src, dst) -> None:
         """Give stream dst (created if new) a copy of src's state and step count."""
