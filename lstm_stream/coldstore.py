@@ -216,8 +216,8 @@ def _encode(arrays: dict, k: int) -> bytes:
     """Row k of every array, by name: msgpack {name: [dtype, shape, raw C-order bytes]}."""
     out = {}
     for name, a in arrays.items():
-        row = np.ascontiguousarray(a[k])
-        out[name] = [row.dtype.str, list(row.shape), row.tobytes()]
+        row = np.asarray(a[k])  # 0-d for a per-stream scalar (ascontiguousarray would make it 1-d)
+        out[name] = [row.dtype.str, list(row.shape), row.tobytes()]  # tobytes: C order
     return msgpack.packb(out, use_bin_type=True)
 
 

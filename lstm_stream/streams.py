@@ -330,7 +330,7 @@ class Streams(ColdTier):
     def drop(self, stream_id) -> None:
         """Remove a stream, in memory or cold (its stored versions go too); its memory is reused by the next
         new stream. A cold stream is not brought back to be dropped."""
-        if self.cold is not None and not self._drop_cold(stream_id):
+        if self.cold is not None and self._drop_cold(stream_id):
             return
         self._forget(stream_id)
 

@@ -91,12 +91,13 @@ class ColdTier:
         return stale
 
     def _drop_cold(self, stream_id) -> bool:
-        """drop()'s part in the cold store: every version of the id goes (durably). True if the stream is in
-        memory too (drop then removes it there)."""
+        """drop()'s part in the cold store: every version of the id goes (durably). True if that was all there
+        was to drop (the stream was cold, not in memory)."""
         plain = plain_id(stream_id)
-        if plain is not None and (plain in self.cold.warm or self.is_cold(plain)):
-            self.cold.delete(plain)
-        return plain is not None and self._store.get_slot(plain) is not None
+        if plain is None or plain not in self.cold.warm and not self.is_cold(plain):
+            return False
+        self.cold.delete(plain)
+        return self._store.get_slot(plain) is None
 
     def _forget(self, stream_id) -> None:
         """Remove a stream from memory (drop, eviction, restore), nothing else."""
