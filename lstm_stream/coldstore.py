@@ -54,6 +54,7 @@ class ColdStore:
         except sqlite3.DatabaseError as e:
             raise SnapshotError(f"cold store {self.path!r} cannot be opened: {e}") from e
         self.warm: set = set()  # ids with rows that are in memory again (thawed since the last prune)
+        self._put: dict = {}    # id -> largest lsn put since the last prune: the ids prune(full=False) looks at
         self._empty = self._db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is None
 
     def close(self) -> None:
@@ -93,6 +94,9 @@ class ColdStore:
             self._db.executemany("INSERT INTO rows VALUES (?, ?, ?)", rows)
             self._set_meta("next_lsn", max(self.next_lsn, lsn + 1))
         self.warm.difference_update(ids)
+        put = self._put
+        for i in ids:
+            put[i] = max(put.get(i, lsn), lsn)
         self._empty = self._empty and not rows
         return sum(len(r[2]) for r in rows)
 
@@ -118,6 +122,8 @@ class ColdStore:
                 states.append(_decode(row[1]))
         if not found:
             return [], None
+        if len(states) == 1:  # one id (the usual thaw): a view, not np.stack's copy
+            return found, {k: a[None] for k, a in states[0].items()}
         return found, {k: np.stack([s[k] for s in states]) for k in states[0]}
 
     def has(self, stream_id) -> bool:
@@ -152,25 +158,35 @@ class ColdStore:
         with self._transaction():
             n = self._db.execute("DELETE FROM rows WHERE id = ?", (stream_id,)).rowcount
         self.warm.discard(stream_id)
+        self._put.pop(stream_id, None)
         self._recheck_empty()
         return n
 
-    def prune(self, covered: int, in_memory) -> int:
+    def prune(self, covered: int, in_memory, *, full: bool = True) -> int:
         """After a durable snapshot that covers the log below lsn `covered` and holds the streams `in_memory`
         (anything with `in`): remove what no replay from that snapshot can read. For each id that is every
         version older than its newest version below `covered` (a replay starts from that one), and all the
         versions of an id that is in the snapshot and has none at `covered` or later (it came back before the
-        snapshot, which holds it). Versions at `covered` or later stay. Returns the rows removed."""
+        snapshot, which holds it). Versions at `covered` or later stay. Returns the rows removed.
+        full=False looks only at the ids put or thawed since the last prune (the others have nothing to
+        remove if the last prune was complete): the cost of a snapshot's prune follows the evictions since the
+        one before, not the size of the store; a full one runs at start (Streams.restore_snapshot)."""
+        if full:
+            ids = [r[0] for r in self._db.execute("SELECT DISTINCT id FROM rows")]
+        else:
+            ids = list(self.warm.union(self._put))
         with self._transaction():
             db = self._db
-            n = db.execute("DELETE FROM rows WHERE lsn < (SELECT MAX(n.lsn) FROM rows AS n WHERE n.id = rows.id "
-                           "AND n.lsn < ?)", (covered,)).rowcount
-            back = [(i,) for i, top in db.execute("SELECT id, MAX(lsn) FROM rows GROUP BY id")
-                    if top < covered and i in in_memory]
-            db.executemany("DELETE FROM rows WHERE id = ?", back)
-        self.warm.difference_update(i for i, in back)
+            n = db.execute("SELECT total_changes()").fetchone()[0]
+            db.executemany("DELETE FROM rows WHERE id = ?1 AND lsn < (SELECT MAX(lsn) FROM rows WHERE id = ?1 "
+                           "AND lsn < ?2)", [(i, covered) for i in ids])
+            db.executemany("DELETE FROM rows WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM rows WHERE id = ?1 AND "
+                           "lsn >= ?2)", [(i, covered) for i in ids if i in in_memory])
+            n = db.execute("SELECT total_changes()").fetchone()[0] - n
+        self.warm.clear()  # every thawed stream is in memory, so its rows below covered are gone
+        self._put = {i: lsn for i, lsn in self._put.items() if lsn >= covered}
         self._recheck_empty()
-        return n + len(back)
+        return n
 
     def _recheck_empty(self):
         self._empty = self._db.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is None

@@ -50,8 +50,9 @@ class ColdTier:
         at replay_before while a replay runs); StoreFullError before any change if they do not fit (add_many
         checks the room first). Their rows stay: prune removes them once a snapshot holds the streams."""
         found, arrays = self.cold.get_many(ids, self.replay_before)
-        if found:
-            slots = self._store.add_many(found, 0.0)
+        if found:  # one id (the usual thaw): add() costs a third of add_many()
+            store = self._store
+            slots = np.array([store.add(found[0], 0.0)]) if len(found) == 1 else store.add_many(found, 0.0)
             self._generation += 1
             self.import_slots(slots, arrays)
             self.cold.warm.update(found)
@@ -119,7 +120,7 @@ class ColdTier:
         """After the snapshot at `path` is durable: record what it covers, prune what no replay from it needs."""
         if covered is not None:
             self.cold.snapshot_saved(file_digest(path), covered)
-            self.cold.prune(covered, self)
+            self.cold.prune(covered, self, full=False)
 
     def _settle(self, path, covered) -> None:
         """After a restore: a stream both in memory and cold with a version at `covered` or later was evicted
@@ -132,5 +133,4 @@ class ColdTier:
         for i in self.cold.newest_from(covered):
             if self._store.get_slot(i) is not None:
                 self._forget(i)
-        self.cold.prune(covered, self)
-        self.cold.warm.clear()  # what is in memory now has no row left, or has left memory
+        self.cold.prune(covered, self)  # full: whatever a crash left behind
