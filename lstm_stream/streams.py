@@ -6,6 +6,8 @@
     Ys = streams.step_batch(ids, xs)          # ragged: a list of (T_i, I) -> a list of (T_i, O)
     Y  = streams.step_segments(ids, lengths, X)   # ragged, all rows in one array (the daemon's path)
 
+    streams.evict(ids)                        # with cold=ColdStore(path): to disk until their next call
+
 Every public method validates first and changes nothing when it raises.
 """
 from __future__ import annotations
