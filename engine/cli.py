@@ -85,13 +85,18 @@ def _open_state(serve, streams_config):
 
     import lstm_stream as ls
 
-    from .persistence import Snapshots, prepare_dir
+    from lstm_stream.errors import InputError
+
+    from .persistence import Snapshots, open_cold, prepare_dir
+    if streams_config.idle_action == "evict" and serve.snapshot_dir is None:
+        raise InputError("--idle-action evict needs --snapshot-dir: evicted streams go to a file there")
     if serve.snapshot_dir is not None:  # first: a directory it cannot write fails at once, not after compiling
         prepare_dir(serve.snapshot_dir)  # OSError naming it: run_serve refuses to start (exit 2)
     model = load_serving_model(serve.model)
     t0 = time.perf_counter()
     warm_up(model, streams_config.backend, streams_config.threads)
-    streams = ls.Streams(model, **dataclasses.asdict(streams_config))
+    cold = None if serve.snapshot_dir is None else open_cold(serve.snapshot_dir, streams_config)
+    streams = ls.Streams(model, cold=cold, **dataclasses.asdict(streams_config))
     log.info("model %r fingerprint %s: %d inputs -> %d outputs, hidden %d x %d layers, %s, backend %s "
              "(kernels ready in %.2f s)", model.name, model.fingerprint, model.input_size, model.output_size,
              model.hidden_size, model.num_layers, model.dtype, streams.backend, time.perf_counter() - t0)

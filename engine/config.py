@@ -178,10 +178,18 @@ class StreamsConfig:
     threads: int | None = option(None, "threads that step a turn with enough work at once (see "
                                  "[Threads](#threads)); outputs do not depend on it", unit=count("threads"),
                                  shown="the machine's CPUs")
-    max_streams: int | None = option(None, "new streams beyond N are refused with `store_full`",
+    max_streams: int | None = option(None, "streams in memory beyond N are refused with `store_full` (new ones, "
+                                     "and evicted ones coming back; evicted streams do not count)",
                                      unit=count("streams"), shown="no limit")
-    idle_ttl: float | None = option(None, "streams not stepped for this long are dropped (looked for every "
-                                    "second)", unit=DURATION, shown="never")
+    idle_ttl: float | None = option(None, "streams not stepped for this long leave memory (looked for every "
+                                    "second): evicted to disk with `--snapshot-dir`, dropped without (see "
+                                    "`--idle-action`)", unit=DURATION, shown="never")
+    # Evicting keeps every stream (on disk, back on its next request) at a disk write per eviction batch and a
+    # lookup per request for an id not in memory; dropping frees the memory and forgets the stream.
+    idle_action: str | None = option(None, "what `--idle-ttl` does to an idle stream: `evict` moves its state to "
+                                     "`<snapshot-dir>/cold.sqlite3`, back exactly on its next request (see "
+                                     "[Idle streams on disk](#idle-streams-on-disk)); `drop` forgets it",
+                                     choices=("evict", "drop"), shown="`evict` with `--snapshot-dir`, else `drop`")
 
 
 @dataclass(frozen=True)

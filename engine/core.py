@@ -267,7 +267,7 @@ class EngineCore:
                 "fingerprint": m.fingerprint, "autoregressive": m.autoregressive, "backend": stats["backend"],
                 "streams": stats["streams"], "capacity": stats["capacity"], "max_streams": stats["max_streams"],
                 "idle_ttl": self.streams.idle_ttl, "state_bytes_per_stream": stats["state_bytes_per_stream"],
-                "slab_bytes": stats["slab_bytes"], "id_lists": stats["id_lists"],
+                "slab_bytes": stats["slab_bytes"], "id_lists": stats["id_lists"], "cold": stats["cold"],
                 "uptime": self._clock() - self._started,
                 "pending": len(self._queue), "max_batch": self.config.max_batch,
                 "max_pending": self.config.max_pending, "max_message_bytes": self.config.max_message_bytes,
@@ -360,10 +360,7 @@ class EngineCore:
             self.snapshots.tick(now)  # a failed save is logged and retried with back-off there; never raises
         if self.streams.idle_ttl is not None and now >= self._next_evict:
             self._next_evict = now + self.config.evict_every
-            evicted = self.streams.evict_idle()
-            if evicted:
-                self._mutated()
-                log.info("evicted %d streams idle for more than %g s", len(evicted), self.streams.idle_ttl)
+            self._evict_idle(now)
         if now >= self._next_metrics:
             self._log_metrics(now)
         deadlines = [self._next_metrics]
@@ -377,6 +374,26 @@ class EngineCore:
         if self.snapshots is not None and self.snapshots.deadline() is not None:
             deadlines.append(self.snapshots.deadline())
         return min(deadlines)
+
+    on_evict = None  # callable(ids, lsn): told after idle streams left memory (the step log records it there)
+
+    def _evict_idle(self, now):
+        """Idle streams leave memory at the next log position (the cold store's counter until a step log gives
+        it). A failed write to the cold store (disk full) leaves them in memory: logged, tried again later."""
+        cold = self.streams.cold
+        lsn = None if cold is None else cold.next_lsn
+        try:
+            evicted = self.streams.evict_idle(lsn=lsn)
+        except Exception as e:
+            self._next_evict = now + 60 * self.config.evict_every
+            log.error("evicting idle streams to %s failed: %s; they stay in memory", cold and cold.path, e)
+            return
+        if evicted:
+            self._mutated()
+            if self.on_evict is not None:
+                self.on_evict(evicted, lsn)
+            log.info("evicted %d streams idle for more than %g s (%s)", len(evicted), self.streams.idle_ttl,
+                     "dropped" if self.streams.idle_action == "drop" else f"to {cold.path}")
 
     def _log_metrics(self, now):
         period = now - (self._next_metrics - self.config.metrics_every)

@@ -75,6 +75,22 @@ def remove_stale_temporaries(directory) -> list:
     return removed
 
 
+def open_cold(directory, streams_config):
+    """The cold store of idle streams, <directory>/cold.sqlite3 (lstm_stream/coldstore.py), when streams are to
+    be evicted there (--idle-ttl, and --idle-action not drop) or the file is there from an earlier run (its
+    streams come back on request); else None. A snapshot restored later is settled against it
+    (Streams.restore_snapshot)."""
+    from lstm_stream.coldstore import COLD_NAME, ColdStore
+    path = os.path.join(os.fspath(directory), COLD_NAME)
+    evicting = streams_config.idle_ttl is not None and streams_config.idle_action != "drop"
+    if not evicting and not os.path.exists(path):
+        return None
+    cold = ColdStore(path)
+    log.info("cold store %s: %d evicted streams%s", path, cold.count(),
+             "" if evicting else " (no new evictions: no --idle-ttl, or --idle-action drop)")
+    return cold
+
+
 class Snapshots:
     """Snapshot policy for one Streams: where, how often, and whether anything changed since the last one."""
 

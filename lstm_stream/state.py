@@ -47,3 +47,39 @@ def check_ids(ids) -> list:
     if types == {int} and INT64_MIN <= min(ids) and max(ids) <= INT64_MAX:
         return ids
     return [check_id(i) for i in ids]
+
+
+def parse_state(state, h_shape, c_shape, dtype):
+    """(h, c, steps) of a state given as a StreamState, an (h, c) pair or a {'h', 'c'[, 'steps']} map: h and c
+    C-contiguous arrays of `dtype` with the given shapes, finite; steps an int in 0..2**63-1. InputError naming
+    the problem otherwise (Streams.set_state checks everything before it changes anything)."""
+    if isinstance(state, StreamState):
+        h, c, steps = state.h, state.c, state.steps
+    elif isinstance(state, dict):
+        missing = [k for k in ("h", "c") if k not in state]
+        if missing:
+            raise InputError(f"state is missing {missing}; expected a dict with 'h' and 'c' arrays")
+        h, c, steps = state["h"], state["c"], state.get("steps", 0)
+    elif isinstance(state, (tuple, list)) and len(state) == 2:
+        (h, c), steps = state, 0
+    else:
+        raise InputError("state must be a StreamState, an (h, c) pair or a dict with 'h' and 'c'")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 0 <= steps <= INT64_MAX:
+        raise InputError(f"state 'steps' must be an int from 0 to 2**63-1 ({INT64_MAX}), got {steps!r}")
+    return _state_array("h", h, h_shape, dtype), _state_array("c", c, c_shape, dtype), int(steps)
+
+
+def _state_array(name, a, shape, dtype):
+    try:
+        a = np.asarray(a)
+    except Exception:
+        raise InputError(f"state {name!r} is not an array") from None
+    if a.dtype.kind not in "fiu":
+        raise InputError(f"state {name!r} has dtype {a.dtype}; expected real numbers")
+    if a.shape != shape:
+        raise InputError(f"state {name!r} has shape {a.shape}; expected {shape} (num_layers, size)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = np.ascontiguousarray(a, dtype=dtype)
+    if not np.isfinite(a).all():  # after the cast: 1e300 is finite in float64, Inf in float32
+        raise InputError(f"state {name!r} contains NaN or Inf (in {dtype}); expected finite values")
+    return a

@@ -6,6 +6,8 @@
     Ys = streams.step_batch(ids, xs)          # ragged: a list of (T_i, I) -> a list of (T_i, O)
     Y  = streams.step_segments(ids, lengths, X)   # ragged, all rows in one array (the daemon's path)
 
+    streams.evict(ids)                        # with cold=ColdStore(path): to disk until their next call
+
 Every public method validates first and changes nothing when it raises.
 """
 from __future__ import annotations
@@ -19,8 +21,9 @@ from .errors import InputError, ModelError, SnapshotError
 from .model import LSTMModel
 from .receipts import Receipts
 from .snapshot import read_snapshot, write_snapshot
-from .state import INT64_MAX, StreamState, check_id, check_ids
+from .state import INT64_MAX, StreamState, check_id, check_ids, parse_state
 from .store import StateStore, distinct
+from .tiering import ColdTier
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
 
@@ -33,18 +36,19 @@ def _id_list(ids):
     return list(ids)
 
 
-class Streams:
+class Streams(ColdTier):
     """Per-stream LSTM state for one model, stepped by a CPU or CUDA backend."""
 
     def __init__(self, model: LSTMModel, backend: str = "cpu", *, max_streams: int | None = None,
                  idle_ttl: float | None = None, threads: int | None = None, initial_capacity: int = 64,
-                 clock=time.time):
+                 clock=time.time, cold=None, idle_action: str | None = None):
         if not isinstance(model, LSTMModel):
             raise ModelError(f"Streams needs an LSTMModel, got {type(model).__name__}")
         if idle_ttl is not None and not idle_ttl > 0:
             raise InputError(f"idle_ttl must be a positive number of seconds or None, got {idle_ttl!r}")
         self.model = model
         self.idle_ttl = idle_ttl
+        self.idle_action = self._init_cold(cold, idle_action)  # cold: a ColdStore (lstm_stream/tiering.py)
         self.clock = clock  # stamps last_seen; the daemon sets one whose times its step log records
         self._dtype = np.dtype(model.dtype)
         self._I = model.input_size
@@ -81,12 +85,12 @@ class Streams:
         return stream_id in self._store
 
     def ids(self) -> list:
-        """Ids of all streams."""
+        """Ids of the streams in memory (len() counts them too; the cold ones: cold.ids())."""
         return self._store.ids()
 
     def stream_info(self, stream_id) -> dict:
         """{'steps': n, 'last_seen': unix time} of one stream."""
-        slot = self._store.slot(stream_id)
+        slot = self._slot(stream_id)
         return {"steps": int(self._store.steps[slot]), "last_seen": float(self._store.last_seen[slot])}
 
     def stats(self) -> dict:
@@ -96,7 +100,8 @@ class Streams:
                 "backend": self.backend, "state_bytes_per_stream": self.model.state_bytes,
                 "bytes_per_slot": self.model.state_bytes + 16,  # + steps (int64) + last_seen (float64)
                 "slab_bytes": cap * (self.model.state_bytes + 16),
-                "id_lists": {"cached": len(self._store.groups), "hits": self._store.groups.hits}}
+                "id_lists": {"cached": len(self._store.groups), "hits": self._store.groups.hits},
+                "cold": None if self.cold is None else self.cold.stats()}
 
     # ---- validation ------------------------------------------------------------------------------
     def check_input(self, x, what="x", *, finite=True, writable=True) -> np.ndarray:
@@ -128,10 +133,12 @@ class Streams:
     def _ids(self, ids) -> list:
         """Validated, normalised ids (numpy ints become int); StoreFullError if the new ones do not fit."""
         ids = [i if type(i) is str or type(i) is int else check_id(i) for i in ids]
-        for i in ids:
-            if i not in self._store:
-                check_id(i)
-        self.check_room(len({i for i in ids if i not in self._store}))
+        new = {i for i in ids if i not in self._store}
+        for i in new:
+            check_id(i)
+        self.check_room(len(new))  # cold ones count as new: they come back into memory
+        if new and self.cold is not None:
+            self._thaw(new)
         return ids
 
     def _slot_or_new(self, stream_id, now):
@@ -313,60 +320,33 @@ class Streams:
         if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) \
                 or not 1 <= horizon <= MAX_FORECAST_HORIZON:
             raise InputError(f"horizon must be an int from 1 to {MAX_FORECAST_HORIZON}, got {horizon!r}")
-        return self._backend.forecast(self._store.slot(stream_id), int(horizon))
+        return self._backend.forecast(self._slot(stream_id), int(horizon))
 
     # ---- per-stream state ------------------------------------------------------------------------
     def get_state(self, stream_id) -> StreamState:
         """A copy of one stream's state."""
-        slot = self._store.slot(stream_id)
+        slot = self._slot(stream_id)
         h, c = self._backend.read(slot)
         return StreamState(h, c, int(self._store.steps[slot]), float(self._store.last_seen[slot]))
 
     def set_state(self, stream_id, state) -> None:
         """Overwrite (or create) a stream's state from a StreamState, an (h, c) pair or a {'h', 'c'} map."""
-        if isinstance(state, StreamState):
-            h, c, steps = state.h, state.c, state.steps
-        elif isinstance(state, dict):
-            missing = [k for k in ("h", "c") if k not in state]
-            if missing:
-                raise InputError(f"state is missing {missing}; expected a dict with 'h' and 'c' arrays")
-            h, c, steps = state["h"], state["c"], state.get("steps", 0)
-        elif isinstance(state, (tuple, list)) and len(state) == 2:
-            (h, c), steps = state, 0
-        else:
-            raise InputError("state must be a StreamState, an (h, c) pair or a dict with 'h' and 'c'")
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 0 <= steps <= INT64_MAX:
-            raise InputError(f"state 'steps' must be an int from 0 to 2**63-1 ({INT64_MAX}), got {steps!r}")
         m = self.model
-        h = self._check_state_array(h, "h", (m.num_layers, m.state_size))
-        c = self._check_state_array(c, "c", (m.num_layers, m.hidden_size))
+        h, c, steps = parse_state(state, (m.num_layers, m.state_size), (m.num_layers, m.hidden_size), self._dtype)
         stream_id, = self._ids((stream_id,))
         now = self.clock()
         slot = self._slot_or_new(stream_id, now)
         self._backend.write(slot, h, c)
-        self._store.steps[slot] = int(steps)
+        self._store.steps[slot] = steps
         self._store.last_seen[slot] = now
         self._receipts.clear(slot)
 
-    def _check_state_array(self, a, name, shape):
-        try:
-            a = np.asarray(a)
-        except Exception:
-            raise InputError(f"state {name!r} is not an array") from None
-        if a.dtype.kind not in "fiu":
-            raise InputError(f"state {name!r} has dtype {a.dtype}; expected real numbers")
-        if a.shape != shape:
-            raise InputError(f"state {name!r} has shape {a.shape}; expected {shape} (num_layers, size)")
-        with np.errstate(over="ignore", invalid="ignore"):
-            a = np.ascontiguousarray(a, dtype=self._dtype)
-        if not np.isfinite(a).all():  # after the cast: 1e300 is finite in float64, Inf in float32
-            raise InputError(f"state {name!r} contains NaN or Inf (in {self._dtype}); expected finite values")
-        return a
-
     def copy(self, src, dst) -> None:
         """Give stream dst (created if new) a copy of src's state and step count."""
+        if src not in self._store and not self.is_cold(src):
+            self._store.slot(src)  # UnknownStreamError
+        src, dst = self._ids((src, dst))  # room for both if they are cold or new, before any change
         s = self._store.slot(src)
-        dst, = self._ids((dst,))
         d = self._slot_or_new(dst, self.clock())
         if d != s:
             self._backend.copy_slot(s, d)
@@ -375,27 +355,17 @@ class Streams:
 
     def reset(self, stream_id) -> None:
         """Zero a stream's state (it stays in the store)."""
-        slot = self._store.slot(stream_id)
+        slot = self._slot(stream_id)
         self._backend.zero(slot)
         self._store.steps[slot] = 0
         self._receipts.clear(slot)
 
     def drop(self, stream_id) -> None:
-        """Remove a stream; its memory is reused by the next new stream."""
-        slot = self._store.slot(stream_id)
-        self._store.remove(stream_id)
-        self._generation += 1
-        self._backend.zero(slot)
-        self._receipts.clear(slot)
-
-    def evict_idle(self, now: float | None = None) -> list:
-        """Drop streams idle for longer than idle_ttl; returns their ids (none when idle_ttl is None)."""
-        if self.idle_ttl is None:
-            return []
-        stale = self._store.idle(self.clock() if now is None else now, self.idle_ttl)
-        for i in stale:
-            self.drop(i)
-        return stale
+        """Remove a stream, in memory or cold (its stored versions go too); its memory is reused by the next
+        new stream. A cold stream is not brought back to be dropped."""
+        if self.cold is not None and self._drop_cold(stream_id):
+            return
+        self._forget(stream_id)
 
     # ---- snapshots -------------------------------------------------------------------------------
     def export_slots(self, slots) -> dict:
@@ -414,13 +384,19 @@ class Streams:
         self._receipts.load(slots, arrays)
 
     def save_snapshot(self, path) -> int:
-        """Write every stream's state to `path` atomically; returns the file size in bytes."""
+        """Write every stream in memory to `path` atomically; returns the file size in bytes. With a cold
+        store: the snapshot covers the log below cold.next_lsn, and the cold rows no replay from it can need
+        are pruned (ColdTier._saved)."""
         ids, slots = self._store.ids_and_slots()
-        return write_snapshot(path, fingerprint=self.model.fingerprint, ids=ids, arrays=self.export_slots(slots))
+        covered = self._saving()
+        size = write_snapshot(path, fingerprint=self.model.fingerprint, ids=ids, arrays=self.export_slots(slots))
+        self._saved(path, covered)
+        return size
 
-    def restore_snapshot(self, path) -> int:
-        """Replace all streams with those of a snapshot of this model; on any error nothing changes.
-        Returns the number of streams restored."""
+    def restore_snapshot(self, path, cold_lsn: int | None = None) -> int:
+        """Replace all streams in memory with those of a snapshot of this model; on any error nothing changes.
+        Returns the number of streams restored. With a cold store, a stream both in the snapshot and cold is
+        settled by cold_lsn, the lsn the snapshot covers (None: as the cold store recorded it; ColdTier._settle)."""
         snap = read_snapshot(path, fingerprint=self.model.fingerprint)
         ids, m = snap["ids"], self.model
         want = {"h": (len(ids), m.num_layers, m.state_size), "c": (len(ids), m.num_layers, m.hidden_size)}
@@ -437,10 +413,11 @@ class Streams:
         if len(set(ids)) != len(ids):  # again: two ids may be equal once normalised
             raise SnapshotError(f"snapshot {path!r} lists a stream id twice")
         for i in list(self._store.ids()):
-            self.drop(i)
+            self._forget(i)
         slots = self._store.add_many(ids, 0.0)
         self._generation += 1
         self.import_slots(slots, snap)
+        self._settle(path, cold_lsn)
         return len(ids)
 
     @classmethod
