@@ -20,7 +20,9 @@ Tables:
                            replay can read the version current at any log position (get_many(before=)).
     meta(key, value)       next_lsn (one more than the largest lsn put), the model's fingerprint, and which lsn
                            the snapshot file covers (snapshot_covered; this moves to the snapshot's own meta).
-Rows go away through prune() (after a durable snapshot) and delete() (a drop) only: a thaw leaves its row.
+A drop puts a tombstone (a version with an empty state): the id is then absent for every read that sees
+that version, while a replay from an older snapshot still reads the versions before it. Rows go away through
+prune() only (after a durable snapshot), tombstones with them: a thaw leaves its row.
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ CREATE TABLE IF NOT EXISTS rows (id NOT NULL, lsn INTEGER NOT NULL, state BLOB N
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """
 _NEWEST = "SELECT lsn, state FROM rows WHERE id = ? AND lsn < ? ORDER BY lsn DESC LIMIT 1"
+# the ids whose newest version is a state (not a drop's tombstone): format with the column(s) to select
+_LIVE = ("SELECT {} FROM rows AS r WHERE lsn = (SELECT MAX(lsn) FROM rows WHERE id = r.id) AND "
+         "length(state) > 0")
 
 
 class ColdStore:
@@ -102,11 +107,11 @@ class ColdStore:
 
     def get(self, stream_id, before: int | None = None):
         """(lsn, {name: array}) of the newest version of one id (only versions with lsn < before, if given), or
-        None."""
+        None (also when that version is a drop's tombstone)."""
         if self._empty:
             return None
         row = self._db.execute(_NEWEST, (stream_id, INT64_MAX if before is None else before)).fetchone()
-        return None if row is None else (row[0], _decode(row[1]))
+        return None if row is None or not row[1] else (row[0], _decode(row[1]))
 
     def get_many(self, ids, before: int | None = None):
         """(the ids that have a version, {name: array stacked in that order}) of the newest version of each id
@@ -117,7 +122,7 @@ class ColdStore:
         limit = INT64_MAX if before is None else before
         for i in ids:
             row = cur.execute(_NEWEST, (i, limit)).fetchone()
-            if row is not None:
+            if row is not None and row[1]:  # (an empty state: a tombstone)
                 found.append(i)
                 states.append(_decode(row[1]))
         if not found:
@@ -127,13 +132,15 @@ class ColdStore:
         return found, {k: np.stack([s[k] for s in states]) for k in states[0]}
 
     def has(self, stream_id) -> bool:
-        """Whether any version of the id is stored (it may be in memory too: see warm)."""
-        return not self._empty and self._db.execute(
-            "SELECT 1 FROM rows WHERE id = ? LIMIT 1", (stream_id,)).fetchone() is not None
+        """Whether the id's newest version is a state, not a tombstone (it may be in memory too: see warm)."""
+        if self._empty:
+            return False
+        row = self._db.execute(_NEWEST, (stream_id, INT64_MAX)).fetchone()
+        return row is not None and bool(row[1])
 
     def count(self) -> int:
-        """Ids with at least one version (one pass over the primary key's index)."""
-        return 0 if self._empty else self._db.execute("SELECT COUNT(DISTINCT id) FROM rows").fetchone()[0]
+        """Ids whose newest version is a state (one pass over the primary key's index)."""
+        return 0 if self._empty else self._db.execute(_LIVE.format("COUNT(*)")).fetchone()[0]
 
     def stats(self) -> dict:
         """For `info`: path, streams (cold: not in memory), rows (versions), bytes (the file and its WAL)."""
@@ -142,8 +149,8 @@ class ColdStore:
         return {"path": self.path, "streams": self.count() - len(self.warm), "rows": rows, "bytes": size}
 
     def ids(self) -> list:
-        """Ids with at least one version, ints first, then strs, each in order."""
-        return [r[0] for r in self._db.execute("SELECT DISTINCT id FROM rows ORDER BY id")]
+        """Ids whose newest version is a state, ints first, then strs, each in order."""
+        return [r[0] for r in self._db.execute(_LIVE.format("id") + " ORDER BY id")]
 
     def versions(self, stream_id) -> list:
         """The lsns of an id's versions, oldest first (tests, tools)."""
@@ -153,14 +160,16 @@ class ColdStore:
         """Ids with a version at lsn or later: evicted after a snapshot that covers the log up to lsn."""
         return [r[0] for r in self._db.execute("SELECT DISTINCT id FROM rows WHERE lsn >= ?", (lsn,))]
 
-    def delete(self, stream_id) -> int:
-        """Remove every version of an id (a dropped stream), durably; returns the rows removed."""
+    def delete(self, stream_id, lsn: int) -> None:
+        """A dropped stream: a tombstone version at `lsn`, durably (prune removes it with the versions before
+        it once a snapshot no longer needs them)."""
+        lsn = max(lsn, self.next_lsn)
         with self._transaction():
-            n = self._db.execute("DELETE FROM rows WHERE id = ?", (stream_id,)).rowcount
+            self._db.execute("INSERT INTO rows VALUES (?, ?, ?)", (stream_id, lsn, b""))
+            self._set_meta("next_lsn", lsn + 1)
         self.warm.discard(stream_id)
-        self._put.pop(stream_id, None)
-        self._recheck_empty()
-        return n
+        self._put[stream_id] = lsn
+        self._empty = False
 
     def prune(self, covered: int, in_memory, *, full: bool = True) -> int:
         """After a durable snapshot that covers the log below lsn `covered` and holds the streams `in_memory`
@@ -182,6 +191,7 @@ class ColdStore:
                            "AND lsn < ?2)", [(i, covered) for i in ids])
             db.executemany("DELETE FROM rows WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM rows WHERE id = ?1 AND "
                            "lsn >= ?2)", [(i, covered) for i in ids if i in in_memory])
+            db.executemany("DELETE FROM rows WHERE id = ? AND lsn < ? AND state = X''", [(i, covered) for i in ids])
             n = db.execute("SELECT total_changes()").fetchone()[0] - n
         self.warm.clear()  # every thawed stream is in memory, so its rows below covered are gone
         self._put = {i: lsn for i, lsn in self._put.items() if lsn >= covered}

@@ -24,6 +24,14 @@ class ColdTier:
 
     cold = None          # a ColdStore, or None: idle streams are then dropped
     replay_before = None  # an lsn while a log replay runs: a thaw reads the version current there, not the newest
+    _replay_gone: set = frozenset()  # ids dropped during the replay: they come back from no version
+
+    def replaying(self, before):
+        """Set replay_before (the cold lsn the restored snapshot covers; None when the replay ends). While it
+        is set nothing is evicted (the replay keeps every stream it touches in memory), a thaw reads the
+        version current at that lsn, and a stream dropped by the replay comes back from no version."""
+        self.replay_before = before
+        self._replay_gone = set()
 
     def _init_cold(self, cold, idle_action) -> str:
         """Check idle_action against cold; tie the cold store to the model. Returns the action in force."""
@@ -49,6 +57,8 @@ class ColdTier:
         """Bring the cold ones among ids (plain, not in memory) back, exactly as evicted (the version current
         at replay_before while a replay runs); StoreFullError before any change if they do not fit (add_many
         checks the room first). Their rows stay: prune removes them once a snapshot holds the streams."""
+        if self.replay_before is not None and self._replay_gone:
+            ids = [i for i in ids if i not in self._replay_gone]
         found, arrays = self.cold.get_many(ids, self.replay_before)
         if found:  # one id (the usual thaw): add() costs a third of add_many()
             store = self._store
@@ -92,12 +102,17 @@ class ColdTier:
         return stale
 
     def _drop_cold(self, stream_id) -> bool:
-        """drop()'s part in the cold store: every version of the id goes (durably). True if that was all there
-        was to drop (the stream was cold, not in memory)."""
+        """drop()'s part in the cold store: a tombstone version (durably), so that no later read brings the id
+        back, while a replay from an older snapshot still reads the versions before it. True if that was all
+        there was to drop (the stream was cold, not in memory)."""
         plain = plain_id(stream_id)
         if plain is None or plain not in self.cold.warm and not self.is_cold(plain):
+            if plain is not None and self.replay_before is not None:
+                self._replay_gone.add(plain)
             return False
-        self.cold.delete(plain)
+        self.cold.delete(plain, self.cold.next_lsn)
+        if self.replay_before is not None:  # the replay reads versions before a fixed lsn: remember the drop
+            self._replay_gone.add(plain)
         return self._store.get_slot(plain) is None
 
     def _forget(self, stream_id) -> None:
