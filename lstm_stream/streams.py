@@ -17,11 +17,13 @@ import numpy as np
 from .backends import make_backend
 from .errors import InputError, ModelError, SnapshotError
 from .model import LSTMModel
-from .snapshot import read_snapshot, write_snapshot
+from .snapshot import read_snapshot, write_snapshot_blocks
 from .state import INT64_MAX, StreamState, check_id, check_ids
 from .store import StateStore, distinct
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
+SNAPSHOT_BLOCK = 16_384  # streams per block of a snapshot file (8 MB at hidden 64): the writer's one copy
+_STORE_ARRAYS = ("steps", "last_seen")  # per-slot arrays of the store that snapshots carry, by name
 
 
 def _id_list(ids):
@@ -374,20 +376,37 @@ class Streams:
         return {"h": h, "c": c, "steps": self._store.steps[slots], "last_seen": self._store.last_seen[slots]}
 
     def import_slots(self, slots, arrays) -> None:
-        """Write export_slots' arrays (already checked) into `slots`."""
+        """Write export_slots' arrays (already checked) into `slots`. h and c are required; a per-slot array
+        that `arrays` lacks (a file written before it existed) keeps the value the slots have (a new
+        stream's default), and one this version does not know is ignored."""
         self._backend.scatter(slots, arrays["h"], arrays["c"])
-        self._store.steps[slots] = arrays["steps"]
-        self._store.last_seen[slots] = arrays["last_seen"]
+        for name in _STORE_ARRAYS:
+            if name in arrays:
+                getattr(self._store, name)[slots] = arrays[name]
 
-    def save_snapshot(self, path) -> int:
-        """Write every stream's state to `path` atomically; returns the file size in bytes."""
-        ids, slots = self._store.ids_and_slots()
-        return write_snapshot(path, fingerprint=self.model.fingerprint, ids=ids, arrays=self.export_slots(slots))
+    def save_snapshot(self, path, *, meta: dict | None = None) -> int:
+        """Write every stream's state to `path` atomically, SNAPSHOT_BLOCK streams at a time (so the write
+        holds one block's copy, not a copy of the state); meta goes into the file (read_snapshot's 'meta').
+        Returns the file size in bytes. Nothing may change the streams meanwhile: the daemon writes from a
+        forked child, whose memory is frozen at the fork (engine/persistence.py)."""
+        ids, slots = self._store.ids_of, self._store.slots()
+        # the CUDA backend copies its whole slab to the host per gather: one block
+        block = SNAPSHOT_BLOCK if self.backend == "cpu" else max(len(slots), 1)
+        return write_snapshot_blocks(path, fingerprint=self.model.fingerprint, count=len(slots),
+                                     ids=(ids(slots[k:k + block]) for k in range(0, len(slots), block)),
+                                     export=lambda a, b: self.export_slots(slots[a:b]), block=block, meta=meta)
 
     def restore_snapshot(self, path) -> int:
         """Replace all streams with those of a snapshot of this model; on any error nothing changes.
         Returns the number of streams restored."""
-        snap = read_snapshot(path, fingerprint=self.model.fingerprint)
+        return self.import_snapshot(read_snapshot(path, fingerprint=self.model.fingerprint), path)
+
+    def import_snapshot(self, snap: dict, path="snapshot") -> int:
+        """restore_snapshot of what read_snapshot returned (`path` names it in errors): every array the file
+        holds goes to import_slots. Returns the number of streams restored."""
+        if snap["header"]["fingerprint"] != self.model.fingerprint:
+            raise SnapshotError(f"snapshot {path!r} belongs to model {snap['header']['fingerprint']}, not to "
+                                f"the loaded model {self.model.fingerprint}; load it with the model that wrote it")
         ids, m = snap["ids"], self.model
         want = {"h": (len(ids), m.num_layers, m.state_size), "c": (len(ids), m.num_layers, m.hidden_size)}
         for k, shape in want.items():
@@ -406,7 +425,7 @@ class Streams:
             self.drop(i)
         slots = self._store.add_many(ids, 0.0)
         self._generation += 1
-        self.import_slots(slots, snap)
+        self.import_slots(slots, {name: snap[name] for name in snap["arrays"]})
         return len(ids)
 
     @classmethod
