@@ -384,6 +384,11 @@ class Streams:
             if name in arrays:
                 getattr(self._store, name)[slots] = arrays[name]
 
+    def export_all(self) -> tuple:
+        """(ids, export_slots of every stream): a copy of the whole state, ids in slot order."""
+        ids, slots = self._store.ids_and_slots()
+        return ids, self.export_slots(slots)
+
     def save_snapshot(self, path, *, meta: dict | None = None) -> int:
         """Write every stream's state to `path` atomically, SNAPSHOT_BLOCK streams at a time (so the write
         holds one block's copy, not a copy of the state); meta goes into the file (read_snapshot's 'meta').
