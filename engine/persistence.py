@@ -11,6 +11,24 @@ directory) is retried after one period, then 2, 4, 8 ... periods, at most BACKOF
 BACKOFF_MAX_SECONDS apart (never less than one period), and on the period again after a success. A failure
 episode logs one ERROR line, then its count at 2, 4, 8, ... failures and at least every REPORT_EVERY seconds,
 then one line when a snapshot works again; `info` shows it (Snapshots.status).
+
+Off the loop. Timed snapshots (tick) are written in the background: start() captures every stream at one
+loop turn and returns, poll() (each housekeeping turn) finishes the write, and nothing else waits for it.
+The capture is a fork() (engine/snapshot_jobs.py): the child is the process frozen at that turn and writes
+the file from copy-on-write memory while the parent serves, like Redis's BGSAVE. Measured (bench/snapshot.py,
+docs/benchmarks.md "Snapshots off the loop"), 2M streams of hidden 64 (1 GB of state), a 2-core machine:
+the synchronous write stopped the loop ~5.6 s and took +1.27 GB; copying the slabs on the loop (option (a),
+then a thread writes the copy) alone stops it 0.5-4 s and takes a full copy: hundreds of times the 50 ms
+goal, and cutting it into chunks across turns is only consistent with copy-on-write tracking on every path
+that writes a slot (option (c): a check in the hot path and in every op, for what the kernel does for
+free). fork() stops the loop ~10-40 ms (its page tables), and the extra memory is the pages the loop
+writes while the child lives (4 KiB each, at most the state once, measured) plus the child's block buffers
+(the file is written a block of streams at a time, Streams.save_snapshot). The CUDA backend (its state is on
+the device, and CUDA does not survive a fork) and systems without fork use a thread over a copy taken on
+the loop instead (method "thread"). At most one background write is in flight: the timer does not start
+another while one is (the changes since are the next one's); start() and save() wait for it first. save()
+(shutdown, the `snapshot` request, tests) writes on the caller's thread, a block at a time: the loop stops
+for the whole write, but needs no second copy and no fork.
 """
 from __future__ import annotations
 

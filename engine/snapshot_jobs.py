@@ -28,6 +28,9 @@ import traceback
 import msgpack
 
 PR_SET_PDEATHSIG = 1
+# The child yields the CPU to the serving loop: on a machine with few cores the writer (hashing, copying
+# blocks) otherwise takes a core the loop's kernel threads wait for (docs/benchmarks.md, Snapshots off the loop).
+CHILD_NICENESS = 10
 _prctl = None
 
 
@@ -90,6 +93,7 @@ def _child(streams, path, meta, r, w, parent, prctl):
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before prctl: nobody wants this file any more
             os._exit(1)
+        os.nice(CHILD_NICENESS)
         report = {"bytes": streams.save_snapshot(path, meta=meta)}
         code = 0
     except BaseException as e:
