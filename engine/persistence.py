@@ -21,9 +21,11 @@ the synchronous write stopped the loop ~5.6 s and took +1.27 GB; copying the sla
 then a thread writes the copy) alone stops it 0.5-4 s and takes a full copy: hundreds of times the 50 ms
 goal, and cutting it into chunks across turns is only consistent with copy-on-write tracking on every path
 that writes a slot (option (c): a check in the hot path and in every op, for what the kernel does for
-free). fork() stops the loop ~10-40 ms (its page tables), and the extra memory is the pages the loop
-writes while the child lives (4 KiB each, at most the state once, measured) plus the child's block buffers
-(the file is written a block of streams at a time, Streams.save_snapshot). The CUDA backend (its state is on
+free). fork() stops the loop 4-21 ms (its page tables; 66 ms once on the loaded machine), and the extra
+memory is the pages the loop writes while the child lives (4 KiB each: random traffic copies about the
+whole state, +1.0 GB; every page written +1.3 GB with the heap and the child's buffers, against +1.27 GB
+for the old path) plus the child's block buffers (the file is written a block of streams at a time,
+Streams.save_snapshot). The CUDA backend (its state is on
 the device, and CUDA does not survive a fork) and systems without fork use a thread over a copy taken on
 the loop instead (method "thread"). At most one background write is in flight: the timer does not start
 another while one is (the changes since are the next one's); start() and save() wait for it first. save()
