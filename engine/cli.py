@@ -103,10 +103,24 @@ def _open_state(serve, streams_config):
     snapshots = journal = None
     if serve.snapshot_dir is not None:
         snapshots = Snapshots(streams, serve.snapshot_dir, every=serve.snapshot_every)
-        snapshots.restore()
+        snapshots.restore(cold_wins=not serve.logging_steps)  # with a log, its replay settles evicted streams
         if serve.logging_steps:
             journal = _open_log(serve, streams, snapshots)
+        else:
+            _set_aside_old_log(serve.snapshot_dir)
     return streams, snapshots, journal
+
+
+def _set_aside_old_log(directory):
+    """--step-log off with a log left by an earlier run: the snapshots written from now on do not continue
+    it, so replaying it later would be wrong; it is renamed (kept, never deleted) and the rename logged."""
+    import os
+    old = os.path.join(directory, "log")
+    if os.path.isdir(old) and os.listdir(old):
+        aside = f"{old}.off-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.rename(old, aside)
+        log.warning("--step-log off: the step log of an earlier run was moved to %s (snapshots from now on do not "
+                    "continue it); delete it once it is not needed", aside)
 
 
 def _open_log(serve, streams, snapshots):
@@ -118,7 +132,12 @@ def _open_log(serve, streams, snapshots):
     from .records import recover
     directory = os.path.join(serve.snapshot_dir, "log")
     os.makedirs(directory, exist_ok=True)
-    last, _ = recover(streams, directory, getattr(snapshots, "restored_meta", {}).get("log_lsn", 0))
+    meta = snapshots.restored_meta
+    streams.replaying(meta.get("cold_lsn", 0))  # thaws read the cold versions the snapshot knew
+    try:
+        last, _ = recover(streams, directory, meta.get("log_lsn", 0))
+    finally:
+        streams.replaying(None)
     journal = Journal(directory, streams.model.fingerprint, streams.model.dtype, fsync=serve.fsync,
                       segment_bytes=serve.log_segment)
     journal.open(last)

@@ -79,6 +79,9 @@ class Journal:
         """Start writing after `last_lsn` (what recovery found): always in a new segment."""
         os.makedirs(self.directory, exist_ok=True)
         self.lsn = self.durable = last_lsn
+        stale = os.path.join(self.directory, steplog.segment_name(last_lsn + 1))
+        if os.path.exists(stale):  # a segment started (at a snapshot) that holds no record: recovery found none
+            steplog.remove(stale)
         self._seg = self._new_segment()
         if self.policy != "no":
             self._thread = threading.Thread(target=self._sync_loop, name="lstm-stream-fsync", daemon=True)

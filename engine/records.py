@@ -9,13 +9,15 @@ A record's payload is a msgpack array [kind, wall time, ...]:
                                                segment's stream's step count after it; seqs: per segment the
                                                request's seq or -1, nil when none had one
     [OP, t, op, fields]                        set_state, copy, reset or drop, with the request's fields
-    [EVICT, t, ids]                            streams moved to the cold store
 
 A record is written before what it says is applied, and only for requests that passed the checks the
 engine makes before a kernel runs (shapes, ids, room, NaN). An op record may still fail when applied (an
 unknown stream, say); replay fails it the same way, since the kernels and the checks are deterministic.
 Replay runs each record through the same Streams calls at the record's wall time (the streams' clock), so
 every stream's state, step count, last-seen time and receipt come out as if the daemon had never stopped.
+Evictions to the cold store are not logged: where a stream's state lives does not change it. A replay evicts
+nothing, and a stream it finds cold comes back from the version the restored snapshot knew
+(Streams.replaying), so the result is the same wherever the streams were.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from lstm_stream.store import distinct
 
 log = logging.getLogger("lstm_stream.engine")
 
-STEPS, OP, EVICT = 0, 1, 2
+STEPS, OP = 0, 1
 LOGGED_OPS = ("set_state", "copy", "reset", "drop")  # the ops besides steps that change state
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True, default=P._default)
 
@@ -54,10 +56,6 @@ def one_record(stream, xs: np.ndarray, t: float, streams) -> bytes:
 def op_record(req, t: float) -> bytes:
     """The record of a set_state, copy, reset or drop request."""
     return _packer.pack([OP, t, req.op, req.fields])
-
-
-def evict_record(ids, t: float) -> bytes:
-    return _packer.pack([EVICT, t, list(ids)])
 
 
 def counts_after(p, streams) -> np.ndarray:
@@ -91,8 +89,6 @@ def replay(streams, records) -> dict:
                 steps += _replay_steps(streams, lsn, rec)
             elif rec[0] == OP:
                 _replay_op(streams, rec)
-            elif rec[0] == EVICT:
-                streams.evict(rec[2], lsn)
             else:
                 raise ReplayError(f"record {lsn} has unknown kind {rec[0]!r}")
     finally:

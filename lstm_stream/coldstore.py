@@ -18,8 +18,8 @@ Tables:
                            bytes]}, so an array added to export_slots later is stored with no change here.
                            Primary key (id, lsn): an eviction inserts a version and never overwrites one, so a
                            replay can read the version current at any log position (get_many(before=)).
-    meta(key, value)       next_lsn (one more than the largest lsn put), the model's fingerprint, and which lsn
-                           the snapshot file covers (snapshot_covered; this moves to the snapshot's own meta).
+    meta(key, value)       next_lsn (one more than the largest lsn put) and the model's fingerprint. Which lsn a
+                           snapshot covers is in the snapshot's own meta (cold_lsn: Streams.snapshot_meta).
 A drop puts a tombstone (a version with an empty state): the id is then absent for every read that sees
 that version, while a replay from an older snapshot still reads the versions before it. Rows go away through
 prune() only (after a durable snapshot), tombstones with them: a thaw leaves its row.
@@ -204,26 +204,6 @@ class ColdStore:
     def _transaction(self):
         return _Transaction(self._db)
 
-    # ---- which lsn the snapshot file covers (until the snapshot's meta carries it) ------------------------
-    def snapshot_pending(self, covered: int) -> None:
-        """Before a snapshot is written: it will cover the log below `covered`."""
-        with self._transaction():
-            self._set_meta("snapshot_pending", covered)
-
-    def snapshot_saved(self, digest: bytes, covered: int) -> None:
-        """After the snapshot file with this digest is durable: it covers the log below `covered`."""
-        with self._transaction():
-            self._set_meta("snapshot_digest", digest)
-            self._set_meta("snapshot_covered", covered)
-
-    def snapshot_covered(self, digest: bytes) -> int:
-        """The lsn the snapshot file with this digest covers: the one recorded after it was written; for
-        another file the pending one (a crash came between its rename and snapshot_saved); 0 if none is known
-        (a snapshot older than the cold store: every row is newer)."""
-        if self._meta("snapshot_digest") == digest:
-            return self._meta("snapshot_covered")
-        return self._meta("snapshot_pending", 0)
-
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception."""
@@ -253,10 +233,3 @@ def _decode(blob: bytes) -> dict:
         return {name: np.frombuffer(b, np.dtype(dt)).reshape(shape).copy() for name, (dt, shape, b) in rows.items()}
     except Exception as e:
         raise SnapshotError(f"a cold store row is unreadable: {e}") from e
-
-
-def file_digest(path) -> bytes:
-    """The sha256 a snapshot file ends with (lstm_stream/snapshot.py's layout): which file it is."""
-    with open(path, "rb") as f:
-        f.seek(-32, os.SEEK_END)
-        return f.read(32)

@@ -2,13 +2,19 @@
 
 Layout (all integers little-endian):
     magic      8 bytes   b"LSTMSNAP"
-    version    u32       FORMAT_VERSION
+    version    u32       FORMAT_VERSION (2; version 1 files are still read)
     hdr_len    u64       length of the header
     header     msgpack map: fingerprint, dtype, num_layers, hidden_size, state_size, count, created,
-               ids (list of str|int), arrays: [[name, dtype, shape], ...]
-    arrays     raw C-order bytes of h (n, L, P), c (n, L, H), steps (n,) int64, last_seen (n,) float64
+               ids (list of str|int), arrays: [[name, dtype, shape], ...], and from version 2:
+               meta (a map the caller chose, e.g. the step log's position), block (rows per block)
+    arrays     raw C-order bytes of the per-stream arrays: h (n, L, P), c (n, L, H), steps (n,) int64,
+               last_seen (n,) float64 (ARRAYS, required), then any others the writer had (Streams.export_slots)
     digest     32 bytes  sha256 of everything above
-Written to '<path>.tmp-<pid>', fsynced, renamed over <path>, then the directory is fsynced.
+Version 1 stores each array whole, one after the other. Version 2 stores them in blocks of `block` streams:
+rows 0..block of every array in header order, then the next block's, so that a writer can export, hash and
+write a block of streams at a time and never hold a second copy of the state (write_snapshot_blocks; with
+block >= count it is version 1's layout). Written to '<path>.tmp-<pid>', fsynced, renamed over <path>,
+then the directory is fsynced.
 """
 from __future__ import annotations
 
@@ -23,31 +29,44 @@ import numpy as np
 from .errors import SnapshotError
 
 MAGIC = b"LSTMSNAP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)  # the versions read_snapshot reads
 _PREFIX = struct.Struct("<8sIQ")
 _DIGEST = 32
 ARRAYS = ("h", "c", "steps", "last_seen")
 
 
-def write_snapshot(path, *, fingerprint: str, ids: list, arrays: dict) -> int:
-    """Atomically write a snapshot; returns its size in bytes. arrays: h, c, steps, last_seen."""
+def write_snapshot(path, *, fingerprint: str, ids: list, arrays: dict, meta: dict | None = None) -> int:
+    """Atomically write a snapshot of whole arrays (ARRAYS, and any other per-stream arrays, each with one
+    row per id); meta: a msgpack-able map returned by read_snapshot as out['meta']. Returns the size."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in _ordered(arrays).items()}
+    n = len(ids)
+    return write_snapshot_blocks(path, fingerprint=fingerprint, count=n, ids=[list(ids)],
+                                 export=lambda a, b: arrays if (a, b) == (0, n) else
+                                 {k: v[a:b] for k, v in arrays.items()}, block=max(n, 1), meta=meta)
+
+
+def write_snapshot_blocks(path, *, fingerprint: str, count: int, ids, export, block: int,
+                          meta: dict | None = None) -> int:
+    """Atomically write a snapshot of `count` streams a block at a time: ids, an iterable of lists that
+    together hold the `count` ids in order; export(start, stop), the per-stream arrays of rows start:stop
+    (called once per block, in order, so at most one block's copy exists at a time). Returns the size."""
     path = os.fspath(path)
-    arrays = {k: np.ascontiguousarray(arrays[k]) for k in ARRAYS}
-    h = arrays["h"]
-    header = msgpack.packb({
-        "fingerprint": fingerprint, "dtype": str(h.dtype), "num_layers": h.shape[1],
-        "state_size": h.shape[2], "hidden_size": arrays["c"].shape[2], "count": len(ids),
-        "created": time.time(), "ids": list(ids),
-        "arrays": [[k, str(a.dtype), list(a.shape)] for k, a in arrays.items()],
-    }, use_bin_type=True)
+    first = _ordered(export(0, min(block, count)))
+    header = _header(fingerprint, count, ids, first, meta, block)
     tmp = f"{path}.tmp-{os.getpid()}"
     digest = hashlib.sha256()
     try:
         with open(tmp, "wb") as f:
-            for chunk in (_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)), header,
-                          *(a.reshape(-1).view(np.uint8) for a in arrays.values())):
+            def put(chunk):
                 digest.update(chunk)
                 f.write(chunk)
+            put(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)))
+            put(header)
+            for start in range(0, count, block):
+                arrays = first if start == 0 else _ordered(export(start, min(start + block, count)))
+                for name, a in arrays.items():
+                    put(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
             f.write(digest.digest())
             f.flush()
             os.fsync(f.fileno())
@@ -61,8 +80,39 @@ def write_snapshot(path, *, fingerprint: str, ids: list, arrays: dict) -> int:
     return size
 
 
+def _ordered(arrays: dict) -> dict:
+    """The arrays with ARRAYS first, in that order, then the others in the order given."""
+    missing = [k for k in ARRAYS if k not in arrays]
+    if missing:
+        raise ValueError(f"a snapshot needs the per-stream arrays {list(ARRAYS)}; {missing} missing")
+    return {**{k: arrays[k] for k in ARRAYS}, **{k: v for k, v in arrays.items() if k not in ARRAYS}}
+
+
+def _header(fingerprint, count, ids, first, meta, block) -> bytes:
+    """The msgpack header, its ids list packed a chunk at a time (no list of every id is ever built)."""
+    h = first["h"]
+    fields = {"fingerprint": fingerprint, "dtype": str(h.dtype), "num_layers": h.shape[1],
+              "state_size": h.shape[2], "hidden_size": first["c"].shape[2], "count": count,
+              "created": time.time(), "meta": dict(meta or {}), "block": block,
+              "arrays": [[k, str(a.dtype), [count, *a.shape[1:]]] for k, a in first.items()]}
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(len(fields) + 1)]
+    parts += [packer.pack(k) + packer.pack(v) for k, v in fields.items()]
+    parts += [packer.pack("ids"), packer.pack_array_header(count)]
+    n = 0
+    for chunk in ids:
+        packed = packer.pack(chunk)  # an array header, then the ids: keep the ids
+        parts.append(packed[len(packer.pack_array_header(len(chunk))):])
+        n += len(chunk)
+    if n != count:
+        raise ValueError(f"{n} ids for a snapshot of {count} streams")
+    return b"".join(parts)
+
+
 def read_snapshot(path, *, fingerprint: str | None = None) -> dict:
-    """Read and verify a snapshot: {'header': {...}, 'ids': [...], 'h', 'c', 'steps', 'last_seen'}.
+    """Read and verify a snapshot: {'header': {...}, 'ids': [...], 'meta': {...}, 'arrays': [names],
+    and each per-stream array by name (h, c, steps, last_seen and any other the file holds)}; meta is {} for a
+    version 1 file.
 
     Raises SnapshotError if the file is truncated, corrupted, of another version, or (when `fingerprint`
     is given) of another model."""
@@ -80,9 +130,9 @@ def read_snapshot(path, *, fingerprint: str | None = None) -> dict:
     magic, version, hdr_len = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise SnapshotError(f"{path!r} is not an lstm-stream snapshot (magic {magic!r}, expected {MAGIC!r})")
-    if version != FORMAT_VERSION:
+    if version not in READS:
         raise SnapshotError(f"snapshot {path!r} has format version {version}; this lstm-stream reads "
-                            f"version {FORMAT_VERSION}")
+                            f"versions {', '.join(map(str, READS))}")
     body, digest = memoryview(data)[:-_DIGEST], data[-_DIGEST:]
     if hashlib.sha256(body).digest() != digest:
         raise SnapshotError(f"snapshot {path!r} is corrupted or truncated: its sha256 checksum does not match")
@@ -93,15 +143,31 @@ def read_snapshot(path, *, fingerprint: str | None = None) -> dict:
     if fingerprint is not None and header["fingerprint"] != fingerprint:
         raise SnapshotError(f"snapshot {path!r} belongs to model {header['fingerprint']}, not to the loaded "
                             f"model {fingerprint}; load it with the model that wrote it")
-    out = {"header": header, "ids": header["ids"]}
-    pos = _PREFIX.size + hdr_len
-    for name, dtype, shape in header["arrays"]:
-        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if pos + n > len(body):
-            raise SnapshotError(f"snapshot {path!r} is truncated inside array {name!r}")
-        out[name] = np.frombuffer(body[pos:pos + n], dtype=dtype).reshape(shape).copy()
-        pos += n
-    if pos != len(body) or any(k not in out for k in ARRAYS):
+    out = {"header": header, "ids": header["ids"], "meta": header.get("meta") or {},
+           "arrays": [name for name, _, _ in header["arrays"]]}
+    out.update(_arrays(path, header, body, _PREFIX.size + hdr_len))
+    if any(k not in out for k in ARRAYS):
+        raise SnapshotError(f"snapshot {path!r} is malformed: it lacks one of the arrays {list(ARRAYS)}")
+    return out
+
+
+def _arrays(path, header, body, pos) -> dict:
+    """The per-stream arrays of the body from `pos`, block by block (version 1: one block of every row)."""
+    specs = [(name, np.dtype(dtype), tuple(shape)) for name, dtype, shape in header["arrays"]]
+    count = specs[0][2][0] if specs else 0
+    if any(shape[0] != count for _, _, shape in specs):
+        raise SnapshotError(f"snapshot {path!r} is malformed: its arrays have different numbers of rows")
+    block = max(1, int(header.get("block") or count or 1))
+    out = {name: np.empty(shape, dtype) for name, dtype, shape in specs}
+    for start in range(0, count, block):
+        for name, dtype, shape in specs:
+            rows = out[name][start:start + block]
+            n = rows.nbytes
+            if pos + n > len(body):
+                raise SnapshotError(f"snapshot {path!r} is truncated inside array {name!r}")
+            rows.reshape(-1).view(np.uint8)[:] = np.frombuffer(body[pos:pos + n], np.uint8)
+            pos += n
+    if pos != len(body):
         raise SnapshotError(f"snapshot {path!r} is malformed: arrays do not match the header")
     return out
 

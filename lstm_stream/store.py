@@ -69,8 +69,16 @@ class StateStore:
 
     def ids_and_slots(self):
         """(ids in slot order, their slots as an int64 array)."""
-        slots = np.flatnonzero(self._kind[:self._high]).astype(np.int64)
+        slots = self.slots()
         return self._ids_of(slots), slots
+
+    def slots(self) -> np.ndarray:
+        """The slots of all streams, in order, as an int64 array."""
+        return np.flatnonzero(self._kind[:self._high]).astype(np.int64)
+
+    def ids_of(self, slots) -> list:
+        """The ids of `slots` (an int64 array of slots that hold streams), as a list."""
+        return self._ids_of(slots)
 
     def items(self):
         """(id, slot) pairs of all streams, in slot order."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .coldstore import file_digest
 from .errors import InputError
 from .state import check_id
 from .store import _plain as plain_id
@@ -123,30 +122,38 @@ class ColdTier:
         self._receipts.clear(slot)
 
     # ---- snapshots ------------------------------------------------------------------------------------
-    def _saving(self):
-        """Before a snapshot is written: the lsn it covers (the log below it), recorded as pending; None
-        without a cold store. (Once snapshot files carry meta, this goes there as cold_lsn.)"""
+    def snapshot_meta(self) -> dict:
+        """What a snapshot captured now records of the cold store: {'cold_lsn': the lsn it covers} ({} without
+        one). Taken at the capture, in this process (a forked writer must not use the cold store); the ids
+        thawed by then are kept for snapshot_durable's prune."""
         if self.cold is None:
-            return None
+            return {}
         covered = self.cold.next_lsn
-        self.cold.snapshot_pending(covered)
-        return covered
+        self._captured = {**getattr(self, "_captured", {}), covered: set(self.cold.warm)}
+        return {"cold_lsn": covered}
 
-    def _saved(self, path, covered) -> None:
-        """After the snapshot at `path` is durable: record what it covers, prune what no replay from it needs."""
-        if covered is not None:
-            self.cold.snapshot_saved(file_digest(path), covered)
-            self.cold.prune(covered, self, full=False)
+    def snapshot_durable(self, meta: dict) -> None:
+        """After the snapshot captured with `meta` is durable: prune the cold rows no replay from it can need.
+        In memory "in that snapshot" are the ids thawed before its capture (not the ones thawed since, which
+        a replay from it reads from their versions)."""
+        captured = getattr(self, "_captured", {})
+        if self.cold is None or "cold_lsn" not in meta:
+            return
+        covered = meta["cold_lsn"]
+        self.cold.prune(covered, captured.pop(covered, set()), full=False)
+        for old in [k for k in captured if k < covered]:
+            del captured[old]
 
-    def _settle(self, path, covered) -> None:
-        """After a restore: a stream both in memory and cold with a version at `covered` or later was evicted
-        after the snapshot was taken, so the cold version wins (it leaves memory); otherwise memory wins (prune
-        removes the stale rows). covered None: the lsn the cold store recorded for this file."""
+    def _settle(self, covered: int, cold_wins: bool = True) -> None:
+        """After a restore of a snapshot covering the cold store below `covered`: with cold_wins, a stream
+        both in memory and cold with a version at `covered` or later was evicted (or dropped) after the
+        snapshot was taken, so the cold version wins (it leaves memory); otherwise memory wins (a step log
+        replay follows, which evicts nothing and reads versions below `covered`). Then a full prune removes
+        what a crash left behind."""
         if self.cold is None:
             return
-        if covered is None:
-            covered = self.cold.snapshot_covered(file_digest(path))
-        for i in self.cold.newest_from(covered):
-            if self._store.get_slot(i) is not None:
-                self._forget(i)
-        self.cold.prune(covered, self)  # full: whatever a crash left behind
+        if cold_wins:
+            for i in self.cold.newest_from(covered):
+                if self._store.get_slot(i) is not None:
+                    self._forget(i)
+        self.cold.prune(covered, self)

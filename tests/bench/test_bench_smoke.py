@@ -18,7 +18,7 @@ TINY = C.Spec(I=3, H=5, L=2, O=2)
 def test_bench_modules_import():
     import importlib
     for name in ("bench.__main__", "bench.kernel", "bench.server", "bench.startup", "bench.memory", "bench.peak",
-                 "bench.servers", "bench.ab"):
+                 "bench.servers", "bench.ab", "bench.snapshot"):
         assert callable(getattr(importlib.import_module(name), "main", None)), name
 
 
@@ -92,3 +92,14 @@ def test_a_full_run_writes_its_report_to_the_results_folder_not_the_docs(monkeyp
     assert "new figures" in (tmp_path / "benchmarks.md").read_text()
     a = _args(["--no-doc"], monkeypatch, tmp_path / "none")
     assert common.publish("kernel", "x", a) is False and not (tmp_path / "none").exists()
+
+
+def test_snapshot_bench_measures_every_path_at_a_small_size():
+    """bench.snapshot's child at 20,000 streams: every row has a stall, a write time and a memory figure."""
+    from bench import snapshot
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc")
+    out = snapshot.child(20_000)
+    for name in ("old", "blocks", "copy", "fork", "fork-worst"):
+        assert out[name]["stall"] > 0 and out[name]["total"] >= out[name]["stall"] and "extra" in out[name]
+    assert out["fork"]["bytes"] > out["state_bytes"] and "| 20,000 | fork |" in snapshot.report([out])

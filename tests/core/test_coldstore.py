@@ -94,16 +94,19 @@ def test_every_op_brings_a_cold_stream_back(ar_model, tmp_path, op, sid):
         same_state(s, ref, i)
 
 
-def test_drop_of_a_cold_stream_removes_its_rows_without_bringing_it_back(model, tmp_path):
+def test_drop_of_a_cold_stream_leaves_a_tombstone_without_bringing_it_back(model, tmp_path):
     clock = Clock()
     s, ref = pair(model, tmp_path / "cold.sqlite3", clock, max_streams=1)
     feed(s, ref, np.random.default_rng(2), ["a"])
     s.evict(["a"])
     s.step("b", np.zeros(model.input_size, model.dtype))  # the store is full: a drop needs no room
     s.drop("a")
-    assert not s.is_cold("a") and s.cold.versions("a") == [] and s.ids() == ["b"]
+    assert not s.is_cold("a") and s.cold.versions("a") == [0, 1] and s.ids() == ["b"]
+    assert s.cold.get("a") is None and s.cold.get("a", before=1) is not None  # a replay before the drop reads it
     with pytest.raises(ls.UnknownStreamError):
         s.drop("a")
+    s.save_snapshot(tmp_path / "snap")  # a snapshot after the drop: no replay needs the versions any more
+    assert s.cold.versions("a") == []
 
 
 def test_a_thawed_stream_dropped_leaves_no_row_behind(model, tmp_path):
@@ -113,7 +116,9 @@ def test_a_thawed_stream_dropped_leaves_no_row_behind(model, tmp_path):
     s.get_state(5)  # back in memory, its row kept until a snapshot holds it
     assert s.cold.versions(5) == [0]
     s.drop(5)
-    assert s.cold.versions(5) == [] and 5 not in s
+    assert s.cold.versions(5) == [0, 1] and s.cold.get(5) is None and 5 not in s  # a tombstone at 1
+    s.save_snapshot(tmp_path / "snap")
+    assert s.cold.versions(5) == []
 
 
 def test_a_full_store_refuses_a_thaw_and_changes_nothing(model, tmp_path):
@@ -212,8 +217,8 @@ def test_int_and_str_ids_are_distinct_rows(tmp_path):
     cold.put([7, "7"], arrays, lsn=0)
     assert cold.get(7)[1]["h"].tolist() == [0.0, 1.0] and cold.get("7")[1]["h"].tolist() == [2.0, 3.0]
     assert sorted(map(repr, cold.ids())) == ["'7'", "7"] and cold.count() == 2
-    cold.delete(7)
-    assert cold.get(7) is None and cold.has("7")
+    cold.delete(7, 1)
+    assert cold.get(7) is None and not cold.has(7) and cold.has("7") and cold.ids() == ["7"]
     with pytest.raises(Exception):
         cold.put(["7"], arrays, lsn=0)  # a version is never overwritten
     assert cold.get("7")[1]["h"].tolist() == [2.0, 3.0]
@@ -254,18 +259,18 @@ def test_evicted_after_the_snapshot_the_cold_version_wins_at_restart(model, tmp_
     same_state(s2, ref, "b")
 
 
-def test_a_crash_between_the_snapshot_and_its_record_keeps_the_snapshot_version(model, tmp_path):
-    """The cold store records which lsn a snapshot covers after the file is renamed; a crash in between
-    leaves the pending record, which the new file (an unknown digest) is matched with."""
+def test_a_crash_between_the_snapshot_and_its_prune_keeps_the_snapshot_version(model, tmp_path):
+    """The snapshot's meta says which lsn it covers; a crash after the file is renamed, before the prune,
+    leaves rows that the restart's settle and full prune sort out."""
     clock, rng = Clock(), np.random.default_rng(9)
     s, ref = pair(model, tmp_path / "cold.sqlite3", clock)
     feed(s, ref, rng, ["a"])
     s.save_snapshot(tmp_path / "snap")
     s.evict(["a"])
     feed(s, ref, rng, ["a"])  # back and stepped: newer than its row
-    s.cold.snapshot_saved = lambda *args: (_ for _ in ()).throw(OSError("killed"))
+    s.snapshot_durable = lambda meta: (_ for _ in ()).throw(OSError("killed"))
     with pytest.raises(OSError):
-        s.save_snapshot(tmp_path / "snap")  # the file is durable, the record and the prune are not
+        s.save_snapshot(tmp_path / "snap")  # the file is durable, the prune is not
     s2 = restart(model, tmp_path, clock)
     assert s2.ids() == ["a"] and not s2.is_cold("a") and s2.cold.versions("a") == []
     same_state(s2, ref, "a")

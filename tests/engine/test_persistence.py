@@ -11,6 +11,7 @@ from models import Clock, random_model
 import lstm_stream as ls
 from engine.core import EngineConfig, EngineCore
 from engine.persistence import SNAPSHOT_NAME, Snapshots, prepare_dir
+from engine.snapshot_jobs import fork_available
 from lstm_stream import protocol as P
 
 
@@ -35,8 +36,8 @@ def test_timer_saves_only_when_something_changed(model, tmp_path):
     core.housekeep()
     assert snaps.last is None or snaps.last["reason"] != "timer"  # not due yet (re-armed at t+31)
     clock.t += 30
-    core.housekeep()
-    assert snaps.last["reason"] == "timer" and snaps.last["streams"] == 1
+    core.housekeep()  # starts the write in the background
+    assert snaps.busy and snaps.wait()["reason"] == "timer" and snaps.last["streams"] == 1 and not snaps.busy
     assert snaps.deadline() == clock.t + 30 and not snaps.dirty
 
 
@@ -76,20 +77,28 @@ def test_failed_snapshot_is_an_error_reply_and_the_engine_keeps_serving(model, t
     assert core.call({"v": 1, "id": 2, "op": "ping"})["ok"]
 
 
-def failing_timer(model, tmp_path, every=1.0):
+def failing_timer(model, tmp_path, every=1.0, method=None):
     """(clock, core, snaps, state dir, attempts): a timed Snapshots whose directory has been replaced by a
     regular file, so that creating the temporary file fails in the OS (NotADirectoryError), and one stream
-    changed since. attempts lists every call to save_snapshot (the real one, which fails)."""
+    changed since. attempts lists every attempt: each call to save_snapshot in this process (the real one,
+    which fails) and each background write, which this test waits for as it starts (a forked child fails in
+    a few ms, but the fake clock would run on meanwhile)."""
     clock, streams = Clock(), ls.Streams(model)
     state = tmp_path / "state"
-    snaps = Snapshots(streams, state, every=every, clock=clock)
+    snaps = Snapshots(streams, state, every=every, clock=clock, method=method)
     snaps.restore()
     core = EngineCore(streams, EngineConfig(metrics_every=1e9), snapshots=snaps, clock=clock)
     assert core.call({"v": 1, "id": 1, "op": "step", "stream": "a", "x": [0.1, 0.2, 0.3]})["ok"]
     state.rmdir()
     state.write_text("a regular file where the snapshot directory was")
-    attempts, save = [], streams.save_snapshot
-    streams.save_snapshot = lambda path: attempts.append(path) or save(path)
+    attempts, save, start = [], streams.save_snapshot, snaps.start
+    streams.save_snapshot = lambda path, meta=None: attempts.append(path) or save(path, meta=meta)
+
+    def start_and_wait(reason):
+        attempts.append(reason)
+        start(reason)
+        snaps.wait()
+    snaps.start = start_and_wait
     return clock, core, snaps, state, attempts
 
 
@@ -97,9 +106,13 @@ def snapshot_info(core):
     return core.call({"v": 1, "id": 9, "op": "info"})["snapshot"]
 
 
-def test_a_failing_timed_snapshot_backs_off_logs_little_and_recovers(model, tmp_path, caplog):
+@pytest.mark.parametrize("method", ["fork", "thread"])
+def test_a_failing_timed_snapshot_backs_off_logs_little_and_recovers(model, tmp_path, caplog, method):
+    """Timed snapshots are written in the background, by a forked child or a thread: the same back-off."""
+    if method == "fork" and not fork_available():
+        pytest.skip("fork writes need Linux")
     caplog.set_level(logging.INFO, logger="lstm_stream.engine")
-    clock, core, snaps, state, attempts = failing_timer(model, tmp_path)
+    clock, core, snaps, state, attempts = failing_timer(model, tmp_path, method=method)
     caplog.clear()
     start, past = clock.t, 0
     while clock.t < start + 60:  # a minute of a busy loop: housekeeping every 10 ms
