@@ -117,15 +117,49 @@ def side_by_side(args, model, tmp) -> dict:
     return figures
 
 
-def recovery(args, model, tmp) -> dict:
-    """Load a daemon (--fsync no) for replay_seconds, kill it, start it again: steps replayed and how fast."""
+def durable_lag(args, model, tmp) -> dict:
+    """`everysec` under load: how far the durable position trails the written one (what a machine crash at
+    the worst moment would lose), sampled every 20 ms through `info` while a LoadGen steps 100 streams per
+    message. Returns the largest gap in records, in seconds of writing, and in steps."""
+    import threading
+
+    from clients import Client
     ctx = zmq.Context.instance()
-    state, log_path = tmp / "recovery", tmp / "recovery.log"
+    many = step_pool(10_000, I, per_message=100, seed=4)
+    with _daemon(model, tmp / "lag", ["--fsync", "everysec"], args.threads, tmp / "lag.log") as (endpoint, proc):
+        gen = LoadGen(endpoint, ctx)
+        gen.wait_ready(180, proc)
+        rate = []
+        t = threading.Thread(target=lambda: rate.append(100 * gen.throughput(many, 16, args.lag_seconds)))
+        samples = []
+        with Client(endpoint, timeout=10) as c:
+            first = c.info()["log"]["lsn"]
+            t0 = time.perf_counter()
+            t.start()
+            while t.is_alive():
+                log = c.info()["log"]
+                samples.append((time.perf_counter(), log["lsn"], log["durable"]))
+                time.sleep(0.02)
+            t.join()
+            last = c.info()["log"]["lsn"]
+        gen.close()
+    seconds = time.perf_counter() - t0
+    records_per_s = (last - first) / seconds
+    gap = max(lsn - durable for _, lsn, durable in samples)
+    steps_per_record = rate[0] * seconds / max(last - first, 1)
+    return {"gap_records": gap, "gap_seconds": gap / records_per_s, "gap_steps": gap * steps_per_record,
+            "rate": rate[0], "samples": len(samples)}
+
+
+def recovery(args, model, tmp, seconds) -> dict:
+    """Load a daemon (--fsync no) for `seconds`, kill it, start it again: steps replayed and how fast."""
+    ctx = zmq.Context.instance()
+    state, log_path = tmp / f"recovery-{seconds}", tmp / f"recovery-{seconds}.log"
     many = step_pool(10_000, I, per_message=100, seed=3)
     with _daemon(model, state, ["--fsync", "no"], args.threads, log_path) as (endpoint, proc):
         gen = LoadGen(endpoint, ctx)
         gen.wait_ready(180, proc)
-        live = 100 * gen.throughput(many, 16, args.replay_seconds)
+        live = 100 * gen.throughput(many, 16, seconds)
         gen.close()
         proc.kill()
         proc.wait(10)
@@ -152,10 +186,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="each throughput window")
     ap.add_argument("--lat-count", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1, help="each daemon's kernel threads")
-    ap.add_argument("--replay-seconds", type=float, default=10.0, help="load written before the kill")
+    ap.add_argument("--replay-seconds", type=float, nargs="+", default=[3.0, 10.0, 30.0],
+                    help="load written before each kill (one recovery per value)")
+    ap.add_argument("--lag-seconds", type=float, default=10.0, help="load while everysec's lag is sampled")
     args = ap.parse_args(argv)
     if args.quick:
-        args.rounds, args.seconds, args.lat_count, args.replay_seconds = 1, 0.3, 50, 1.0
+        args.rounds, args.seconds, args.lat_count, args.replay_seconds, args.lag_seconds = 1, 0.3, 50, [1.0], 1.5
     with tempfile.TemporaryDirectory(prefix="bench-steplog-", dir=os.environ.get("BENCH_TMP")) as tmp:
         tmp = Path(tmp)
         model = _model(tmp)
@@ -170,11 +206,17 @@ def main(argv=None) -> int:
         print("  1 in flight, p50: " + ", ".join(f"{n} {med[n]:.0f}" for n in CONFIGS) + " us")
         inv = {n: [1 / v for v in vals] for n, vals in f["p50"].items()}
         print(f"    speed ratio to off (1/p50): {_ratios(inv)}")
-        r = recovery(args, model, tmp)
-        print(f"\nrecovery: {r['steps']:,} steps in {r['records']:,} records ({r['log_bytes'] / 2**20:.1f} MiB of "
-              f"log) replayed in {r['seconds']:.2f} s = {r['rate']:,.0f} steps/s; live rate while written "
-              f"{r['live']:,.0f} steps/s: replay {r['rate'] / r['live']:.1f}x live; start to first reply "
-              f"{r['start']:.2f} s")
+        lag = durable_lag(args, model, tmp)
+        print(f"\neverysec under load ({lag['rate']:,.0f} steps/s): the durable position trailed the written one by "
+              f"at most {lag['gap_records']} records = {lag['gap_seconds']:.2f} s of writing = "
+              f"{lag['gap_steps']:,.0f} steps ({lag['samples']} samples): a machine crash at the worst moment "
+              f"loses that much")
+        print("\nrecovery (kill -9, then start): log written at the live rate for each duration")
+        for seconds in args.replay_seconds:
+            r = recovery(args, model, tmp, seconds)
+            print(f"  {seconds:g} s: {r['steps']:,} steps in {r['records']:,} records ({r['log_bytes'] / 2**20:.1f} "
+                  f"MiB) replayed in {r['seconds']:.2f} s = {r['rate']:,.0f} steps/s; live {r['live']:,.0f} "
+                  f"steps/s: replay {r['rate'] / r['live']:.2f}x live; start to first reply {r['start']:.2f} s")
     return 0
 
 

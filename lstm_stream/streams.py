@@ -248,10 +248,13 @@ class Streams(ColdTier):
         return self._all_finite(X)
 
     def sequence(self, stream_id) -> tuple[int, int]:
-        """(step count, seq of its receipt or -1) of a stream; (0, -1) for one not in the store."""
+        """(step count, seq of its receipt or -1) of a stream; (0, -1) for one not in the store. A cold stream
+        is brought back first (StoreFullError, nothing changed, if it does not fit)."""
         slot = self._store.get_slot(stream_id)
         if slot is None:
-            return 0, -1
+            if not self.is_cold(stream_id):
+                return 0, -1
+            slot = self._slot(stream_id)
         return self._store.steps.item(slot), self._receipts.seq.item(slot)
 
     def receipt(self, stream_id, seq: int, rows: int):

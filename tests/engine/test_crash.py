@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +208,32 @@ def test_a_full_disk_refuses_steps_applies_nothing_and_recovers(daemon, served_m
         for dd in daemon.daemons:
             dd.stop(signal.SIGKILL)
         subprocess.run(["umount", str(state)], capture_output=True)
+
+
+def test_a_torn_tail_is_dropped_and_a_corrupt_middle_refuses_the_start(daemon, served_models, tmp_path):
+    from lstm_stream import steplog
+    path, model = served_models["cls"]
+    state, endpoint = tmp_path / "state", daemon.endpoint()
+    args = ["--model", path, "--snapshot-dir", state, "--fsync", "always"]
+    d = daemon(*args, endpoint=endpoint)
+    xs = np.random.default_rng(3).standard_normal((30, I)).astype(np.float32)
+    with Client(endpoint) as c:
+        for x in xs:
+            c.step("t", x)
+    d.stop(signal.SIGKILL)
+    (_, seg), = [s for s in steplog.segments(state / "log") if os.path.getsize(s[1]) > 200]
+    whole = Path(seg).read_bytes()
+    with open(seg, "ab") as f:  # a crash in the middle of the next record's write
+        f.write(steplog.frame(31, b"x" * 300)[:137])
+    d = daemon(*args, endpoint=endpoint)
+    assert "ends with a torn record" in d.log()
+    with Client(endpoint) as c:
+        assert c.get_state("t").steps == 30
+    d.stop(signal.SIGKILL)
+    data = bytearray(Path(seg).read_bytes())
+    middle = len(whole) // 2
+    data[middle] ^= 0xFF  # a damaged byte inside an early record; valid records follow it
+    Path(seg).write_bytes(bytes(data))
+    d = daemon(*args, endpoint=endpoint, wait=False)
+    assert d.wait_exit(120) == 2
+    assert "is corrupted and valid data follows it" in d.log() and "truncate -s" in d.log()

@@ -232,3 +232,47 @@ def test_the_log_refuses_another_models_records(model, tmp_path):
     other = random_model(np.random.default_rng(99), I=5, H=13, L=2, O=3)
     with pytest.raises(steplog.LogCorruptError, match="not the loaded model"):
         recover(ls.Streams(other), tmp_path, 0)
+
+
+def test_replay_with_a_cold_store_gives_every_stream_wherever_it_was(model, tmp_path):
+    """Streams evicted, thawed, evicted again, dropped while cold and created again, after a snapshot: the
+    restart (snapshot, then the log replayed, which evicts nothing and reads the versions the snapshot knew)
+    gives each stream exactly its state."""
+    from lstm_stream.coldstore import ColdStore
+    from lstm_stream.snapshot import read_snapshot
+    rng = np.random.default_rng(21)
+    cold_path, snap = tmp_path / "cold.sqlite3", tmp_path / "streams.lstmsnap"
+    streams = ls.Streams(model, cold=ColdStore(cold_path), idle_ttl=1e6)
+    journal = Journal(tmp_path / "log", model.fingerprint, model.dtype)
+    journal.open(0)
+    core = EngineCore(streams, EngineConfig(), journal=journal)
+    ids = ["a", "b", "c", "d", 5]
+
+    def step(*which):
+        _turn(core, journal, [{"op": "step", "stream": i, "x": rng.standard_normal((2, 5))} for i in which])
+
+    step(*ids)
+    step("a", "c", 5)
+    streams.evict(["a", "b"])
+    streams.save_snapshot(snap, meta={"log_lsn": journal.lsn})
+    step("a", "c")                       # a back from its version
+    streams.evict(["c", "d"])
+    step("d")                            # d back
+    _turn(core, journal, [{"op": "drop", "stream": "b"}])  # dropped while cold: a tombstone
+    step("b")                            # a new b from zero
+    _turn(core, journal, [{"op": "reset", "stream": 5}, {"op": "step", "stream": "a", "x": [0.3] * 5, "seq": 9}])
+    streams.evict(["a"])                 # a cold again, a newer version
+    step("a")
+    journal.close()
+    want = {i: streams.get_state(i) for i in ids}
+
+    again = ls.Streams(model, cold=ColdStore(cold_path), idle_ttl=1e6)
+    again.restore_snapshot(snap, cold_wins=False)
+    meta = read_snapshot(snap)["meta"]
+    again.replaying(meta["cold_lsn"])
+    recover(again, tmp_path / "log", meta["log_lsn"])
+    again.replaying(None)
+    for i in ids:
+        got = again.get_state(i)
+        assert got.steps == want[i].steps and np.array_equal(got.h, want[i].h) and np.array_equal(got.c, want[i].c), i
+    assert again.receipt("a", 9, 1) is None and again.sequence("a")[0] == want["a"].steps
