@@ -144,7 +144,10 @@ def _open_log(serve, streams, snapshots):
 
     def position():  # at the snapshot's capture, on the loop: it holds every record written so far
         if journal.lsn >= journal.segment_first:  # start a new segment, so that this one can go once it is durable
-            journal.rotate()
+            try:
+                journal.rotate()
+            except OSError as e:  # the snapshot still holds every record so far; this segment just stays longer
+                log.warning("could not start a new step log segment at the snapshot: %s", e)
         return {"log_lsn": journal.lsn}
 
     snapshots.position = position
