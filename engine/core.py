@@ -18,7 +18,6 @@ import collections
 import logging
 import time
 
-import lstm_stream
 from lstm_stream import protocol as P
 from lstm_stream.errors import InputError, LSTMStreamError, SequenceError
 from lstm_stream.messages import Reply
@@ -26,6 +25,7 @@ from lstm_stream.messages import Reply
 from . import records
 from .config import EngineConfig
 from .journal import LogWriteError
+from .ops import Ops
 from .planner import plan
 
 log = logging.getLogger("lstm_stream.engine")
@@ -37,7 +37,7 @@ _CORE_CODES = {"bad_model": P.UNSUPPORTED, "bad_snapshot": P.SNAPSHOT_FAILED, "b
 BACKGROUND_POLL = 0.1  # seconds between looks at a background task (a kernel compiling) while one runs
 
 
-class EngineCore:
+class EngineCore(Ops):
     """Queue, batch plans, op dispatch and housekeeping over one Streams; no sockets, no threads, no bytes."""
 
     def __init__(self, streams, config: EngineConfig | None = None, *, snapshots=None, journal=None,
@@ -257,79 +257,6 @@ class EngineCore:
         except Exception as e:
             return self._failure(req, e)
 
-    def _op_ping(self, req):
-        return {"time": time.time()}
-
-    def _op_info(self, req):
-        m = self.streams.model
-        stats = self.streams.stats()
-        return {"protocol": P.PROTOCOL_VERSION, "version": lstm_stream.__version__, "model": m.config(),
-                "fingerprint": m.fingerprint, "autoregressive": m.autoregressive, "backend": stats["backend"],
-                "streams": stats["streams"], "capacity": stats["capacity"], "max_streams": stats["max_streams"],
-                "idle_ttl": self.streams.idle_ttl, "state_bytes_per_stream": stats["state_bytes_per_stream"],
-                "slab_bytes": stats["slab_bytes"], "id_lists": stats["id_lists"], "cold": stats["cold"],
-                "uptime": self._clock() - self._started,
-                "pending": len(self._queue), "max_batch": self.config.max_batch,
-                "max_pending": self.config.max_pending, "max_message_bytes": self.config.max_message_bytes,
-                "counters": dict(self.metrics),
-                "log": None if self.journal is None else {**self.journal.status(), "held_replies": self.held},
-                "snapshot": None if self.snapshots is None else {"path": self.snapshots.path,
-                                                                  "every": self.snapshots.every,
-                                                                  "last": self.snapshots.last,
-                                                                  **self.snapshots.status()}}
-
-    def _op_streams(self, req):
-        offset, limit = req.offset, req.limit
-        if offset < 0 or not 0 <= limit <= P.MAX_STREAMS_PAGE:
-            raise P.ProtocolError(P.BAD_REQUEST, f"offset must be >= 0 and limit in 0..{P.MAX_STREAMS_PAGE}, "
-                                                 f"got offset={offset}, limit={limit}")
-        ids = self.streams.ids()
-        return {"streams": ids[offset:offset + limit], "total": len(ids)}
-
-    def _op_forecast(self, req):
-        m = self.streams.model
-        if not m.autoregressive:
-            raise P.ProtocolError(P.UNSUPPORTED, f"forecast needs an autoregressive model (output_size == "
-                                                 f"input_size); this one maps {m.input_size} inputs to "
-                                                 f"{m.output_size} outputs")
-        return {"y": self.streams.forecast(req.stream, req.horizon)}
-
-    def _op_get_state(self, req):
-        st = self.streams.get_state(req.stream)
-        return {"h": st.h, "c": st.c, "steps": st.steps, "last_seen": st.last_seen}
-
-    def _op_set_state(self, req):
-        # Streams.set_state checks everything (steps in int64, shapes, NaN) before any change
-        self.streams.set_state(req.stream, {"h": req.h, "c": req.c, "steps": req.steps})
-        self._mutated()
-        return {}
-
-    def _op_copy(self, req):
-        self.streams.copy(req.src, req.dst)
-        self._mutated()
-        return {}
-
-    def _op_reset(self, req):
-        self.streams.reset(req.stream)
-        self._mutated()
-        return {}
-
-    def _op_drop(self, req):
-        self.streams.drop(req.stream)
-        self._mutated()
-        return {}
-
-    def _op_snapshot(self, req):
-        """Written on the loop thread (Snapshots.save): the loop pauses for the whole write, ~1-2 s at 2M
-        streams of hidden 64 (docs/benchmarks.md), after any background write in flight. A rare operator
-        request; the timed snapshots are the ones written in the background."""
-        if self.snapshots is None:
-            raise P.ProtocolError(P.UNSUPPORTED, "this daemon was started without --snapshot-dir")
-        try:
-            return self.snapshots.save("request")
-        except OSError as e:
-            raise P.ProtocolError(P.SNAPSHOT_FAILED, f"snapshot to {self.snapshots.path} failed: {e}") from None
-
     # ---- replies ---------------------------------------------------------------------------------
     def _success(self, req, result) -> Reply:
         self.metrics["ok"] += 1
@@ -359,6 +286,7 @@ class EngineCore:
     def housekeep(self, now: float | None = None) -> float:
         """Timed snapshot, idle eviction, metrics line, each when due; returns the next deadline (monotonic)."""
         now = self._clock() if now is None else now
+        self._wall = time.time()  # the streams' clock with a step log (idle eviction reads it)
         if self.snapshots is not None:
             self.snapshots.tick(now)  # finishes or starts a background write; a failure is logged and
             # retried with back-off there; never raises

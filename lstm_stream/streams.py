@@ -17,16 +17,15 @@ import time
 import numpy as np
 
 from .backends import make_backend
-from .errors import InputError, ModelError, SnapshotError
+from .errors import InputError, ModelError
 from .model import LSTMModel
 from .receipts import Receipts
-from .snapshot import read_snapshot, write_snapshot_blocks
-from .state import INT64_MAX, StreamState, check_id, check_ids, parse_state
+from .snapshotting import SnapshotIO
+from .state import INT64_MAX, StreamState, check_id, parse_state
 from .store import StateStore, distinct
 from .tiering import ColdTier
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
-SNAPSHOT_BLOCK = 16_384  # streams per block of a snapshot file (8 MB at hidden 64): the writer's one copy
 _STORE_ARRAYS = ("steps", "last_seen")  # per-slot arrays of the store that snapshots carry, by name
 
 
@@ -38,7 +37,7 @@ def _id_list(ids):
     return list(ids)
 
 
-class Streams(ColdTier):
+class Streams(ColdTier, SnapshotIO):
     """Per-stream LSTM state for one model, stepped by a CPU or CUDA backend."""
 
     def __init__(self, model: LSTMModel, backend: str = "cpu", *, max_streams: int | None = None,
@@ -390,69 +389,3 @@ class Streams(ColdTier):
             if name in arrays:
                 getattr(self._store, name)[slots] = arrays[name]
         self._receipts.load(slots, arrays)
-
-    def export_all(self) -> tuple:
-        """(ids, export_slots of every stream): a copy of the whole state, ids in slot order."""
-        ids, slots = self._store.ids_and_slots()
-        return ids, self.export_slots(slots)
-
-    def save_snapshot(self, path, *, meta: dict | None = None) -> int:
-        """Write every stream in memory to `path` atomically, SNAPSHOT_BLOCK streams at a time (so the write
-        holds one block's copy, not a copy of the state); meta goes into the file (read_snapshot's 'meta'),
-        with a cold store its cold_lsn (snapshot_meta()). Returns the file size in bytes. Nothing may change
-        the streams meanwhile: the daemon writes from a forked child, whose memory is frozen at the fork
-        (engine/persistence.py), with the meta taken before the fork (a child must not use the cold store)."""
-        own = self.cold is not None and (meta is None or "cold_lsn" not in meta)
-        if own:  # a caller in this process (not the daemon's forked writer): take the cold store's meta now
-            meta = {**(meta or {}), **self.snapshot_meta()}
-        ids, slots = self._store.ids_of, self._store.slots()
-        # the CUDA backend copies its whole slab to the host per gather: one block
-        block = SNAPSHOT_BLOCK if self.backend == "cpu" else max(len(slots), 1)
-        size = write_snapshot_blocks(path, fingerprint=self.model.fingerprint, count=len(slots),
-                                     ids=(ids(slots[k:k + block]) for k in range(0, len(slots), block)),
-                                     export=lambda a, b: self.export_slots(slots[a:b]), block=block, meta=meta)
-        if own:
-            self.snapshot_durable(meta)
-        return size
-
-    def restore_snapshot(self, path, *, cold_wins: bool = True) -> int:
-        """Replace all streams in memory with those of a snapshot of this model; on any error nothing changes.
-        Returns the number of streams restored. With a cold store, a stream both in the snapshot and cold is
-        settled by the file's cold_lsn (ColdTier._settle; cold_wins=False when a step log replay follows)."""
-        return self.import_snapshot(read_snapshot(path, fingerprint=self.model.fingerprint), path,
-                                    cold_wins=cold_wins)
-
-    def import_snapshot(self, snap: dict, path="snapshot", *, cold_wins: bool = True) -> int:
-        """restore_snapshot of what read_snapshot returned (`path` names it in errors): every array the file
-        holds goes to import_slots. Returns the number of streams restored."""
-        if snap["header"]["fingerprint"] != self.model.fingerprint:
-            raise SnapshotError(f"snapshot {path!r} belongs to model {snap['header']['fingerprint']}, not to "
-                                f"the loaded model {self.model.fingerprint}; load it with the model that wrote it")
-        ids, m = snap["ids"], self.model
-        want = {"h": (len(ids), m.num_layers, m.state_size), "c": (len(ids), m.num_layers, m.hidden_size)}
-        for k, shape in want.items():
-            if snap[k].shape != shape or snap[k].dtype != self._dtype:
-                raise SnapshotError(f"snapshot {path!r}: {k} is {snap[k].dtype}{snap[k].shape}, expected "
-                                    f"{self._dtype}{shape}")
-        if len(set(ids)) != len(ids):
-            raise SnapshotError(f"snapshot {path!r} lists a stream id twice")
-        if self._store.max_streams is not None and len(ids) > self._store.max_streams:
-            raise SnapshotError(f"snapshot {path!r} holds {len(ids)} streams, more than max_streams="
-                                f"{self._store.max_streams}")
-        ids = check_ids(ids)
-        if len(set(ids)) != len(ids):  # again: two ids may be equal once normalised
-            raise SnapshotError(f"snapshot {path!r} lists a stream id twice")
-        for i in list(self._store.ids()):
-            self._forget(i)
-        slots = self._store.add_many(ids, 0.0)
-        self._generation += 1
-        self.import_slots(slots, {name: snap[name] for name in snap["arrays"]})
-        self._settle(snap.get("meta", {}).get("cold_lsn", 0), cold_wins)
-        return len(ids)
-
-    @classmethod
-    def load_snapshot(cls, path, model: LSTMModel, **kwargs) -> "Streams":
-        """A new Streams for `model` holding the streams of snapshot `path` (kwargs as for Streams())."""
-        streams = cls(model, **kwargs)
-        streams.restore_snapshot(path)
-        return streams

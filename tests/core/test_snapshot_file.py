@@ -217,7 +217,7 @@ def test_blocks_meta_and_extra_arrays_round_trip(tmp_path, n, block):
 def test_streams_save_in_blocks_with_meta_and_restore(tmp_path, monkeypatch):
     """Streams.save_snapshot across several blocks (one slot dropped in between) restores bit-identically;
     a file with an array this version does not know still restores."""
-    import lstm_stream.streams as streams_module
+    import lstm_stream.snapshotting as streams_module
     monkeypatch.setattr(streams_module, "SNAPSHOT_BLOCK", 7)
     model = make()
     s = populated(model, np.random.default_rng(12), n=40)
