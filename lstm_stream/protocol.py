@@ -278,9 +278,12 @@ def parse_request(msg: dict) -> Request:
         raise ProtocolError(UNKNOWN_OP, f"unknown op {op[:64]!r}; expected one of {', '.join(OPS)}", rid)
     cls, checks, arrays = parser
     values = []
-    for name, kind, check, default in checks:  # _field, inlined for the common case (this runs per request)
+    for name, kind, check, default in checks:  # _field, inlined for the common cases (this runs per request)
         value = msg.get(name)
-        values.append(value if value is not None and check(value) else _field(msg, name, kind, default, op, rid))
+        if value is not None:
+            values.append(value if check(value) else _field(msg, name, kind, default, op, rid))
+        else:
+            values.append(default if default is not REQUIRED else _field(msg, name, kind, default, op, rid))
     lists = msg.get("lists")
     if lists is None:
         lists = False
