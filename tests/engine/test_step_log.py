@@ -276,3 +276,13 @@ def test_replay_with_a_cold_store_gives_every_stream_wherever_it_was(model, tmp_
         got = again.get_state(i)
         assert got.steps == want[i].steps and np.array_equal(got.h, want[i].h) and np.array_equal(got.c, want[i].c), i
     assert again.receipt("a", 9, 1) is None and again.sequence("a")[0] == want["a"].steps
+
+
+@pytest.mark.parametrize("ids, form", [(["a", "pump-7", "é" * 3], 1), ([7, -3, 2**63 - 1], 2), (["a\0b", "c"], 0),
+                                       (["x", 5], 0), (["\ud800", "y"], 0), ([1], 2)])
+def test_record_ids_round_trip_in_every_form(ids, form):
+    """str ids as one NUL-joined bin (1), int ids as int64 bytes (2), anything else as the list (0)."""
+    from engine.records import packed_ids, unpacked_ids
+    got, data = packed_ids(ids)
+    back = unpacked_ids(got, data)
+    assert got == form and back == ids and [type(i) for i in back] == [type(i) for i in ids]
