@@ -145,6 +145,8 @@ def test_the_spec_documents_every_op_field_and_error_code():
     for code in P.ERROR_CODES:
         assert f"| `{code}` |" in spec, code
     assert f"version {P.PROTOCOL_VERSION}" in spec
+    writing = spec.split("## 10. Writing a client")[1]  # points at the C client and the golden vectors
+    assert "clients/c/" in writing and "tests/golden/" in writing
 
 
 @pytest.mark.parametrize("rid", [None, 0, 5, -7, 2**63 - 1, 2**64 - 1, "r", "é" * 128])
