@@ -140,7 +140,8 @@ class Streams(ColdTier):
             return np.ascontiguousarray(arr, dtype=self._dtype)
         with np.errstate(over="ignore", invalid="ignore"):
             out = np.ascontiguousarray(arr, dtype=self._dtype)
-        if not self._all_finite(out) and (np.isinf(out) & np.isfinite(arr)).any():
+        # numpy, not the compiled all_finite: arrays of any rank here, and no kernel signature after warm-up
+        if not np.isfinite(out).all() and (np.isinf(out) & np.isfinite(arr)).any():
             raise InputError(f"{what} has values out of range for {self._dtype} (largest magnitude "
                              f"{float(np.finfo(self._dtype).max):.7g}); expected finite {self._dtype} values")
         return out
