@@ -37,7 +37,7 @@ class Ops:
     def _op_streams(self, req):
         offset, limit = req.offset, req.limit
         if offset < 0 or not 0 <= limit <= P.MAX_STREAMS_PAGE:
-            raise P.ProtocolError(P.BAD_REQUEST, f"offset must be >= 0 and limit in 0..{P.MAX_STREAMS_PAGE}, "
+            raise P.ProtocolError(P.BAD_INPUT, f"offset must be >= 0 and limit in 0..{P.MAX_STREAMS_PAGE}, "
                                                  f"got offset={offset}, limit={limit}")
         ids = self.streams.ids()
         return {"streams": ids[offset:offset + limit], "total": len(ids)}

@@ -125,6 +125,9 @@ class _Builder:
             return
         if req.x is not None:  # step_many, one row per stream
             ids = req.streams
+            if np.ndim(req.x) != 2:  # (I,) would pass as one row; the spec says (N, I), even for N = 1
+                raise InputError(f"x has shape {np.shape(req.x)}; expected (N, {self._I}), one row per stream "
+                                 "(use 'xs' for one array per stream)")
             block, T, _ = self._rows(req.x, "x")
             if T != len(ids):
                 raise InputError(f"x has {T} rows but 'streams' lists {len(ids)} ids; expected one row per "

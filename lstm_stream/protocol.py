@@ -104,12 +104,26 @@ def to_array(value, field: str = "array", *, copy: bool = True) -> np.ndarray:
         if a.dtype.kind not in "fiu" or a.ndim > MAX_ARRAY_RANK:
             raise ProtocolError(BAD_INPUT, f"{field}: expected (nested) lists of numbers, got elements of "
                                            f"type {a.dtype} with rank {a.ndim}")
+        if _holds_bool(value, a.ndim):
+            raise ProtocolError(BAD_INPUT, f"{field}: expected (nested) lists of numbers, got a bool (true and "
+                                           "false are not numbers)")
         return a
     raise ProtocolError(BAD_REQUEST, f"{field}: expected an array map {{dtype, shape, data}} or a list of "
                                      f"numbers, got {type(value).__name__}")
 
 
+def _holds_bool(rows, ndim: int) -> bool:
+    """Whether nested lists of rank ndim hold a bool: numpy reads [true, 0.5] as [1.0, 0.5] (and [true, 2] as
+    ints), but the wire has no bool numbers (docs/protocol.md, Arrays)."""
+    if ndim <= 1:
+        return bool in map(type, rows)
+    return any(_holds_bool(r, ndim - 1) for r in rows)
+
+
 def _from_map(m: dict, field: str, copy: bool = True) -> np.ndarray:
+    if len(m) > 3:  # a key we do not know could change what the bytes mean (an order, a byte order): refuse
+        extra = ", ".join(f"{field}.{k}" for k in sorted(map(str, m.keys() - {"dtype", "shape", "data"})))
+        raise ProtocolError(BAD_INPUT, f"{extra}: unknown key(s); an array map has exactly dtype, shape and data")
     dtype, shape, data = m.get("dtype"), m.get("shape"), m.get("data")
     wire = _WIRE.get(dtype) if type(dtype) is str else None
     if wire is None:
@@ -241,7 +255,7 @@ class Codec:
         try:
             msg = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
         except Exception as e:  # msgpack raises ValueError, ExtraData, StackError, UnicodeDecodeError...
-            raise ProtocolError(BAD_MESSAGE, f"not a valid msgpack message ({type(e).__name__}: {e})") from None
+            raise ProtocolError(BAD_MESSAGE, _undecodable(e)) from None
         if not isinstance(msg, dict):
             raise ProtocolError(BAD_MESSAGE, f"a message must be a msgpack map, got {type(msg).__name__}")
         return msg
@@ -258,6 +272,16 @@ class Codec:
         return msg
 
 
+def _undecodable(e: Exception) -> str:
+    """The message of a payload msgpack refused. msgpack bounds a container's declared length by the
+    payload's size, so a truncated map or array surfaces as "N exceeds max_map_len(M)": say what it means."""
+    text = f"{type(e).__name__}: {e}"
+    if "exceeds max_" in str(e) or "incomplete input" in str(e):
+        return f"not a valid msgpack message: truncated or malformed (a map, array, str or bin declares more " \
+               f"items or bytes than the message holds; {text})"
+    return f"not a valid msgpack message ({text})"
+
+
 def parse_request(msg: dict) -> Request:
     """A decoded map as its typed Request (messages.py): every field checked against its kind, arrays made
     numpy arrays, unknown fields skipped; ProtocolError (carrying the request id once it is known) if not."""
@@ -266,10 +290,10 @@ def parse_request(msg: dict) -> Request:
         raise ProtocolError(BAD_REQUEST, f"'id' must be an int, a str of at most {MAX_REQUEST_ID_LENGTH} "
                                          f"characters, or nil; got {type(rid).__name__}")
     version = msg.get("v")
-    if version != PROTOCOL_VERSION:
-        code = BAD_REQUEST if version is None else BAD_VERSION
-        raise ProtocolError(code, f"'v' is {version!r}; this daemon speaks protocol version {PROTOCOL_VERSION}",
-                            rid)
+    if type(version) is not int or version != PROTOCOL_VERSION:  # 1.0 and true are not the int 1
+        code = BAD_VERSION if type(version) is int else BAD_REQUEST
+        raise ProtocolError(code, f"'v' is {version!r}; this daemon speaks protocol version {PROTOCOL_VERSION} "
+                                  "(an int)", rid)
     op = msg.get("op")
     if not isinstance(op, str):
         raise ProtocolError(BAD_REQUEST, f"'op' must be a str, got {type(op).__name__}", rid)

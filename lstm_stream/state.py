@@ -78,8 +78,12 @@ def _state_array(name, a, shape, dtype):
         raise InputError(f"state {name!r} has dtype {a.dtype}; expected real numbers")
     if a.shape != shape:
         raise InputError(f"state {name!r} has shape {a.shape}; expected {shape} (num_layers, size)")
+    src = a
     with np.errstate(over="ignore", invalid="ignore"):
         a = np.ascontiguousarray(a, dtype=dtype)
     if not np.isfinite(a).all():  # after the cast: 1e300 is finite in float64, Inf in float32
+        if np.isfinite(src).all():
+            raise InputError(f"state {name!r} has values out of range for {dtype}; expected finite {dtype} "
+                             "values")
         raise InputError(f"state {name!r} contains NaN or Inf (in {dtype}); expected finite values")
     return a

@@ -119,7 +119,7 @@ class Streams(ColdTier, SnapshotIO):
                 raise InputError(f"{what} is not an array of numbers ({e})") from None
             if arr.dtype.kind not in "fiu":
                 raise InputError(f"{what} has dtype {arr.dtype}; expected real numbers (float or int)")
-            arr = np.ascontiguousarray(arr, dtype=self._dtype)
+            arr = self._cast(arr, what)
             if writable and not arr.flags.writeable:
                 arr = arr.copy()
         if arr.ndim == 1:
@@ -130,6 +130,20 @@ class Streams(ColdTier, SnapshotIO):
         if finite and not self._all_finite(arr):
             raise InputError(f"{what} contains NaN or Inf; expected finite values")
         return arr
+
+    def _cast(self, arr, what) -> np.ndarray:
+        """arr as a C-contiguous array of the model's dtype. A float64 beyond float32's range becomes Inf in
+        the cast: refused here as out of range (not as NaN/Inf, which the client did not send), with numpy's
+        RuntimeWarning silenced (it would go to stderr, around the daemon's log)."""
+        if arr.dtype.kind != "f" or arr.dtype.itemsize <= self._dtype.itemsize:
+            return np.ascontiguousarray(arr, dtype=self._dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.ascontiguousarray(arr, dtype=self._dtype)
+        # numpy, not the compiled all_finite: arrays of any rank here, and no kernel signature after warm-up
+        if not np.isfinite(out).all() and (np.isinf(out) & np.isfinite(arr)).any():
+            raise InputError(f"{what} has values out of range for {self._dtype} (largest magnitude "
+                             f"{float(np.finfo(self._dtype).max):.7g}); expected finite {self._dtype} values")
+        return out
 
     def _ids(self, ids) -> list:
         """Validated, normalised ids (numpy ints become int); StoreFullError if the new ones do not fit."""

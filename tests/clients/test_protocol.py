@@ -23,7 +23,7 @@ def test_arrays_round_trip_as_little_endian_bytes(dtype, shape):
 
 def test_plain_lists_are_arrays_too():
     np.testing.assert_array_equal(P.to_array([[1, 2.5], [3, 4]]), [[1, 2.5], [3, 4]])
-    for bad in ([[1, 2], [3]], ["a", "b"], [{"x": 1}]):
+    for bad in ([[1, 2], [3]], ["a", "b"], [{"x": 1}], [True, 0.5], [[1, 2], [3, False]], [True, 2], [True]):
         with pytest.raises(P.ProtocolError) as e:
             P.to_array(bad)
         assert e.value.code == P.BAD_INPUT
@@ -38,6 +38,7 @@ def test_plain_lists_are_arrays_too():
     ({"dtype": "float32", "shape": [1, 1, 1, 1, 1], "data": b"\0" * 4}, "at most 4"),
     ({"dtype": "float32", "shape": [1.0], "data": b"\0" * 4}, "non-negative ints"),
     ({"dtype": "float32", "shape": [1], "data": "abcd"}, "bin"),
+    ({"dtype": "float32", "shape": [1], "data": b"\0" * 4, "order": "F"}, "exactly dtype, shape and data"),
 ])
 def test_bad_array_maps_name_the_problem(m, words):
     with pytest.raises(P.ProtocolError, match=words) as e:
@@ -55,6 +56,15 @@ def test_codec_bounds_and_structure():
         with pytest.raises(P.ProtocolError) as e:
             codec.decode(data)
         assert e.value.code == P.BAD_MESSAGE, data
+
+
+@pytest.mark.parametrize("data", [bytes.fromhex("83a176"), bytes.fromhex("92"), bytes.fromhex("81a1")])
+def test_a_truncated_message_is_called_truncated(data):
+    """msgpack reports a container longer than the payload as "3 exceeds max_map_len(1)"; the reply says
+    what that means."""
+    with pytest.raises(P.ProtocolError, match="truncated") as e:
+        P.Codec().decode(data)
+    assert e.value.code == P.BAD_MESSAGE
 
 
 def test_requests_unknown_fields_skipped_defaults_filled():
@@ -93,6 +103,13 @@ def test_id_lists_accept_str_and_int_only(ids, ok):
     ({"v": 1, "id": 3, "op": "step_many", "streams": ["a"]}, P.BAD_REQUEST, 3),
     ({"v": 1, "id": 3, "op": "forecast", "stream": "a", "horizon": True}, P.BAD_REQUEST, 3),
     ({"v": 1, "id": 3, "op": "ping", "lists": 1}, P.BAD_REQUEST, 3),
+    ({"v": 1.0, "id": 3, "op": "ping"}, P.BAD_REQUEST, 3),   # v is the int 1: a float or a bool is a wrong type
+    ({"v": True, "id": 3, "op": "ping"}, P.BAD_REQUEST, 3),
+    ({"v": "1", "id": 3, "op": "ping"}, P.BAD_REQUEST, 3),
+    ({"v": 2, "id": True, "op": "ping"}, P.BAD_REQUEST, None),  # the id is checked first; its reply id is nil
+    ({"id": 3, "op": "nope"}, P.BAD_REQUEST, 3),                # v before op
+    ({"v": 2, "id": 3, "op": "nope"}, P.BAD_VERSION, 3),
+    ({"v": 1, "id": 3, "op": "step", "stream": 1.5}, P.BAD_REQUEST, 3),  # fields in order: stream before x
 ])
 def test_bad_requests_carry_code_and_id(msg, code, rid):
     with pytest.raises(P.ProtocolError) as e:
@@ -128,6 +145,8 @@ def test_the_spec_documents_every_op_field_and_error_code():
     for code in P.ERROR_CODES:
         assert f"| `{code}` |" in spec, code
     assert f"version {P.PROTOCOL_VERSION}" in spec
+    writing = spec.split("## 10. Writing a client")[1]  # points at the C client and the golden vectors
+    assert "clients/c/" in writing and "tests/golden/" in writing
 
 
 @pytest.mark.parametrize("rid", [None, 0, 5, -7, 2**63 - 1, 2**64 - 1, "r", "é" * 128])

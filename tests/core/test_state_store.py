@@ -181,7 +181,7 @@ def test_bad_set_state_is_refused(state, msg):
     ((np.zeros((2, 4)), np.zeros((2, 5))), "'h' has shape"),
     ((np.zeros((2, 5)), np.zeros((5, 2))), "'c' has shape"),
     ((np.full((2, 5), np.nan), np.zeros((2, 5))), "'h' contains NaN"),
-    ((np.zeros((2, 5)), np.full((2, 5), 1e300)), "'c' contains NaN or Inf"),  # finite in float64, Inf in float32
+    ((np.zeros((2, 5)), np.full((2, 5), 1e300)), "'c' has values out of range for float32"),  # finite in float64, Inf in float32
 ])
 def test_a_refused_set_state_changes_nothing(state, msg):
     """An existing stream keeps its h, c, steps and last-seen time; a new id is not created."""

@@ -12,13 +12,18 @@ MAX_STREAMS, MAX_BYTES = 4, 65536
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory, served_models):
+def served(tmp_path_factory, served_models):
     factory = DaemonFactory(tmp_path_factory.mktemp("bad_messages"))
     path, _ = served_models["cls"]
     try:
-        yield factory("--model", path, "--max-streams", MAX_STREAMS, "--max-message-bytes", MAX_BYTES).endpoint
+        yield factory("--model", path, "--max-streams", MAX_STREAMS, "--max-message-bytes", MAX_BYTES)
     finally:
         factory.close()
+
+
+@pytest.fixture(scope="module")
+def endpoint(served):
+    return served.endpoint
 
 
 @pytest.fixture
@@ -85,6 +90,21 @@ CASES = {
     "set_state wrong shape": (pack(op="set_state", stream="a", h=[[0.0]], c=[[0.0]]), "bad_input"),
     "full store": (pack(op="step", stream="one-too-many", x=X), "store_full"),
     "snapshot without dir": (pack(op="snapshot"), "unsupported"),
+    # issue 22: where the spec and the daemon disagreed, and where a client had to guess
+    "version a float": (msgpack.packb({"v": 1.0, "id": 7, "op": "ping"}), "bad_request"),
+    "version a bool": (msgpack.packb({"v": True, "id": 7, "op": "ping"}), "bad_request"),
+    "version a str": (msgpack.packb({"v": "1", "id": 7, "op": "ping"}), "bad_request"),
+    "missing version and an unknown op": (msgpack.packb({"id": 7, "op": "launch"}), "bad_request"),
+    "streams offset -1": (pack(op="streams", offset=-1), "bad_input"),
+    "streams limit 100001": (pack(op="streams", limit=100_001), "bad_input"),
+    "a bool inside nested lists": (pack(op="step", stream="a", x=[0.1, True, 0.3, 0.4]), "bad_input"),
+    "step_many x of rank 1": (pack(op="step_many", streams=["a"], x=X), "bad_input"),
+    "step_many xs entry of 0 samples": (pack(op="step_many", streams=["a"], xs=[arr("float32", (0, 4))]),
+                                        "bad_input"),
+    "an extra key in an array map": (pack(op="step", stream="a", x={**arr("float32", (4,)), "order": "F"}),
+                                     "bad_input"),
+    "beyond float32's range": (pack(op="step", stream="a", x=[0.1, 1e300, 0.3, 0.4]), "bad_input"),
+    "truncated map": (bytes.fromhex("83a176"), "bad_message"),
 }
 
 
@@ -117,3 +137,34 @@ def test_bad_message_gets_its_error_code_and_the_daemon_keeps_serving(name, sock
     assert reply["id"] in (7, None)
     good = roundtrip(sock, pack(op="step", stream="full-0", x=X))
     assert good["ok"] and good["id"] == 7
+
+
+@pytest.mark.parametrize("rid", [1.5, True, b"7", "r" * 129])
+def test_an_invalid_request_id_gets_bad_request_with_a_nil_id(rid, sock):
+    """The id cannot be echoed, so the reply's id is nil (docs/protocol.md, 2.1)."""
+    reply = roundtrip(sock, msgpack.packb({"v": 1, "id": rid, "op": "ping"}))
+    assert reply["id"] is None and reply["error"]["code"] == "bad_request", reply
+
+
+@pytest.mark.parametrize("rid", [-7, 2**63 - 1, 2**64 - 1, -(2**63), "é" * 128])
+def test_request_ids_in_the_documented_range_are_echoed(rid, sock):
+    """Any msgpack int (int64 or uint64) and a str of up to 128 code points (here 256 UTF-8 bytes)."""
+    assert roundtrip(sock, msgpack.packb({"v": 1, "id": rid, "op": "ping"}))["id"] == rid
+
+
+@pytest.mark.parametrize("fields", [{"op": "step", "stream": "full-1", "x": [0.1, 1e300, 0.3, 0.4]},
+                                    {"op": "step_many", "streams": ["full-1"], "xs": [[0.1, 1e300, 0.3, 0.4]]},
+                                    {"op": "set_state", "stream": "full-1", "h": [[1e300] * 16] * 2,
+                                     "c": [[0.0] * 16] * 2}])
+def test_out_of_float32_range_is_named_and_leaves_stderr_alone(fields, sock, served):
+    """1e300 is finite as a float64 but not as the model's float32: the message says so, and numpy's
+    RuntimeWarning does not reach the daemon's output."""
+    reply = roundtrip(sock, pack(**fields))
+    assert reply["error"]["code"] == "bad_input", reply
+    assert "out of range for float32" in reply["error"]["message"], reply
+    assert "RuntimeWarning" not in served.log()
+
+
+def test_a_truncated_map_says_it_is_truncated(sock):
+    reply = roundtrip(sock, bytes.fromhex("83a176"))
+    assert reply["id"] is None and "truncated or malformed" in reply["error"]["message"], reply

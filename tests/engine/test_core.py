@@ -169,7 +169,7 @@ def test_state_ops_and_errors(ar_model, cls_model):
     assert core.call(req("set_state", stream="z", h=h, c=c, steps=-1))["error"]["code"] == P.BAD_INPUT
     assert core.call(req("copy", src="nope", dst="y"))["error"]["code"] == P.UNKNOWN_STREAM
     assert core.call(req("streams"))["streams"] == ["z"]
-    assert core.call(req("streams", offset=-1))["error"]["code"] == P.BAD_REQUEST
+    assert core.call(req("streams", offset=-1))["error"]["code"] == P.BAD_INPUT  # a value out of range
     assert core.call(req("snapshot"))["error"]["code"] == P.UNSUPPORTED
 
 
