@@ -200,7 +200,7 @@ def bounded_requests(endpoint, pid, ctx, limits, timing):
     for name, fields in kinds.items():
         times, stop = [], threading.Event()
 
-        def load():
+        def load(fields=fields, times=times, stop=stop):
             k = 0
             while not stop.is_set():
                 k += 1
@@ -256,7 +256,6 @@ def adversarial(endpoint, pid, ctx):
 
 
 def report(res, bounded, adv, info, args) -> str:
-    from .server import DAEMON  # noqa: F401  (the same daemon command line family)
     head = "## Overload and bounded requests" if not args.repo else \
         f"### The same load against the daemon from {args.repo}"
     lines = [head, "",
@@ -287,8 +286,8 @@ def report(res, bounded, adv, info, args) -> str:
                                       r10["p99"] is not None and r10["p99"] < 0.05 and not r10["lost"],
                                       f"{common.fmt(r10['p99'] and r10['p99'] * 1e3)} ms, {r10['lost']} lost"))
     if bounded:
-        lines += ["", "Requests at the per-request bounds, back to back (one in flight), a fresh client pinging "
-                  "meanwhile:", ""]
+        lines += ["", ("Requests at the per-request bounds, back to back (one in flight), a fresh client pinging "
+                       "meanwhile:"), ""]
         rows = [[k, common.fmt(v["request_ms"]), common.fmt(v["request_max_ms"]), common.fmt(v["p50"] * 1e3),
                  common.fmt(v["p99"] * 1e3), v["lost"]] for k, v in bounded.items()]
         lines.append(common.table(["request", "time per request ms (median)", "max ms", "ping p50 ms",
