@@ -215,6 +215,11 @@ class EngineConfig:
                               "socket (ZeroMQ's high-water marks push back on the senders; see "
                               "[Backpressure](#backpressure-a-client-faster-than-the-daemon))",
                               unit=count("requests"))
+    # The wire bytes of the queued requests: with the decode bound (docs/protocol.md, "Memory of a request":
+    # at most 4x a message's size + 64 KiB), what bounds the queue's memory when messages are large: 64 MiB of
+    # queued messages is at most ~256 MiB decoded (16,384 messages of 16 MiB would be 1 TiB by count alone).
+    max_pending_bytes: int = option(64 * 2**20, "wire bytes of queued requests; while this much waits, the "
+                                    "daemon reads no more from its socket (like `--max-pending`)", unit=SIZE)
     # A quota per client connection: off by default (round robin over the connections already keeps one
     # flooding client from starving the others). Set, a client with this many requests queued gets `busy` for
     # the next ones (not applied) instead of taking more of the queue.
@@ -251,7 +256,7 @@ class EngineConfig:
 
     def __post_init__(self):
         for name in ("max_batch", "max_turn_samples", "max_pending", "read_per_turn", "max_message_bytes",
-                     "max_request_samples", "max_request_new_streams"):
+                     "max_request_samples", "max_request_new_streams", "max_pending_bytes"):
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= 1, got {v!r}")

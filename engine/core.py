@@ -59,6 +59,7 @@ class EngineCore:
         self._queues: dict = {}                           # peer -> deque of (tag, Request)
         self._ring: collections.deque = collections.deque()  # peers with queued requests, in serving order
         self._pending = 0
+        self.pending_bytes = 0  # wire bytes of the queued requests (as submit() was told)
         self._started = clock()
         self.metrics = collections.Counter()
         self._last_metrics = collections.Counter()
@@ -72,7 +73,7 @@ class EngineCore:
         return self._pending
 
     # ---- requests in, replies out ----------------------------------------------------------------
-    def submit(self, tag, req) -> Reply | None:
+    def submit(self, tag, req, nbytes: int = 0) -> Reply | None:
         """Queue one request; returns its Reply when it is answered at once: ping and info (they touch no
         stream, so they are never queued and never busy), a request over a per-request bound (too_large), or
         one refused as busy (the client's quota, --max-peer-pending, or a full queue; the server stops
@@ -98,8 +99,9 @@ class EngineCore:
         if q is None:
             self._queues[peer] = q = collections.deque()
             self._ring.append(peer)
-        q.append((tag, req))
+        q.append((tag, req, nbytes))
         self._pending += 1
+        self.pending_bytes += nbytes
         return None
 
     def _over_bounds(self, req, cfg) -> Reply | None:
@@ -139,17 +141,18 @@ class EngineCore:
         ring = self._ring
         peer = ring[0]
         q = self._queues[peer]
-        item = q.popleft()
+        tag, req, nbytes = q.popleft()
         if q:
             ring.rotate(-1)
         else:
             ring.popleft()
             del self._queues[peer]
         self._pending -= 1
-        return item
+        self.pending_bytes -= nbytes
+        return tag, req
 
     def _peek(self):
-        """The (tag, Request) that _pop() returns next."""
+        """The (tag, Request, wire bytes) that _pop() returns next."""
         return self._queues[self._ring[0]][0]
 
     def refuse(self, request_id, code: str, message: str, *, counted: bool = False) -> Reply:

@@ -413,6 +413,18 @@ def test_ping_and_info_are_answered_at_once_never_queued_never_busy(ar_model):
     assert busy["error"]["code"] == P.BUSY  # the in-process safety net: the server stops reading before
 
 
+def test_the_queue_counts_its_wire_bytes(ar_model):
+    core = make_core(ar_model)
+    data = [core.codec.request("step", k, {"stream": "a", "x": np.zeros(I)}) for k in range(3)]
+    for d in data:
+        assert core.submit((b"p",), d) is None
+    assert core.core.pending_bytes == sum(map(len, data))
+    assert core.codec.decode(core.submit((b"p",), core.codec.encode(req("ping"))))["ok"]  # not queued
+    assert core.core.pending_bytes == sum(map(len, data))
+    core.step()
+    assert core.core.pending_bytes == 0 and core.pending == 0
+
+
 def test_clients_are_served_round_robin_each_in_its_own_order(ar_model):
     """A flooding client's backlog does not delay another client's request; each client's requests keep
     their order (outputs equal each stream stepped alone)."""

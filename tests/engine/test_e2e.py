@@ -127,14 +127,15 @@ def test_start_errors_exit_2_with_a_message(daemon, served_models, bad):
     assert "cannot start" in d.log()
 
 
-def test_a_client_faster_than_the_engine_is_pushed_back_and_nothing_is_lost(daemon, served_models):
-    """The daemon reads only what it can queue (--max-pending): a client with 500 requests in flight waits
+@pytest.mark.parametrize("bound", [("--max-pending", "8"), ("--max-pending-bytes", "1KiB")])
+def test_a_client_faster_than_the_engine_is_pushed_back_and_nothing_is_lost(daemon, served_models, bound):
+    """The daemon reads only what it can queue (--max-pending, --max-pending-bytes): a client with 500 requests in flight waits
     in ZeroMQ's queues instead of getting busy, every request is applied, and a ping from another client is
     answered meanwhile."""
     import asyncio
 
     from clients import AsyncClient
-    d = daemon("--model", served_models["ar"][0], "--max-batch", "2", "--max-pending", "8")
+    d = daemon("--model", served_models["ar"][0], "--max-batch", "2", *bound)
 
     async def flood():
         async with AsyncClient(d.endpoint, timeout=60) as c, AsyncClient(d.endpoint, timeout=60) as other:
