@@ -207,12 +207,33 @@ class EngineConfig:
     max_turn_samples: int = option(1024, "a turn takes no more step requests once it holds N samples "
                                    "(stream-steps); the rest wait for the next turn, so under load the first "
                                    "replies leave sooner", unit=count("samples"))
-    # Requests read but not yet served. Beyond it a request is refused at once with `busy` (nothing applied),
-    # so a client that sends faster than the engine serves learns it instead of waiting without bound.
-    max_pending: int = option(16384, "queued requests beyond which new ones get `busy` (not applied)",
+    # Requests read but not yet served. The server reads no more from its socket while this many are queued,
+    # so ZeroMQ's high-water marks push back on the senders (their sends wait) instead of the daemon reading
+    # requests only to refuse them: refusing costs as much as serving (decode, encode, send) and under 10x
+    # overload left ~6% of the peak served (docs/benchmarks.md, "Overload and bounded requests").
+    max_pending: int = option(16384, "queued requests; while this many wait, the daemon reads no more from its "
+                              "socket (ZeroMQ's high-water marks push back on the senders; see "
+                              "[Backpressure](#backpressure-a-client-faster-than-the-daemon))",
                               unit=count("requests"))
-    # Frames the server reads per turn: twice max_batch, so that sustained overload fills the queue (and is
-    # refused) rather than piling up unseen in ZeroMQ's buffers.
+    # The wire bytes of the queued requests: with the decode bound (docs/protocol.md, "Memory of a request":
+    # at most 4x a message's size + 64 KiB), what bounds the queue's memory when messages are large: 64 MiB of
+    # queued messages is at most ~256 MiB decoded (16,384 messages of 16 MiB would be 1 TiB by count alone).
+    max_pending_bytes: int = option(64 * 2**20, "wire bytes of queued requests; while this much waits, the "
+                                    "daemon reads no more from its socket (like `--max-pending`)", unit=SIZE)
+    # A quota per client connection: off by default (round robin over the connections already keeps one
+    # flooding client from starving the others). Set, a client with this many requests queued gets `busy` for
+    # the next ones (not applied) instead of taking more of the queue.
+    max_peer_pending: int | None = option(None, "requests one client connection may have queued; beyond it its "
+                                          "requests get `busy` (not applied)", unit=count("requests"),
+                                          shown="no quota")
+    # One request's size, so that no request holds the loop: a step_many creating 419k new streams took 8.25 s
+    # (~20 µs per new stream: a ping waited 8.0 s behind it); 1,024 new streams take ~20 ms, 16,384 samples of
+    # known streams ~10-20 ms (I=8, H=64, 2 cores). Larger requests get `too_large`, nothing applied: split them.
+    max_request_samples: int = option(16384, "samples (stream-steps) one `step`/`step_many` may carry, and the "
+                                      "largest `forecast` horizon; `too_large` above", unit=count("samples"))
+    max_request_new_streams: int = option(1024, "new streams one `step_many` may create; `too_large` above",
+                                          unit=count("streams"))
+    # Frames the server reads per turn at most (while fewer than max_pending requests are queued).
     read_per_turn: int = option(8192, "frames the server reads per turn", unit=count("frames"), flag=None,
                                 derive=lambda values: 2 * values["max_batch"])
     # Largest accepted request; larger ones get `too_large`. ZeroMQ drops connections sending 4x this.
@@ -234,10 +255,15 @@ class EngineConfig:
                          unit=MICROSECONDS, flag="--spin-us")
 
     def __post_init__(self):
-        for name in ("max_batch", "max_turn_samples", "max_pending", "read_per_turn", "max_message_bytes"):
+        for name in ("max_batch", "max_turn_samples", "max_pending", "read_per_turn", "max_message_bytes",
+                     "max_request_samples", "max_request_new_streams", "max_pending_bytes"):
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= 1, got {v!r}")
+        if self.max_peer_pending is not None and (type(self.max_peer_pending) is not int
+                                                  or self.max_peer_pending < 1):
+            raise ValueError(f"max_peer_pending (--max-peer-pending) must be an integer >= 1, got "
+                             f"{self.max_peer_pending!r}")
         if type(self.hwm) is not int or self.hwm < 0:
             raise ValueError(f"hwm (--hwm) must be an integer >= 0 (0: no limit), got {self.hwm!r}")
         for name in ("evict_every", "metrics_every", "spin"):

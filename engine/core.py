@@ -1,7 +1,7 @@
 """EngineCore: the daemon without sockets or wire format. Typed requests in, typed replies out.
 
     core = EngineCore(streams, EngineConfig(...), snapshots=None)
-    reply = core.submit(tag, request)     # queue a messages.Request; a Reply at once if refused (busy)
+    reply = core.submit(tag, request)     # queue a messages.Request; a Reply at once for ping/info and refusals
     for tag, reply in core.step(): ...    # serve up to max_batch queued requests: one kernel call for the steps
     core.housekeep()                      # timed snapshot, idle eviction, metrics line, background task;
                                           # returns the next deadline
@@ -9,8 +9,9 @@
 
 `tag` is opaque (the server's ZeroMQ envelope). step() walks the queue in arrival order: consecutive step
 requests become one BatchPlan (planner.py: one kernel call); any other op first runs the plan so far, then
-itself, so every stream sees its requests in the order they arrived. ping touches no stream and never splits
-a batch. The wire (bytes <-> typed messages) is wire.py's; the socket loop is server.py's.
+itself, so every stream sees its requests in the order they arrived. The queue is one queue per client
+connection (the tag's first frame), served round robin: a client's requests keep their order, and a flooding
+client cannot starve the others. ping and info touch no stream: submit() answers them at once, unqueued. The wire (bytes <-> typed messages) is wire.py's; the socket loop is server.py's.
 """
 from __future__ import annotations
 
@@ -52,7 +53,13 @@ class EngineCore(Ops):
             streams.clock = lambda: self._wall
         self._background = background  # called in housekeeping until it returns True (warm.finish_background)
         self._clock = clock
-        self._queue: collections.deque = collections.deque()  # (tag, Request)
+        # Queued requests, one queue per client connection (the tag's first frame: its ZeroMQ identity),
+        # served round robin: one request from each connection in turn, so one flooding client cannot make the
+        # others wait behind its backlog. A client's own requests keep their order.
+        self._queues: dict = {}                           # peer -> deque of (tag, Request)
+        self._ring: collections.deque = collections.deque()  # peers with queued requests, in serving order
+        self._pending = 0
+        self.pending_bytes = 0  # wire bytes of the queued requests (as submit() was told)
         self._started = clock()
         self.metrics = collections.Counter()
         self._last_metrics = collections.Counter()
@@ -63,18 +70,90 @@ class EngineCore(Ops):
     @property
     def pending(self) -> int:
         """Requests queued and not yet served."""
-        return len(self._queue)
+        return self._pending
 
     # ---- requests in, replies out ----------------------------------------------------------------
-    def submit(self, tag, req) -> Reply | None:
-        """Queue one request; returns its Reply when it is refused at once (the queue is full: busy)."""
+    def submit(self, tag, req, nbytes: int = 0) -> Reply | None:
+        """Queue one request; returns its Reply when it is answered at once: ping and info (they touch no
+        stream, so they are never queued and never busy), a request over a per-request bound (too_large), or
+        one refused as busy (the client's quota, --max-peer-pending, or a full queue; the server stops
+        reading before the queue is full, so that last one is for in-process callers)."""
         self.metrics["requests"] += 1
-        if len(self._queue) >= self.config.max_pending:
+        op = req.op
+        if op == "ping" or op == "info":
+            return self._call(req)
+        cfg = self.config
+        if op in P.STEP_OPS or op == "forecast":
+            refused = self._over_bounds(req, cfg)
+            if refused is not None:
+                return refused
+        peer = tag[0] if type(tag) in (list, tuple) and tag else tag
+        q = self._queues.get(peer)
+        if self._pending >= cfg.max_pending or (q is not None and cfg.max_peer_pending is not None
+                                                and len(q) >= cfg.max_peer_pending):
             self.metrics["busy"] += 1
-            return self.refuse(req.id, P.BUSY, f"the engine is busy: {len(self._queue)} requests are queued; "
-                                               "this one was not applied, resend it later", counted=True)
-        self._queue.append((tag, req))
+            why = f"{self._pending} requests are queued" if self._pending >= cfg.max_pending else \
+                f"this client has {len(q)} requests queued (--max-peer-pending {cfg.max_peer_pending})"
+            return self.refuse(req.id, P.BUSY, f"the engine is busy: {why}; this one was not applied, resend it "
+                                               "later", counted=True)
+        if q is None:
+            self._queues[peer] = q = collections.deque()
+            self._ring.append(peer)
+        q.append((tag, req, nbytes))
+        self._pending += 1
+        self.pending_bytes += nbytes
         return None
+
+    def _over_bounds(self, req, cfg) -> Reply | None:
+        """The too_large Reply of a step, step_many or forecast over --max-request-samples or
+        --max-request-new-streams (nothing applied), else None: no request holds the loop for long."""
+        if req.op == "forecast":
+            n, what = req.horizon, "a forecast horizon of"
+        else:
+            try:
+                n = req.samples
+            except Exception:  # a malformed request: the planner refuses it with its own error
+                return None
+            what = "a request of"
+        if n > cfg.max_request_samples:
+            return self._too_large(req, f"{what} {n} samples is over this daemon's bound of "
+                                        f"{cfg.max_request_samples} (--max-request-samples); nothing was "
+                                        "applied: split it", cfg.max_request_samples, "--max-request-samples")
+        if req.op == "step_many" and type(req.streams) is list and len(req.streams) > cfg.max_request_new_streams:
+            try:
+                new = len(set(self.streams.unknown(req.streams)))
+            except TypeError:  # an id that is not hashable: the planner refuses it
+                return None
+            if new > cfg.max_request_new_streams:
+                return self._too_large(req, f"a step_many creating {new} new streams is over this daemon's "
+                                            f"bound of {cfg.max_request_new_streams} "
+                                            "(--max-request-new-streams); nothing was applied: split it",
+                                       cfg.max_request_new_streams, "--max-request-new-streams")
+        return None
+
+    def _too_large(self, req, message, limit, option) -> Reply:
+        reply = self.refuse(req.id, P.TOO_LARGE, message, counted=True)
+        reply.detail = {"limit": limit, "option": option}
+        return reply
+
+    def _pop(self):
+        """The next queued (tag, Request), round robin over the client connections."""
+        ring = self._ring
+        peer = ring[0]
+        q = self._queues[peer]
+        tag, req, nbytes = q.popleft()
+        if q:
+            ring.rotate(-1)
+        else:
+            ring.popleft()
+            del self._queues[peer]
+        self._pending -= 1
+        self.pending_bytes -= nbytes
+        return tag, req
+
+    def _peek(self):
+        """The (tag, Request, wire bytes) that _pop() returns next."""
+        return self._queues[self._ring[0]][0]
 
     def refuse(self, request_id, code: str, message: str, *, counted: bool = False) -> Reply:
         """The error Reply to a request that is not served (one the wire could not decode, say), counted."""
@@ -90,17 +169,18 @@ class EngineCore(Ops):
         `--fsync always` those whose log records are now durable (see released())."""
         if self.journal is not None:
             return self._logged_turn()
-        n = min(len(self._queue), self.config.max_batch)
-        if n == 1 and self._queue[0][1].op == "step" and self._queue[0][1].seq is None:  # the one-stream path
-            tag, req = self._queue.popleft()
+        n = min(self._pending, self.config.max_batch)
+        if n == 1 and self._peek()[1].op == "step" and self._peek()[1].seq is None:  # the one-stream path
+            tag, req = self._pop()
             return [(tag, self._step_alone(req))]
         return self._turn(n)
 
     def _turn(self, n) -> list:
         """Serve the next n queued requests (fewer once max_turn_samples is reached), in arrival order."""
         out, steps, samples, cap = [], [], 0, self.config.max_turn_samples
+        pop = self._pop
         for _ in range(n):
-            tag, req = self._queue.popleft()
+            tag, req = pop()
             if req.op in P.STEP_OPS:
                 steps.append(len(out))  # answered when the plan runs
                 out.append((tag, req))
@@ -123,13 +203,13 @@ class EngineCore(Ops):
         journal = self.journal
         self._wall = time.time()
         before = journal.lsn
-        queue = self._queue
-        if len(queue) == 1 and queue[0][1].op == "step" and queue[0][1].seq is None \
-                and self.streams.known_slot(queue[0][1].stream) is not None:  # the one-stream path
-            tag, req = queue.popleft()
+        first = self._peek()[1] if self._pending == 1 else None
+        if first is not None and first.op == "step" and first.seq is None \
+                and self.streams.known_slot(first.stream) is not None:  # the one-stream path
+            tag, req = self._pop()
             out = [(tag, self._step_alone(req))]
         else:
-            out = self._turn(min(len(queue), self.config.max_batch)) if queue else []
+            out = self._turn(min(self._pending, self.config.max_batch)) if self._pending else []
         if journal.lsn > before:
             journal.commit()
         if journal.policy != "always" or (not self._held and journal.durable >= journal.lsn):

@@ -101,9 +101,15 @@ class Server:
             self._ctx.term()  # returns once the last replies are sent, or after linger_ms
 
     def _drain(self) -> None:
-        """Read every ready frame without blocking, up to read_per_turn; refusals are answered at once."""
-        sock, wire = self._sock, self._wire
-        for _ in range(self.core.config.read_per_turn):
+        """Read ready frames without blocking, up to read_per_turn, while the core has room in its queue
+        (max_pending requests, max_pending_bytes of them): what is not read stays in ZeroMQ's queues, whose high-water marks push back on the
+        senders, instead of being read only to be refused. Replies the core gives at once (ping, info,
+        refusals) are sent at once."""
+        sock, wire, core = self._sock, self._wire, self.core
+        room, room_bytes = core.config.max_pending, core.config.max_pending_bytes
+        for _ in range(core.config.read_per_turn):
+            if core.pending >= room or core.pending_bytes >= room_bytes:
+                return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -39,7 +39,7 @@ class WireCore:
             req = self.codec.decode_request(data)
         except P.ProtocolError as e:
             return self.encode(self.core.refuse(e.request_id, e.code, e.message))
-        reply = self.core.submit(tag, req)
+        reply = self.core.submit(tag, req, len(data))
         return None if reply is None else self.encode(reply)
 
     def reject(self, code: str, message: str) -> bytes:

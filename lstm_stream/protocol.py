@@ -26,6 +26,17 @@ from .messages import (MAX_STREAMS_PAGE, OPS, PROTOCOL_VERSION, REQUEST_FIELDS, 
 MAX_MESSAGE_BYTES = 16 * 2**20  # default bound of one encoded message; the daemon's is --max-message-bytes
 MAX_ARRAY_RANK = 4
 MAX_REQUEST_ID_LENGTH = 128     # characters of a str request id
+# Bounded decode (docs/protocol.md, "Memory of a request"). The objects a message decodes to are charged as
+# msgpack builds them: a list 56 B + 48 B per element (its pointer and at most 40 B for a scalar element: an int
+# is <= 36 B, a float 24 B, a str's header <= 76 B is covered by its own bytes' share), a map 232 B + 120 B per
+# entry. A message of n bytes may be charged at most DECODE_FACTOR * n + DECODE_SLACK, else it is refused
+# (too_large) while it is being decoded, before numpy sees it. Messages of at most DECODE_SMALL bytes are
+# decoded without the charge (the hot path: no Python call per container); their worst case is below the slack.
+DECODE_FACTOR = 4
+DECODE_SLACK = 64 * 1024
+DECODE_SMALL = 512
+MAX_MAP_LEN = 64                # keys of one map: a request has ~10 fields, an array map 3
+MAX_STR_BYTES = 4096            # one str (ids are <= 256 characters; op and dtype names are short)
 
 # ---- error codes (stable; clients switch on them) ------------------------------------------------
 BAD_MESSAGE = "bad_message"        # not msgpack, truncated, trailing bytes, not a map, wrong frame count
@@ -97,6 +108,12 @@ def to_array(value, field: str = "array", *, copy: bool = True) -> np.ndarray:
     if type(value) is np.ndarray:
         return value if not copy or value.flags.writeable else value.copy()
     if isinstance(value, (list, tuple)):
+        v, depth = value, 0
+        while isinstance(v, (list, tuple)) and v and depth <= MAX_ARRAY_RANK:  # the first element's depth
+            v, depth = v[0], depth + 1
+        if depth > MAX_ARRAY_RANK:
+            raise ProtocolError(BAD_INPUT, f"{field}: nested lists deeper than {MAX_ARRAY_RANK} levels; expected "
+                                           f"an array of rank <= {MAX_ARRAY_RANK}")
         try:
             a = np.array(value)
         except (ValueError, TypeError) as e:
@@ -248,13 +265,33 @@ class Codec:
         return self.ok(reply.id, listified(result) if reply.lists else result)
 
     def decode(self, data) -> dict:
-        """msgpack bytes -> map, with size and structure bounds; ProtocolError otherwise."""
-        if len(data) > self.max_message_bytes:
-            raise ProtocolError(TOO_LARGE, f"message of {len(data)} bytes is larger than the bound of "
+        """msgpack bytes -> map, with size and structure bounds (see DECODE_FACTOR); ProtocolError otherwise."""
+        n = len(data)
+        if n > self.max_message_bytes:
+            raise ProtocolError(TOO_LARGE, f"message of {n} bytes is larger than the bound of "
                                            f"{self.max_message_bytes} bytes")
+        # msgpack's own limits, from the message's length (a list cannot have more elements than the message
+        # has bytes) and the protocol (maps and strs are small; no ext type is used)
+        # (a list is charged 48 B per element: one longer than the budget pays for is refused at its header)
+        limits = dict(max_bin_len=n, max_str_len=min(n, MAX_STR_BYTES),
+                      max_array_len=min(n, (DECODE_FACTOR * n + DECODE_SLACK) // 48),
+                      max_map_len=min(n, MAX_MAP_LEN), max_ext_len=0)
+        if n > DECODE_SMALL:
+            budget = _Budget(DECODE_FACTOR * n + DECODE_SLACK)
+            limits.update(list_hook=budget.list, object_hook=budget.map)
         try:
-            msg = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+            msg = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **limits)
+        except _OverBudget as e:
+            raise ProtocolError(TOO_LARGE, f"message of {n} bytes would decode to more than {e.args[0]} bytes "
+                                           f"of objects ({DECODE_FACTOR}x its size + {DECODE_SLACK}): too many "
+                                           "lists, maps or numbers; send arrays in the binary form "
+                                           "{dtype, shape, data}") from None
         except Exception as e:  # msgpack raises ValueError, ExtraData, StackError, UnicodeDecodeError...
+            if type(e) is ValueError and "exceeds max_" in str(e) and _declared(e) <= n:  # a limit above
+                # (a declared length beyond the message's bytes is a truncated or malformed message)
+                raise ProtocolError(TOO_LARGE, f"message of {n} bytes holds a list, map or str longer than this "
+                                               f"daemon decodes ({e}); send arrays in the binary form "
+                                               "{dtype, shape, data}") from None
             raise ProtocolError(BAD_MESSAGE, _undecodable(e)) from None
         if not isinstance(msg, dict):
             raise ProtocolError(BAD_MESSAGE, f"a message must be a msgpack map, got {type(msg).__name__}")
@@ -272,6 +309,12 @@ class Codec:
         return msg
 
 
+def _declared(e: Exception) -> int:
+    """The length N of msgpack's "N exceeds max_..._len(M)" (0 if the text is not that)."""
+    head = str(e).split(" exceeds", 1)[0].rsplit(" ", 1)[-1]
+    return int(head) if head.isdigit() else 0
+
+
 def _undecodable(e: Exception) -> str:
     """The message of a payload msgpack refused. msgpack bounds a container's declared length by the
     payload's size, so a truncated map or array surfaces as "N exceeds max_map_len(M)": say what it means."""
@@ -280,6 +323,32 @@ def _undecodable(e: Exception) -> str:
         return f"not a valid msgpack message: truncated or malformed (a map, array, str or bin declares more " \
                f"items or bytes than the message holds; {text})"
     return f"not a valid msgpack message ({text})"
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _Budget:
+    """The decode charge of one message: msgpack calls list() and map() as it completes each container, so a
+    message over its budget stops being decoded at the first container past it (no per-element work)."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int):
+        self.left = self.limit = limit
+
+    def list(self, v):
+        self.left -= 56 + 48 * len(v)
+        if self.left < 0:
+            raise _OverBudget(self.limit)
+        return v
+
+    def map(self, v):
+        self.left -= 232 + 120 * len(v)
+        if self.left < 0:
+            raise _OverBudget(self.limit)
+        return v
 
 
 def parse_request(msg: dict) -> Request:

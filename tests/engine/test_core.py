@@ -376,3 +376,76 @@ def test_a_step_alone_and_the_same_step_in_a_plan_answer_alike(ar_model):
         else:
             assert a["error"] == p["error"], (case, a, p)
     assert alone.metrics["batches"] == 4 and planned.metrics["batches"] == 1 + len(cases)
+
+
+def test_requests_over_the_per_request_bounds_are_too_large_and_change_nothing(ar_model):
+    core = make_core(ar_model, max_request_samples=8, max_request_new_streams=3)
+    core.call(req("step", stream="k0", x=np.zeros(I).tolist()))
+    cases = [
+        (req("step", stream="a", x=np.zeros((9, I)).tolist()), "--max-request-samples", 8),
+        (req("step_many", streams=[f"n{k}" for k in range(4)], x=np.zeros((4, I)).tolist()),
+         "--max-request-new-streams", 3),
+        (req("step_many", streams=["k0"], xs=[np.zeros((9, I)).tolist()]), "--max-request-samples", 8),
+        (req("forecast", stream="k0", horizon=9), "--max-request-samples", 8),
+    ]
+    for msg, option, limit in cases:
+        r = core.call(msg)
+        assert r["ok"] is False and r["error"]["code"] == P.TOO_LARGE, r
+        assert option in r["error"]["message"] and "nothing was applied" in r["error"]["message"]
+        assert r["error"]["option"] == option and r["error"]["limit"] == limit
+    assert core.streams.ids() == ["k0"] and core.streams.stream_info("k0")["steps"] == 1
+    # at the bounds: accepted (3 new streams and a known one; 8 samples)
+    assert core.call(req("step_many", streams=["n0", "n1", "n2", "k0"], x=np.zeros((4, I)).tolist()))["ok"]
+    assert core.call(req("step", stream="a", x=np.zeros((8, I)).tolist()))["ok"]
+    assert core.call(req("forecast", stream="k0", horizon=8))["ok"]
+
+
+def test_ping_and_info_are_answered_at_once_never_queued_never_busy(ar_model):
+    core = make_core(ar_model, max_pending=2)
+    x = np.zeros(I)
+    for k in range(2):
+        assert core.submit(("peer",), core.codec.request("step", k, {"stream": "a", "x": x})) is None
+    for op in ("ping", "info"):
+        r = core.codec.decode(core.submit(("peer",), core.codec.encode(req(op, 9))))
+        assert r["ok"] is True and r["id"] == 9
+    assert core.pending == 2
+    busy = core.codec.decode(core.submit(("peer",), core.codec.request("step", 5, {"stream": "a", "x": x})))
+    assert busy["error"]["code"] == P.BUSY  # the in-process safety net: the server stops reading before
+
+
+def test_the_queue_counts_its_wire_bytes(ar_model):
+    core = make_core(ar_model)
+    data = [core.codec.request("step", k, {"stream": "a", "x": np.zeros(I)}) for k in range(3)]
+    for d in data:
+        assert core.submit((b"p",), d) is None
+    assert core.core.pending_bytes == sum(map(len, data))
+    assert core.codec.decode(core.submit((b"p",), core.codec.encode(req("ping"))))["ok"]  # not queued
+    assert core.core.pending_bytes == sum(map(len, data))
+    core.step()
+    assert core.core.pending_bytes == 0 and core.pending == 0
+
+
+def test_clients_are_served_round_robin_each_in_its_own_order(ar_model):
+    """A flooding client's backlog does not delay another client's request; each client's requests keep
+    their order (outputs equal each stream stepped alone)."""
+    core = make_core(ar_model, max_batch=4)
+    x = np.random.default_rng(0).normal(size=(30, I))
+    for k in range(20):
+        core.submit((b"flood",), core.codec.request("step", k, {"stream": "f", "x": x[k]}))
+    core.submit((b"late",), core.codec.request("step", 100, {"stream": "g", "x": x[20]}))
+    first = [core.codec.decode(d)["id"] for _, d in core.step()]
+    assert 100 in first and len(first) == 4
+    got = first + [core.codec.decode(d)["id"] for _ in range(10) for _, d in core.step()]
+    assert [i for i in got if i != 100] == list(range(20))
+    assert core.streams.stream_info("f")["steps"] == 20
+
+
+def test_a_client_over_its_quota_gets_busy_others_do_not(ar_model):
+    core = make_core(ar_model, max_peer_pending=2)
+    x = np.zeros(I)
+    out = [core.submit((b"a",), core.codec.request("step", k, {"stream": "a", "x": x})) for k in range(3)]
+    assert out[:2] == [None, None]
+    r = core.codec.decode(out[2])
+    assert r["error"]["code"] == P.BUSY and "--max-peer-pending 2" in r["error"]["message"]
+    assert core.submit((b"b",), core.codec.request("step", 9, {"stream": "b", "x": x})) is None
+    assert len(core.step()) == 3 and core.streams.stream_info("a")["steps"] == 2

@@ -127,11 +127,33 @@ def test_start_errors_exit_2_with_a_message(daemon, served_models, bad):
     assert "cannot start" in d.log()
 
 
-def test_a_client_faster_than_the_engine_gets_busy_replies_and_nothing_is_lost(daemon, served_models):
+@pytest.mark.parametrize("bound", [("--max-pending", "8"), ("--max-pending-bytes", "1KiB")])
+def test_a_client_faster_than_the_engine_is_pushed_back_and_nothing_is_lost(daemon, served_models, bound):
+    """The daemon reads only what it can queue (--max-pending, --max-pending-bytes): a client with 500 requests in flight waits
+    in ZeroMQ's queues instead of getting busy, every request is applied, and a ping from another client is
+    answered meanwhile."""
+    import asyncio
+
+    from clients import AsyncClient
+    d = daemon("--model", served_models["ar"][0], "--max-batch", "2", *bound)
+
+    async def flood():
+        async with AsyncClient(d.endpoint, timeout=60) as c, AsyncClient(d.endpoint, timeout=60) as other:
+            steps = asyncio.gather(*(c.step("b", np.full(I, 0.1)) for _ in range(500)), return_exceptions=True)
+            pong = await other.ping()
+            results = await steps
+            return results, pong, (await c.get_state("b")).steps, await c.info()
+
+    results, pong, steps, info = asyncio.run(asyncio.wait_for(flood(), 120))
+    assert all(isinstance(r, np.ndarray) for r in results), [r for r in results if not isinstance(r, np.ndarray)]
+    assert steps == 500 and info["counters"].get("busy", 0) == 0 and pong is not None
+
+
+def test_a_client_over_its_quota_gets_busy_replies_and_nothing_is_lost(daemon, served_models):
     import asyncio
 
     from clients import AsyncClient, Busy
-    d = daemon("--model", served_models["ar"][0], "--max-batch", "2", "--max-pending", "8")
+    d = daemon("--model", served_models["ar"][0], "--max-batch", "2", "--max-peer-pending", "8")
 
     async def flood():
         async with AsyncClient(d.endpoint, timeout=60) as c:
@@ -144,7 +166,7 @@ def test_a_client_faster_than_the_engine_gets_busy_replies_and_nothing_is_lost(d
     ok = [r for r in results if isinstance(r, np.ndarray)]
     assert len(busy) + len(ok) == 500 and busy and ok  # every request answered: applied, or refused as busy
     assert steps == len(ok) and info["counters"]["busy"] == len(busy)  # a busy request was not applied
-    assert "resend" in str(busy[0])
+    assert "resend" in str(busy[0]) and "--max-peer-pending" in str(busy[0])
 
 
 def test_serve_without_model_uses_the_shipped_default(daemon):

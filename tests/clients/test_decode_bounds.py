@@ -1,0 +1,104 @@
+"""Bounded decode: whatever a message's shape, the objects its decoding allocates stay within
+DECODE_FACTOR x its size + DECODE_SLACK (measured with tracemalloc: a property of the decoder, not a timing);
+shapes that would need more are refused (too_large) before numpy sees them."""
+import tracemalloc
+
+import msgpack
+import numpy as np
+import pytest
+
+from lstm_stream import protocol as P
+
+MiB = 2**20
+
+
+def step(x, **more):
+    return msgpack.packb({"v": 1, "id": 1, "op": "step", "stream": "a", "x": x, **more})
+
+
+def peak_of(data):
+    """(peak bytes traced while decoding and parsing `data`, the ProtocolError code or None)."""
+    codec = P.Codec()
+    tracemalloc.start()
+    try:
+        codec.decode_request(data)
+        code = None
+    except P.ProtocolError as e:
+        code = e.code
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak, code
+
+
+def bound(data):
+    return P.DECODE_FACTOR * len(data) + P.DECODE_SLACK
+
+
+def nested_maps(depth):
+    m = 0
+    for _ in range(depth):
+        m = {"": m}
+    return m
+
+
+ADVERSARIAL = {  # the shapes measured against the daemon in issue 18, at 4 MiB (and small ones)
+    "zeros": lambda n: step([0] * (n - 32)),
+    "[[0]] x n/2": lambda n: step([[0]] * (n // 2 - 16)),
+    '[{"":0}] x n/3': lambda n: step([{"": 0}] * (n // 3 - 16)),
+    "[[]] x n": lambda n: step([[]] * (n - 32)),
+    "[{}] x n": lambda n: step([{}] * (n - 32)),
+    "rows of 1 float": lambda n: step([[0.5]] * (n // 10)),
+    "str ids": lambda n: msgpack.packb({"v": 1, "id": 1, "op": "step_many", "streams": ["ab"] * (n // 3 - 16),
+                                        "x": [[0]]}),
+    "nested maps": lambda n: step(nested_maps(min(n // 2, 500))),
+    # lists short enough to pass msgpack's length limit, so that the decode budget is what refuses them
+    "rows of 100 zeros": lambda n: step([[0] * 100] * (n // 102)),
+    "rows of 16 one-key maps": lambda n: step([[{"": 0}] * 16] * (n // 50)),
+    "rows of 20 empty lists": lambda n: step([[[]] * 20] * (n // 22)),
+}
+
+
+@pytest.mark.parametrize("size", [300, 4 * MiB])
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_adversarial_shapes_stay_within_the_decode_bound(name, size):
+    data = ADVERSARIAL[name](size)
+    peak, code = peak_of(data)
+    assert peak <= bound(data), (name, len(data), peak, code)
+    if size > MiB:
+        assert code == P.TOO_LARGE, (name, code)  # refused, with the bound in its message
+
+
+@pytest.mark.parametrize("data", [
+    step(P.array_map(np.ones((100_000, 8), np.float32))),                   # 3.2 MB binary: 1x
+    msgpack.packb({"v": 1, "id": 1, "op": "step_many", "streams": [f"pump-{k}" for k in range(10_000)],
+                   "x": P.array_map(np.ones((10_000, 8), np.float32))}),    # 10k ids, binary rows
+    step([[0.25, 0.5, 0.75, 1.0]] * 300),                                  # nested lists of floats
+    step([0.1, 0.2, 0.3, 0.4]),
+], ids=["binary 3 MB", "step_many 10k ids", "lists 300x4 floats", "one sample as a list"])
+def test_ordinary_requests_decode_within_the_bound(data):
+    peak, code = peak_of(data)
+    assert code is None
+    assert peak <= bound(data), (len(data), peak)
+
+
+@pytest.mark.parametrize("x", [[[[[[0.0]]]]], [[[[[[0.0]]]]]] * 3])
+def test_lists_deeper_than_the_rank_bound_are_refused_before_numpy(x):
+    with pytest.raises(P.ProtocolError) as e:
+        P.Codec().decode_request(step(x))
+    assert e.value.code == P.BAD_INPUT and "deeper than 4" in e.value.message
+
+
+def test_a_list_longer_than_the_budget_is_refused_at_its_header():
+    n = 1 * MiB
+    data = step([0] * (n - 40))
+    peak, code = peak_of(data)
+    assert code == P.TOO_LARGE and peak < 0.01 * n  # nothing was built
+
+
+def test_ext_types_and_long_strs_are_refused():
+    codec = P.Codec()
+    for data, code in [(step(msgpack.ExtType(5, b"\0" * 100)), P.TOO_LARGE),
+                       (step([0.1], note="n" * (P.MAX_STR_BYTES + 1)), P.TOO_LARGE)]:
+        with pytest.raises(P.ProtocolError) as e:
+            codec.decode(data)
+        assert e.value.code == code, e.value.message
