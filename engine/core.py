@@ -24,6 +24,7 @@ from lstm_stream.errors import InputError, LSTMStreamError, SequenceError
 from lstm_stream.messages import Reply
 
 from . import records
+from .access import Access, Owned
 from .config import EngineConfig
 from .journal import LogWriteError
 from .planner import plan
@@ -41,8 +42,9 @@ class EngineCore:
     """Queue, batch plans, op dispatch and housekeeping over one Streams; no sockets, no threads, no bytes."""
 
     def __init__(self, streams, config: EngineConfig | None = None, *, snapshots=None, journal=None,
-                 background=None, clock=time.monotonic):
+                 background=None, clock=time.monotonic, access=None):
         self.streams = streams
+        self.access = access           # CURVE roles and namespaces (engine/access.py), or None: every peer admin
         self.config = config = config or EngineConfig()
         self.snapshots = snapshots
         self.journal = journal         # the step log (engine/journal.py), or None
@@ -66,9 +68,20 @@ class EngineCore:
         return len(self._queue)
 
     # ---- requests in, replies out ----------------------------------------------------------------
-    def submit(self, tag, req) -> Reply | None:
-        """Queue one request; returns its Reply when it is refused at once (the queue is full: busy)."""
+    def submit(self, tag, req, user=None) -> Reply | None:
+        """Queue one request; returns its Reply when it is refused at once (the queue is full: busy; with
+        access control, its key may not run it: forbidden). `user`: the peer's CURVE user id (its z85 public
+        key), checked against the access roles here, the one place (no access control: every peer is admin)."""
         self.metrics["requests"] += 1
+        if self.access is not None:
+            try:
+                req, why, kid = self.access.admit(req, user)
+            except P.ProtocolError as e:  # an id that cannot be namespaced
+                return self.refuse(e.request_id, e.code, e.message, counted=True)
+            if why is not None:
+                return self.refuse(req.id, P.FORBIDDEN, why, counted=True)
+            if kid is not None:
+                tag = Owned(tag, kid)  # its replies show the client's own ids (step() unwraps the tag)
         if len(self._queue) >= self.config.max_pending:
             self.metrics["busy"] += 1
             return self.refuse(req.id, P.BUSY, f"the engine is busy: {len(self._queue)} requests are queued; "
@@ -89,12 +102,17 @@ class EngineCore:
         max_turn_samples samples; returns [(tag, Reply)] in arrival order: this turn's, or under
         `--fsync always` those whose log records are now durable (see released())."""
         if self.journal is not None:
-            return self._logged_turn()
-        n = min(len(self._queue), self.config.max_batch)
-        if n == 1 and self._queue[0][1].op == "step" and self._queue[0][1].seq is None:  # the one-stream path
-            tag, req = self._queue.popleft()
-            return [(tag, self._step_alone(req))]
-        return self._turn(n)
+            out = self._logged_turn()
+        else:
+            n = min(len(self._queue), self.config.max_batch)
+            if n == 1 and self._queue[0][1].op == "step" and self._queue[0][1].seq is None:  # one-stream path
+                tag, req = self._queue.popleft()
+                out = [(tag, self._step_alone(req))]
+            else:
+                out = self._turn(n)
+        if self.access is not None and self.access.namespaces:
+            out = [(t.tag, Access.own_reply(r, t.prefix)) if type(t) is Owned else (t, r) for t, r in out]
+        return out
 
     def _turn(self, n) -> list:
         """Serve the next n queued requests (fewer once max_turn_samples is reached), in arrival order."""
@@ -284,6 +302,9 @@ class EngineCore:
             raise P.ProtocolError(P.BAD_REQUEST, f"offset must be >= 0 and limit in 0..{P.MAX_STREAMS_PAGE}, "
                                                  f"got offset={offset}, limit={limit}")
         ids = self.streams.ids()
+        prefix = getattr(req, "prefix", None)  # a namespaced key (access.OwnStreams): its own ids only
+        if prefix is not None:
+            ids = Access.own_ids(ids, prefix)
         return {"streams": ids[offset:offset + limit], "total": len(ids)}
 
     def _op_forecast(self, req):
@@ -359,6 +380,8 @@ class EngineCore:
     def housekeep(self, now: float | None = None) -> float:
         """Timed snapshot, idle eviction, metrics line, each when due; returns the next deadline (monotonic)."""
         now = self._clock() if now is None else now
+        if self.access is not None:
+            self.access.tick()  # reload the client keys if SIGHUP asked for it (here: on the loop thread)
         if self.snapshots is not None:
             self.snapshots.tick(now)  # finishes or starts a background write; a failure is logged and
             # retried with back-off there; never raises

@@ -4,6 +4,10 @@ Frames in: [identity, payload] from a DEALER, or [identity, b"", payload] from a
 an empty delimiter); the reply goes back with the same envelope. Sends never block: ROUTER_MANDATORY makes a
 peer whose queue is full (it stopped reading) or that is gone an error, and that reply is counted as
 dropped and logged, never silently lost.
+
+With `curve=(public, secret)` (z85 keys of the server) the socket is a CURVE server: every connection is
+encrypted, and pyzmq's ThreadAuthenticator (a ZAP handler thread on this context) lets in only the keys that
+core.access allows; each message's "User-Id" (the peer's z85 public key) goes to the core with the request.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ SHUTDOWN_LINGER_MS = 1000  # at exit, time given to ZeroMQ to deliver the last r
 class Server:
     """Binds a ROUTER socket and runs an EngineCore (through its WireCore) until stop() or SIGTERM."""
 
-    def __init__(self, core, binds, *, context=None):
+    def __init__(self, core, binds, *, context=None, curve=None):
         self.core = core
         self._wire = WireCore(core)
         self._stop = threading.Event()
@@ -40,6 +44,13 @@ class Server:
         sock.setsockopt(zmq.SNDHWM, cfg.hwm)
         sock.setsockopt(zmq.RCVHWM, cfg.hwm)
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * cfg.max_message_bytes)
+        self._auth, self._user, self._recv = None, None, sock.recv_multipart
+        if curve is not None:  # before bind: every connection then handshakes CURVE and asks the ZAP handler
+            from .access import start_authenticator
+            self._auth = start_authenticator(self._ctx, core.access)
+            sock.curve_publickey, sock.curve_secretkey = curve
+            sock.curve_server = True
+            self._recv = self._recv_with_user
         self.endpoints = []
         try:
             for b in [binds] if isinstance(binds, str) else binds:
@@ -97,6 +108,8 @@ class Server:
 
     def _close(self, linger_ms):
         self._sock.close(linger_ms)
+        if self._auth is not None:
+            self._auth.stop()
         if self._own_ctx:
             self._ctx.term()  # returns once the last replies are sent, or after linger_ms
 
@@ -105,7 +118,7 @@ class Server:
         sock, wire = self._sock, self._wire
         for _ in range(self.core.config.read_per_turn):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = self._recv(zmq.NOBLOCK)  # (CURVE: also sets self._user)
             except zmq.Again:
                 return
             if len(frames) == 2:
@@ -117,9 +130,16 @@ class Server:
                 self._send(env, wire.reject(P.BAD_MESSAGE, f"expected one payload frame (after an optional "
                                                            f"empty delimiter), got {len(frames) - 1} frames"))
                 continue
-            reply = wire.submit(envelope, body)
+            reply = wire.submit(envelope, body, self._user)
             if reply is not None:
                 self._send(envelope, reply)
+
+    def _recv_with_user(self, flags):
+        """recv_multipart under CURVE: the frames as bytes; the peer's user id (z85 public key, set by the ZAP
+        handler) in self._user."""
+        frames = self._sock.recv_multipart(flags, copy=False)
+        self._user = frames[-1].get("User-Id")
+        return [f.bytes for f in frames]
 
     def _send_all(self, replies) -> None:
         for envelope, data in replies:
