@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 from lstm_stream import protocol as P
@@ -190,8 +191,9 @@ class Access:
     @staticmethod
     def own_reply(reply, kid):
         """reply with the client's own ids in its error message."""
-        if reply.code is not None and kid in reply.message:
-            reply.message = reply.message.replace(kid + "/", "").replace(kid + "#", "")
+        if reply.code is not None and kid in reply.message:  # 'KID/pump-7' -> 'pump-7', 'KID#7' -> 7
+            message = re.sub(rf"'{kid}#(-?[0-9]+)'", r"\1", reply.message)
+            reply.message = message.replace(kid + "/", "").replace(kid + "#", "")
         return reply
 
 
