@@ -136,10 +136,15 @@ class Server:
 
     def _recv_with_user(self, flags):
         """recv_multipart under CURVE: the frames as bytes; the peer's user id (z85 public key, set by the ZAP
-        handler) in self._user."""
-        frames = self._sock.recv_multipart(flags, copy=False)
-        self._user = frames[-1].get("User-Id")
-        return [f.bytes for f in frames]
+        handler) in self._user. Only the first frame (the ROUTER's identity frame, which carries the message's
+        metadata) is received as a zmq.Frame: a Frame per part cost ~4 µs more per message."""
+        sock = self._sock
+        first = sock.recv(flags, copy=False)
+        try:
+            self._user = first.get("User-Id")
+        except zmq.ZMQError:  # no User-Id (cannot happen with a ZAP handler): no role, refused as forbidden
+            self._user = None
+        return [first.bytes, *sock.recv_multipart(flags)] if first.more else [first.bytes]
 
     def _send_all(self, replies) -> None:
         for envelope, data in replies:
