@@ -41,12 +41,14 @@ def step_pool(n_streams: int, I: int, *, per_message: int = 1, seed: int = 0, pr
 class LoadGen:
     """One DEALER connected to `endpoint`; latency() and throughput() against it."""
 
-    def __init__(self, endpoint: str, ctx: zmq.Context):
+    def __init__(self, endpoint: str, ctx: zmq.Context, curve=None):
         self.endpoint = endpoint
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        if curve is not None:  # (server public, client public, client secret), z85: clients/keys.py
+            self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = curve
         self.sock.connect(endpoint)
 
     def close(self):

@@ -12,9 +12,9 @@ from ._api import State
 from .aio import AsyncClient, AsyncPipeline
 from .client import DEFAULT_ADDRESS, Client, Pipeline
 from .local import LocalClient
-from .errors import (BadReply, BadRequest, Busy, ClientClosed, ClientError, InputError, InternalError, LogFailed,
+from .errors import (BadReply, BadRequest, Busy, ClientClosed, ClientError, Forbidden, InputError, InternalError, LogFailed,
                      PipelineError, SequenceError, ServerError, StoreFull, Timeout, UnknownStream, Unsupported)
 
 __all__ = ["AsyncClient", "AsyncPipeline", "BadReply", "BadRequest", "Busy", "Client", "ClientClosed", "ClientError",
-           "DEFAULT_ADDRESS", "InputError", "InternalError", "LocalClient", "LogFailed", "Pipeline", "PipelineError", "SequenceError", "ServerError", "State",
+           "DEFAULT_ADDRESS", "Forbidden", "InputError", "InternalError", "LocalClient", "LogFailed", "Pipeline", "PipelineError", "SequenceError", "ServerError", "State",
            "StoreFull", "Timeout", "UnknownStream", "Unsupported"]

@@ -27,6 +27,7 @@ from ._api import Api, Call
 from .client import (DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Queued, resendable,
                      check_options, decode_reply, result_of, settled)
 from .errors import BadReply, ClientClosed, ClientError, Timeout
+from .keys import apply as apply_keys, curve_keys
 
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the enum costs microseconds
@@ -37,8 +38,10 @@ class AsyncClient(Api):
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, hwm: int = DEFAULT_HWM,
-                 max_message_bytes: int = P.MAX_MESSAGE_BYTES, context: zmq.asyncio.Context | None = None):
+                 max_message_bytes: int = P.MAX_MESSAGE_BYTES, server_key=None, client_keys=None,
+                 context: zmq.asyncio.Context | None = None):
         check_options(timeout, retries, hwm)
+        self._curve = curve_keys(server_key, client_keys)  # CURVE (clients/keys.py): both, or neither
         self.address, self.timeout, self.retries, self.hwm = address, float(timeout), retries, hwm
         self._own_ctx = context is None
         self._ctx = context or zmq.asyncio.Context()
@@ -63,6 +66,7 @@ class AsyncClient(Api):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, self.hwm)
             sock.setsockopt(zmq.RCVHWM, self.hwm)
+            apply_keys(sock, self._curve)
             sock.connect(self.address)
             self._sock = sock
             self._raw = zmq.Socket.shadow(sock.underlying)  # the same socket, plain (non-future) calls

@@ -28,6 +28,7 @@ from lstm_stream import protocol as P
 
 from ._api import Api, Call, _array
 from .errors import BadReply, ClientClosed, ClientError, PipelineError, SequenceError, Timeout
+from .keys import apply as apply_keys, curve_keys
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0   # seconds per call (per pipeline execute)
@@ -64,9 +65,11 @@ class Client(Api):
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, hwm: int = DEFAULT_HWM,
-                 max_message_bytes: int = P.MAX_MESSAGE_BYTES, context: zmq.Context | None = None,
+                 max_message_bytes: int = P.MAX_MESSAGE_BYTES, server_key=None, client_keys=None,
+                 context: zmq.Context | None = None,
                  exactly_once: bool = False):
         check_options(timeout, retries, hwm)
+        self._curve = curve_keys(server_key, client_keys)  # CURVE (clients/keys.py): both, or neither
         self.address, self.timeout, self.retries, self.hwm = address, float(timeout), retries, hwm
         self.exactly_once = bool(exactly_once)
         self._seqs: dict = {}  # stream -> its number after the last step acknowledged (exactly_once)
@@ -83,6 +86,7 @@ class Client(Api):
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
         sock.setsockopt(zmq.RCVTIMEO, int(self.timeout * 1000))  # bounds the blocking recv of one call
+        apply_keys(sock, self._curve)
         sock.connect(self.address)
         self._sock = sock
         self._poller = zmq.Poller()  # made once: Socket.poll() builds a Poller per call (~5 µs)

@@ -15,6 +15,7 @@
         ├── Unsupported                unsupported (forecast on a non-autoregressive model, no snapshot dir)
         ├── SequenceError              seq_stale, seq_gap: .seq (the stream's number), .expected
         ├── LogFailed                  log_failed: the daemon's step log cannot be written; nothing applied
+        ├── Forbidden (PermissionError) forbidden: this client's key may not do this op; nothing applied
         └── InternalError              internal, snapshot_failed
 """
 from __future__ import annotations
@@ -99,6 +100,11 @@ class LogFailed(ServerError):
     """The daemon cannot write its step log (disk full, I/O error): nothing was applied; resend later."""
 
 
+class Forbidden(ServerError, PermissionError):
+    """The daemon runs with CURVE keys and this client's key may not do this op (an admin key may): nothing
+    was applied."""
+
+
 class InternalError(ServerError):
     """The daemon failed internally (logged on its side) or could not write a snapshot."""
 
@@ -108,6 +114,7 @@ _BY_CODE = {
     P.TOO_LARGE: BadRequest, P.BAD_INPUT: BadRequest, P.UNKNOWN_STREAM: UnknownStream,
     P.STORE_FULL: StoreFull, P.BUSY: Busy, P.UNSUPPORTED: Unsupported, P.SNAPSHOT_FAILED: InternalError,
     P.INTERNAL: InternalError, P.SEQ_STALE: SequenceError, P.SEQ_GAP: SequenceError, P.LOG_FAILED: LogFailed,
+    P.FORBIDDEN: Forbidden,
 }
 
 

@@ -5,6 +5,7 @@
     lstm-stream info
     lstm-stream step pump-7 0.1,0.2,0.3          # one sample; --json '[[...], [...]]' for several
     lstm-stream demo                             # the default model on live replayed sensor streams
+    lstm-stream keygen keys/ server              # keys/server.key (public, 0644), keys/server.key_secret (0600)
 
 Subcommands are the COMMANDS table (name -> (help, add_arguments, run)); adding one is one entry. Only `serve`
 imports the engine (and numba); the client subcommands need pyzmq, msgpack and numpy only.
@@ -199,19 +200,36 @@ def _serve(serve, streams, snapshots, journal, config) -> int:
     from .server import Server
     from lstm_stream import warm
     background = None if warm.finish_background() else warm.finish_background
-    core = EngineCore(streams, config, snapshots=snapshots, journal=journal, background=background)
     try:
-        server = Server(core, serve.bind)
+        access, curve = _open_keys(serve)
+    except (OSError, ValueError) as e:
+        log.error("cannot start: %s", e)
+        return EXIT_USAGE
+    core = EngineCore(streams, config, snapshots=snapshots, journal=journal, background=background, access=access)
+    try:
+        server = Server(core, serve.bind, curve=curve)
     except zmq.ZMQError as e:
         log.error("cannot bind %s: %s", list(serve.bind), e)
         return EXIT_USAGE
+    if curve is None:
+        for endpoint in server.endpoints:
+            if not is_loopback(endpoint):
+                log.warning("listening on %s, which is not a loopback address, without CURVE: anyone who can "
+                            "reach it may read and change every stream; see docs/operations.md, \"Keys and "
+                            "roles\" (--curve-secret, --allow-keys)", endpoint)
 
     def on_signal(signum, frame):
         log.info("received %s: finishing queued requests, then snapshot and exit", signal.Signals(signum).name)
         server.stop()
 
+    def on_hangup(signum, frame):  # only a flag: the loop re-reads the key directories in its housekeeping
+        log.info("received SIGHUP: re-reading the client keys")
+        access.request_reload()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if access is not None:
+        signal.signal(signal.SIGHUP, on_hangup)
     log.info("serving %d streams (max_batch %d, max_pending %d)", len(streams), config.max_batch,
              config.max_pending)
     tune_gc()
@@ -232,11 +250,89 @@ def _serve(serve, streams, snapshots, journal, config) -> int:
     return status
 
 
+def _open_keys(serve):
+    """(Access, (public, secret) of the daemon) with --curve-secret, else (None, None); ValueError/OSError
+    saying which file or directory is wrong."""
+    if serve.curve_secret is None:
+        return None, None
+    import zmq
+
+    from .access import Access, read_secret_key
+    if not zmq.has("curve"):
+        raise ValueError("--curve-secret: this libzmq was built without CURVE support")
+    curve = read_secret_key(serve.curve_secret)
+    access = Access(serve.allow_keys, serve.admin_keys, namespaces=serve.namespaces == "on")
+    log.info("CURVE on: server public key %s", curve[0].decode("ascii"))
+    return access, curve
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a bound endpoint is reachable from this host only: ipc://, or tcp:// on a loopback address."""
+    import ipaddress
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name or an interface: assume reachable from elsewhere
+        return False
+
+
+# ---- keygen ------------------------------------------------------------------------------------------
+def add_keygen_arguments(p):
+    p.add_argument("directory", help="where to write the key files (created 0700 if missing)")
+    p.add_argument("name", help="the key's name: files NAME.key (public) and NAME.key_secret (secret)")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files of that name")
+
+
+def run_keygen(args) -> int:
+    """Write a CURVE key pair with zmq.auth.create_certificates: DIR/NAME.key (the public key, mode 0644:
+    copy it to the daemon's --allow-keys or --admin-keys directory, or to clients as the server key) and
+    DIR/NAME.key_secret (both halves, mode 0600: it stays with its owner). Written under umask 077, so the
+    secret is never readable by others, not even for an instant."""
+    import os
+
+    import zmq
+    import zmq.auth
+    if not zmq.has("curve"):
+        print("this libzmq was built without CURVE support", file=sys.stderr)
+        return EXIT_FAILED
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        print(f"bad key name {args.name!r}: a plain file name, e.g. pump-gateway", file=sys.stderr)
+        return EXIT_USAGE
+    public, secret = (os.path.join(args.directory, args.name + ext) for ext in (".key", ".key_secret"))
+    existing = [f for f in (public, secret) if os.path.exists(f)]
+    if existing and not args.force:
+        print(f"{', '.join(existing)} already exist(s); --force overwrites (the old key stops working)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    old = os.umask(0o077)
+    try:
+        os.makedirs(args.directory, mode=0o700, exist_ok=True)
+        for f in existing:
+            os.unlink(f)
+        public, secret = zmq.auth.create_certificates(args.directory, args.name)
+    finally:
+        os.umask(old)
+    os.chmod(secret, 0o600)
+    os.chmod(public, 0o644)
+    key = zmq.auth.load_certificate(public)[0].decode("ascii")
+    print(f"public key {key}\n  {public} (0644): give it to the daemon (--allow-keys/--admin-keys DIR) or, for "
+          f"a daemon's key, to its clients\n  {secret} (0600): keep it secret; the daemon's --curve-secret or a "
+          "client's --client-key")
+    return EXIT_OK
+
+
 # ---- client subcommands ----------------------------------------------------------------------------
 def add_client_arguments(p):
     p.add_argument("--connect", default=DEFAULT_ENDPOINT, type=parse_connect,
                    help=f"daemon address, tcp:// or ipc:// (default {DEFAULT_ENDPOINT})")
     p.add_argument("--timeout", type=parse_duration, default=5.0, help="seconds to wait for a reply")
+    p.add_argument("--server-key", metavar="FILE", help="the daemon's public key file (NAME.key) or z85 key: "
+                   "connect with CURVE (needs --client-key)")
+    p.add_argument("--client-key", metavar="FILE", help="this client's NAME.key_secret (from `lstm-stream keygen`)")
 
 
 # argparse reads an argument that starts with "-" as an option unless it looks like a negative number, and
@@ -257,7 +353,11 @@ def add_step_arguments(p):
 
 def _client(args):
     from clients import Client
-    return Client(args.connect, timeout=args.timeout)
+    try:
+        return Client(args.connect, timeout=args.timeout, server_key=args.server_key, client_keys=args.client_key)
+    except ValueError as e:  # a key file that cannot be read, one key without the other
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def run_ping(args) -> int:
@@ -365,6 +465,8 @@ COMMANDS = {
              "systemd units)", add_warm_arguments, run_warm),
     "demo": ("replay held-out smartwatch recordings as live streams through a daemon; show predictions, "
              "latency, and streaming vs offline accuracy", add_demo_arguments, run_demo),
+    "keygen": ("write a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret (secret, mode 0600)",
+               add_keygen_arguments, run_keygen),
     "ping": ("check that a daemon answers", add_client_arguments, run_ping),
     "info": ("print a daemon's model, backend and counts as JSON", add_client_arguments, run_info),
     "step": ("step one stream by one or more samples, print the output as JSON", add_step_arguments, run_step),

@@ -158,10 +158,34 @@ class ServeConfig:
                               "(and at every snapshot)", unit=SIZE)
     log_level: str = option("info", "log lines below this level are not written", choices=("debug", "info",
                                                                                             "warning", "error"))
+    # CURVE (encryption and client keys): see docs/operations.md, "Keys and roles". Off by default: plain TCP
+    # on loopback, as before; serve warns when it binds a non-loopback tcp address without it.
+    curve_secret: str | None = option(None, "the daemon's `NAME.key_secret` (from `lstm-stream keygen`): every "
+                                      "connection is encrypted with CURVE and only allow-listed client keys may "
+                                      "connect (see [Keys and roles](#keys-and-roles))", unit=PATH, shown="none "
+                                      "(plain, unauthenticated)")
+    allow_keys: str | None = option(None, "with `--curve-secret`: directory of the public key files (`NAME.key`) "
+                                    "of clients that may step (role `step`); re-read on SIGHUP", unit=DIR,
+                                    shown="none")
+    admin_keys: str | None = option(None, "with `--curve-secret`: directory of the public key files of clients "
+                                    "that may do every op (role `admin`); re-read on SIGHUP", unit=DIR,
+                                    shown="none")
+    namespaces: str = option("off", "with `--curve-secret`: `on` gives each step key its own stream ids (kept "
+                             "apart internally by the key's id; `streams` lists its own)", choices=("on", "off"))
 
     def __post_init__(self):
         if self.snapshot_every is not None and self.snapshot_dir is None:
             raise ValueError("--snapshot-every needs --snapshot-dir")
+        if self.curve_secret is None:
+            for name in ("allow_keys", "admin_keys"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"--{name.replace('_', '-')} needs --curve-secret (client keys are checked "
+                                     "only on CURVE connections)")
+            if self.namespaces == "on":
+                raise ValueError("--namespaces on needs --curve-secret (a namespace is a client key's)")
+        elif self.allow_keys is None and self.admin_keys is None:
+            raise ValueError("--curve-secret needs --allow-keys DIR or --admin-keys DIR (or both): with neither, "
+                             "no client could connect")
 
     @property
     def logging_steps(self) -> bool:

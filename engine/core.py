@@ -24,6 +24,7 @@ from lstm_stream.errors import InputError, LSTMStreamError, SequenceError
 from lstm_stream.messages import Reply
 
 from . import records
+from .access import Access, Owned
 from .config import EngineConfig
 from .journal import LogWriteError
 from .ops import Ops
@@ -42,8 +43,9 @@ class EngineCore(Ops):
     """Queue, batch plans, op dispatch and housekeeping over one Streams; no sockets, no threads, no bytes."""
 
     def __init__(self, streams, config: EngineConfig | None = None, *, snapshots=None, journal=None,
-                 background=None, clock=time.monotonic):
+                 background=None, clock=time.monotonic, access=None):
         self.streams = streams
+        self.access = access           # CURVE roles and namespaces (engine/access.py), or None: every peer admin
         self.config = config = config or EngineConfig()
         self.snapshots = snapshots
         self.journal = journal         # the step log (engine/journal.py), or None
@@ -73,12 +75,24 @@ class EngineCore(Ops):
         return self._pending
 
     # ---- requests in, replies out ----------------------------------------------------------------
-    def submit(self, tag, req, nbytes: int = 0) -> Reply | None:
+    def submit(self, tag, req, nbytes: int = 0, user=None) -> Reply | None:
         """Queue one request; returns its Reply when it is answered at once: ping and info (they touch no
-        stream, so they are never queued and never busy), a request over a per-request bound (too_large), or
-        one refused as busy (the client's quota, --max-peer-pending, or a full queue; the server stops
-        reading before the queue is full, so that last one is for in-process callers)."""
+        stream, so they are never queued and never busy), a request over a per-request bound (too_large), one
+        refused as busy (the client's quota, --max-peer-pending, or a full queue; the server stops reading
+        before the queue is full, so that last one is for in-process callers), or, with access control, one
+        its key may not run (forbidden). `user`: the peer's CURVE user id (its z85 public key), checked
+        against the access roles here, the one place (no access control: every peer is admin)."""
         self.metrics["requests"] += 1
+        peer = tag[0] if type(tag) in (list, tuple) and tag else tag  # the connection: its own queue
+        if self.access is not None:
+            try:
+                req, why, kid = self.access.admit(req, user)
+            except P.ProtocolError as e:  # an id that cannot be namespaced
+                return self.refuse(e.request_id, e.code, e.message, counted=True)
+            if why is not None:
+                return self.refuse(req.id, P.FORBIDDEN, why, counted=True)
+            if kid is not None:
+                tag = Owned(tag, kid)  # its replies show the client's own ids (step() unwraps the tag)
         op = req.op
         if op == "ping" or op == "info":
             return self._call(req)
@@ -87,7 +101,6 @@ class EngineCore(Ops):
             refused = self._over_bounds(req, cfg)
             if refused is not None:
                 return refused
-        peer = tag[0] if type(tag) in (list, tuple) and tag else tag
         q = self._queues.get(peer)
         if self._pending >= cfg.max_pending or (q is not None and cfg.max_peer_pending is not None
                                                 and len(q) >= cfg.max_peer_pending):
@@ -168,12 +181,17 @@ class EngineCore(Ops):
         max_turn_samples samples; returns [(tag, Reply)] in arrival order: this turn's, or under
         `--fsync always` those whose log records are now durable (see released())."""
         if self.journal is not None:
-            return self._logged_turn()
-        n = min(self._pending, self.config.max_batch)
-        if n == 1 and self._peek()[1].op == "step" and self._peek()[1].seq is None:  # the one-stream path
-            tag, req = self._pop()
-            return [(tag, self._step_alone(req))]
-        return self._turn(n)
+            out = self._logged_turn()
+        else:
+            n = min(self._pending, self.config.max_batch)
+            if n == 1 and self._peek()[1].op == "step" and self._peek()[1].seq is None:  # the one-stream path
+                tag, req = self._pop()
+                out = [(tag, self._step_alone(req))]
+            else:
+                out = self._turn(n)
+        if self.access is not None and self.access.namespaces:
+            out = [(t.tag, Access.own_reply(r, t.prefix)) if type(t) is Owned else (t, r) for t, r in out]
+        return out
 
     def _turn(self, n) -> list:
         """Serve the next n queued requests (fewer once max_turn_samples is reached), in arrival order."""
@@ -367,6 +385,8 @@ class EngineCore(Ops):
         """Timed snapshot, idle eviction, metrics line, each when due; returns the next deadline (monotonic)."""
         now = self._clock() if now is None else now
         self._wall = time.time()  # the streams' clock with a step log (idle eviction reads it)
+        if self.access is not None:
+            self.access.tick()  # reload the client keys if SIGHUP asked for it (here: on the loop thread)
         if self.snapshots is not None:
             self.snapshots.tick(now)  # finishes or starts a background write; a failure is logged and
             # retried with back-off there; never raises

@@ -9,6 +9,8 @@ import time
 import lstm_stream
 from lstm_stream import protocol as P
 
+from .access import Access
+
 
 class Ops:
     """EngineCore's ops other than step/step_many (self is the EngineCore)."""
@@ -42,6 +44,9 @@ class Ops:
             raise P.ProtocolError(P.BAD_INPUT, f"offset must be >= 0 and limit in 0..{P.MAX_STREAMS_PAGE}, "
                                                  f"got offset={offset}, limit={limit}")
         ids = self.streams.ids()
+        prefix = getattr(req, "prefix", None)  # a namespaced key (access.OwnStreams): its own ids only
+        if prefix is not None:
+            ids = Access.own_ids(ids, prefix)
         return {"streams": ids[offset:offset + limit], "total": len(ids)}
 
     def _op_forecast(self, req):

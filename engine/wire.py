@@ -33,13 +33,14 @@ class WireCore:
         """The core's housekeeping; returns the next deadline."""
         return self.core.housekeep(now)
 
-    def submit(self, tag, data) -> bytes | None:
-        """Decode one request and queue it; the encoded error reply when it is refused at once."""
+    def submit(self, tag, data, user=None) -> bytes | None:
+        """Decode one request and queue it; the encoded error reply when it is refused at once. `user`: the
+        peer's CURVE user id (EngineCore.submit checks its role), None without CURVE."""
         try:
             req = self.codec.decode_request(data)
         except P.ProtocolError as e:
             return self.encode(self.core.refuse(e.request_id, e.code, e.message))
-        reply = self.core.submit(tag, req, len(data))
+        reply = self.core.submit(tag, req, len(data), user)
         return None if reply is None else self.encode(reply)
 
     def reject(self, code: str, message: str) -> bytes:

@@ -30,8 +30,9 @@ def short_ipc_dir() -> str:
 class Daemon:
     """One daemon process; start() waits until it answers ping, stop() signals it and waits (then kills)."""
 
-    def __init__(self, endpoint: str, args, log_path):
+    def __init__(self, endpoint: str, args, log_path, client=None):
         self.endpoint, self.args, self.log_path = endpoint, list(args), Path(log_path)
+        self.client = dict(client or {})  # Client options that reach it (CURVE: server_key, client_keys)
         self.proc = None
 
     def start(self, *, wait: bool = True) -> "Daemon":
@@ -47,7 +48,7 @@ class Daemon:
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         from clients import Client, Timeout
         deadline = time.monotonic() + timeout
-        with Client(self.endpoint, timeout=0.5, retries=0) as c:
+        with Client(self.endpoint, timeout=0.5, retries=0, **self.client) as c:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"daemon exited with {self.proc.returncode} before answering:\n{self.log()}")
@@ -99,8 +100,10 @@ class DaemonFactory:
             return free_tcp_endpoint()
         return f"ipc://{self.ipc_dir}/d{len(self.daemons)}.sock"
 
-    def __call__(self, *args, endpoint: str | None = None, wait: bool = True) -> Daemon:
-        d = Daemon(endpoint or self.endpoint(), [str(a) for a in args], self.tmp_path / f"daemon{len(self.daemons)}.log")
+    def __call__(self, *args, endpoint: str | None = None, wait: bool = True, client=None) -> Daemon:
+        """Start a daemon with `serve` arguments `args`; `client`: the Client options that reach it (CURVE)."""
+        d = Daemon(endpoint or self.endpoint(), [str(a) for a in args], self.tmp_path / f"daemon{len(self.daemons)}.log",
+                   client)
         self.daemons.append(d)
         return d.start(wait=wait)
 
