@@ -200,12 +200,12 @@ def test_core_checks_the_role_of_each_request(tmp_path, served_models):
     user = zmq.auth.load_certificate(public)[0].decode()
     core = EngineCore(ls.Streams(served_models["cls"][1]), access=Access(str(allow), None, namespaces=False))
     step = P.parse_request({"v": 1, "id": 1, "op": "step", "stream": "s", "x": [0.0] * I})
-    assert core.submit("tag", step, user) is None and core.step()[0][1].ok
+    assert core.submit("tag", step, user=user) is None and core.step()[0][1].ok
     drop = P.parse_request({"v": 1, "id": 2, "op": "drop", "stream": "s"})
-    reply = core.submit("tag", drop, user)
+    reply = core.submit("tag", drop, user=user)
     assert reply.code == P.FORBIDDEN and reply.id == 2 and core.streams.ids() == ["s"]
-    assert core.submit("tag", drop, "someone-else").code == P.FORBIDDEN
-    assert core.submit("tag", drop, None).code == P.FORBIDDEN  # no User-Id under CURVE: no role
+    assert core.submit("tag", drop, user="someone-else").code == P.FORBIDDEN
+    assert core.submit("tag", drop, user=None).code == P.FORBIDDEN  # no User-Id under CURVE: no role
 
 
 def test_a_non_loopback_bind_without_curve_is_warned_about(daemon, served_models):
