@@ -36,18 +36,6 @@ def parse_connect(text: str) -> str:
     return text
 
 
-def load_serving_model(path):
-    """The model to serve: the .npz at `path`, or the shipped default model when path is None."""
-    from lstm_stream.model import load_model
-    if path is not None:
-        return load_model(path)
-    try:
-        from lstm_stream.defaults import load_default_model
-    except ImportError:
-        raise SystemExit("--model is required: this installation has no default model") from None
-    return load_default_model()
-
-
 # ---- serve -------------------------------------------------------------------------------------------
 def add_serve_arguments(p):
     """The options of `serve`: one per field of engine/config.py's SERVE_CONFIGS."""
@@ -64,13 +52,14 @@ def run_serve(args) -> int:
     from lstm_stream.errors import LSTMStreamError, SnapshotError
 
     from .config import SERVE_CONFIGS, from_args
+    from .startup import open_state
     try:
         serve, streams_config, engine_config = (from_args(cls, args) for cls in SERVE_CONFIGS)
     except ValueError as e:
         log.error("bad option: %s", e)
         return EXIT_USAGE
     try:
-        streams, snapshots, journal = _open_state(serve, streams_config)
+        streams, snapshots, journal = open_state(serve, streams_config)
     except SnapshotError as e:
         log.error("refusing to start: %s. The snapshot file was left untouched; start with the model that "
                   "wrote it, or move the file away to start empty.", e)
@@ -79,101 +68,6 @@ def run_serve(args) -> int:
         log.error("cannot start: %s", e)
         return EXIT_USAGE
     return _serve(serve, streams, snapshots, journal, engine_config)
-
-
-def _open_state(serve, streams_config):
-    import dataclasses
-
-    import lstm_stream as ls
-
-    from lstm_stream.errors import InputError
-
-    from .persistence import Snapshots, open_cold, prepare_dir
-    if streams_config.idle_action == "evict" and serve.snapshot_dir is None:
-        raise InputError("--idle-action evict needs --snapshot-dir: evicted streams go to a file there")
-    if serve.snapshot_dir is not None:  # first: a directory it cannot write fails at once, not after compiling
-        prepare_dir(serve.snapshot_dir)  # OSError naming it: run_serve refuses to start (exit 2)
-    model = load_serving_model(serve.model)
-    t0 = time.perf_counter()
-    warm_up(model, streams_config.backend, streams_config.threads)
-    cold = None if serve.snapshot_dir is None else open_cold(serve.snapshot_dir, streams_config)
-    streams = ls.Streams(model, cold=cold, **dataclasses.asdict(streams_config))
-    log.info("model %r fingerprint %s: %d inputs -> %d outputs, hidden %d x %d layers, %s, backend %s "
-             "(kernels ready in %.2f s)", model.name, model.fingerprint, model.input_size, model.output_size,
-             model.hidden_size, model.num_layers, model.dtype, streams.backend, time.perf_counter() - t0)
-    snapshots = journal = None
-    if serve.snapshot_dir is not None:
-        snapshots = Snapshots(streams, serve.snapshot_dir, every=serve.snapshot_every)
-        snapshots.restore(cold_wins=not serve.logging_steps)  # with a log, its replay settles evicted streams
-        if serve.logging_steps:
-            journal = _open_log(serve, streams, snapshots)
-        else:
-            _set_aside_old_log(serve.snapshot_dir)
-    return streams, snapshots, journal
-
-
-def _set_aside_old_log(directory):
-    """--step-log off with a log left by an earlier run: the snapshots written from now on do not continue
-    it, so replaying it later would be wrong; it is renamed (kept, never deleted) and the rename logged."""
-    import os
-    old = os.path.join(directory, "log")
-    if os.path.isdir(old) and os.listdir(old):
-        aside = f"{old}.off-{time.strftime('%Y%m%dT%H%M%S')}"
-        os.rename(old, aside)
-        log.warning("--step-log off: the step log of an earlier run was moved to %s (snapshots from now on do not "
-                    "continue it); delete it once it is not needed", aside)
-
-
-def _open_log(serve, streams, snapshots):
-    """Replay the step log after the restored snapshot, then open it for writing; snapshots record the log
-    position they hold, and a durable one deletes the segments it covers."""
-    import os
-
-    from .journal import Journal
-    from .records import recover
-    directory = os.path.join(serve.snapshot_dir, "log")
-    os.makedirs(directory, exist_ok=True)
-    meta = snapshots.restored_meta
-    streams.replaying(meta.get("cold_lsn", 0))  # thaws read the cold versions the snapshot knew
-    try:
-        last, _ = recover(streams, directory, meta.get("log_lsn", 0))
-    finally:
-        streams.replaying(None)
-    journal = Journal(directory, streams.model.fingerprint, streams.model.dtype, fsync=serve.fsync,
-                      segment_bytes=serve.log_segment)
-    journal.open(last)
-
-    def position():  # at the snapshot's capture, on the loop: it holds every record written so far
-        if journal.lsn >= journal.segment_first:  # start a new segment, so that this one can go once it is durable
-            try:
-                journal.rotate()
-            except OSError as e:  # the snapshot still holds every record so far; this segment just stays longer
-                log.warning("could not start a new step log segment at the snapshot: %s", e)
-        return {"log_lsn": journal.lsn}
-
-    snapshots.position = position
-    snapshots.on_durable = lambda meta: journal.covered(meta.get("log_lsn", 0))
-    return journal
-
-
-def warm_up(model, backend, threads):
-    """Compile (or load from the cache) every kernel the daemon uses before serving, logging each stage
-    (lstm_stream/warm.py: on a cold cache, in parallel processes). The CUDA kernels by stepping a scratch store."""
-    import numpy as np
-
-    import lstm_stream as ls
-    from lstm_stream import warm
-    warm.warm_up(model.dtype, model.autoregressive, progress=lambda message: log.info("kernels: %s", message),
-                 defer=True)  # cold: the one-stream kernel is left to a child process (warm.deferred)
-    if backend != "cpu":
-        scratch = ls.Streams(model, backend=backend, threads=threads)
-        if scratch.backend != "cpu":
-            x = np.zeros((2, model.input_size), model.dtype)
-            scratch.step(0, x[0])
-            scratch.step(0, x)
-            scratch.step_batch(list(range(64)), [x[:1]] * 64)
-            if model.autoregressive:
-                scratch.forecast(0, 1)
 
 
 # Python's cyclic garbage collector, for the serving loop. Every request allocates a few dicts and lists that
@@ -442,6 +336,8 @@ def run_warm(args) -> int:
     """Compile every kernel serving uses into the cache now (lstm_stream/warm.py), e.g. when building an image
     or in a systemd ExecStartPre, so that the first `serve` starts warm."""
     from lstm_stream import jitcache, warm
+
+    from .startup import load_serving_model
     if args.dtype:
         jobs = [(d, args.autoregressive) for d in args.dtype]
     else:
