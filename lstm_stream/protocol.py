@@ -209,6 +209,7 @@ class Codec:
         self._step_head = b"\x85" + pack("v") + pack(PROTOCOL_VERSION) + pack("id")
         self._step_mid = pack("op") + pack("step") + pack("stream")
         self._array_heads: dict = {}  # (prefix, dtype, shape) -> bytes
+        self._limits: dict = {}       # message length (<= DECODE_SMALL) -> msgpack's limits for it (decode)
 
     def _array_head(self, prefix: bytes, a: np.ndarray):
         """prefix + the packed array map of a up to its data (None if a is not a wire dtype in this host's
@@ -274,10 +275,14 @@ class Codec:
         # msgpack's own limits, from the message's length (a list cannot have more elements than the message
         # has bytes) and the protocol (maps and strs are small; no ext type is used)
         # (a list is charged 48 B per element: one longer than the budget pays for is refused at its header)
-        limits = dict(max_bin_len=n, max_str_len=min(n, MAX_STR_BYTES),
-                      max_array_len=min(n, (DECODE_FACTOR * n + DECODE_SLACK) // 48),
-                      max_map_len=min(n, MAX_MAP_LEN), max_ext_len=0)
-        if n > DECODE_SMALL:
+        limits = self._limits.get(n)  # a small message's limits depend on its length only: built once per length
+        if limits is None:
+            limits = dict(max_bin_len=n, max_str_len=min(n, MAX_STR_BYTES),
+                          max_array_len=min(n, (DECODE_FACTOR * n + DECODE_SLACK) // 48),
+                          max_map_len=min(n, MAX_MAP_LEN), max_ext_len=0)
+            if n <= DECODE_SMALL:
+                self._limits[n] = limits
+        if n > DECODE_SMALL:  # (never cached: a budget of its own)
             budget = _Budget(DECODE_FACTOR * n + DECODE_SLACK)
             limits.update(list_hook=budget.list, object_hook=budget.map)
         try:
