@@ -25,9 +25,10 @@ from lstm_stream import protocol as P
 
 from ._api import Api, Call
 from .client import (DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Queued, resendable,
-                     check_options, decode_reply, result_of, settled)
+                     check_options, result_of, settled)
 from .errors import BadReply, ClientClosed, ClientError, Timeout
 from .keys import apply as apply_keys, curve_keys
+from .replies import ReplyReader
 
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the enum costs microseconds
@@ -46,13 +47,16 @@ class AsyncClient(Api):
         self._own_ctx = context is None
         self._ctx = context or zmq.asyncio.Context()
         self._codec = P.Codec(max_message_bytes=max_message_bytes)
+        self._read = ReplyReader(self._codec)
         self._ids = itertools.count(1)
         self._pending: dict = {}     # request id -> Future of its reply
-        self._parsing: dict = {}     # request id -> (call, parse) of a pipelined call (see _register)
+        self._batched: dict = {}     # request id -> (_Batch, index) of a pipelined call
         self._deadlines: collections.deque = collections.deque()  # (loop time, request id, op), send order
         self._sweeper = None         # the timer that fails expired calls (see _sweep)
         self._sock = self._raw = None
         self._reader = None
+        self._loop = None            # the event loop the socket was opened on
+        self._look_due = False       # a _look is scheduled (see _look_soon)
         self._closed = False
 
     def _ensure_open(self):
@@ -70,7 +74,8 @@ class AsyncClient(Api):
             sock.connect(self.address)
             self._sock = sock
             self._raw = zmq.Socket.shadow(sock.underlying)  # the same socket, plain (non-future) calls
-            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+            self._loop = asyncio.get_running_loop()
+            self._reader = self._loop.create_task(self._read_loop())
 
     async def close(self) -> None:
         """Stop the reader, fail calls still waiting with ClientClosed, close the socket."""
@@ -111,83 +116,97 @@ class AsyncClient(Api):
     async def _run(self, call: Call):
         attempts = 1 + (self.retries if resendable(call) else 0)
         for attempt in range(attempts):
+            rid, fut, data = self._register(call)
             try:
-                reply = await self._roundtrip(call)
+                try:
+                    self._raw.send(data, zmq.NOBLOCK)
+                except zmq.Again:
+                    await self._send_when_room(data, fut)
+                self._look_soon()
+                reply = await fut
             except Timeout:
                 if attempt == attempts - 1:
                     raise
                 continue
+            finally:
+                self._pending.pop(rid, None)
             return call.finish(reply)
 
     def pipeline(self) -> "AsyncPipeline":
         """An AsyncPipeline: queue calls, send them together, await every result in order."""
         return AsyncPipeline(self)
 
-    async def _roundtrip(self, call: Call) -> dict:
-        rid, fut, data = self._register(call)
-        try:
-            await self._transmit(data, fut)
-            self._look()
-            return await fut
-        finally:
-            self._pending.pop(rid, None)
-
     async def _roundtrip_many(self, calls, parse) -> list:
         """Send every call, then await their results: parse(call, reply) of each (taken by the reader as each
-        reply comes) in call order, a Timeout in place of each call that got no reply in time (then raised,
-        its `replies` holding that list)."""
-        sent, results, timeout = [], [], None
+        reply comes) in call order. One future and one deadline for them all (see _Batch): a Timeout if not
+        every reply came in time, its `replies` holding the results that came (MISSING for the others)."""
+        if not calls:
+            return []
+        batch = _Batch(calls, parse)
+        key, fut = self._register_batch(batch)
+        batched, codec, raw = self._batched, self._codec, self._raw
+        rids = []
         try:
-            for call in calls:
-                rid, fut, data = self._register(call, parse)
-                sent.append((rid, fut))
-                await self._transmit(data, fut)
-            self._look()
-            for _, fut in sent:
+            for i, call in enumerate(calls):
+                rid = next(self._ids)
+                rids.append(rid)
+                batched[rid] = (batch, i)
+                data = codec.request(call.op, rid, call.fields)
                 try:
-                    results.append(await fut)
-                except Timeout as e:
-                    results.append(e)
-                    timeout = timeout or e
+                    raw.send(data, zmq.NOBLOCK)
+                except zmq.Again:
+                    await self._send_when_room(data, fut)
+                if fut.done():  # timed out (or the client closed) while waiting for room to send
+                    break
+            self._look()
+            await fut
+        except ClientError as e:
+            e.replies = list(batch.results)
+            raise
         finally:
-            for rid, _ in sent:
-                self._pending.pop(rid, None)
-                self._parsing.pop(rid, None)
-        if timeout is not None:
-            timeout.replies = [MISSING if isinstance(r, Timeout) else r for r in results]
-            raise timeout
-        return results
+            self._pending.pop(key, None)
+            for rid in rids:
+                batched.pop(rid, None)
+        return batch.results
 
-    def _register(self, call: Call, parse=None):
+    def _register(self, call: Call):
         """(request id, future of its reply, encoded request) of a call about to be sent; its deadline joins
-        the sweep queue, and the reader hands the future parse(call, reply) instead of the reply if given."""
+        the sweep queue."""
         self._ensure_open()
         rid = next(self._ids)
-        loop = asyncio.get_running_loop()
-        data = self._codec.request(call.op, rid, call.fields)
-        fut = loop.create_future()
-        pending, deadlines = self._pending, self._deadlines
-        pending[rid] = fut
-        if parse is not None:
-            self._parsing[rid] = (call, parse)
+        fut = self._pending[rid] = self._loop.create_future()
+        self._deadline(rid, repr(call.op))
+        return rid, fut, self._codec.request(call.op, rid, call.fields)
+
+    def _register_batch(self, batch: "_Batch"):
+        """(key, future) of a pipeline's calls: one entry in _pending, one deadline."""
+        self._ensure_open()
+        key = ("pipeline", next(self._ids))
+        fut = self._pending[key] = batch.fut = self._loop.create_future()
+        self._deadline(key, f"{len(batch.calls)} pipelined call(s)")
+        return key, fut
+
+    def _deadline(self, key, what: str) -> None:
+        """Fail key's future with Timeout `timeout` s from now unless answered (one timer for all: _sweep)."""
+        deadlines, pending = self._deadlines, self._pending
         while deadlines and deadlines[0][1] not in pending:  # answered calls at the head: forget them
             deadlines.popleft()
-        deadlines.append((loop.time() + self.timeout, rid, call.op))
+        deadlines.append((self._loop.time() + self.timeout, key, what))
         if self._sweeper is None:
-            self._sweeper = loop.call_at(deadlines[0][0], self._sweep)
-        return rid, fut, data
+            self._sweeper = self._loop.call_at(deadlines[0][0], self._sweep)
 
-    async def _transmit(self, data, fut):
-        """Send at once through the plain socket, or wait for room in the queue (bounded by fut's deadline)."""
-        try:
-            self._raw.send(data, zmq.NOBLOCK)
-        except zmq.Again:
-            await self._send_when_room(data, fut)
+    def _look_soon(self):
+        """Look for ready replies once this loop iteration's calls have been sent (see _look): one look
+        for a burst of calls (asyncio.gather's tasks all send in one iteration) instead of one per call."""
+        if not self._look_due:
+            self._look_due = True
+            self._loop.call_soon(self._look)
 
     def _look(self):
         """After plain sends: hand over the replies that are ready (a plain send may take the socket's
         edge-triggered wake-up from the reader, which would then sleep on them)."""
-        if self._raw.getsockopt(zmq.EVENTS) & _POLLIN:
+        self._look_due = False
+        if self._raw is not None and self._raw.getsockopt(zmq.EVENTS) & _POLLIN:
             self._drain()
 
     async def _send_when_room(self, data, fut):
@@ -202,13 +221,13 @@ class AsyncClient(Api):
 
     def _sweep(self):
         """The one timer: fail every call whose deadline has passed with Timeout, then wait for the next."""
-        loop, deadlines, pending = asyncio.get_running_loop(), self._deadlines, self._pending
+        loop, deadlines, pending = self._loop, self._deadlines, self._pending
         now = loop.time()
         while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in pending):
             _, rid, op = deadlines.popleft()
             fut = pending.get(rid)
             if fut is not None and not fut.done():
-                fut.set_exception(Timeout(f"no reply from {self.address} within {self.timeout} s for {op!r}"))
+                fut.set_exception(Timeout(f"no reply from {self.address} within {self.timeout} s for {op}"))
         self._sweeper = loop.call_at(deadlines[0][0], self._sweep) if deadlines else None
 
     async def _read_loop(self):
@@ -234,21 +253,45 @@ class AsyncClient(Api):
 
     def _dispatch(self, data):
         try:
-            reply = decode_reply(self._codec, data)
+            reply = self._read(data)
         except BadReply:
             return  # cannot tell whose it is; that call will time out
         rid = reply["id"]
         fut = self._pending.get(rid)
-        if fut is not None and not fut.done():
-            how = self._parsing.pop(rid, None) if self._parsing else None
-            fut.set_result(reply if how is None else how[1](how[0], reply))
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(reply)
+            return
+        entry = self._batched.pop(rid, None)
+        if entry is not None:
+            entry[0].take(entry[1], reply)
 
     def _fail_pending(self, exc):
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
-        self._parsing.clear()
+        self._batched.clear()
+
+
+class _Batch:
+    """A pipeline's calls in flight: the reader puts each one's parse(call, reply) in its place in `results`
+    and resolves the one future when the last comes (a future per call cost more than its parse)."""
+
+    __slots__ = ("calls", "parse", "results", "left", "fut")
+
+    def __init__(self, calls, parse):
+        self.calls, self.parse = calls, parse
+        self.results = [MISSING] * len(calls)
+        self.left = len(calls)
+        self.fut = None
+
+    def take(self, i: int, reply: dict) -> None:
+        if self.results[i] is MISSING and not self.fut.done():
+            self.results[i] = self.parse(self.calls[i], reply)
+            self.left -= 1
+            if not self.left:
+                self.fut.set_result(None)
 
 
 class AsyncPipeline(Queued):

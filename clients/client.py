@@ -27,8 +27,9 @@ import zmq
 from lstm_stream import protocol as P
 
 from ._api import Api, Call, _array
-from .errors import BadReply, ClientClosed, ClientError, PipelineError, SequenceError, Timeout
+from .errors import ClientClosed, ClientError, PipelineError, SequenceError, Timeout
 from .keys import apply as apply_keys, curve_keys
+from .replies import ReplyReader
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0   # seconds per call (per pipeline execute)
@@ -52,13 +53,6 @@ def resendable(call: Call) -> bool:
     return call.op in P.IDEMPOTENT_OPS or "seq" in call.fields
 
 
-def decode_reply(codec, data) -> dict:
-    """Bytes -> reply map; BadReply if it is not one."""
-    try:
-        return codec.decode_reply(data)
-    except P.ProtocolError as e:
-        raise BadReply(f"unreadable reply from the daemon: {e}") from None
-
 
 class Client(Api):
     """Blocking client of one lstm-stream daemon (tcp:// or ipc:// address)."""
@@ -75,6 +69,7 @@ class Client(Api):
         self._seqs: dict = {}  # stream -> its number after the last step acknowledged (exactly_once)
         self._ctx = context or zmq.Context.instance()
         self._codec = P.Codec(max_message_bytes=max_message_bytes)
+        self._read = ReplyReader(self._codec)
         self._ids = itertools.count(1)
         self._sock = None
         self._open()
@@ -156,7 +151,7 @@ class Client(Api):
         deadline = time.monotonic() + self.timeout
         try:
             sock.send(self._codec.request(call.op, rid, call.fields))
-            reply = decode_reply(self._codec, sock.recv())
+            reply = self._read(sock.recv())
         except zmq.Again:
             raise _timeout(f"no reply from {self.address} within {self.timeout} s for 1 request(s) ({call.op})",
                            [call], {rid: call}, {}) from None
@@ -208,7 +203,7 @@ class Client(Api):
             except zmq.Again:
                 return received or wait > 0  # (after a poll that saw a message, True as before)
             received = True
-            reply = decode_reply(self._codec, data)
+            reply = self._read(data)
             rid = reply["id"]
             if rid in want:
                 got[rid] = reply if parse is None else parse(want[rid], reply)

@@ -1,0 +1,89 @@
+"""clients.replies.ReplyReader: a step reply read from its template equals the same reply decoded in full;
+anything that does not match the template byte for byte is decoded in full (or refused) as before."""
+import numpy as np
+import pytest
+
+from clients.errors import BadReply
+from clients.replies import MAX_SHAPES, ReplyReader
+from lstm_stream import protocol as P
+from lstm_stream.messages import Reply
+
+IDS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63, -1, -2**40, "r-7", ""]
+
+
+def decoded(data):
+    """The reply as the bounded decoder gives it, y as an array."""
+    reply = P.Codec().decode_reply(data)
+    if isinstance(reply.get("y"), dict):
+        reply["y"] = P.to_array(reply["y"], "y")
+    return reply
+
+
+def same(a: dict, b: dict) -> bool:
+    a = dict(a, y=P.to_array(a["y"], "y")) if isinstance(a.get("y"), dict) else a
+    if a.keys() != b.keys() or type(a["id"]) is not type(b["id"]) or a["id"] != b["id"]:
+        return False
+    ya, yb = a.get("y"), b.get("y")
+    if isinstance(ya, np.ndarray) or isinstance(yb, np.ndarray):
+        return ya.dtype == yb.dtype and ya.shape == yb.shape and ya.tobytes() == yb.tobytes()
+    return a == b
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1,), (5,), (3, 7)])
+def test_template_reads_equal_full_decodes(dtype, shape):
+    rng = np.random.default_rng(abs(hash((dtype, shape))) % 2**32)
+    enc, reader = P.Codec(), ReplyReader(P.Codec())
+    for k, rid in enumerate(IDS * 2):  # the second round reads every int id from the learned template
+        y = rng.standard_normal(shape).astype(dtype)
+        y.flat[0] = [np.nan, -np.inf, -0.0, 3.4e38][k % 4] if dtype == "float32" else y.flat[0]
+        data = enc.reply(Reply(id=rid, result={"y": y}))
+        got = reader(data)
+        assert same(got, decoded(data))
+        assert P.to_array(got["y"], "y").tobytes() == y.tobytes()
+        if k >= len(IDS) and isinstance(rid, int) and rid >= 0:  # from the template: an array of its own
+            assert isinstance(got["y"], np.ndarray) and got["y"].flags.writeable
+            assert not np.shares_memory(got["y"], np.frombuffer(data, np.uint8))
+    assert len(reader._ys) == 1  # learned once, then reused
+
+
+def test_templates_are_learned_per_shape_and_capped():
+    enc, reader = P.Codec(), ReplyReader(P.Codec())
+    for t in range(1, MAX_SHAPES + 5):
+        y = np.arange(t * 3, dtype=np.float32).reshape(t, 3) + 0.5
+        for rid in (7, 70000):
+            got = reader(enc.reply(Reply(id=rid, result={"y": y})))
+            assert got["id"] == rid and same(got, {"v": 1, "id": rid, "ok": True, "y": y})
+    assert len(reader._ys) == MAX_SHAPES
+
+
+def test_other_replies_are_decoded_in_full():
+    enc, reader = P.Codec(), ReplyReader(P.Codec())
+    y = np.linspace(-1, 1, 4, dtype=np.float32)
+    reader(enc.reply(Reply(id=1, result={"y": y})))  # learn the template
+    others = [
+        enc.error(2, P.BUSY, "later"),
+        enc.reply(Reply(id=3, result={"y": y, "duplicate": True})),   # a receipt: one more key
+        enc.reply(Reply(id=4, result={"y": y}, lists=True)),           # nested lists
+        enc.reply(Reply(id=5, result={"y": y[:3]})),                    # another shape
+        enc.reply(Reply(id=6, result={"y": y.astype(np.float64)})),     # another dtype
+        enc.ok(7, {"time": 1.5}),
+    ]
+    for data in others:
+        assert same(reader(data), decoded(data))
+
+
+def test_a_damaged_template_reply_is_not_read_as_one():
+    enc, reader = P.Codec(), ReplyReader(P.Codec())
+    y = np.ones(4, dtype=np.float32)
+    good = enc.reply(Reply(id=300, result={"y": y}))
+    reader(good)
+    for bad in (good[:-1], good + b"\x00", good[:-4]):
+        with pytest.raises(BadReply):
+            reader(bad)
+    flipped = bytearray(good)
+    flipped[good.index(b"shape") + 6] ^= 0x01  # the shape's length: not the template any more
+    reply = reader(bytes(flipped))
+    assert isinstance(reply["y"], dict)  # decoded in full, so the call's parse finds the mismatch
+    with pytest.raises(P.ProtocolError, match="bytes"):
+        P.to_array(reply["y"], "y")
