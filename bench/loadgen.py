@@ -126,3 +126,21 @@ class LoadGen:
         for _ in range(inflight):
             check(self._recv())
         return rate
+
+    def batches(self, pool: list, size: int, duration: float) -> float:
+        """Replies per second sending `size` requests, then waiting for all their replies, again and again
+        for `duration` seconds: a pipeline's pattern with no client work, the ceiling of any pipeline."""
+        sock, check, n, sent = self.sock, self._check, len(pool), 0
+        t0 = time.perf_counter()
+        t_end = t0 + duration
+        while True:
+            for _ in range(size):
+                sock.send(pool[sent % n])
+                sent += 1
+            for k in range(size):
+                data = self._recv()
+                if k % 64 == 0:
+                    check(data)
+            now = time.perf_counter()
+            if now >= t_end:
+                return sent / (now - t0)

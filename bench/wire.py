@@ -1,0 +1,142 @@
+"""Binary `x` against nested lists, and the daemon against the raw kernel at the same shape, in one run.
+
+    python -m bench.wire                  # prints the table and the ratios
+    python -m bench.wire --write-docs     # also its section of docs/benchmarks.md ("Binary x and nested lists")
+
+One daemon (a random model of the server benchmark's shape, I=8 H=64 with a head of 4; `--threads 1`) runs as a child process on a free loopback port; the
+load generator (bench/loadgen.py, one DEALER, requests encoded up front) and the raw kernel run in this
+process. Loads: one sample per message with 256 in flight (1,024 streams) and 100 streams per message with 16
+in flight (10,000 streams), each with `x` as the binary map {dtype, shape, data} and as nested lists of
+numbers. The raw kernel is bench.contenders.RawKernel (the CPU kernel on preallocated arrays, no API, no
+wire) at 100 streams per call on one thread. Every block is timed in rotating order, ROUNDS times; figures
+are medians.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import zmq
+
+from . import common
+from .contenders import RawKernel
+from .loadgen import LoadGen, step_pool
+
+ROUNDS = 6
+BLOCK_S = 1.0
+MANY = 100
+READY_TIMEOUT_S = 180
+
+
+def lists_pool(pool: list) -> list:
+    """The same requests with `x` as nested lists of numbers (float32 values, exact as msgpack floats)."""
+    out = []
+    for data in pool:
+        msg = msgpack.unpackb(data)
+        x = msg["x"]
+        a = np.frombuffer(x["data"], np.float32).reshape(x["shape"])
+        msg["x"] = a.tolist()
+        out.append(msgpack.packb(msg))
+    return out
+
+
+def random_model(I: int = 8, H: int = 64, O: int = 4, seed: int = 0):
+    """bench.server's shape (I=8 H=64, head of 4), random weights, without torch."""
+    import lstm_stream as ls
+    rng = np.random.default_rng(seed)
+    u = lambda *shape: rng.uniform(-H ** -0.5, H ** -0.5, shape).astype(np.float32)  # nn.LSTM's init range
+    return ls.LSTMModel.from_arrays({"weight_ih_l0": u(4 * H, I), "weight_hh_l0": u(4 * H, H),
+                                     "bias_ih_l0": u(4 * H), "bias_hh_l0": u(4 * H),
+                                     "head.weight": u(O, H), "head.bias": u(O)})
+
+
+def run(rounds: int = ROUNDS, block_s: float = BLOCK_S) -> dict:
+    import numba
+
+    model = random_model()
+    I = model.input_size
+    one, many = step_pool(1024, I), step_pool(10_000, I, per_message=MANY)
+    pools = {"one binary": one, "one lists": lists_pool(one), "many binary": many, "many lists": lists_pool(many)}
+    numba.set_num_threads(1)
+    kernel = RawKernel(model, MANY, 1)
+    X = np.random.default_rng(0).standard_normal((MANY, I), dtype=np.float32)
+    n_calls = common.calibrate(lambda: kernel.run(X), 0.05)
+
+    def raw():
+        t0 = time.perf_counter()
+        for _ in range(n_calls):
+            kernel.run(X)
+        return MANY * n_calls / (time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory(prefix="bench-wire-") as tmp:
+        endpoint = f"tcp://127.0.0.1:{common.free_port()}"
+        model.save(Path(tmp) / "model.npz")
+        args = [common.python(), "-m", "engine.cli", "serve", "--threads", "1", "--log-level", "warning",
+                "--bind", endpoint, "--model", str(Path(tmp) / "model.npz")]
+        ctx = zmq.Context()
+        with common.subprocess_server(args, log_path=Path(tmp) / "daemon.log") as proc:
+            gen = LoadGen(endpoint, ctx)
+            try:
+                gen.wait_ready(READY_TIMEOUT_S, proc)
+                blocks = {name: (lambda p=p, w=(16 if name.startswith("many") else 256),
+                                 k=(MANY if name.startswith("many") else 1): k * gen.throughput(p, w, block_s))
+                          for name, p in pools.items()}
+                blocks["raw kernel"] = lambda: statistics.median(raw() for _ in range(max(1, int(block_s / 0.05))))
+                for fn in blocks.values():  # warm-up: every stream exists, the kernel compiled
+                    fn()
+                res = {name: [] for name in blocks}
+                names = list(blocks)
+                for r in range(rounds):
+                    for name in names[r % len(names):] + names[:r % len(names)]:
+                        time.sleep(common.SETTLE_S)
+                        res[name].append(blocks[name]())
+            finally:
+                gen.close()
+                ctx.term()
+    return {"median": {k: statistics.median(v) for k, v in res.items()},
+            "range": {k: (min(v), max(v)) for k, v in res.items()}, "model": model, "rounds": rounds}
+
+
+def report(r: dict) -> str:
+    m, med, rng = r["model"], r["median"], r["range"]
+    raw = med["raw kernel"]
+    rows = []
+    for label, b, lst in (("1 sample per message, 256 in flight", "one binary", "one lists"),
+                          (f"{MANY} streams per message, 16 in flight", "many binary", "many lists")):
+        rows.append([label, f"{med[b]:,.0f}", f"{med[lst]:,.0f}", f"{med[lst] / med[b]:.2f}×",
+                     f"{med[b] / raw:.2f}×"])
+    ratio = med["many binary"] / raw
+    lo, hi = rng["many binary"][0] / raw, rng["many binary"][1] / raw
+    lines = [f"Model: random weights, {m.input_size} inputs, hidden {m.hidden_size} × {m.num_layers}, head of "
+             f"{m.output_size}, {m.dtype}; the daemon with `--threads 1` on 127.0.0.1; the raw kernel ({MANY} streams per call, "
+             f"one thread) in the load generator's process: {raw:,.0f} stream-steps/s. {r['rounds']} rotating "
+             "rounds, medians; client and daemon share the machine.", "",
+             common.table(["load (stream-steps/s)", "binary x", "nested lists", "lists / binary",
+                           "binary / raw kernel"], rows), "",
+             common.goal_line(f"{MANY} streams per message with binary x ≥ 0.8× the raw kernel at {MANY} "
+                              "streams per call (1 thread)", ratio >= 0.8,
+                              f"{ratio:.2f}× (rounds {lo:.2f}–{hi:.2f}×)"), "",
+             *common.machine_lines()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.wire", description=__doc__.splitlines()[0])
+    common.add_doc_options(ap)
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--block", type=float, default=BLOCK_S, help="seconds per timed block")
+    args = ap.parse_args(argv)
+    common.resolve_doc(args)
+    common.exit_on_sigterm()
+    text = report(run(args.rounds, args.block))
+    common.publish("wire", text, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
