@@ -54,6 +54,7 @@ def open_state(serve, streams_config):
         raise InputError("--idle-action evict needs --snapshot-dir: evicted streams go to a file there")
     if serve.snapshot_dir is not None:  # first: a directory it cannot write fails at once, not after compiling
         prepare_dir(serve.snapshot_dir)  # OSError naming it: run_serve refuses to start (exit 2)
+        keep_id_scheme(serve.snapshot_dir, serve.namespaces == "on")
     model = load_serving_model(serve.model)
     t0 = time.perf_counter()
     warm_up(model, streams_config.backend, streams_config.threads)
@@ -71,6 +72,59 @@ def open_state(serve, streams_config):
         else:
             _set_aside_old_log(serve.snapshot_dir)
     return streams, snapshots, journal
+
+
+ID_SCHEME_FILE = "ids.json"  # in the state directory: whether its stream ids are namespaced (--namespaces)
+
+
+def keep_id_scheme(directory, namespaces: bool) -> None:
+    """Refuse to serve a state directory with another --namespaces setting than the one that wrote it.
+
+    Under --namespaces on, the snapshots, the step log and the cold store hold each step key's ids with its
+    key id as a prefix ('KID/pump-7'); served with namespaces off, any step key could name those ids and read
+    or step another key's streams, and ids created meanwhile would have no owner. So the setting is recorded
+    in the directory (ID_SCHEME_FILE) on the first start and checked on every later one. A directory with
+    state but no record was written before the record existed, or with namespaces off: it counts as off."""
+    import json
+    import os
+
+    from lstm_stream.errors import InputError
+
+    from lstm_stream.coldstore import COLD_NAME
+
+    from .persistence import SNAPSHOT_NAME
+    path = os.path.join(directory, ID_SCHEME_FILE)
+    missing = False
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)["namespaces"]
+        if type(recorded) is not bool:
+            raise ValueError(f"namespaces is {recorded!r}, not true or false")
+    except FileNotFoundError:
+        missing = True
+        has_state = any(os.path.exists(os.path.join(directory, name)) for name in (SNAPSHOT_NAME, COLD_NAME)) \
+            or (os.path.isdir(os.path.join(directory, "log")) and bool(os.listdir(os.path.join(directory, "log"))))
+        recorded = False if has_state else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path} is unreadable ({e}); it records whether this directory's stream ids are "
+                         'namespaced: write {"namespaces": true} or {"namespaces": false} to match how it was '
+                         "served") from None
+    if recorded is not None and recorded != namespaces:
+        was, now = ("on", "off") if recorded else ("off", "on")
+        raise InputError(f"--namespaces {now}, but the state in {directory} was served with --namespaces {was} "
+                         f"(recorded in {path}): its stream ids are {'' if recorded else 'not '}prefixed with their "
+                         f"client key's id, so serving it with --namespaces {now} would "
+                         + ("let any step key name another key's streams" if recorded else
+                            "hide every existing stream from the step keys")
+                         + f". Start with --namespaces {was}, or start from another --snapshot-dir")
+    if missing:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"namespaces": namespaces}, f)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def _set_aside_old_log(directory):

@@ -1,10 +1,13 @@
 """CURVE encryption, client keys and roles (docs/operations.md, "Keys and roles"): keygen, the handshake
 against a real daemon on loopback, SIGHUP re-reading the keys, step/admin roles, per-key namespaces."""
 import asyncio
+import json
 import os
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,6 +20,7 @@ from engine import cli
 from engine.access import Access, key_id
 from engine.core import EngineCore
 from lstm_stream import protocol as P
+from daemons import ROOT, free_tcp_endpoint
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 
@@ -217,3 +221,43 @@ def test_a_non_loopback_bind_without_curve_is_warned_about(daemon, served_models
     assert "WARNING" in d.log() and "without CURVE" in d.log()
     loop = daemon("--model", served_models["cls"][0], endpoint=daemon.endpoint("tcp"))
     assert "without CURVE" not in loop.log()
+
+
+def test_namespaces_setting_is_kept_with_the_state_directory(tmp_path):
+    """The state directory records --namespaces on its first start; another setting later is refused."""
+    from engine.startup import ID_SCHEME_FILE, keep_id_scheme
+    from lstm_stream.errors import InputError
+    on, off, legacy = tmp_path / "on", tmp_path / "off", tmp_path / "legacy"
+    for d in (on, off, legacy):
+        d.mkdir()
+    keep_id_scheme(on, True)
+    keep_id_scheme(on, True)  # the same setting again: fine
+    assert json.loads((on / ID_SCHEME_FILE).read_text()) == {"namespaces": True}
+    with pytest.raises(InputError, match=r"--namespaces off, but the state in .* was served with --namespaces on"
+                                         r".*let any step key name another key's streams"):
+        keep_id_scheme(on, False)
+    keep_id_scheme(off, False)
+    with pytest.raises(InputError, match="hide every existing stream from the step keys"):
+        keep_id_scheme(off, True)
+    (legacy / "streams.lstmsnap").write_bytes(b"state written before the record existed")
+    with pytest.raises(InputError, match="served with --namespaces off"):
+        keep_id_scheme(legacy, True)  # state without a record: it was served with namespaces off
+    keep_id_scheme(legacy, False)
+    assert json.loads((legacy / ID_SCHEME_FILE).read_text()) == {"namespaces": False}
+    (on / ID_SCHEME_FILE).write_text('{"namespaces": "yes"}')
+    with pytest.raises(InputError, match=r"unreadable .* write \{\"namespaces\": true\}"):
+        keep_id_scheme(on, True)
+
+
+def test_a_daemon_refuses_state_served_with_other_namespaces(daemon, served_models, keys, tmp_path):
+    path, model = served_models["cls"]
+    state = tmp_path / "state"
+    d = daemon("--model", path, "--snapshot-dir", state, *curve_args(keys, "--namespaces", "on"),
+               client=dict(server_key=keys["server"], client_keys=keys["pairs"]["op"][1]))
+    with client(d, keys, "gw1") as a:
+        a.step("pump-7", np.ones(I, np.float32))
+    d.stop()
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--model", path, "--snapshot-dir", state,
+                        "--bind", free_tcp_endpoint(), *curve_args(keys)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "was served with --namespaces on" in r.stderr, r.stderr
