@@ -10,7 +10,9 @@ steps never are. Use an AsyncClient from one event loop.
 Per call it costs a future and a dict entry: requests go out through the plain (non-future) socket when its
 queue has room, and the calls' deadlines (all `timeout` after their send, so in send order) sit in one queue
 that a single timer walks, instead of a timer per call: zmq.asyncio's send and a call_later per call took
-more time than the rest of a call together.
+more time than the rest of a call together. The calls sent in one turn of the event loop (the tasks of a
+gather) share one look for replies that are already in; a pipeline's calls share one future and one deadline.
+A step's reply is read from its template (clients/replies.py).
 """
 from __future__ import annotations
 
