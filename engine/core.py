@@ -27,6 +27,7 @@ from . import records
 from .access import Access, Owned
 from .config import EngineConfig
 from .journal import LogWriteError
+from .logs import repeating
 from .ops import Ops
 from .planner import plan
 
@@ -68,6 +69,9 @@ class EngineCore(Ops):
         self._next_evict = self._started + config.evict_every
         self._next_metrics = self._started + config.metrics_every
         self._dispatch = {op: getattr(self, f"_op_{op}") for op in P.OPS if op not in P.STEP_OPS}
+        # Called with `now` at every housekeeping, on the loop; each returns its next deadline or None. The
+        # daemon adds systemd's watchdog (engine/sdnotify.py) and the log's repeat counts (engine/logs.py).
+        self.tickers: list = []
 
     @property
     def pending(self) -> int:
@@ -332,7 +336,7 @@ class EngineCore(Ops):
                 replies.update(self._execute(rest, retry=False))
             return replies
         except Exception as e:  # planned requests were checked; anything left is a bug
-            log.exception("step batch of %d requests failed", len(p.spans))
+            log.exception("step batch of %d requests failed", len(p.spans), extra=repeating("batch_failed"))
             return {id(s.request): self._failure(s.request, e) for s in p.spans}
         self.metrics["batches"] += 1
         self.metrics["batched_requests"] += len(p.spans)
@@ -370,7 +374,7 @@ class EngineCore(Ops):
         elif isinstance(e, LSTMStreamError):
             code, msg = _CORE_CODES.get(e.code, e.code), str(e)
         else:
-            log.error("%s request failed", req.op, exc_info=e)
+            log.error("%s request failed", req.op, exc_info=e, extra=repeating("request_failed", req.op, op=req.op))
             code, msg = P.INTERNAL, f"internal error ({type(e).__name__}); the daemon logged it"
         reply = self.refuse(req.id, code, msg, counted=True)
         reply.detail = detail
@@ -396,6 +400,10 @@ class EngineCore(Ops):
         if now >= self._next_metrics:
             self._log_metrics(now)
         deadlines = [self._next_metrics]
+        for tick in self.tickers:
+            deadline = tick(now)
+            if deadline is not None:
+                deadlines.append(deadline)
         if self._background is not None:
             if self._background():
                 self._background = None
@@ -421,14 +429,16 @@ class EngineCore(Ops):
             evicted = self.streams.evict_idle(lsn=lsn)
         except Exception as e:
             self._next_evict = now + 60 * self.config.evict_every
-            log.error("evicting idle streams to %s failed: %s; they stay in memory", cold and cold.path, e)
+            log.error("evicting idle streams to %s failed: %s; they stay in memory", cold and cold.path, e,
+                      extra=repeating("evict_failed", path=cold and cold.path, error=str(e)))
             return
         if evicted:
             self._mutated()
             if self.on_evict is not None:
                 self.on_evict(evicted, lsn)
             log.info("evicted %d streams idle for more than %g s (%s)", len(evicted), self.streams.idle_ttl,
-                     "dropped" if self.streams.idle_action == "drop" else f"to {cold.path}")
+                     "dropped" if self.streams.idle_action == "drop" else f"to {cold.path}",
+                     extra={"event": "evicted", "streams": len(evicted), "action": self.streams.idle_action})
 
     def _log_metrics(self, now):
         period = now - (self._next_metrics - self.config.metrics_every)
@@ -443,4 +453,7 @@ class EngineCore(Ops):
                 "served %d requests in %.0f s (%.0f/s), %d samples, %d batches (mean %.1f requests), "
                 "errors %d (%.2f%%), busy %d, replies dropped %d, streams %d", d["requests"], period,
                 d["requests"] / period, d["batched_samples"], d["batches"], mean, d["errors"], 100 * rate,
-                d["busy"], d["replies_dropped"], len(self.streams))
+                d["busy"], d["replies_dropped"], len(self.streams),
+                extra={"event": "metrics", "period_s": round(period, 3), "requests": d["requests"],
+                       "samples": d["batched_samples"], "batches": d["batches"], "errors": d["errors"],
+                       "busy": d["busy"], "replies_dropped": d["replies_dropped"], "streams": len(self.streams)})
