@@ -123,11 +123,15 @@ def _serve(serve, streams, snapshots, journal, config) -> int:
             if not is_loopback(endpoint):
                 log.warning("listening on %s, which is not a loopback address, without CURVE: anyone who can "
                             "reach it may read and change every stream; see docs/operations.md, \"Keys and "
-                            "roles\" (--curve-secret, --allow-keys)", endpoint)
+                            "roles\" (--curve-secret, --allow-keys)", endpoint,
+                            extra={"event": "insecure_bind", "endpoint": endpoint})
     notify = sdnotify.notifier()
-    describe = lambda: f"serving {len(streams)} streams; {core.metrics['requests']} requests served"  # noqa: E731
+    def describe():  # systemd's STATUS= while serving
+        return f"serving {len(streams)} streams; {core.metrics['requests']} requests served"
+
     reloader = sdnotify.Reloader(notify, access, describe)
-    core.tickers += [logs.RepeatFlusher(), reloader] + ([sdnotify.Ticker(notify, describe)] if notify.enabled else [])
+    for tick in [logs.RepeatFlusher(), reloader] + ([sdnotify.Ticker(notify, describe)] if notify.enabled else []):
+        core.add_ticker(tick)
 
     def on_signal(signum, frame):
         log.info("received %s: finishing queued requests, then snapshot and exit", signal.Signals(signum).name,

@@ -69,9 +69,10 @@ class EngineCore(Ops):
         self._next_evict = self._started + config.evict_every
         self._next_metrics = self._started + config.metrics_every
         self._dispatch = {op: getattr(self, f"_op_{op}") for op in P.OPS if op not in P.STEP_OPS}
-        # Called with `now` at every housekeeping, on the loop; each returns its next deadline or None. The
-        # daemon adds systemd's watchdog (engine/sdnotify.py) and the log's repeat counts (engine/logs.py).
-        self.tickers: list = []
+        # Timers of the shell (add_ticker): systemd's watchdog (engine/sdnotify.py), the log's repeat counts
+        # (engine/logs.py). Only looked at when the earliest is due: a housekeeping costs one comparison for them.
+        self._tickers: list = []
+        self._next_tick = float("inf")
 
     @property
     def pending(self) -> int:
@@ -399,11 +400,9 @@ class EngineCore(Ops):
             self._evict_idle(now)
         if now >= self._next_metrics:
             self._log_metrics(now)
-        deadlines = [self._next_metrics]
-        for tick in self.tickers:
-            deadline = tick(now)
-            if deadline is not None:
-                deadlines.append(deadline)
+        if now >= self._next_tick:
+            self._next_tick = min(tick(now) for tick in self._tickers)
+        deadlines = [self._next_metrics, self._next_tick]
         if self._background is not None:
             if self._background():
                 self._background = None
@@ -417,6 +416,12 @@ class EngineCore(Ops):
             if self.snapshots.busy:  # a background write: look for its end (then the step log may trim)
                 deadlines.append(now + BACKGROUND_POLL)
         return min(deadlines)
+
+    def add_ticker(self, tick) -> None:
+        """Call tick(now) in housekeeping, on the loop, once due: first at the next housekeeping, then at the
+        monotonic time it returns each time."""
+        self._tickers.append(tick)
+        self._next_tick = float("-inf")
 
     on_evict = None  # callable(ids, lsn): told after idle streams left memory (the step log records it there)
 

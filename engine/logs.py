@@ -161,13 +161,11 @@ def flush_repeats(now: float | None = None) -> None:
 
 
 class RepeatFlusher:
-    """A housekeeping ticker (EngineCore.tickers) that writes due repeat counts about once a second."""
+    """A housekeeping ticker (EngineCore.add_ticker) that writes due repeat counts about once a second."""
 
     def __init__(self, every: float = 1.0):
-        self.every, self._next = every, 0.0
+        self.every = every
 
-    def __call__(self, now: float):
-        if now >= self._next:
-            self._next = now + self.every
-            flush_repeats()
-        return None
+    def __call__(self, now: float) -> float:
+        flush_repeats()
+        return now + self.every

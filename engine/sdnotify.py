@@ -1,9 +1,10 @@
 """systemd's notify protocol (sd_notify(3)), on the standard socket module: a `Type=notify` unit learns when the
 daemon is ready, what it is doing, that it is stopping, and (with WatchdogSec=) that its loop still turns.
 
+    notify = notifier()
     notify.status("restoring the snapshot")     # STATUS=...: `systemctl status` shows it
     notify.ready("serving 12 streams")          # READY=1: only once bound, warmed up, restored and replayed
-    core.tickers.append(notify.Watchdog(...))   # WATCHDOG=1 from the loop's housekeeping
+    core.add_ticker(Ticker(notify, describe))  # WATCHDOG=1 (and STATUS=) from the loop's housekeeping
     notify.stopping()                           # STOPPING=1 at SIGTERM
 
 The protocol is one datagram of KEY=VALUE lines per message, sent to the AF_UNIX socket named by
@@ -27,6 +28,7 @@ import time
 log = logging.getLogger("lstm_stream.engine")
 
 STATUS_EVERY = 10.0  # seconds between STATUS= updates while serving (only when the text changed)
+RELOAD_POLL = 0.1    # seconds between looks at the SIGHUP flag (the loop polls at least this often anyway)
 
 
 class Notifier:
@@ -116,7 +118,7 @@ def _watchdog_usec(env) -> int | None:
 
 
 class Ticker:
-    """A housekeeping ticker (EngineCore.tickers): WATCHDOG=1 every half of WATCHDOG_USEC, and STATUS= with the
+    """A housekeeping ticker (EngineCore.add_ticker): WATCHDOG=1 every half of WATCHDOG_USEC, and STATUS= with the
     stream count every STATUS_EVERY seconds when it changed. Called only from the serving loop, so a loop that
     is stuck stops pinging and systemd restarts the daemon (after WatchdogSec)."""
 
@@ -160,14 +162,14 @@ class Reloader:
         self._asked = True
         self.notifier.reloading()
 
-    def __call__(self, now: float):
+    def __call__(self, now: float) -> float:
         if self._asked:
             self._asked = False
             if self.access is not None:
                 self.access.request_reload()
                 self.access.tick()  # a directory that cannot be read keeps the previous keys (logged there)
             self.notifier.ready(self.describe())
-        return None
+        return now + RELOAD_POLL
 
 
 _notifier: Notifier | None = None

@@ -32,8 +32,9 @@ def warm_up(model, backend, threads):
 
     import lstm_stream as ls
     from lstm_stream import warm
-    warm.warm_up(model.dtype, model.autoregressive, progress=lambda message: log.info("kernels: %s", message, extra={"event": "kernels"}),
-                 defer=True)  # cold: the one-stream kernel is left to a child process (warm.deferred)
+    # cold: the one-stream kernel is left to a child process (warm.deferred)
+    warm.warm_up(model.dtype, model.autoregressive, defer=True,
+                 progress=lambda message: log.info("kernels: %s", message, extra={"event": "kernels"}))
     if backend != "cpu":
         scratch = ls.Streams(model, backend=backend, threads=threads)
         if scratch.backend != "cpu":

@@ -149,6 +149,11 @@ def test_a_bad_file_refuses_to_start(tmp_path):
     assert "unknown key 'snapshot-dri'; did you mean 'snapshot-dir'?" in line["message"]
 
 
+def test_toml_is_read_only_with_a_config_file():
+    code = "import sys, engine.cli; sys.exit(bool({'tomllib', 'tomli'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
 def test_a_daemon_runs_from_a_file(daemon, tmp_path):
     """A real daemon takes its options from the file: the ones `info` shows, and the log format."""
     from clients import Client

@@ -104,7 +104,7 @@ def test_keys_keep_events_apart(sink):
 
 
 def test_the_zap_logger_is_counted_by_its_format(sink):
-    logger, stream, clock, repeats = sink
+    _, stream, clock, repeats = sink
     zap = logging.getLogger("lstm_stream.zap")
     zap.addHandler(repeats.handler)
     zap.setLevel(logging.DEBUG)
