@@ -75,6 +75,15 @@ def test_docs_example_is_the_generated_one():
                                                 "`python -m engine.config --write-docs`"
 
 
+def test_docs_service_file_reads(tmp_path):
+    """docs/operations.md's hand-written example of a service's file is a valid configuration."""
+    doc = config.DOCS.read_text(encoding="utf-8")
+    text = re.search(r"A service's file.*?```toml\n(.*?)```", doc, re.S).group(1)
+    serve, streams, engine = resolve("--config", write(tmp_path, text))
+    assert serve.snapshot_dir == "/var/lib/lstm-stream" and serve.log_format == "json" and streams.idle_ttl == 3600
+    assert serve.bind == ("tcp://0.0.0.0:5555", "ipc:///run/lstm-stream/sock") and engine.max_peer_pending == 1000
+
+
 def test_values_in_their_toml_forms(tmp_path):
     path = write(tmp_path, """
         bind = "ipc:///tmp/lss-one.sock"    # one string: a list of one

@@ -132,6 +132,24 @@ def test_ticker_pings_at_half_the_watchdog(notify_socket):
     n.close()
 
 
+def test_the_loop_calls_tickers_when_due():
+    """EngineCore.add_ticker: the housekeeping (the serving loop's) calls a ticker at its first turn, then only
+    once the time it returned has come; its deadline bounds the loop's next poll."""
+    import numpy as np
+    from models import random_model
+
+    import lstm_stream as ls
+    from engine.core import EngineConfig, EngineCore
+    core = EngineCore(ls.Streams(random_model(np.random.default_rng(1), I=3, H=4, L=1, O=2)), EngineConfig(),
+                      clock=lambda: 50.0)
+    calls = []
+    core.add_ticker(lambda now: calls.append(now) or now + 2.0)
+    assert core.housekeep(100.0) == 102.0 and calls == [100.0]
+    core.housekeep(101.0)
+    assert calls == [100.0]
+    assert core.housekeep(102.5) == 104.5 and calls == [100.0, 102.5]
+
+
 # ---- a real daemon ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("abstract", [False, True])
 def test_daemon_notifies_systemd(daemon, notify_socket, tmp_path, abstract):
