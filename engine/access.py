@@ -135,7 +135,7 @@ class Access:
         """configure_curve_callback's credentials provider: is this z85 public key allowed to connect?"""
         key = client_key.decode("ascii", "replace")
         allowed = key in self.roles
-        if not allowed and key not in self._refused:  # a refused peer retries every 0.1 s: logged once per key
+        if not allowed and key not in self._refused:  # a refused client may retry in a loop: logged once per key
             if len(self._refused) < 1000:             # (per reload); many keys: once, then counted (engine/logs.py)
                 self._refused.add(key)
             log.warning("refused a CURVE connection from a key that is not allowed: %s", key,

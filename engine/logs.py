@@ -24,7 +24,7 @@ import time
 
 REPEAT_WINDOW = 60.0  # seconds during which a repeated event is counted, not written
 # Loggers whose every record may repeat in a loop: pyzmq's ZAP handler (engine/access.py) logs each CURVE
-# handshake at debug level, and a refused peer reconnects every 0.1 s.
+# handshake at debug level (three lines), and a refused client may retry in a loop.
 REPEATING_LOGGERS = ("lstm_stream.zap",)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("text", "json")
@@ -77,8 +77,9 @@ class RepeatFilter(logging.Filter):
         if getattr(record, "_repeat_summary", False):
             return None
         key = getattr(record, "repeat", None)
-        if key is None and record.name in REPEATING_LOGGERS:
-            key = f"{record.name}\0{record.msg}"
+        if key is None and record.name in REPEATING_LOGGERS:  # by the format string, and by the verdict that
+            verdict = record.args[0] if str(record.msg).startswith("%s") and record.args else ""  # pyzmq puts
+            key = f"{record.name}\0{record.msg}\0{verdict}"  # first (ALLOWED, DENIED)
         return key
 
     def filter(self, record) -> bool:

@@ -112,14 +112,18 @@ def test_the_zap_logger_is_counted_by_its_format(sink):
         for i in range(50):
             zap.debug("DENIED %s", f"client key {i}")
         zap.debug("ZAP reply code=%s", 400)
+        zap.debug("%s (CURVE) key=%s", "ALLOWED", "a")  # pyzmq's verdict first: two events
+        zap.debug("%s (CURVE) key=%s", "DENIED", "b")
+        zap.debug("%s (CURVE) key=%s", "DENIED", "c")
         clock.now += 60
         repeats.flush_repeats()
     finally:
         zap.removeHandler(repeats.handler)
         zap.setLevel(logging.NOTSET)
     lines = parse(stream.getvalue())
-    assert [x["message"] for x in lines][:2] == ["DENIED client key 0", "ZAP reply code=400"]
-    assert len(lines) == 3 and lines[2]["repeated"] == 49
+    assert [x["message"] for x in lines][:4] == ["DENIED client key 0", "ZAP reply code=400",
+                                                 "ALLOWED (CURVE) key=a", "DENIED (CURVE) key=b"]
+    assert [x["repeated"] for x in lines[4:]] == [49, 1]
 
 
 def test_setup_replaces_its_handler():
@@ -189,3 +193,52 @@ def test_text_stays_the_default(daemon):
     d.stop()
     first = d.log().splitlines()[0]
     assert not first.startswith("{") and " INFO lstm_stream.engine: " in first
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
+def test_daemon_counts_a_refused_client_retrying(daemon, tmp_path):
+    """A client whose key is not allowed retries its CURVE handshake in a loop. At --log-level debug the ZAP
+    handler logs every attempt: each of its lines is written once, then counted (the count at exit)."""
+    import shutil
+
+    import zmq.auth
+    from zmq.utils.monitor import recv_monitor_message
+
+    from engine.cli import main
+    for name in ("server", "gw", "stranger"):
+        assert main(["keygen", str(tmp_path / "keys"), name]) == 0
+    allow = tmp_path / "allow"
+    allow.mkdir()
+    shutil.copy(tmp_path / "keys" / "gw.key", allow)
+    d = daemon("--log-format", "json", "--curve-secret", tmp_path / "keys" / "server.key_secret",
+               "--allow-keys", allow, client=dict(server_key=str(tmp_path / "keys" / "server.key"),
+                                                  client_keys=str(tmp_path / "keys" / "gw.key_secret")))
+    server_public, _ = zmq.auth.load_certificate(tmp_path / "keys" / "server.key")
+    public, secret = zmq.auth.load_certificate(tmp_path / "keys" / "stranger.key_secret")
+    ctx = zmq.Context()
+    refused = 0
+    try:
+        for _ in range(6):  # a client retrying with a new socket each time, as a Lazy Pirate client does
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            monitor.setsockopt(zmq.RCVTIMEO, 30_000)
+            try:
+                sock.connect(d.endpoint)
+                assert recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                refused += 1  # the daemon refused this handshake (the client saw its ZAP error)
+            finally:
+                sock.disable_monitor()
+                monitor.close()
+                sock.close()
+    finally:
+        ctx.term()
+    assert d.stop() == 0
+    lines = parse(d.log())
+    zap = [x for x in lines if x["logger"] == "lstm_stream.zap"]
+    denied = [x for x in zap if x["message"].startswith("DENIED (CURVE auth_callback)")]
+    assert len(denied) == 2, "\n".join(x["message"][:150] for x in zap)  # the first attempt, then the count of the others
+    assert "repeated" not in denied[0] and denied[1]["repeated"] == refused - 1 == 5
+    assert len(zap) < 2 * refused  # without the counting: three lines per attempt
+    assert sum(x["event"] == "curve_refused" for x in lines) == 1  # the refused key: once
