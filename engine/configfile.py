@@ -99,7 +99,8 @@ def _parse(f, raw, where: str):
         return _parse_one(f, raw, where)
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list) or not items:  # (an empty list: as if the option were given no value)
-        raise ConfigError(f"{where} = {_shown(raw)}: expected a list of one or more strings, each {expected(f)}{_example(f)}")
+        raise ConfigError(f"{where} = {_shown(raw)}: expected a list of one or more strings, each "
+                          f"{expected(f)}{_example(f)}")
     return tuple(_parse_one(f, item, f"{where}[{i}]") for i, item in enumerate(items))
 
 
