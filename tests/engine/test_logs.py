@@ -238,7 +238,8 @@ def test_daemon_counts_a_refused_client_retrying(daemon, tmp_path):
     lines = parse(d.log())
     zap = [x for x in lines if x["logger"] == "lstm_stream.zap"]
     denied = [x for x in zap if x["message"].startswith("DENIED (CURVE auth_callback)")]
-    assert len(denied) == 2, "\n".join(x["message"][:150] for x in zap)  # the first attempt, then the count of the others
+    # the first attempt, then the count of the others
+    assert len(denied) == 2, "\n".join(x["message"][:150] for x in zap)
     assert "repeated" not in denied[0] and denied[1]["repeated"] == refused - 1 == 5
     assert len(zap) < 2 * refused  # without the counting: three lines per attempt
     assert sum(x["event"] == "curve_refused" for x in lines) == 1  # the refused key: once
