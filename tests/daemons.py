@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")  # a daemon gets them only from `env`
 START_TIMEOUT = 120.0  # seconds: numba may compile the kernels on a cold cache (shared, busy CI machine)
 
 
@@ -37,8 +38,8 @@ class Daemon:
         self.proc = None
 
     def start(self, *, wait: bool = True) -> "Daemon":
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                   **self.env)
+        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}  # (pytest under systemd)
+        env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--bind", self.endpoint,
                                           "--log-level", "debug", *self.args],
