@@ -27,6 +27,8 @@ from lstm_stream import protocol as P
 from lstm_stream.messages import ListStreams
 from lstm_stream.state import INT64_MAX, INT64_MIN, MAX_ID_LENGTH
 
+from .logs import repeating
+
 log = logging.getLogger("lstm_stream.engine")
 
 STEP, ADMIN = "step", "admin"
@@ -109,7 +111,8 @@ class Access:
         self._refused = set()
         counts = {role: sum(r == role for r in roles.values()) for role in (STEP, ADMIN)}
         log.info("client keys: %d step (%s), %d admin (%s)%s", counts[STEP], self.dirs[STEP] or "no --allow-keys",
-                 counts[ADMIN], self.dirs[ADMIN] or "no --admin-keys", ", namespaces on" if self.namespaces else "")
+                 counts[ADMIN], self.dirs[ADMIN] or "no --admin-keys", ", namespaces on" if self.namespaces else "",
+                 extra={"event": "keys_loaded", "step_keys": counts[STEP], "admin_keys": counts[ADMIN]})
 
     # ---- reload (SIGHUP) ------------------------------------------------------------------------
     def request_reload(self) -> None:
@@ -124,16 +127,19 @@ class Access:
         try:
             self.load()
         except (OSError, ValueError) as e:
-            log.error("reloading the client keys failed, the previous keys stay in force: %s", e)
+            log.error("reloading the client keys failed, the previous keys stay in force: %s", e,
+                      extra={"event": "keys_reload_failed", "error": str(e)})
 
     # ---- the ZAP handler's question (ThreadAuthenticator's thread) ------------------------------------
     def callback(self, domain: str, client_key: bytes) -> bool:
         """configure_curve_callback's credentials provider: is this z85 public key allowed to connect?"""
         key = client_key.decode("ascii", "replace")
         allowed = key in self.roles
-        if not allowed and key not in self._refused and len(self._refused) < 1000:  # a refused peer retries
-            self._refused.add(key)  # every 0.1 s: logged once per key (per reload)
-            log.warning("refused a CURVE connection from a key that is not allowed: %s", key)
+        if not allowed and key not in self._refused:  # a refused client may retry in a loop: logged once per key
+            if len(self._refused) < 1000:             # (per reload); many keys: once, then counted (engine/logs.py)
+                self._refused.add(key)
+            log.warning("refused a CURVE connection from a key that is not allowed: %s", key,
+                        extra=repeating("curve_refused", key_z85=key))
         return allowed
 
     # ---- the core's question (loop thread) ----------------------------------------------------------
@@ -209,6 +215,20 @@ def _prefixed(kid: str, stream):
             raise P.ProtocolError(P.BAD_INPUT, f"int stream id {stream} is outside the int64 range")
         return f"{kid}#{stream}"
     raise P.ProtocolError(P.BAD_INPUT, f"stream id must be a str or an int, got {type(stream).__name__}")
+
+
+def open_keys(serve):
+    """(Access, (public, secret) of the daemon) for `serve`'s --curve-secret (a ServeConfig), else (None, None);
+    ValueError/OSError saying which file or directory is wrong."""
+    if serve.curve_secret is None:
+        return None, None
+    import zmq
+    if not zmq.has("curve"):
+        raise ValueError("--curve-secret: this libzmq was built without CURVE support")
+    curve = read_secret_key(serve.curve_secret)
+    access = Access(serve.allow_keys, serve.admin_keys, namespaces=serve.namespaces == "on")
+    log.info("CURVE on: server public key %s", curve[0].decode("ascii"), extra={"event": "curve_on"})
+    return access, curve
 
 
 def start_authenticator(context, access: Access):

@@ -38,36 +38,49 @@ def parse_connect(text: str) -> str:
 
 # ---- serve -------------------------------------------------------------------------------------------
 def add_serve_arguments(p):
-    """The options of `serve`: one per field of engine/config.py's SERVE_CONFIGS."""
-    from . import config
+    """The options of `serve`: one per field of engine/config.py's SERVE_CONFIGS; --config and --print-config."""
+    from . import config, configfile
     config.add_arguments(p)
+    configfile.add_arguments(p)
     p.epilog = ("DURATION: 250ms, 30s, 5m, 1h, 2d or plain seconds. SIZE: 65536, 64KiB, 16MiB. "
-                "All options, and what they cost: docs/operations.md.")
+                "All options, the configuration file, and what they cost: docs/operations.md.")
 
 
 def run_serve(args) -> int:
-    """Load the model, restore the snapshot, bind, serve until SIGTERM/SIGINT, snapshot, exit."""
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Read the options (flags over --config's file), load the model, restore the snapshot, bind, tell systemd,
+    serve until SIGTERM/SIGINT, snapshot, exit."""
     from lstm_stream.errors import LSTMStreamError, SnapshotError
 
-    from .config import SERVE_CONFIGS, from_args
+    from . import logs, sdnotify
+    from .configfile import dumps, resolve
     from .startup import open_state
     try:
-        serve, streams_config, engine_config = (from_args(cls, args) for cls in SERVE_CONFIGS)
+        configs = resolve(args)
     except ValueError as e:
-        log.error("bad option: %s", e)
-        return EXIT_USAGE
+        logs.setup(args.log_level or "info", args.log_format or "text")  # the command line's, if any
+        return _refuse("bad option: %s", e)
+    serve, streams_config, engine_config = configs
+    if args.print_config:
+        sys.stdout.write(dumps(configs))
+        return EXIT_OK
+    logs.setup(serve.log_level, serve.log_format)
+    sdnotify.status("starting")
     try:
         streams, snapshots, journal = open_state(serve, streams_config)
     except SnapshotError as e:
-        log.error("refusing to start: %s. The snapshot file was left untouched; start with the model that "
-                  "wrote it, or move the file away to start empty.", e)
-        return EXIT_USAGE
+        return _refuse("refusing to start: %s. The snapshot file was left untouched; start with the model that "
+                       "wrote it, or move the file away to start empty.", e)
     except (LSTMStreamError, OSError) as e:
-        log.error("cannot start: %s", e)
-        return EXIT_USAGE
+        return _refuse("cannot start: %s", e)
     return _serve(serve, streams, snapshots, journal, engine_config)
+
+
+def _refuse(message, *args) -> int:
+    """Log why the daemon does not start (and tell systemd); EXIT_USAGE."""
+    from . import sdnotify
+    log.error(message, *args, extra={"event": "start_failed"})
+    sdnotify.status("failed to start: " + message % args)
+    return EXIT_USAGE
 
 
 # Python's cyclic garbage collector, for the serving loop. Every request allocates a few dicts and lists that
@@ -90,74 +103,67 @@ def tune_gc():
 def _serve(serve, streams, snapshots, journal, config) -> int:
     import zmq
 
+    from . import logs, sdnotify
+    from .access import open_keys
     from .core import EngineCore
     from .server import Server
     from lstm_stream import warm
     background = None if warm.finish_background() else warm.finish_background
     try:
-        access, curve = _open_keys(serve)
+        access, curve = open_keys(serve)
     except (OSError, ValueError) as e:
-        log.error("cannot start: %s", e)
-        return EXIT_USAGE
+        return _refuse("cannot start: %s", e)
     core = EngineCore(streams, config, snapshots=snapshots, journal=journal, background=background, access=access)
     try:
         server = Server(core, serve.bind, curve=curve)
     except zmq.ZMQError as e:
-        log.error("cannot bind %s: %s", list(serve.bind), e)
-        return EXIT_USAGE
+        return _refuse("cannot bind %s: %s", list(serve.bind), e)
     if curve is None:
         for endpoint in server.endpoints:
             if not is_loopback(endpoint):
                 log.warning("listening on %s, which is not a loopback address, without CURVE: anyone who can "
                             "reach it may read and change every stream; see docs/operations.md, \"Keys and "
-                            "roles\" (--curve-secret, --allow-keys)", endpoint)
+                            "roles\" (--curve-secret, --allow-keys)", endpoint,
+                            extra={"event": "insecure_bind", "endpoint": endpoint})
+    notify = sdnotify.notifier()
+    def describe():  # systemd's STATUS= while serving
+        return f"serving {len(streams)} streams; {core.metrics['requests']} requests served"
+
+    reloader = sdnotify.Reloader(notify, access, describe)
+    for tick in [logs.RepeatFlusher(), reloader] + ([sdnotify.Ticker(notify, describe)] if notify.enabled else []):
+        core.add_ticker(tick)
 
     def on_signal(signum, frame):
-        log.info("received %s: finishing queued requests, then snapshot and exit", signal.Signals(signum).name)
+        log.info("received %s: finishing queued requests, then snapshot and exit", signal.Signals(signum).name,
+                 extra={"event": "signal", "signal": signal.Signals(signum).name})
+        notify.stopping("stopping: finishing queued requests, then the shutdown snapshot")
         server.stop()
-
-    def on_hangup(signum, frame):  # only a flag: the loop re-reads the key directories in its housekeeping
-        log.info("received SIGHUP: re-reading the client keys")
-        access.request_reload()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if access is not None:
-        signal.signal(signal.SIGHUP, on_hangup)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reloader.ask())  # only flags: the loop reloads
     log.info("serving %d streams (max_batch %d, max_pending %d)", len(streams), config.max_batch,
-             config.max_pending)
+             config.max_pending, extra={"event": "serving", "streams": len(streams), "endpoints": server.endpoints,
+                                        "max_batch": config.max_batch, "max_pending": config.max_pending})
     tune_gc()
+    notify.ready(describe())  # bound, kernels warm, snapshot restored, step log replayed
     server.run()
+    notify.stopping("stopping: the shutdown snapshot")
     warm.cancel_background()
-    if server.fatal:  # the step log could not be made durable: no snapshot (journal.py says why)
-        return EXIT_LOG_FATAL
-    status = EXIT_OK
-    if snapshots is not None:
+    status = EXIT_LOG_FATAL if server.fatal else EXIT_OK
+    if snapshots is not None and not server.fatal:  # fatal: the step log is not durable (journal.py says why)
         try:
             snapshots.save("shutdown")
         except Exception:
-            log.exception("shutdown snapshot to %s failed", snapshots.path)
+            log.exception("shutdown snapshot to %s failed", snapshots.path,
+                          extra={"event": "snapshot_failed", "reason": "shutdown", "path": snapshots.path})
             status = EXIT_FAILED
-    if journal is not None:
+    if journal is not None and not server.fatal:
         journal.close()
-    log.info("stopped (%d requests served)", core.metrics["requests"])
+    logs.flush_repeats(float("inf"))
+    log.info("stopped (%d requests served)", core.metrics["requests"],
+             extra={"event": "stopped", "requests": core.metrics["requests"], "exit_status": status})
     return status
-
-
-def _open_keys(serve):
-    """(Access, (public, secret) of the daemon) with --curve-secret, else (None, None); ValueError/OSError
-    saying which file or directory is wrong."""
-    if serve.curve_secret is None:
-        return None, None
-    import zmq
-
-    from .access import Access, read_secret_key
-    if not zmq.has("curve"):
-        raise ValueError("--curve-secret: this libzmq was built without CURVE support")
-    curve = read_secret_key(serve.curve_secret)
-    access = Access(serve.allow_keys, serve.admin_keys, namespaces=serve.namespaces == "on")
-    log.info("CURVE on: server public key %s", curve[0].decode("ascii"))
-    return access, curve
 
 
 def is_loopback(endpoint: str) -> bool:

@@ -158,6 +158,11 @@ class ServeConfig:
                               "(and at every snapshot)", unit=SIZE)
     log_level: str = option("info", "log lines below this level are not written", choices=("debug", "info",
                                                                                             "warning", "error"))
+    # JSON for log collectors (journald, Loki, Elasticsearch): one object per line with the fields operators filter
+    # on (engine/logs.py); text stays the default for a person reading a terminal.
+    log_format: str = option("text", "`text` (one line per event) or `json` (one object per line: `ts`, `level`, "
+                             "`logger`, `event`, `message` and the event's fields; see [Logs](#logs))",
+                             choices=("text", "json"))
     # CURVE (encryption and client keys): see docs/operations.md, "Keys and roles". Off by default: plain TCP
     # on loopback, as before; serve warns when it binds a non-loopback tcp address without it.
     curve_secret: str | None = option(None, "the daemon's `NAME.key_secret` (from `lstm-stream keygen`): every "
@@ -378,11 +383,13 @@ def with_table(doc: str) -> str:
 def main(argv=None) -> int:
     """`python -m engine.config --markdown | --write-docs`."""
     p = argparse.ArgumentParser(prog="python -m engine.config", description="The option table of `serve`.")
-    p.add_argument("--write-docs", action="store_true", help=f"rewrite the table in {DOCS} (default: print it)")
+    p.add_argument("--write-docs", action="store_true", help=f"rewrite the table and the example configuration "
+                   f"file in {DOCS} (default: print the table)")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown (the default)")
     args = p.parse_args(argv)
-    if args.write_docs:
-        DOCS.write_text(with_table(DOCS.read_text(encoding="utf-8")), encoding="utf-8")
+    if args.write_docs:  # the option table, and the example configuration file made from the same fields
+        from .configfile import with_example
+        DOCS.write_text(with_example(with_table(DOCS.read_text(encoding="utf-8"))), encoding="utf-8")
     else:
         sys.stdout.write(markdown_table())
     return 0

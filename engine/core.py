@@ -27,6 +27,7 @@ from . import records
 from .access import Access, Owned
 from .config import EngineConfig
 from .journal import LogWriteError
+from .logs import repeating
 from .ops import Ops
 from .planner import plan
 
@@ -68,6 +69,10 @@ class EngineCore(Ops):
         self._next_evict = self._started + config.evict_every
         self._next_metrics = self._started + config.metrics_every
         self._dispatch = {op: getattr(self, f"_op_{op}") for op in P.OPS if op not in P.STEP_OPS}
+        # Timers of the shell (add_ticker): systemd's watchdog (engine/sdnotify.py), the log's repeat counts
+        # (engine/logs.py). Only looked at when the earliest is due: a housekeeping costs one comparison for them.
+        self._tickers: list = []
+        self._next_tick = float("inf")
 
     @property
     def pending(self) -> int:
@@ -332,7 +337,7 @@ class EngineCore(Ops):
                 replies.update(self._execute(rest, retry=False))
             return replies
         except Exception as e:  # planned requests were checked; anything left is a bug
-            log.exception("step batch of %d requests failed", len(p.spans))
+            log.exception("step batch of %d requests failed", len(p.spans), extra=repeating("batch_failed"))
             return {id(s.request): self._failure(s.request, e) for s in p.spans}
         self.metrics["batches"] += 1
         self.metrics["batched_requests"] += len(p.spans)
@@ -370,7 +375,7 @@ class EngineCore(Ops):
         elif isinstance(e, LSTMStreamError):
             code, msg = _CORE_CODES.get(e.code, e.code), str(e)
         else:
-            log.error("%s request failed", req.op, exc_info=e)
+            log.error("%s request failed", req.op, exc_info=e, extra=repeating("request_failed", req.op, op=req.op))
             code, msg = P.INTERNAL, f"internal error ({type(e).__name__}); the daemon logged it"
         reply = self.refuse(req.id, code, msg, counted=True)
         reply.detail = detail
@@ -395,7 +400,9 @@ class EngineCore(Ops):
             self._evict_idle(now)
         if now >= self._next_metrics:
             self._log_metrics(now)
-        deadlines = [self._next_metrics]
+        if now >= self._next_tick:
+            self._next_tick = min(tick(now) for tick in self._tickers)
+        deadlines = [self._next_metrics, self._next_tick]
         if self._background is not None:
             if self._background():
                 self._background = None
@@ -410,6 +417,12 @@ class EngineCore(Ops):
                 deadlines.append(now + BACKGROUND_POLL)
         return min(deadlines)
 
+    def add_ticker(self, tick) -> None:
+        """Call tick(now) in housekeeping, on the loop, once due: first at the next housekeeping, then at the
+        monotonic time it returns each time."""
+        self._tickers.append(tick)
+        self._next_tick = float("-inf")
+
     on_evict = None  # callable(ids, lsn): told after idle streams left memory (the step log records it there)
 
     def _evict_idle(self, now):
@@ -421,14 +434,16 @@ class EngineCore(Ops):
             evicted = self.streams.evict_idle(lsn=lsn)
         except Exception as e:
             self._next_evict = now + 60 * self.config.evict_every
-            log.error("evicting idle streams to %s failed: %s; they stay in memory", cold and cold.path, e)
+            log.error("evicting idle streams to %s failed: %s; they stay in memory", cold and cold.path, e,
+                      extra=repeating("evict_failed", path=cold and cold.path, error=str(e)))
             return
         if evicted:
             self._mutated()
             if self.on_evict is not None:
                 self.on_evict(evicted, lsn)
             log.info("evicted %d streams idle for more than %g s (%s)", len(evicted), self.streams.idle_ttl,
-                     "dropped" if self.streams.idle_action == "drop" else f"to {cold.path}")
+                     "dropped" if self.streams.idle_action == "drop" else f"to {cold.path}",
+                     extra={"event": "evicted", "streams": len(evicted), "action": self.streams.idle_action})
 
     def _log_metrics(self, now):
         period = now - (self._next_metrics - self.config.metrics_every)
@@ -443,4 +458,7 @@ class EngineCore(Ops):
                 "served %d requests in %.0f s (%.0f/s), %d samples, %d batches (mean %.1f requests), "
                 "errors %d (%.2f%%), busy %d, replies dropped %d, streams %d", d["requests"], period,
                 d["requests"] / period, d["batched_samples"], d["batches"], mean, d["errors"], 100 * rate,
-                d["busy"], d["replies_dropped"], len(self.streams))
+                d["busy"], d["replies_dropped"], len(self.streams),
+                extra={"event": "metrics", "period_s": round(period, 3), "requests": d["requests"],
+                       "samples": d["batched_samples"], "batches": d["batches"], "errors": d["errors"],
+                       "busy": d["busy"], "replies_dropped": d["replies_dropped"], "streams": len(self.streams)})

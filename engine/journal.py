@@ -31,6 +31,8 @@ import time
 
 from lstm_stream import steplog
 
+from .logs import repeating
+
 log = logging.getLogger("lstm_stream.engine")
 
 POLICIES = ("always", "everysec", "no")
@@ -86,7 +88,8 @@ class Journal:
         if self.policy != "no":
             self._thread = threading.Thread(target=self._sync_loop, name="lstm-stream-fsync", daemon=True)
             self._thread.start()
-        log.info("step log at %s (fsync %s), next record %d", self.directory, self.policy, last_lsn + 1)
+        log.info("step log at %s (fsync %s), next record %d", self.directory, self.policy, last_lsn + 1,
+                 extra={"event": "log_opened", "path": self.directory, "fsync": self.policy, "lsn": last_lsn})
 
     @property
     def segment_first(self) -> int:
@@ -107,7 +110,8 @@ class Journal:
             try:
                 self._sync_now()
             except OSError as e:
-                log.error("final fsync of the step log failed: %s", e)
+                log.error("final fsync of the step log failed: %s", e,
+                          extra={"event": "log_fsync_failed", "path": self.directory, "error": str(e)})
             self._seg.close()
             self._seg = None
         os.close(self._wake_r)
@@ -141,7 +145,8 @@ class Journal:
             raise LogWriteError(self.refusal()) from None
         self.lsn = lsn
         if self.failures:
-            log.warning("the step log is written again after %d failed attempts", self.failures)
+            log.warning("the step log is written again after %d failed attempts", self.failures,
+                        extra={"event": "log_write_recovered", "path": self.directory, "failures": self.failures})
             self.failures, self.last_error, self._delay = 0, None, RETRY_FIRST
         return lsn
 
@@ -152,7 +157,8 @@ class Journal:
         if self.failures == 1 or self.failures & (self.failures - 1) == 0:
             log.error("step log write to %s failed (%d in a row): %s; mutating requests are refused until a "
                       "write works (next try in %g s); reads go on", self._seg.path, self.failures,
-                      self.last_error, self._delay)
+                      self.last_error, self._delay, extra={"event": "log_write_failed", "path": self._seg.path,
+                                                           "failures": self.failures, "error": self.last_error})
         self._delay = min(2 * self._delay, RETRY_MAX)
 
     def commit(self) -> None:
@@ -181,7 +187,8 @@ class Journal:
                     os.unlink(path)
                     gone.append(path)
                 except OSError as e:
-                    log.warning("cannot delete the old step log segment %s: %s", path, e)
+                    log.warning("cannot delete the old step log segment %s: %s", path, e,
+                                extra=repeating("log_delete_failed", path=path, error=str(e)))
         return gone
 
     # ---- durability --------------------------------------------------------------------------------
@@ -236,14 +243,16 @@ class Journal:
         if self.policy == "always":
             self.fatal = str(e)
             log.critical("fsync of the step log failed: %s. What reached the disk is unknown, so nothing more is "
-                         "acknowledged: the daemon stops; restart it to replay what is durable", e)
+                         "acknowledged: the daemon stops; restart it to replay what is durable", e,
+                         extra={"event": "log_fsync_failed", "path": self.directory, "error": str(e)})
             try:
                 os.write(self._wake_w, b"f")
             except BlockingIOError:
                 pass
         else:
             log.error("fsync of the step log failed (%s); records written since the last fsync may be lost if "
-                      "the machine crashes", e)
+                      "the machine crashes", e, extra=repeating("log_fsync_failed", path=self.directory,
+                                                                 error=str(e)))
 
     def status(self) -> dict:
         """For `info`."""

@@ -43,6 +43,8 @@ from lstm_stream.snapshot import read_snapshot
 
 from .snapshot_jobs import ForkedWrite, SnapshotWriteError, ThreadedWrite, fork_available
 
+from .logs import repeating
+
 log = logging.getLogger("lstm_stream.engine")
 
 SNAPSHOT_NAME = "streams.lstmsnap"
@@ -159,7 +161,9 @@ class Snapshots:
         snap = read_snapshot(self.path, fingerprint=self.streams.model.fingerprint)
         n = self.streams.import_snapshot(snap, self.path, cold_wins=cold_wins)
         self.restored_meta = snap["meta"]
-        log.info("restored %d streams from %s in %.3f s", n, self.path, time.perf_counter() - t0)
+        log.info("restored %d streams from %s in %.3f s", n, self.path, time.perf_counter() - t0,
+                 extra={"event": "snapshot_restored", "streams": n, "path": self.path,
+                        "duration_s": round(time.perf_counter() - t0, 6)})
         return n
 
     @property
@@ -235,13 +239,16 @@ class Snapshots:
         self.last = {"path": self.path, "bytes": size, "streams": count, "seconds": seconds, "reason": reason,
                      "time": time.time()}
         log.info("snapshot (%s): %d streams, %d bytes to %s in %.3f s%s", reason, count, size, self.path,
-                 seconds, f" in the background (the loop paused {1e3 * stall:.1f} ms)" if stall else "")
+                 seconds, f" in the background (the loop paused {1e3 * stall:.1f} ms)" if stall else "",
+                 extra={"event": "snapshot", "reason": reason, "streams": count, "bytes": size, "path": self.path,
+                        "duration_s": round(seconds, 6), "stall_s": round(stall, 6)})
         if self.failures:
             self._recovered(reason)
         try:
             self.streams.snapshot_durable(meta)  # prune the cold store
         except Exception:
-            log.exception("pruning the cold store after the snapshot to %s failed", self.path)
+            log.exception("pruning the cold store after the snapshot to %s failed", self.path,
+                          extra=repeating("cold_prune_failed", path=self.path))
         if self.on_durable is not None:
             try:
                 self.on_durable(meta)
@@ -260,7 +267,8 @@ class Snapshots:
     def _recovered(self, reason):
         # WARNING, so that a log filtered to warnings shows the end of the episode it showed the start of
         log.warning("snapshots to %s work again (%s) after %d failed attempts over %.0f s", self.path, reason,
-                    self.failures, self._clock() - self._since)
+                    self.failures, self._clock() - self._since,
+                    extra={"event": "snapshot_recovered", "path": self.path, "failures": self.failures})
         self.failures, self.last_error, self._since, self._logged = 0, None, None, None
         self._delay = self.every
 
@@ -305,7 +313,8 @@ class Snapshots:
         delay from then, and the log line."""
         now = self._clock()
         if self.every is None:
-            log.error("snapshot to %s failed: %s", self.path, self.last_error, exc_info=_traceback(e))
+            log.error("snapshot to %s failed: %s", self.path, self.last_error, exc_info=_traceback(e),
+                      extra=repeating("snapshot_failed", path=self.path, error=self.last_error))
             return
         self._next = started + self._delay
         self._delay = min(2 * self._delay, self.max_delay)
@@ -318,12 +327,15 @@ class Snapshots:
             self._reported, self._logged = now, self.last_error
             log.error("timed snapshot to %s failed: %s. Retrying in %g s, then less and less often (at most "
                       "every %g s) until one works; `info` shows it", self.path, self.last_error, wait,
-                      self.max_delay, exc_info=_traceback(e))
+                      self.max_delay, exc_info=_traceback(e), extra={"event": "snapshot_failed", "reason": "timer",
+                                                                     "path": self.path, "error": self.last_error})
         elif self.failures & (self.failures - 1) == 0 or now - self._reported >= REPORT_EVERY:
             self._reported = now
             log.warning("timed snapshot to %s still failing: %d failed attempts in %.0f s%s; next attempt in %g s",
                         self.path, self.failures, now - self._since,
-                        "" if self.last_error == self._logged else f", the last: {self.last_error}", wait)
+                        "" if self.last_error == self._logged else f", the last: {self.last_error}", wait,
+                        extra={"event": "snapshot_failing", "path": self.path, "failures": self.failures,
+                               "error": self.last_error})
             self._logged = self.last_error
 
 

@@ -191,7 +191,7 @@ def recover(streams, directory, covered: int) -> tuple[int, dict]:
         path, offset, size = found.tail
         log.warning("step log %s ends with a torn record at byte %d of %d (a crash in the middle of a write; "
                     "its request was never acknowledged): dropping the last %d bytes", path, offset, size,
-                    size - offset)
+                    size - offset, extra={"event": "log_torn_tail", "path": path, "offset": offset})
         steplog.cut_tail(found.tail)
     if found.records and found.records[0][0] != covered + 1:
         raise steplog.LogCorruptError(
@@ -203,7 +203,9 @@ def recover(streams, directory, covered: int) -> tuple[int, dict]:
     if found.records:
         log.info("replayed %d step log records (%d steps) after the snapshot in %.3f s (%.0f steps/s)",
                  stats["records"], stats["steps"], stats["seconds"],
-                 stats["steps"] / stats["seconds"] if stats["seconds"] else 0.0)
+                 stats["steps"] / stats["seconds"] if stats["seconds"] else 0.0,
+                 extra={"event": "log_replayed", "records": stats["records"], "steps": stats["steps"],
+                        "duration_s": round(stats["seconds"], 6)})
     segments = steplog.segments(directory)
     for (_, path), (nxt, _) in zip(segments, segments[1:]):
         if nxt - 1 <= covered:  # every record in it is in the snapshot (a crash came before its deletion)

@@ -20,6 +20,7 @@ import zmq
 
 from lstm_stream import protocol as P
 
+from .logs import repeating
 from .wire import WireCore
 
 log = logging.getLogger("lstm_stream.engine")
@@ -56,7 +57,8 @@ class Server:
             for b in [binds] if isinstance(binds, str) else binds:
                 sock.bind(b)
                 self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-                log.info("listening on %s", self.endpoints[-1])
+                log.info("listening on %s", self.endpoints[-1], extra={"event": "listening",
+                                                                       "endpoint": self.endpoints[-1]})
         except zmq.ZMQError:
             self._close(0)
             raise
@@ -133,6 +135,8 @@ class Server:
                 envelope, body = frames[:2], frames[2]
             else:
                 env = frames[:2] if len(frames) > 2 and frames[1] == b"" else frames[:1]
+                log.warning("refused a message of %d frames (expected an identity, an optional empty delimiter and "
+                            "one payload)", len(frames), extra=repeating("bad_message", "frames", code=P.BAD_MESSAGE))
                 self._send(env, wire.reject(P.BAD_MESSAGE, f"expected one payload frame (after an optional "
                                                            f"empty delimiter), got {len(frames) - 1} frames"))
                 continue
@@ -166,4 +170,5 @@ class Server:
                 self._dropped_logged = n
                 why = "its queue is full (it is not reading replies)" if e.errno == zmq.EAGAIN else \
                     "it disconnected" if e.errno == errno.EHOSTUNREACH else str(e)
-                log.warning("dropped a reply to a client: %s; %d replies dropped so far", why, n)
+                log.warning("dropped a reply to a client: %s; %d replies dropped so far", why, n,
+                            extra={"event": "reply_dropped", "replies_dropped": n})

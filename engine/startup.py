@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 import time
 
+from .logs import repeating
+from .sdnotify import status
+
 log = logging.getLogger("lstm_stream.engine")
 
 
@@ -29,8 +32,9 @@ def warm_up(model, backend, threads):
 
     import lstm_stream as ls
     from lstm_stream import warm
-    warm.warm_up(model.dtype, model.autoregressive, progress=lambda message: log.info("kernels: %s", message),
-                 defer=True)  # cold: the one-stream kernel is left to a child process (warm.deferred)
+    # cold: the one-stream kernel is left to a child process (warm.deferred)
+    warm.warm_up(model.dtype, model.autoregressive, defer=True,
+                 progress=lambda message: log.info("kernels: %s", message, extra={"event": "kernels"}))
     if backend != "cpu":
         scratch = ls.Streams(model, backend=backend, threads=threads)
         if scratch.backend != "cpu":
@@ -55,17 +59,22 @@ def open_state(serve, streams_config):
     if serve.snapshot_dir is not None:  # first: a directory it cannot write fails at once, not after compiling
         prepare_dir(serve.snapshot_dir)  # OSError naming it: run_serve refuses to start (exit 2)
         keep_id_scheme(serve.snapshot_dir, serve.namespaces == "on")
+    status("loading the model")
     model = load_serving_model(serve.model)
     t0 = time.perf_counter()
+    status("compiling the kernels (or loading them from the cache)")
     warm_up(model, streams_config.backend, streams_config.threads)
     cold = None if serve.snapshot_dir is None else open_cold(serve.snapshot_dir, streams_config)
     streams = ls.Streams(model, cold=cold, **dataclasses.asdict(streams_config))
     log.info("model %r fingerprint %s: %d inputs -> %d outputs, hidden %d x %d layers, %s, backend %s "
              "(kernels ready in %.2f s)", model.name, model.fingerprint, model.input_size, model.output_size,
-             model.hidden_size, model.num_layers, model.dtype, streams.backend, time.perf_counter() - t0)
+             model.hidden_size, model.num_layers, model.dtype, streams.backend, time.perf_counter() - t0,
+             extra={"event": "model_loaded", "model": model.name, "fingerprint": model.fingerprint,
+                    "backend": streams.backend, "duration_s": round(time.perf_counter() - t0, 6)})
     snapshots = journal = None
     if serve.snapshot_dir is not None:
         snapshots = Snapshots(streams, serve.snapshot_dir, every=serve.snapshot_every)
+        status("restoring the snapshot")
         snapshots.restore(cold_wins=not serve.logging_steps)  # with a log, its replay settles evicted streams
         if serve.logging_steps:
             journal = _open_log(serve, streams, snapshots)
@@ -149,6 +158,7 @@ def _open_log(serve, streams, snapshots):
     directory = os.path.join(serve.snapshot_dir, "log")
     os.makedirs(directory, exist_ok=True)
     meta = snapshots.restored_meta
+    status("replaying the step log")
     streams.replaying(meta.get("cold_lsn", 0))  # thaws read the cold versions the snapshot knew
     try:
         last, _ = recover(streams, directory, meta.get("log_lsn", 0))
@@ -163,7 +173,8 @@ def _open_log(serve, streams, snapshots):
             try:
                 journal.rotate()
             except OSError as e:  # the snapshot still holds every record so far; this segment just stays longer
-                log.warning("could not start a new step log segment at the snapshot: %s", e)
+                log.warning("could not start a new step log segment at the snapshot: %s", e,
+                            extra=repeating("log_rotate_failed", error=str(e)))
         return {"log_lsn": journal.lsn}
 
     snapshots.position = position

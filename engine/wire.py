@@ -13,6 +13,8 @@ import logging
 
 from lstm_stream import protocol as P
 
+from .logs import repeating
+
 log = logging.getLogger("lstm_stream.engine")
 
 
@@ -38,7 +40,9 @@ class WireCore:
         peer's CURVE user id (EngineCore.submit checks its role), None without CURVE."""
         try:
             req = self.codec.decode_request(data)
-        except P.ProtocolError as e:
+        except P.ProtocolError as e:  # a client's bug: logged once, then counted, per code (engine/logs.py)
+            log.warning("refused a message that is not a valid request (%s): %s", e.code, e.message,
+                        extra=repeating("bad_message", e.code, code=e.code))
             return self.encode(self.core.refuse(e.request_id, e.code, e.message))
         reply = self.core.submit(tag, req, len(data), user)
         return None if reply is None else self.encode(reply)
@@ -56,7 +60,7 @@ class WireCore:
         try:
             return self.codec.reply(reply)
         except Exception as e:
-            log.error("cannot encode the reply to request %r", reply.id, exc_info=e)
+            log.error("cannot encode the reply to request %r", reply.id, exc_info=e, extra=repeating("encode_failed"))
             return self.codec.reply(self.core.refuse(reply.id, P.INTERNAL, f"internal error "
                                                      f"({type(e).__name__}); the daemon logged it", counted=True))
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")  # a daemon gets them only from `env`
 START_TIMEOUT = 120.0  # seconds: numba may compile the kernels on a cold cache (shared, busy CI machine)
 
 
@@ -30,13 +31,15 @@ def short_ipc_dir() -> str:
 class Daemon:
     """One daemon process; start() waits until it answers ping, stop() signals it and waits (then kills)."""
 
-    def __init__(self, endpoint: str, args, log_path, client=None):
+    def __init__(self, endpoint: str, args, log_path, client=None, env=None):
         self.endpoint, self.args, self.log_path = endpoint, list(args), Path(log_path)
         self.client = dict(client or {})  # Client options that reach it (CURVE: server_key, client_keys)
+        self.env = dict(env or {})  # added to the environment (e.g. NOTIFY_SOCKET)
         self.proc = None
 
     def start(self, *, wait: bool = True) -> "Daemon":
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}  # (pytest under systemd)
+        env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--bind", self.endpoint,
                                           "--log-level", "debug", *self.args],
@@ -100,10 +103,11 @@ class DaemonFactory:
             return free_tcp_endpoint()
         return f"ipc://{self.ipc_dir}/d{len(self.daemons)}.sock"
 
-    def __call__(self, *args, endpoint: str | None = None, wait: bool = True, client=None) -> Daemon:
-        """Start a daemon with `serve` arguments `args`; `client`: the Client options that reach it (CURVE)."""
+    def __call__(self, *args, endpoint: str | None = None, wait: bool = True, client=None, env=None) -> Daemon:
+        """Start a daemon with `serve` arguments `args`; `client`: the Client options that reach it (CURVE);
+        `env`: variables added to its environment."""
         d = Daemon(endpoint or self.endpoint(), [str(a) for a in args], self.tmp_path / f"daemon{len(self.daemons)}.log",
-                   client)
+                   client, env)
         self.daemons.append(d)
         return d.start(wait=wait)
 
