@@ -6,6 +6,7 @@
     lstm-stream step pump-7 0.1,0.2,0.3          # one sample; --json '[[...], [...]]' for several
     lstm-stream demo                             # the default model on live replayed sensor streams
     lstm-stream keygen keys/ server              # keys/server.key (public, 0644), keys/server.key_secret (0600)
+    lstm-stream bridge mqtt --broker mqtt://127.0.0.1:1883 --subscribe 'sensors/+/imu' --publish 'predictions/{stream}'
 
 Subcommands are the COMMANDS table (name -> (help, add_arguments, run)); adding one is one entry. Only `serve`
 imports the engine (and numba); the client subcommands need pyzmq, msgpack and numpy only.
@@ -361,6 +362,18 @@ def run_warm(args) -> int:
     return EXIT_OK
 
 
+def add_bridge_arguments(p):
+    """`bridge mqtt` (clients/mqtt/): its options and the daemon's, like the other client subcommands."""
+    from clients.mqtt.options import add_bridge_parsers
+    add_bridge_parsers(p, add_client_arguments)
+
+
+def run_bridge(args) -> int:
+    """Run `lstm-stream bridge mqtt` (clients/mqtt/run.py)."""
+    from clients.mqtt.run import run_bridge as run
+    return run(args)
+
+
 COMMANDS = {
     "serve": ("run the daemon", add_serve_arguments, run_serve),
     "warm": ("compile the kernels into the cache now, so that the first start is warm (for images and "
@@ -372,6 +385,8 @@ COMMANDS = {
     "ping": ("check that a daemon answers", add_client_arguments, run_ping),
     "info": ("print a daemon's model, backend and counts as JSON", add_client_arguments, run_info),
     "step": ("step one stream by one or more samples, print the output as JSON", add_step_arguments, run_step),
+    "bridge": ("bridge a message broker to the daemon: `bridge mqtt` steps streams from MQTT topics and "
+               "publishes the predictions", add_bridge_arguments, run_bridge),
 }
 
 

@@ -1,0 +1,178 @@
+"""The daemon side of the bridge: step one batch of decoded messages (distinct streams) in one pipelined round
+trip, every step carrying a sequence number, and retry what did not get through until it does.
+
+Where a step's sequence number comes from:
+  - sequenced (--seq-field): from the message. A redelivery carries the same number, so the daemon answers it
+    from its receipt (`duplicate`) or, if the stream moved on since, with seq_stale: never applied twice, by
+    this bridge process or by the next one.
+  - derived: the stream's number on the daemon (read once per stream), plus one per step the bridge applies.
+    The number given to a message is remembered by its MQTT packet id until that id carries another message,
+    so a redelivery (DUP flag, same packet id: a broker restart, a reconnect) is resent with the same number
+    and answered from the receipt. That memory dies with the bridge process: after a bridge crash, a message
+    the daemon applied but the bridge had not acknowledged is stepped again (at-least-once).
+Because every step carries a number, a step whose reply was lost (daemon killed, timeout) is simply resent.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from lstm_stream import protocol as P
+
+from .._api import Call
+from ..errors import Busy, ClientError, LogFailed, SequenceError, Timeout
+
+log = logging.getLogger("lstm_stream.bridge")
+
+TRANSIENT = (Timeout, Busy, LogFailed)  # nothing lost by waiting: resend the same numbers later
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0  # seconds between resends while the daemon does not answer
+
+
+@dataclass
+class Outcome:
+    """What became of one message: 'ok' (y, seq, duplicate), 'stale' (applied before; no outputs to publish)
+    or 'rejected' (error: why it cannot be stepped)."""
+    kind: str
+    seq: int | None = None
+    y: np.ndarray | None = None
+    duplicate: bool = False
+    error: str | None = None
+
+
+def _parse_step(reply):
+    return P.to_array(reply["y"], "y"), bool(reply.get("duplicate", False)), reply.get("seq")
+
+
+class Stepper:
+    """Steps batches through one Client; keeps the derived numbers and the packet-id memory."""
+
+    def __init__(self, client, *, sequenced: bool, on_gap: str = "reject", stop: threading.Event | None = None):
+        self.client, self.sequenced, self.on_gap = client, sequenced, on_gap
+        self.stop = stop or threading.Event()
+        self._count: dict = {}  # derived: stream -> its number on the daemon after our last step
+        self._by_mid: dict = {}  # derived: packet id -> (stream, seq) of the message it carried last
+        self.retries = 0
+
+    def forget(self, mid: int) -> None:
+        """A packet id now carries a new message (no DUP flag): its old number must not be reused."""
+        self._by_mid.pop(mid, None)
+
+    def step(self, samples, mids, dups) -> list[Outcome] | None:
+        """Step samples[k] (distinct streams) and return one Outcome each; None if stopped before done."""
+        seqs = self._numbers(samples, mids, dups)
+        if seqs is None:
+            return None
+        out: list = [None] * len(samples)
+        pending = list(range(len(samples)))
+        backoff = BACKOFF_FIRST
+        while pending:
+            p = self.client.pipeline()
+            for k in pending:
+                fields = {"stream": samples[k].stream, "x": samples[k].x, "seq": seqs[k]}
+                p._run(Call("step", fields, _parse_step))
+            try:
+                results = p.execute(return_exceptions=True)
+            except ClientError as e:  # the round trip failed (Timeout): some replies may have come
+                results = p.results
+                log.warning("daemon at %s did not answer (%s); resending %d step(s) with the same sequence "
+                            "numbers", self.client.address, e, len(pending))
+            retry = []
+            for k, r in zip(pending, results):
+                again = self._settle(k, r, samples, seqs, out)
+                if again:
+                    retry.append(k)
+            pending = retry
+            if pending:
+                self.retries += 1
+                if self.stop.wait(backoff):
+                    return None
+                backoff = min(2 * backoff, BACKOFF_MAX)
+        for k, o in enumerate(out):
+            if not self.sequenced and o.kind == "ok" and mids[k] is not None:
+                self._by_mid[mids[k]] = (samples[k].stream, o.seq)
+        return out
+
+    def _settle(self, k, r, samples, seqs, out) -> bool:
+        """Record step k's result r in out[k]; True if it must be resent (seqs[k] possibly changed)."""
+        stream = samples[k].stream
+        if not isinstance(r, Exception):
+            y, duplicate, seq = r
+            out[k] = Outcome("ok", seq if seq is not None else seqs[k], y, duplicate)
+            if not self.sequenced:
+                self._count[stream] = out[k].seq
+            return False
+        if isinstance(r, TRANSIENT):
+            return True
+        if isinstance(r, SequenceError):
+            return self._mismatch(k, r, samples, seqs, out)
+        out[k] = Outcome("rejected", seqs[k], error=f"the daemon refused the step: {r}")
+        return False
+
+    def _mismatch(self, k, e: SequenceError, samples, seqs, out) -> bool:
+        """The daemon's number is not what the step expected: applied before, another writer, lost state."""
+        stream, sent = samples[k].stream, seqs[k]
+        if self.sequenced or self._was_resent(k, samples, sent):
+            if e.code == P.SEQ_STALE:  # the daemon has it: stepped before (its outputs are no longer kept)
+                out[k] = Outcome("stale", sent)
+                return False
+            if self.sequenced and self.on_gap == "reject":
+                out[k] = Outcome("rejected", sent, error=f"sequence number {sent} skips samples: stream "
+                                 f"{stream!r} is at {e.seq} on the daemon, so the next is {e.expected} "
+                                 "(--on-seq-gap apply steps it anyway)")
+                return False
+        log.warning("stream %r: sent number %s but the daemon is at %s (%s: another writer stepped it, or the "
+                    "daemon lost its state); stepping it as number %s", stream, sent, e.seq, e.code, e.expected)
+        seqs[k] = e.expected
+        return True
+
+    def _was_resent(self, k, samples, sent) -> bool:
+        return getattr(samples[k], "resent", False)
+
+    def _numbers(self, samples, mids, dups) -> list | None:
+        """Each sample's sequence number (the stream's count after it)."""
+        if self.sequenced:
+            return [s.seq for s in samples]
+        seqs: list = [None] * len(samples)
+        unknown = []
+        for k, s in enumerate(samples):
+            known = self._by_mid.get(mids[k]) if dups[k] else None
+            if known is not None and known[0] == s.stream:
+                seqs[k] = known[1]  # a redelivery of a message this bridge stepped: the same number
+                samples[k] = _Resent(s)
+            elif s.stream in self._count:
+                seqs[k] = self._count[s.stream] + 1
+            else:
+                unknown.append(k)
+        if unknown and not self._read_counts([samples[k].stream for k in unknown]):
+            return None
+        for k in unknown:
+            seqs[k] = self._count[samples[k].stream] + 1
+        return seqs
+
+    def _read_counts(self, streams) -> bool:
+        """Read the daemon's number of each stream (one pipelined round trip, resent until it answers)."""
+        backoff = BACKOFF_FIRST
+        while True:
+            p = self.client.pipeline()
+            for s in streams:
+                p.seq(s)
+            try:
+                for s, n in zip(streams, p.execute()):
+                    self._count[s] = n
+                return True
+            except ClientError as e:
+                log.warning("cannot read stream numbers from the daemon at %s (%s); retrying", self.client.address, e)
+            if self.stop.wait(backoff):
+                return False
+            backoff = min(2 * backoff, BACKOFF_MAX)
+
+
+class _Resent:
+    """A sample resent under its remembered number (derived mode): seq_stale then means applied before."""
+    resent = True
+
+    def __init__(self, s):
+        self.stream, self.x, self.seq = s.stream, s.x, s.seq
