@@ -187,10 +187,10 @@ class Decoder:
             raise PayloadError(f"payload is {type(obj).__name__} JSON; expected an array of {self.inputs} numbers "
                                "or an object")
         if len(values) != self.inputs:
-            raise PayloadError(f"{what} hold(s) {len(values)} values; the model takes {self.inputs} inputs")
+            raise PayloadError(f"{len(values)} values in {what}; the model takes {self.inputs} inputs")
         for v in values:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise PayloadError(f"{what} hold(s) {v!r:.40}; expected finite numbers")
+                raise PayloadError(f"{v!r:.40} in {what}; expected finite numbers")
         return np.array(values, np.float64)
 
     def _seq(self, obj, user_properties):
