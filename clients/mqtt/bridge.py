@@ -119,6 +119,8 @@ class Bridge:
             log.warning("disconnected from the broker (%s); reconnecting", reason)
 
     def _on_message(self, client, userdata, msg):
+        if not msg.dup:  # a packet id carrying a new message: its old number must not be reused (stepper.py)
+            self.stepper.forget(msg.mid)
         self._queue.put(Item(self.generation, msg))
 
     def _on_publish(self, client, userdata, mid, reason, properties):
@@ -166,8 +168,6 @@ class Bridge:
             publish_topic(self.publish, item.sample.stream)  # an id that cannot be a topic level: refused now
         except PayloadError as e:
             item.sample, item.error = None, str(e)
-        if not msg.dup:
-            self.stepper.forget(msg.mid)
 
     def _process(self, batch: list) -> None:
         t0 = time.perf_counter()
