@@ -31,14 +31,21 @@ class Mosquitto:
     """One broker on 127.0.0.1:port; start() waits until it accepts connections; restart() keeps the port and
     the persistence file (its queued messages and sessions)."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, *, tls=None, password_file=None):
+        """tls: (ca, cert, key) files for an mqtts listener; password_file: mosquitto_passwd's file (then
+        anonymous clients are refused)."""
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.url = f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{self.port}"
         self.log_path = self.dir / "mosquitto.log"
         self.proc = None
-        conf = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
+        conf = [f"listener {self.port} 127.0.0.1"]
+        if tls:
+            conf += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}"]
+        conf += [f"password_file {password_file}", "allow_anonymous false"] if password_file else \
+            ["allow_anonymous true"]
+        conf += ["persistence true",
                 f"persistence_location {self.dir}/", "autosave_interval 1",
                 # unlimited queues: a broker's default (1000 messages per client) drops QoS 1 messages silently
                 "max_queued_messages 0", "max_inflight_messages 0",
@@ -86,13 +93,15 @@ class Mosquitto:
 class BridgeProcess:
     """`python -m engine.cli bridge mqtt ARGS` in a subprocess, its log in a file."""
 
-    def __init__(self, args, log_path):
+    def __init__(self, args, log_path, env=None):
         self.args, self.log_path, self.proc = [str(a) for a in args], Path(log_path), None
+        self.env = dict(env or {})
 
     def start(self, *, wait: bool = True, timeout: float = 60.0) -> "BridgeProcess":
         """Start the bridge and (wait) return once its subscription stands: its log says "subscribed to" or
         "session resumed"."""
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                   **self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "bridge", "mqtt", *self.args],
                                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -119,9 +128,9 @@ class BridgeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def mqtt_client(port: int, client_id: str, *, persistent: bool = False):
+def mqtt_client(port: int, client_id: str, *, persistent: bool = False, ca=None, auth=None):
     """A connected paho MQTT 5 client (its loop running); persistent: clean start off, a session that
-    outlives a broker restart."""
+    outlives a broker restart; ca: TLS with this CA file; auth: (user, password)."""
     import paho.mqtt.client as mqtt
     from clients.mqtt.bridge import no_delay
     from paho.mqtt.packettypes import PacketTypes
@@ -130,6 +139,10 @@ def mqtt_client(port: int, client_id: str, *, persistent: bool = False):
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
     c.reconnect_delay_set(0.2, 2)
+    if ca:
+        c.tls_set(ca_certs=str(ca))
+    if auth:
+        c.username_pw_set(*auth)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600 if persistent else 0
     connected = threading.Event()
@@ -149,10 +162,10 @@ class Collector:
     """Subscribes (QoS 1, persistent session) to a topic filter and keeps every message: JSON predictions by
     (stream, seq), and the raw list."""
 
-    def __init__(self, port: int, topic: str, client_id: str = "test-collector"):
+    def __init__(self, port: int, topic: str, client_id: str = "test-collector", **options):
         self.messages: list = []
         self.lock = threading.Condition()
-        self.client = mqtt_client(port, client_id, persistent=True)
+        self.client = mqtt_client(port, client_id, persistent=True, **options)
         self.client.on_message = self._on_message
         done = threading.Event()
         self.client.on_subscribe = lambda *a: done.set()
@@ -203,3 +216,35 @@ def publish_all(client, items, timeout: float = 60.0) -> None:
         info.wait_for_publish(max(0.1, deadline - time.monotonic()))
         if not info.is_published():
             raise RuntimeError("the broker did not acknowledge a publish in time")
+
+
+def make_tls_files(directory) -> tuple | None:
+    """(ca.crt, server.crt, server.key) for 127.0.0.1, made with the openssl binary; None without it."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*args):
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=lstm-stream test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj",
+        "/CN=127.0.0.1")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.crt", "-days", "2", "-extfile", "san.cnf")
+    return d / "ca.crt", d / "server.crt", d / "server.key"
+
+
+def make_password_file(path, users: dict) -> Path | None:
+    """A mosquitto password file for {user: password}, made with mosquitto_passwd; None without it."""
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        return None
+    path = Path(path)
+    for k, (user, password) in enumerate(users.items()):
+        subprocess.run([tool, "-b", *(["-c"] if k == 0 else []), str(path), user, password], check=True,
+                       capture_output=True)
+    return path

@@ -26,6 +26,10 @@ from .stepper import Outcome, Stepper
 
 log = logging.getLogger("lstm_stream.bridge")
 
+# CONNACK reasons that retrying cannot cure (MQTT 5 reason codes): the bridge stops and says why
+PERMANENT = {0x84: "unsupported protocol version", 0x85: "client identifier not valid",
+             0x86: "bad user name or password", 0x87: "not authorized", 0x8A: "banned",
+             0x8C: "bad authentication method"}
 TAKE_WAIT = 0.25  # seconds the loop waits for a first message before checking the stop flag
 LOG_EVERY = 10.0  # seconds between log lines about the same topic's bad messages
 
@@ -78,12 +82,14 @@ class Bridge:
         self.filters, self.publish, self.output, self.errors_topic = list(filters), publish, output, errors_topic
         self.max_batch, self.stop = max_batch, stop
         self.generation, self.session_present, self.connected = 0, False, threading.Event()
+        self.fatal: str | None = None
         self._queue: queue.Queue = queue.Queue()
         self._published: set = set()
         self._pub_done = threading.Condition()
         self._carry = None
         self._bad = RateLimitedLog()
-        self.counts = {"stepped": 0, "duplicates": 0, "stale": 0, "rejected": 0, "acked": 0}
+        self.counts = {"stepped": 0, "duplicates": 0, "stale": 0, "rejected": 0, "acked": 0,
+                       "refused_by_broker": 0}
         mqtt_client.on_connect, mqtt_client.on_disconnect = self._on_connect, self._on_disconnect
         mqtt_client.on_message, mqtt_client.on_publish = self._on_message, self._on_publish
         mqtt_client.on_subscribe = self._on_subscribe
@@ -91,7 +97,14 @@ class Bridge:
     # ---- paho's callbacks (its network thread) ---------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason, properties):
         if reason.is_failure:
-            log.error("the broker refused the connection: %s", reason)
+            if reason.value in PERMANENT:
+                self.fatal = f"the broker refused the connection: {reason} (check --username, the password, " \
+                             "--client-id and the broker's ACL)"
+                log.error("%s; stopping", self.fatal)
+                self.stop.set()
+                client.disconnect()
+            else:
+                log.error("the broker refused the connection: %s; retrying", reason)
             return
         no_delay(client)
         self.generation += 1
@@ -124,6 +137,10 @@ class Bridge:
         self._queue.put(Item(self.generation, msg))
 
     def _on_publish(self, client, userdata, mid, reason, properties):
+        if reason.is_failure:  # e.g. not authorized by the broker's ACL: retrying would block the stream forever
+            self.counts["refused_by_broker"] += 1
+            self._bad.warning(("puback", reason.value), "the broker refused a prediction (%s): it is dropped "
+                              "and its message acknowledged; check the broker's ACL for --publish", reason)
         with self._pub_done:
             self._published.add(mid)
             self._pub_done.notify_all()

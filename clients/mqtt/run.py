@@ -76,6 +76,9 @@ def run_bridge(args) -> int:
             m.disconnect()
             m.loop_stop()
         log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in bridge.counts.items()))
+    if bridge.fatal:
+        print(f"error: {bridge.fatal}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -13,7 +13,8 @@ import pytest
 
 pytest.importorskip("paho.mqtt", reason="paho-mqtt is not installed (pip install 'lstm-stream[mqtt]')")
 
-from mqtt_broker import MOSQUITTO, WHY_NO_BROKER, BridgeProcess, Collector, Mosquitto, mqtt_client, publish_all  # noqa: E402
+from mqtt_broker import (MOSQUITTO, WHY_NO_BROKER, BridgeProcess, Collector, Mosquitto, make_password_file,  # noqa: E402
+                         make_tls_files, mqtt_client, publish_all)
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason=WHY_NO_BROKER)
 
@@ -41,12 +42,12 @@ def bridges(tmp_path):
     """bridges(broker, daemon, *extra args) -> a started BridgeProcess; every one stopped at teardown."""
     started = []
 
-    def start(broker, endpoint, *extra, client_id="test-bridge"):
+    def start(broker, endpoint, *extra, client_id="test-bridge", env=None, wait=True):
         b = BridgeProcess(["--broker", broker.url, "--connect", endpoint, "--subscribe", "sensors/+/imu",
                            "--publish", "predictions/{stream}", "--client-id", client_id, "--timeout", "1",
-                           "--log-level", "debug", *extra], tmp_path / f"bridge{len(started)}.log")
+                           "--log-level", "debug", *extra], tmp_path / f"bridge{len(started)}.log", env)
         started.append(b)
-        return b.start()
+        return b.start(wait=wait)
     yield start
     for b in started:
         b.stop()
@@ -162,9 +163,10 @@ def test_daemon_killed_mid_run(replay, broker, daemon, bridges, tmp_path):
     collector = Collector(broker.port, "predictions/#")
     bridge = bridges(broker, d.endpoint)
     pub = mqtt_client(broker.port, "test-publisher")
-    publish_all(pub, messages(X))
-    _wait(collector, lambda m: len(m) >= S * T // 4, bridge)
+    publish_all(pub, messages(X, samples=range(T // 2)))
+    _wait(collector, lambda m: len(m) >= S * T // 8, bridge)
     d.stop(signal.SIGKILL)
+    publish_all(pub, messages(X, samples=range(T // 2, T)))  # the bridge steps these into a dead daemon, resends
     d2 = daemon(*args, endpoint=d.endpoint)
     _wait(collector, all_in(), bridge, d2)
     check_predictions(collector, offline, d.endpoint)
@@ -198,11 +200,44 @@ def test_bridge_killed_mid_run_with_sequence_numbers(replay, broker, daemon, bri
     collector = Collector(broker.port, "predictions/#")
     first = bridges(broker, d.endpoint, "--fields", "ax,ay,az,gx,gy,gz", "--seq-field", "n")
     pub = mqtt_client(broker.port, "test-publisher")
-    publish_all(pub, messages(X, "object", seq=True))
-    _wait(collector, lambda m: len(m) >= S * T // 4, first)
+    publish_all(pub, messages(X, "object", seq=True, samples=range(T // 2)))
+    _wait(collector, lambda m: len(m) >= S * T // 8, first)
     first.stop(signal.SIGKILL)
+    publish_all(pub, messages(X, "object", seq=True, samples=range(T // 2, T)))  # queued for it by the broker
     second = bridges(broker, d.endpoint, "--fields", "ax,ay,az,gx,gy,gz", "--seq-field", "n")
     _wait(collector, all_in(), second)
     check_predictions(collector, offline, d.endpoint)
     pub.disconnect()
     collector.close()
+
+
+def test_tls_and_password(replay, daemon, bridges, tmp_path):
+    """mqtts:// with --tls-ca, --username and the password from $LSTM_STREAM_MQTT_PASSWORD; a wrong password
+    stops the bridge with a clear error instead of retrying forever."""
+    X, offline = replay
+    tls = make_tls_files(tmp_path / "tls")
+    users = {"bridge": "br1dge-pw", "tester": "t3st-pw"}
+    pw = make_password_file(tmp_path / "passwd", users)
+    if tls is None or pw is None:
+        pytest.skip("openssl or mosquitto_passwd is missing: cannot make the broker's certificate or passwords")
+    broker = Mosquitto(tmp_path / "broker", tls=tls, password_file=pw).start()
+    try:
+        d = daemon()
+        options = {"ca": tls[0], "auth": ("tester", users["tester"])}
+        collector = Collector(broker.port, "predictions/#", **options)
+        bridge = bridges(broker, d.endpoint, "--tls-ca", tls[0], "--username", "bridge",
+                         env={"LSTM_STREAM_MQTT_PASSWORD": users["bridge"]})
+        pub = mqtt_client(broker.port, "test-publisher", **options)
+        publish_all(pub, messages(X, streams=[0], samples=range(3)))
+        assert collector.wait_for(lambda m: len(m) >= 3, WAIT), bridge.log()
+        for m in collector.messages:
+            body = json.loads(m.payload)
+            np.testing.assert_array_equal(np.array(body["y"], np.float32), offline[0, body["seq"] - 1])
+        wrong = bridges(broker, d.endpoint, "--tls-ca", tls[0], "--username", "bridge", client_id="other",
+                        env={"LSTM_STREAM_MQTT_PASSWORD": "nope"}, wait=False)
+        assert wrong.proc.wait(60) == 1
+        assert "bad user name or password" in wrong.log().lower() or "not authorized" in wrong.log().lower()
+        pub.disconnect()
+        collector.close()
+    finally:
+        broker.stop()
