@@ -36,9 +36,10 @@ WAIT_S = 300.0  # bound on one bridge round (not a measure)
 def _daemon(tmp):
     from clients import Client, Timeout
     endpoint = f"tcp://127.0.0.1:{common.free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--bind", endpoint, "--log-level",
-                             "warning"], cwd=common.ROOT, env=common.clean_env(),
-                            stdout=open(Path(tmp) / "daemon.log", "wb"), stderr=subprocess.STDOUT)
+    with open(Path(tmp) / "daemon.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--bind", endpoint, "--log-level",
+                                 "warning"], cwd=common.ROOT, env=common.clean_env(), stdout=log,
+                                stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     with Client(endpoint, timeout=0.5, retries=0) as c:
         while True:
@@ -55,6 +56,7 @@ class Rounds:
 
     def __init__(self, X, endpoint, port):
         from mqtt_broker import mqtt_client
+
         from clients import Client
         self.X, self.N, self.T = X, X.shape[0], X.shape[1]
         self.client = Client(endpoint)
@@ -165,17 +167,19 @@ def report(a, shape, times, log_tail) -> int:
               "broker_alone": "broker alone: publish QoS 1, receive on a subscription (no bridge, no daemon)",
               "bridge": "broker + bridge + daemon: publish QoS 1 until the prediction is received"}
     rows = [[labels[k], f"{rate[k]:,.0f}", f"{rate['bridge'] / rate[k]:.2f}"] for k in labels]
-    lines = ["## MQTT bridge: samples/s through broker + bridge + daemon vs the daemon alone", "",
-             f"`python -m bench.mqtt{' --quick' if a.quick else ''}`: the default model, {N} recordings x {T} "
+    busy = common._busy_before is not None and common._busy_before > common.BUSY_SHARE
+    setup = (f"`python -m bench.mqtt{' --quick' if a.quick else ''}`: the default model, {N} recordings x {T} "
              f"samples as {N} streams per round, {a.rounds} rounds (median), contenders in rotating order, one "
              f"Mosquitto 2.0 (persistence on, TCP_NODELAY), bridge --max-batch {a.max_batch} with --seq-field "
-             "(exactly-once), all on loopback. **The host was shared with other work** (2 cores, several agents): "
-             "the ratios mean more than the absolute figures.", "",
-             common.table(["path", "samples/s", "bridge / this"], rows), "",
-             "Every bridge message waits for its step (one pipelined round trip per batch of distinct streams) and "
-             "for the broker's PUBACK of its prediction before it is acknowledged (docs/mqtt.md); batches are "
-             "taken one after another, so the bridge's rate is bounded by one step round trip plus one publish "
-             "round trip per batch, and by paho-mqtt's per-message Python cost.", ""]
+             "(exactly-once), broker, bridge, daemon and load generator all on this host, on loopback."
+             + (" **The host was shared with other work during this run** (see below): the ratios, taken within "
+                "the run, mean more than the absolute figures." if busy else ""))
+    why = ("Every bridge message waits for its step (one pipelined round trip per batch of distinct streams) and "
+           "for the broker's PUBACK of its prediction before it is acknowledged (docs/mqtt.md); batches are "
+           "taken one after another, so the bridge's rate is bounded by one step round trip plus one publish "
+           "round trip per batch, and by paho-mqtt's per-message Python cost.")
+    lines = ["## MQTT bridge: samples/s through broker + bridge + daemon vs the daemon alone", "", setup, "",
+             common.table(["path", "samples/s", "bridge / this"], rows), "", why, ""]
     lines += common.machine_lines()
     common.publish("mqtt", "\n".join(lines) + "\n", a)
     return 0

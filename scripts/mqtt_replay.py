@@ -32,6 +32,7 @@ FIELDS = ("ax", "ay", "az", "gx", "gy", "gz")  # the default model's inputs, in 
 def connect(host, port, client_id):
     """A paho MQTT 5 client with its loop running, connected (a fresh session)."""
     import paho.mqtt.client as mqtt
+
     from clients.mqtt.bridge import no_delay
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     c.max_inflight_messages_set(1000)
@@ -55,8 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=40, help="replay the first N recordings (default all 40)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the last predictions")
     a = ap.parse_args(argv)
-    from lstm_stream.defaults import accuracy, load_default_model, load_replay, offline_outputs
     from clients.mqtt.options import parse_broker
+    from lstm_stream.defaults import accuracy, load_default_model, load_replay, offline_outputs
     broker = parse_broker(a.broker)
     replay = load_replay().subset(a.limit)
     N, T, _ = replay.X.shape

@@ -55,7 +55,7 @@ class Mosquitto:
             conf.append("user root")  # mosquitto drops root privileges to 'mosquitto' otherwise
         (self.dir / "mosquitto.conf").write_text("\n".join(conf) + "\n")
 
-    def start(self, timeout: float = 20.0) -> "Mosquitto":
+    def start(self, timeout: float = 20.0) -> Mosquitto:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")], stdout=log,
                                          stderr=subprocess.STDOUT)
@@ -97,7 +97,7 @@ class BridgeProcess:
         self.args, self.log_path, self.proc = [str(a) for a in args], Path(log_path), None
         self.env = dict(env or {})
 
-    def start(self, *, wait: bool = True, timeout: float = 60.0) -> "BridgeProcess":
+    def start(self, *, wait: bool = True, timeout: float = 60.0) -> BridgeProcess:
         """Start the bridge and (wait) return once its subscription stands: its log says "subscribed to" or
         "session resumed"."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -132,9 +132,10 @@ def mqtt_client(port: int, client_id: str, *, persistent: bool = False, ca=None,
     """A connected paho MQTT 5 client (its loop running); persistent: clean start off, a session that
     outlives a broker restart; ca: TLS with this CA file; auth: (user, password)."""
     import paho.mqtt.client as mqtt
-    from clients.mqtt.bridge import no_delay
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
+
+    from clients.mqtt.bridge import no_delay
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)

@@ -21,6 +21,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from .payload import PayloadError, error_payload, prediction_payload, publish_topic
 from .stepper import Outcome, Stepper
 
@@ -189,8 +191,8 @@ class Bridge:
     def _process(self, batch: list) -> None:
         t0 = time.perf_counter()
         good = [it for it in batch if it.sample is not None]
-        outcomes = self.stepper.step([it.sample for it in good], [it.msg.mid if it.msg.qos else None for it in good],
-                                     [it.msg.dup for it in good]) if good else []
+        mids = [it.msg.mid if it.msg.qos else None for it in good]
+        outcomes = self.stepper.step([it.sample for it in good], mids, [it.msg.dup for it in good]) if good else []
         if outcomes is None:  # stopped while the daemon was away: nothing acknowledged, all delivered again
             return
         for it, o in zip(good, outcomes):
@@ -213,7 +215,6 @@ class Bridge:
 
     def _send(self, it: Item):
         """Publish the prediction (or the dead letter) of one message; the packet id to wait for, or None."""
-        import numpy as np
         if it.sample is None:
             self.counts["rejected"] += 1
             self._bad.warning(("bad", it.msg.topic), "cannot step a message on %r: %s", it.msg.topic, it.error)
@@ -224,8 +225,8 @@ class Bridge:
         o: Outcome = it.outcome
         if o.kind == "stale":
             self.counts["stale"] += 1
-            self._bad.warning(("stale", it.msg.topic), "message on %r was stepped before (stream %r at number %s or later); "
-                              "acknowledged, no prediction to publish (its outputs are no longer kept)",
+            self._bad.warning(("stale", it.msg.topic), "message on %r was stepped before (stream %r at number %s "
+                              "or later); acknowledged, no prediction to publish (its outputs are no longer kept)",
                               it.msg.topic, it.sample.stream, o.seq)
             return None
         self.counts["duplicates" if o.duplicate else "stepped"] += 1

@@ -178,6 +178,6 @@ def check(args) -> None:
         raise ValueError(f"a password (--password-file or ${PASSWORD_ENV}) needs --username")
     if args.fields and args.format != "json":
         raise ValueError("--fields needs --format json")
-    if args.errors_topic is not None:
-        if not args.errors_topic or "+" in args.errors_topic or "#" in args.errors_topic:
-            raise ValueError(f"--errors-topic {args.errors_topic!r}: expected a topic without wildcards")
+    if args.errors_topic is not None and (not args.errors_topic or "+" in args.errors_topic
+                                          or "#" in args.errors_topic):
+        raise ValueError(f"--errors-topic {args.errors_topic!r}: expected a topic without wildcards")

@@ -54,6 +54,7 @@ class Stepper:
         self.stop = stop or threading.Event()
         self._count: dict = {}  # derived: stream -> its number on the daemon after our last step
         self._by_mid: dict = {}  # derived: packet id -> (stream, seq) of the message it carried last
+        self._resent: set = set()  # derived: indices of the batch under way resent under their old number
         self.retries = 0
 
     def forget(self, mid: int) -> None:
@@ -62,9 +63,10 @@ class Stepper:
 
     def step(self, samples, mids, dups) -> list[Outcome] | None:
         """Step samples[k] (distinct streams) and return one Outcome each; None if stopped before done."""
-        seqs = self._numbers(samples, mids, dups)
-        if seqs is None:
+        numbered = self._numbers(samples, mids, dups)
+        if numbered is None:
             return None
+        seqs, self._resent = numbered
         out: list = [None] * len(samples)
         pending = list(range(len(samples)))
         backoff = BACKOFF_FIRST
@@ -114,7 +116,7 @@ class Stepper:
     def _mismatch(self, k, e: SequenceError, samples, seqs, out) -> bool:
         """The daemon's number is not what the step expected: applied before, another writer, lost state."""
         stream, sent = samples[k].stream, seqs[k]
-        if self.sequenced or self._was_resent(k, samples, sent):
+        if self.sequenced or k in self._resent:
             if e.code == P.SEQ_STALE:  # the daemon has it: stepped before (its outputs are no longer kept)
                 out[k] = Outcome("stale", sent)
                 return False
@@ -128,20 +130,18 @@ class Stepper:
         seqs[k] = e.expected
         return True
 
-    def _was_resent(self, k, samples, sent) -> bool:
-        return getattr(samples[k], "resent", False)
-
-    def _numbers(self, samples, mids, dups) -> list | None:
-        """Each sample's sequence number (the stream's count after it)."""
+    def _numbers(self, samples, mids, dups) -> tuple | None:
+        """(each sample's sequence number: the stream's count after it, the indices of the samples resent
+        under the number they were given before); None if stopped while the daemon was away."""
         if self.sequenced:
-            return [s.seq for s in samples]
+            return [s.seq for s in samples], set()
         seqs: list = [None] * len(samples)
-        unknown = []
+        unknown, resent = [], set()
         for k, s in enumerate(samples):
             known = self._by_mid.get(mids[k]) if dups[k] else None
             if known is not None and known[0] == s.stream:
                 seqs[k] = known[1]  # a redelivery of a message this bridge stepped: the same number
-                samples[k] = _Resent(s)
+                resent.add(k)
             elif s.stream in self._count:
                 seqs[k] = self._count[s.stream] + 1
             else:
@@ -150,7 +150,7 @@ class Stepper:
             return None
         for k in unknown:
             seqs[k] = self._count[samples[k].stream] + 1
-        return seqs
+        return seqs, resent
 
     def _read_counts(self, streams) -> bool:
         """Read the daemon's number of each stream (one pipelined round trip, resent until it answers)."""
@@ -169,10 +169,3 @@ class Stepper:
                 return False
             backoff = min(2 * backoff, BACKOFF_MAX)
 
-
-class _Resent:
-    """A sample resent under its remembered number (derived mode): seq_stale then means applied before."""
-    resent = True
-
-    def __init__(self, s):
-        self.stream, self.x, self.seq = s.stream, s.x, s.seq

@@ -13,8 +13,17 @@ import pytest
 
 pytest.importorskip("paho.mqtt", reason="paho-mqtt is not installed (pip install 'lstm-stream[mqtt]')")
 
-from mqtt_broker import (MOSQUITTO, WHY_NO_BROKER, BridgeProcess, Collector, Mosquitto, make_password_file,  # noqa: E402
-                         make_tls_files, mqtt_client, publish_all)
+from mqtt_broker import (
+    MOSQUITTO,
+    WHY_NO_BROKER,
+    BridgeProcess,
+    Collector,
+    Mosquitto,
+    make_password_file,
+    make_tls_files,
+    mqtt_client,
+    publish_all,
+)
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason=WHY_NO_BROKER)
 
