@@ -73,9 +73,12 @@ def main(argv=None) -> int:
             done.notify_all()
     sub = connect(broker.host, broker.port, f"replay-sub-{run}")
     sub.on_message = on_message
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
     sub.subscribe([(f"predictions/{name}", 1) for name in names])
+    if not subscribed.wait(10):
+        raise SystemExit("the broker did not confirm the subscription to the predictions")
     pub = connect(broker.host, broker.port, f"replay-pub-{run}")
-    time.sleep(0.5)  # let the subscription settle before the first prediction can come
     print(f"replaying {N} recordings x {T} samples as sensors/{run}-NN/imu at "
           f"{'full speed' if a.speed == 0 else f'{a.speed:g} x 10 Hz'}", flush=True)
     t0 = time.monotonic()

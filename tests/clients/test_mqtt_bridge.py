@@ -250,3 +250,18 @@ def test_tls_and_password(replay, daemon, bridges, tmp_path):
         collector.close()
     finally:
         broker.stop()
+
+
+def test_the_replay_recipe(broker, daemon, bridges):
+    """docs/mqtt.md's recipe: scripts/mqtt_replay.py through a broker and a bridge gives the offline outputs."""
+    import subprocess
+    import sys
+
+    from mqtt_broker import ROOT
+    d = daemon()
+    bridge = bridges(broker, d.endpoint, "--fields", "ax,ay,az,gx,gy,gz", "--seq-field", "n")
+    r = subprocess.run([sys.executable, "scripts/mqtt_replay.py", "--broker", broker.url, "--speed", "0",
+                        "--limit", "3", "--timeout", str(WAIT)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=WAIT + 120)
+    assert r.returncode == 0, r.stdout + r.stderr + bridge.log()[-3000:]
+    assert "outputs bit-identical to offline: yes" in r.stdout
