@@ -262,7 +262,6 @@ def test_the_replay_recipe(broker, daemon, bridges):
     bridge = bridges(broker, d.endpoint, "--fields", "ax,ay,az,gx,gy,gz", "--seq-field", "n")
     r = subprocess.run([sys.executable, "scripts/mqtt_replay.py", "--broker", broker.url, "--speed", "0",
                         "--limit", "3", "--timeout", str(WAIT)], cwd=ROOT, capture_output=True, text=True,
-                       check=False,
-                       timeout=WAIT + 120)
+                       check=False, timeout=WAIT + 120)
     assert r.returncode == 0, r.stdout + r.stderr + bridge.log()[-3000:]
     assert "outputs bit-identical to offline: yes" in r.stdout
