@@ -36,42 +36,30 @@ def run_bridge(args) -> int:
     from clients import Client
 
     from .bridge import Bridge
-    from .payload import Decoder, parse_stream_from
+    from .payload import parse_stream_from
     from .stepper import Stepper
     stop = threading.Event()
     try:
+        stream_from = parse_stream_from(args.stream_from, args.subscribe)
         client = Client(args.connect, timeout=args.timeout, server_key=args.server_key,
                         client_keys=args.client_key)
-    except ValueError as e:
+    except ValueError as e:  # --stream-from, or a key file that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     _on_signals(stop)
     with client:
-        model = _model(client, stop)
-        if model is None:
-            return EXIT_FAILED
-        try:
-            decoder = Decoder(fmt=args.format, inputs=model["input_size"], fields=args.fields,
-                              stream_from=parse_stream_from(args.stream_from, args.subscribe),
-                              seq_field=args.seq_field, int_id=args.int_id)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_USAGE
         stepper = Stepper(client, sequenced=args.seq_field is not None, on_gap=args.on_seq_gap, stop=stop)
         m = _mqtt_client(mqtt, args, password)
-        bridge = Bridge(m, stepper, decoder, filters=args.subscribe, publish=args.publish, output=args.output,
+        bridge = Bridge(m, stepper, None, filters=args.subscribe, publish=args.publish, output=args.output,
                         errors_topic=args.errors_topic, max_batch=args.max_batch, stop=stop)
         try:
             _connect(mqtt, m, args)
         except (OSError, ValueError) as e:
             print(f"error: cannot reach the broker at {args.broker}: {e}", file=sys.stderr)
             return EXIT_FAILED
-        log.info("bridging %s (%s) -> %s via daemon %s; sequence numbers %s", ", ".join(args.subscribe),
-                 args.format, args.publish, args.connect,
-                 f"from {args.seq_field!r} (exactly-once)" if args.seq_field else "numbered by the bridge")
-        m.loop_start()
+        m.loop_start()  # subscribed (and the broker queueing for us) even while the daemon is still away
         try:
-            bridge.run()
+            status = _serve(bridge, client, args, stream_from, stop)
         finally:
             m.disconnect()
             m.loop_stop()
@@ -79,6 +67,25 @@ def run_bridge(args) -> int:
     if bridge.fatal:
         print(f"error: {bridge.fatal}", file=sys.stderr)
         return EXIT_FAILED
+    return status
+
+
+def _serve(bridge, client, args, stream_from, stop) -> int:
+    """Wait for the daemon's model (the payloads' size), then run the bridge until stopped."""
+    from .payload import Decoder
+    model = _model(client, stop)
+    if model is None:  # stopped (a signal, or a broker refusal) before the daemon answered
+        return EXIT_OK
+    try:
+        bridge.decoder = Decoder(fmt=args.format, inputs=model["input_size"], fields=args.fields,
+                                 stream_from=stream_from, seq_field=args.seq_field, int_id=args.int_id)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    log.info("bridging %s (%s) -> %s via daemon %s; sequence numbers %s", ", ".join(args.subscribe),
+             args.format, args.publish, args.connect,
+             f"from {args.seq_field!r} (exactly-once)" if args.seq_field else "numbered by the bridge")
+    bridge.run()
     return EXIT_OK
 
 

@@ -23,11 +23,14 @@ import numpy as np
 from lstm_stream import protocol as P
 
 from .._api import Call
-from ..errors import Busy, ClientError, LogFailed, SequenceError, Timeout
+from ..errors import Busy, ClientError, Forbidden, LogFailed, SequenceError, Timeout
 
 log = logging.getLogger("lstm_stream.bridge")
 
-TRANSIENT = (Timeout, Busy, LogFailed)  # nothing lost by waiting: resend the same numbers later
+# Nothing was applied and waiting can cure it: resend the same numbers later, acknowledging nothing meanwhile.
+# Forbidden too: this client's key lacks the step role, which only the operator can fix (allow-list + SIGHUP),
+# and dead-lettering every message until then would throw the data away.
+TRANSIENT = (Timeout, Busy, LogFailed, Forbidden)
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0  # seconds between resends while the daemon does not answer
 
 
@@ -81,11 +84,11 @@ class Stepper:
                 results = p.results
                 log.warning("daemon at %s did not answer (%s); resending %d step(s) with the same sequence "
                             "numbers", self.client.address, e, len(pending))
-            retry = []
-            for k, r in zip(pending, results):
-                again = self._settle(k, r, samples, seqs, out)
-                if again:
-                    retry.append(k)
+            retry = [k for k, r in zip(pending, results) if self._settle(k, r, samples, seqs, out)]
+            refused = [r for r in results if isinstance(r, TRANSIENT) and not isinstance(r, Timeout)]
+            if refused:
+                (log.error if isinstance(refused[0], Forbidden) else log.warning)(
+                    "%d step(s) not applied (%s); resending in %.1f s", len(refused), refused[0], backoff)
             pending = retry
             if pending:
                 self.retries += 1

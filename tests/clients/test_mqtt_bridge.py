@@ -5,6 +5,7 @@ none twice."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import struct
 
@@ -84,7 +85,7 @@ def messages(X, fmt="array", seq=False, streams=range(S), samples=range(T)):
     return out
 
 
-def check_predictions(collector, offline, endpoint, streams=range(S)):
+def check_predictions(collector, offline, endpoint, streams=range(S), client=None):
     """Every (stream, seq) predicted, each copy bit-identical to the offline run; the daemon stepped each stream
     exactly T times."""
     from clients import Client
@@ -95,7 +96,7 @@ def check_predictions(collector, offline, endpoint, streams=range(S)):
             assert ys, f"no prediction for stream r{s} sample {t + 1}"
             for y in ys:
                 np.testing.assert_array_equal(np.array(y, np.float32), offline[s, t])
-    with Client(endpoint) as c:
+    with Client(endpoint, **(client or {})) as c:
         assert [c.seq(f"r{s}") for s in streams] == [T] * len(streams)
 
 
@@ -265,3 +266,34 @@ def test_the_replay_recipe(broker, daemon, bridges):
                        check=False, timeout=WAIT + 120)
     assert r.returncode == 0, r.stdout + r.stderr + bridge.log()[-3000:]
     assert "outputs bit-identical to offline: yes" in r.stdout
+
+
+def test_curve_keys_and_a_key_allowed_late(replay, broker, daemon, bridges, tmp_path):
+    """The bridge reaches a CURVE daemon with --server-key/--client-key. While its key is not allow-listed the
+    daemon does not answer: the bridge retries and acknowledges nothing; once the key is allowed (SIGHUP),
+    every sample is stepped once."""
+    import zmq
+
+    from engine import cli
+    if not zmq.has("curve"):
+        pytest.skip("libzmq without CURVE")
+    keys, allow = tmp_path / "keys", tmp_path / "allow"
+    allow.mkdir()
+    for name in ("server", "bridge"):
+        assert cli.main(["keygen", str(keys), name]) == 0
+    X, offline = replay
+    d = daemon("--curve-secret", keys / "server.key_secret", "--allow-keys", allow, endpoint=daemon.endpoint("tcp"),
+               wait=False)
+    collector = Collector(broker.port, "predictions/#")
+    bridge = bridges(broker, d.endpoint, "--server-key", keys / "server.key", "--client-key",
+                     keys / "bridge.key_secret", "--seq-field", "n", "--fields", "ax,ay,az,gx,gy,gz")
+    pub = mqtt_client(broker.port, "test-publisher")
+    publish_all(pub, messages(X, "object", seq=True, streams=[0, 1]))
+    assert not collector.wait_for(lambda m: len(m) > 0, 3.0)  # nothing answers an unknown key
+    shutil.copy(keys / "bridge.key", allow)
+    d.proc.send_signal(signal.SIGHUP)
+    _wait(collector, all_in(2), bridge, d)
+    check_predictions(collector, offline, d.endpoint, streams=[0, 1],
+                      client={"server_key": keys / "server.key", "client_keys": keys / "bridge.key_secret"})
+    pub.disconnect()
+    collector.close()
