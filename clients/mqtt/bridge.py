@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .payload import PayloadError, error_payload, prediction_payload, publish_topic
+from .progress import StateFileError
 from .stepper import Outcome, Stepper
 
 log = logging.getLogger("lstm_stream.bridge")
@@ -115,6 +116,11 @@ class Bridge:
             log.info("connected to the broker: session resumed, subscribed to %s", ", ".join(self.filters))
         else:
             log.info("connected to the broker: new session, subscribing to %s", ", ".join(self.filters))
+            try:
+                self.stepper.session_lost()
+            except StateFileError as e:
+                self._fail(str(e))
+                return
             from paho.mqtt.subscribeoptions import SubscribeOptions
             # retain handling 2: retained messages are old samples, never stepped on (re)subscribing
             opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
@@ -135,8 +141,18 @@ class Bridge:
 
     def _on_message(self, client, userdata, msg):
         if not msg.dup:  # a packet id carrying a new message: its old number must not be reused (stepper.py)
-            self.stepper.forget(msg.mid)
+            try:
+                self.stepper.forget(msg.mid)
+            except StateFileError as e:
+                self._fail(str(e))
+                return
         self._queue.put(Item(self.generation, msg))
+
+    def _fail(self, why: str) -> None:
+        """Stop for good: nothing more is acknowledged; the broker keeps what was not."""
+        self.fatal = why
+        log.error("%s", why)
+        self.stop.set()
 
     def _on_publish(self, client, userdata, mid, reason, properties):
         if reason.is_failure:  # e.g. not authorized by the broker's ACL: retrying would block the stream forever
@@ -152,8 +168,11 @@ class Bridge:
         """Take, step, publish, acknowledge, until stop is set (the batch under way is finished first)."""
         while not self.stop.is_set():
             batch = self._take()
-            if batch:
-                self._process(batch)
+            try:
+                if batch:
+                    self._process(batch)
+            except StateFileError as e:
+                self._fail(str(e))
 
     def _take(self) -> list:
         """Up to max_batch messages in arrival order, each stream at most once (the first repeat is kept for

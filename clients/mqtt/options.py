@@ -18,12 +18,13 @@ exactly-once: a step is applied once per MQTT message when the message carries i
 (--seq-field: a JSON field or an MQTT 5 user property; the stream's sample count including this sample,
 1 for its first), across restarts of the broker, the bridge and the daemon (run the daemon with
 --snapshot-dir, i.e. the step log, and --fsync always). Without --seq-field the bridge numbers the steps
-itself: exactly-once across broker and daemon restarts while the bridge runs, but a message the daemon had
-applied when the bridge was killed, before the bridge acknowledged it, is applied again after the bridge
-restarts (at-least-once). Each message is acknowledged (PUBACK) only after the daemon applied it and its
-prediction was acknowledged by the broker; predictions are at-least-once (a redelivered message republishes
-its prediction, with "duplicate": true in JSON). Password: ${PASSWORD_ENV} or --password-file.
-Details: docs/mqtt.md."""
+itself: exactly-once across broker and daemon restarts while the bridge runs, and across a crash of the
+bridge's process (kill -9) with --state-file; after a crash of the bridge's machine, or without
+--state-file after any bridge crash, a message the daemon had applied before the bridge acknowledged it is
+applied again (at-least-once). Each message is acknowledged (PUBACK) only after the daemon applied it and
+its prediction was acknowledged by the broker; predictions are at-least-once (a redelivered message
+republishes its prediction, with "duplicate": true in JSON).
+Password: ${PASSWORD_ENV} or --password-file. Details: docs/mqtt.md."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,10 @@ def add_arguments(p) -> None:
                    help="the message's sample number (JSON field or MQTT 5 user property NAME): the stream's "
                         "sample count including this one, 1 first. Makes steps exactly-once across bridge "
                         "restarts too (see below)")
+    t.add_argument("--state-file", metavar="FILE",
+                   help="without --seq-field: keep the bridge's record of the numbers it gave to messages not "
+                        "yet acknowledged in FILE, so that steps stay exactly-once across a crash of the bridge "
+                        "process (not of its machine: see below)")
     t.add_argument("--on-seq-gap", choices=("reject", "apply"), default="reject",
                    help="a --seq-field number beyond the stream's next (samples lost upstream, or the daemon "
                         "lost state): reject it (log, --errors-topic, acknowledge) or apply it as the next step "
@@ -176,6 +181,9 @@ def check(args) -> None:
         raise ValueError("--tls-cert and --tls-key go together")
     if (args.password_file or os.environ.get(PASSWORD_ENV)) and not args.username:
         raise ValueError(f"a password (--password-file or ${PASSWORD_ENV}) needs --username")
+    if args.state_file and args.seq_field:
+        raise ValueError("--state-file is for steps the bridge numbers itself; with --seq-field the numbers "
+                         "travel with the messages and need no file")
     if args.fields and args.format != "json":
         raise ValueError("--fields needs --format json")
     if args.errors_topic is not None and (not args.errors_topic or "+" in args.errors_topic

@@ -37,6 +37,7 @@ def run_bridge(args) -> int:
 
     from .bridge import Bridge
     from .payload import parse_stream_from
+    from .progress import Progress, StateFileError
     from .stepper import Stepper
     stop = threading.Event()
     try:
@@ -48,7 +49,14 @@ def run_bridge(args) -> int:
         return EXIT_USAGE
     _on_signals(stop)
     with client:
-        stepper = Stepper(client, sequenced=args.seq_field is not None, on_gap=args.on_seq_gap, stop=stop)
+        try:
+            progress = None if args.state_file is None else \
+                Progress(args.state_file, broker=str(args.broker), client_id=args.client_id)
+            stepper = Stepper(client, sequenced=args.seq_field is not None, on_gap=args.on_seq_gap, stop=stop,
+                              progress=progress)
+        except StateFileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
         m = _mqtt_client(mqtt, args, password)
         bridge = Bridge(m, stepper, None, filters=args.subscribe, publish=args.publish, output=args.output,
                         errors_topic=args.errors_topic, max_batch=args.max_batch, stop=stop)
@@ -64,6 +72,8 @@ def run_bridge(args) -> int:
             m.disconnect()
             m.loop_stop()
         log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in bridge.counts.items()))
+        if progress is not None:
+            progress.close()
     if bridge.fatal:
         print(f"error: {bridge.fatal}", file=sys.stderr)
         return EXIT_FAILED

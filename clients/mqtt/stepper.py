@@ -8,8 +8,9 @@ Where a step's sequence number comes from:
   - derived: the stream's number on the daemon (read once per stream), plus one per step the bridge applies.
     The number given to a message is remembered by its MQTT packet id until that id carries another message,
     so a redelivery (DUP flag, same packet id: a broker restart, a reconnect) is resent with the same number
-    and answered from the receipt. That memory dies with the bridge process: after a bridge crash, a message
-    the daemon applied but the bridge had not acknowledged is stepped again (at-least-once).
+    and answered from the receipt. That memory dies with the bridge process unless --state-file keeps it
+    (progress.py): without it, after a bridge crash, a message the daemon applied but the bridge had not
+    acknowledged is stepped again (at-least-once).
 Because every step carries a number, a step whose reply was lost (daemon killed, timeout) is simply resent.
 """
 from __future__ import annotations
@@ -52,17 +53,43 @@ def _parse_step(reply):
 class Stepper:
     """Steps batches through one Client; keeps the derived numbers and the packet-id memory."""
 
-    def __init__(self, client, *, sequenced: bool, on_gap: str = "reject", stop: threading.Event | None = None):
+    def __init__(self, client, *, sequenced: bool, on_gap: str = "reject", stop: threading.Event | None = None,
+                 progress=None):
         self.client, self.sequenced, self.on_gap = client, sequenced, on_gap
         self.stop = stop or threading.Event()
+        self.progress = progress  # progress.py: the packet-id memory on disk (--state-file), or None
         self._count: dict = {}  # derived: stream -> its number on the daemon after our last step
-        self._by_mid: dict = {}  # derived: packet id -> (stream, seq) of the message it carried last
+        # derived: packet id -> (stream, seq) of the message it carried last; changed by paho's thread too
+        self._by_mid: dict = progress.load() if progress is not None else {}
+        self._lock = threading.Lock()
         self._resent: set = set()  # derived: indices of the batch under way resent under their old number
+        self._mids: list = []  # the batch under way's packet ids
         self.retries = 0
 
     def forget(self, mid: int) -> None:
         """A packet id now carries a new message (no DUP flag): its old number must not be reused."""
-        self._by_mid.pop(mid, None)
+        with self._lock:
+            if self._by_mid.pop(mid, None) is not None and self.progress is not None:
+                self.progress.forgot(mid)
+
+    def session_lost(self) -> None:
+        """The broker kept no session: the packet ids remembered name messages it will not deliver again."""
+        with self._lock:
+            self._by_mid.clear()
+            if self.progress is not None:
+                self.progress.rewrite({})
+
+    def _remember(self, k, stream, seq) -> None:
+        """Packet id of batch message k -> (stream, seq), before the step is sent (and on disk first)."""
+        mid = self._mids[k]
+        if self.sequenced or mid is None:
+            return
+        with self._lock:
+            self._by_mid[mid] = (stream, seq)
+            if self.progress is not None:
+                self.progress.stepped(mid, stream, seq)
+                if self.progress.should_compact(len(self._by_mid)):
+                    self.progress.rewrite(self._by_mid)
 
     def step(self, samples, mids, dups) -> list[Outcome] | None:
         """Step samples[k] (distinct streams) and return one Outcome each; None if stopped before done."""
@@ -70,6 +97,9 @@ class Stepper:
         if numbered is None:
             return None
         seqs, self._resent = numbered
+        self._mids = mids
+        for k, s in enumerate(samples):
+            self._remember(k, s.stream, seqs[k])
         out: list = [None] * len(samples)
         pending = list(range(len(samples)))
         backoff = BACKOFF_FIRST
@@ -95,9 +125,6 @@ class Stepper:
                 if self.stop.wait(backoff):
                     return None
                 backoff = min(2 * backoff, BACKOFF_MAX)
-        for k, o in enumerate(out):
-            if not self.sequenced and o.kind == "ok" and mids[k] is not None:
-                self._by_mid[mids[k]] = (samples[k].stream, o.seq)
         return out
 
     def _settle(self, k, r, samples, seqs, out) -> bool:
@@ -131,6 +158,7 @@ class Stepper:
         log.warning("stream %r: sent number %s but the daemon is at %s (%s: another writer stepped it, or the "
                     "daemon lost its state); stepping it as number %s", stream, sent, e.seq, e.code, e.expected)
         seqs[k] = e.expected
+        self._remember(k, stream, seqs[k])
         return True
 
     def _numbers(self, samples, mids, dups) -> tuple | None:
@@ -141,7 +169,8 @@ class Stepper:
         seqs: list = [None] * len(samples)
         unknown, resent = [], set()
         for k, s in enumerate(samples):
-            known = self._by_mid.get(mids[k]) if dups[k] else None
+            with self._lock:
+                known = self._by_mid.get(mids[k]) if dups[k] else None
             if known is not None and known[0] == s.stream:
                 seqs[k] = known[1]  # a redelivery of a message this bridge stepped: the same number
                 resent.add(k)

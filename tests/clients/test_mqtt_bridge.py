@@ -202,19 +202,25 @@ def test_broker_restarted_mid_run(replay, broker, daemon, bridges):
     collector.close()
 
 
-def test_bridge_killed_mid_run_with_sequence_numbers(replay, broker, daemon, bridges):
-    """kill -9 the bridge mid-run and start it again: with --seq-field the messages it had stepped but not
-    acknowledged come again and are answered from the receipts, never stepped twice."""
+@pytest.mark.parametrize("numbers", ["seq-field", "state-file"])
+def test_bridge_killed_mid_run(replay, broker, daemon, bridges, tmp_path, numbers):
+    """kill -9 the bridge mid-run and start it again: the messages it had stepped but not acknowledged come
+    again and are answered from the receipts, never stepped twice: numbered by the sensors (--seq-field), or
+    by the bridge with --state-file."""
     X, offline = replay
     d = daemon()
     collector = Collector(broker.port, "predictions/#")
-    first = bridges(broker, d.endpoint, "--fields", "ax,ay,az,gx,gy,gz", "--seq-field", "n")
+    if numbers == "seq-field":
+        fmt, extra = "object", ("--fields", "ax,ay,az,gx,gy,gz", "--seq-field", "n")
+    else:
+        fmt, extra = "array", ("--state-file", tmp_path / "bridge.state")
+    first = bridges(broker, d.endpoint, *extra)
     pub = mqtt_client(broker.port, "test-publisher")
-    publish_all(pub, messages(X, "object", seq=True, samples=range(T // 2)))
+    publish_all(pub, messages(X, fmt, seq=True, samples=range(T // 2)))
     _wait(collector, lambda m: len(m) >= S * T // 8, first)
     first.stop(signal.SIGKILL)
-    publish_all(pub, messages(X, "object", seq=True, samples=range(T // 2, T)))  # queued for it by the broker
-    second = bridges(broker, d.endpoint, "--fields", "ax,ay,az,gx,gy,gz", "--seq-field", "n")
+    publish_all(pub, messages(X, fmt, seq=True, samples=range(T // 2, T)))  # queued for it by the broker
+    second = bridges(broker, d.endpoint, *extra)
     _wait(collector, all_in(), second)
     check_predictions(collector, offline, d.endpoint)
     pub.disconnect()
