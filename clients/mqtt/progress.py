@@ -70,7 +70,7 @@ class Progress:
             header = None
         if not isinstance(header, dict) or "lstm-stream-bridge" not in header:
             raise StateFileError(f"--state-file {self.path} is not a bridge's state file (its first line is "
-                             f"{lines[0][:60]!r}); move it away or name another file")
+                                 f"{lines[0][:60]!r}); move it away or name another file")
         mine = self.header
         if header.get("broker") != mine["broker"] or header.get("client_id") != mine["client_id"]:
             log.warning("--state-file %s belongs to client id %r at %s, not this bridge's: not used", self.path,
@@ -92,8 +92,8 @@ class Progress:
             except (ValueError, IndexError, TypeError, KeyError):
                 if n == len(lines):  # a torn last line: the process died while writing it
                     break
-                raise StateFileError(f"--state-file {self.path}, line {n}: unreadable record {line[:60]!r}; move the "
-                                 "file away to start without it") from None
+                raise StateFileError(f"--state-file {self.path}, line {n}: unreadable record {line[:60]!r}; "
+                                     "move the file away to start without it") from None
         log.info("--state-file %s: %d packet id(s) remembered", self.path, len(memory))
         return memory
 

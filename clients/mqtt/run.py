@@ -47,7 +47,6 @@ def run_bridge(args) -> int:
     except ValueError as e:  # --stream-from, or a key file that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    _on_signals(stop)
     with client:
         try:
             progress = None if args.state_file is None else \
@@ -58,6 +57,7 @@ def run_bridge(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
         m = _mqtt_client(mqtt, args, password)
+        _on_signals(stop)
         bridge = Bridge(m, stepper, None, filters=args.subscribe, publish=args.publish, output=args.output,
                         errors_topic=args.errors_topic, max_batch=args.max_batch, stop=stop)
         try:

@@ -112,3 +112,15 @@ def test_cli_does_not_import_paho():
             "'mqtt://h', '--subscribe', 's/+', '--publish', 'p/{stream}']); "
             "assert not any(m.startswith('paho') for m in sys.modules), 'paho imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_refuses_a_state_file_it_cannot_use(tmp_path, capsys):
+    base = ["bridge", "mqtt", "--broker", "mqtt://127.0.0.1:1", "--subscribe", "s/+", "--publish", "p/{stream}"]
+    assert main(base + ["--state-file", str(tmp_path / "s"), "--seq-field", "n"]) == 2
+    assert "--state-file is for steps the bridge numbers itself" in capsys.readouterr().err
+    pytest.importorskip("paho.mqtt", reason="paho-mqtt is not installed (pip install 'lstm-stream[mqtt]')")
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    assert main(base + ["--state-file", str(tmp_path / "notes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt is not a bridge's state file" in err
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"  # left as it was
