@@ -2,7 +2,8 @@
 the daemon, against the daemon alone, in the same run with the same samples.
 
 One daemon (the default model), one broker (tests/mqtt_broker.py's config: persistence on, unlimited queues,
-TCP_NODELAY) and one bridge (--fields, --seq-field: exactly-once), all on loopback. Each round replays the
+TCP_NODELAY) and two bridges (--fields; one with --seq-field, one numbering the steps itself with
+--state-file), all on loopback. Each round replays the
 default model's held-out recordings (N streams x T samples, time step by time step across the streams) as
 fresh streams through each contender, in a rotating order:
   daemon, one step per call      Client.step(stream, x, seq=n): one round trip per sample
@@ -10,6 +11,8 @@ fresh streams through each contender, in a rotating order:
   broker alone                   publish every sample (QoS 1) and receive it back on a subscription: MQTT's
                                  own cost, no bridge, no daemon
   bridge                         publish every sample (QoS 1) until the last prediction comes back
+  bridge, --state-file           the same through a second bridge that numbers the steps itself and keeps
+                                 its packet-id memory in a state file (no --seq-field)
 The figure is the median over rounds of samples/s (from the first send to the last reply or prediction).
 """
 from __future__ import annotations
@@ -112,6 +115,9 @@ class Rounds:
     def bridge(self, prefix):
         return self._through_mqtt(lambda s: f"sensors/{s}/imu", prefix)
 
+    def bridge_state_file(self, prefix):
+        return self._through_mqtt(lambda s: f"numbered/{s}/imu", prefix)
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -136,36 +142,41 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         broker = Mosquitto(Path(tmp) / "broker").start()
         proc, endpoint = _daemon(tmp)
-        bridge = BridgeProcess(["--broker", broker.url, "--connect", endpoint, "--subscribe", "sensors/+/imu",
-                                "--publish", "predictions/{stream}", "--fields", ",".join(FIELDS), "--seq-field", "n",
-                                "--client-id", "bench-bridge", "--max-batch", a.max_batch, "--log-level", "info"],
-                               Path(tmp) / "bridge.log")
+        common_args = ["--broker", broker.url, "--connect", endpoint, "--publish", "predictions/{stream}",
+                       "--fields", ",".join(FIELDS), "--max-batch", a.max_batch, "--log-level", "info"]
+        bridges = [BridgeProcess([*common_args, "--subscribe", "sensors/+/imu", "--seq-field", "n", "--client-id",
+                                  "bench-bridge"], Path(tmp) / "bridge.log"),
+                   BridgeProcess([*common_args, "--subscribe", "numbered/+/imu", "--state-file",
+                                  Path(tmp) / "bridge.state", "--client-id", "bench-bridge-numbered"],
+                                 Path(tmp) / "bridge-numbered.log")]
         try:
-            bridge.start()
+            for b in bridges:
+                b.start()
             rounds = Rounds(X, endpoint, broker.port)
-            names = ("daemon_single", "daemon_pipelined", "broker_alone", "bridge")
+            names = ("daemon_single", "daemon_pipelined", "broker_alone", "bridge", "bridge_state_file")
             times = {k: [] for k in names}
             for r in range(a.rounds + 1):  # round 0 warms up
                 for k in names[r % len(names):] + names[:r % len(names)]:
                     dt = getattr(rounds, k)(f"r{r}-{k}")
                     if r:
                         times[k].append(dt)
-            log_tail = bridge.log()[-300:]
         finally:
-            bridge.stop()
+            for b in bridges:
+                b.stop()
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
             broker.stop()
-    return report(a, X.shape, times, log_tail)
+    return report(a, X.shape, times)
 
 
-def report(a, shape, times, log_tail) -> int:
+def report(a, shape, times) -> int:
     N, T, _ = shape
     rate = {k: N * T / statistics.median(v) for k, v in times.items()}
     labels = {"daemon_single": "daemon alone, one step per call (Client.step, seq)",
               "daemon_pipelined": f"daemon alone, pipelined per time step ({N} steps per round trip, seq)",
               "broker_alone": "broker alone: publish QoS 1, receive on a subscription (no bridge, no daemon)",
-              "bridge": "broker + bridge + daemon: publish QoS 1 until the prediction is received"}
+              "bridge": "broker + bridge + daemon: publish QoS 1 until the prediction is received (--seq-field)",
+              "bridge_state_file": "the same, steps numbered by the bridge, --state-file"}
     rows = [[labels[k], f"{rate[k]:,.0f}", f"{rate['bridge'] / rate[k]:.2f}"] for k in labels]
     busy = common._busy_before is not None and common._busy_before > common.BUSY_SHARE
     setup = (f"`python -m bench.mqtt{' --quick' if a.quick else ''}`: the default model, {N} recordings x {T} "
