@@ -115,10 +115,19 @@ def _serve(serve, streams, snapshots, journal, config) -> int:
     except (OSError, ValueError) as e:
         return _refuse("cannot start: %s", e)
     core = EngineCore(streams, config, snapshots=snapshots, journal=journal, background=background, access=access)
+    exporter = None
+    if serve.metrics_port is not None:  # prometheus_client is imported there, only then (the `metrics` extra)
+        from .metrics import MetricsError, start_metrics
+        try:
+            exporter = start_metrics(core, serve.metrics_bind, serve.metrics_port)
+        except MetricsError as e:
+            return _refuse("cannot start: %s", e)
     try:
         server = Server(core, serve.bind, curve=curve)
     except zmq.ZMQError as e:
         return _refuse("cannot bind %s: %s", list(serve.bind), e)
+    if exporter is not None:
+        exporter.watch(server)
     if curve is None:
         for endpoint in server.endpoints:
             if not is_loopback(endpoint):

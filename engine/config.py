@@ -98,6 +98,14 @@ def parse_endpoint(text: str) -> str:
     return text
 
 
+def parse_port(text: str) -> int:
+    """A TCP port: 1 to 65535, or 0 for any free one."""
+    if not str(text).strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; expected a number from 1 to 65535 (e.g. "
+                                         "9464), or 0 for any free port (logged)")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class Unit:
     """How an option's value is written as text: its metavar, text -> value, value -> text, a word after it."""
@@ -116,6 +124,7 @@ def count(word: str) -> Unit:
 TEXT = Unit(None)
 PATH, DIR = Unit("PATH"), Unit("DIR")
 ENDPOINT = Unit("ENDPOINT", parse_endpoint)
+PORT, ADDRESS = Unit("PORT", parse_port), Unit("ADDRESS")
 DURATION = Unit("DURATION", parse_duration, format_duration)
 SIZE = Unit("SIZE", parse_size, format_size)
 MICROSECONDS = Unit("N", parse_microseconds, lambda seconds: f"{seconds * 1e6:g}", "µs")
@@ -177,6 +186,13 @@ class ServeConfig:
                                     shown="none")
     namespaces: str = option("off", "with `--curve-secret`: `on` gives each step key its own stream ids (kept "
                              "apart internally by the key's id; `streams` lists its own)", choices=("on", "off"))
+    # The Prometheus endpoint (docs/operations.md, "Metrics"): off by default, and on loopback unless told
+    # otherwise: the metrics name no stream, but they show the load, the errors and the model's fingerprint.
+    metrics_port: int | None = option(None, "serve Prometheus metrics at `http://ADDRESS:PORT/metrics` (needs "
+                                      "`pip install 'lstm-stream[metrics]'`; 0: any free port, logged; see "
+                                      "[Metrics](#metrics))", unit=PORT, shown="off")
+    metrics_bind: str = option("127.0.0.1", "the address the metrics endpoint listens on (`0.0.0.0`: every "
+                               "interface; anyone who can reach it reads the metrics)", unit=ADDRESS)
 
     def __post_init__(self):
         if self.snapshot_every is not None and self.snapshot_dir is None:
@@ -191,6 +207,11 @@ class ServeConfig:
         elif self.allow_keys is None and self.admin_keys is None:
             raise ValueError("--curve-secret needs --allow-keys DIR or --admin-keys DIR (or both): with neither, "
                              "no client could connect")
+        port = self.metrics_port
+        if port is not None and (type(port) is not int or not 0 <= port <= 65535):
+            raise ValueError(f"--metrics-port must be a TCP port from 1 to 65535 (0: any free port), got {port!r}")
+        if not isinstance(self.metrics_bind, str) or not self.metrics_bind:
+            raise ValueError(f"--metrics-bind must be a host address, e.g. 127.0.0.1, got {self.metrics_bind!r}")
 
     @property
     def logging_steps(self) -> bool:

@@ -66,6 +66,13 @@ class EngineCore(Ops):
         self._started = clock()
         self.metrics = collections.Counter()
         self._last_metrics = collections.Counter()
+        # For the Prometheus endpoint (engine/metrics.py reads them when scraped): requests by op, replies by
+        # (op, code) with code "ok" on success, and with it on (stats a LoopStats) the loop's histograms; the
+        # server stamps `arrival` (perf_counter) on the requests of each drain, for their queue waits.
+        self.requests_by_op = collections.Counter()
+        self.replies_by_op = collections.Counter()
+        self.stats = None
+        self.arrival = 0.0
         self._next_evict = self._started + config.evict_every
         self._next_metrics = self._started + config.metrics_every
         self._dispatch = {op: getattr(self, f"_op_{op}") for op in P.OPS if op not in P.STEP_OPS}
@@ -88,14 +95,15 @@ class EngineCore(Ops):
         its key may not run (forbidden). `user`: the peer's CURVE user id (its z85 public key), checked
         against the access roles here, the one place (no access control: every peer is admin)."""
         self.metrics["requests"] += 1
+        self.requests_by_op[req.op] += 1
         peer = tag[0] if type(tag) in (list, tuple) and tag else tag  # the connection: its own queue
         if self.access is not None:
             try:
                 req, why, kid = self.access.admit(req, user)
             except P.ProtocolError as e:  # an id that cannot be namespaced
-                return self.refuse(e.request_id, e.code, e.message, counted=True)
+                return self.refuse(e.request_id, e.code, e.message, counted=True, op=req.op)
             if why is not None:
-                return self.refuse(req.id, P.FORBIDDEN, why, counted=True)
+                return self.refuse(req.id, P.FORBIDDEN, why, counted=True, op=req.op)
             if kid is not None:
                 tag = Owned(tag, kid)  # its replies show the client's own ids (step() unwraps the tag)
         op = req.op
@@ -113,11 +121,11 @@ class EngineCore(Ops):
             why = f"{self._pending} requests are queued" if self._pending >= cfg.max_pending else \
                 f"this client has {len(q)} requests queued (--max-peer-pending {cfg.max_peer_pending})"
             return self.refuse(req.id, P.BUSY, f"the engine is busy: {why}; this one was not applied, resend it "
-                                               "later", counted=True)
+                                               "later", counted=True, op=op)
         if q is None:
             self._queues[peer] = q = collections.deque()
             self._ring.append(peer)
-        q.append((tag, req, nbytes))
+        q.append((tag, req, nbytes, self.arrival))
         self._pending += 1
         self.pending_bytes += nbytes
         return None
@@ -150,7 +158,7 @@ class EngineCore(Ops):
         return None
 
     def _too_large(self, req, message, limit, option) -> Reply:
-        reply = self.refuse(req.id, P.TOO_LARGE, message, counted=True)
+        reply = self.refuse(req.id, P.TOO_LARGE, message, counted=True, op=req.op)
         reply.detail = {"limit": limit, "option": option}
         return reply
 
@@ -159,7 +167,7 @@ class EngineCore(Ops):
         ring = self._ring
         peer = ring[0]
         q = self._queues[peer]
-        tag, req, nbytes = q.popleft()
+        tag, req, nbytes, arrived = q.popleft()
         if q:
             ring.rotate(-1)
         else:
@@ -167,18 +175,23 @@ class EngineCore(Ops):
             del self._queues[peer]
         self._pending -= 1
         self.pending_bytes -= nbytes
+        if self.stats is not None:
+            self.stats.arrivals.append(arrived)
         return tag, req
 
     def _peek(self):
         """The (tag, Request, wire bytes) that _pop() returns next."""
         return self._queues[self._ring[0]][0]
 
-    def refuse(self, request_id, code: str, message: str, *, counted: bool = False) -> Reply:
-        """The error Reply to a request that is not served (one the wire could not decode, say), counted."""
+    def refuse(self, request_id, code: str, message: str, *, counted: bool = False, op=None) -> Reply:
+        """The error Reply to a request that is not served (one the wire could not decode, say), counted
+        (under `op`, None for a message that is not a request)."""
         if not counted:
             self.metrics["requests"] += 1
+            self.requests_by_op[op] += 1
         self.metrics["errors"] += 1
         self.metrics[f"error.{code}"] += 1
+        self.replies_by_op[op, code] += 1
         return Reply.failure(request_id, code, message)
 
     def step(self) -> list:
@@ -297,17 +310,22 @@ class EngineCore(Ops):
                 xs = self.streams.check_input(x)  # (T, I), finite, of the model's dtype: what the record holds
                 self._log(records.one_record(req.stream, xs, self._wall, self.streams))
             except LogWriteError as e:
-                return self.refuse(req.id, P.LOG_FAILED, str(e), counted=True)
+                return self.refuse(req.id, P.LOG_FAILED, str(e), counted=True, op=req.op)
             except Exception as e:
                 return self._failure(req, e)
             x = xs if x.ndim == 2 else xs[0]
+        stats = self.stats
+        t0 = time.perf_counter() if stats is not None else 0.0
         try:
             y = self.streams.step(req.stream, x)
         except Exception as e:
             return self._failure(req, e)
+        n = len(y) if y.ndim == 2 else 1
+        if stats is not None:
+            stats.kernel(time.perf_counter() - t0, n, 1)
         self.metrics["batches"] += 1
         self.metrics["batched_requests"] += 1
-        self.metrics["batched_samples"] += len(y) if y.ndim == 2 else 1
+        self.metrics["batched_samples"] += n
         return self._success(req, {"y": y})
 
     def _execute(self, p, retry=True) -> dict:
@@ -320,12 +338,15 @@ class EngineCore(Ops):
                 if not self.streams.finite(p.X):
                     raise InputError("X contains NaN or Inf; expected finite values")
                 self._log(records.steps_record(p, self._wall, self.streams))
+            stats = self.stats
+            t0 = time.perf_counter() if stats is not None else 0.0
             if len(p.ids) == 1:  # a request alone (low load): the one-stream, lowest-latency path
                 Y = self.streams.step(p.ids[0], p.X)  # (T, O), even for one row
             else:
                 Y = self.streams.step_planned(p.ids, p.lengths, p.X, p.slots, p.generation)
         except LogWriteError as e:
-            return {id(s.request): self.refuse(s.request.id, P.LOG_FAILED, str(e), counted=True) for s in p.spans}
+            return {id(s.request): self.refuse(s.request.id, P.LOG_FAILED, str(e), counted=True, op=s.request.op)
+                    for s in p.spans}
         except InputError as e:  # NaN/Inf somewhere: refuse the requests holding one, run the others again
             bad = p.non_finite() if retry else []
             if not bad:
@@ -339,10 +360,15 @@ class EngineCore(Ops):
         except Exception as e:  # planned requests were checked; anything left is a bug
             log.exception("step batch of %d requests failed", len(p.spans), extra=repeating("batch_failed"))
             return {id(s.request): self._failure(s.request, e) for s in p.spans}
+        if stats is not None:
+            stats.kernel(time.perf_counter() - t0, p.samples, len(p.spans))
         self.metrics["batches"] += 1
         self.metrics["batched_requests"] += len(p.spans)
         self.metrics["batched_samples"] += p.samples
         self.metrics["ok"] += len(p.spans)
+        replies = self.replies_by_op
+        for s in p.spans:
+            replies[s.request.op, "ok"] += 1
         if p.seqs is not None:
             for stream, seq, rows in p.receipts(Y):
                 self.streams.remember(stream, seq, rows)
@@ -354,7 +380,7 @@ class EngineCore(Ops):
             try:
                 self._log(records.op_record(req, self._wall))
             except LogWriteError as e:
-                return self.refuse(req.id, P.LOG_FAILED, str(e), counted=True)
+                return self.refuse(req.id, P.LOG_FAILED, str(e), counted=True, op=req.op)
         try:
             return self._success(req, self._dispatch[req.op](req))
         except Exception as e:
@@ -363,6 +389,7 @@ class EngineCore(Ops):
     # ---- replies ---------------------------------------------------------------------------------
     def _success(self, req, result) -> Reply:
         self.metrics["ok"] += 1
+        self.replies_by_op[req.op, "ok"] += 1
         return Reply.success(req, result)
 
     def _failure(self, req, e) -> Reply:
@@ -377,7 +404,7 @@ class EngineCore(Ops):
         else:
             log.error("%s request failed", req.op, exc_info=e, extra=repeating("request_failed", req.op, op=req.op))
             code, msg = P.INTERNAL, f"internal error ({type(e).__name__}); the daemon logged it"
-        reply = self.refuse(req.id, code, msg, counted=True)
+        reply = self.refuse(req.id, code, msg, counted=True, op=req.op)
         reply.detail = detail
         return reply
 

@@ -32,6 +32,7 @@ import time
 from lstm_stream import steplog
 
 from .logs import repeating
+from .loopstats import FSYNC_SECONDS, Buckets
 
 log = logging.getLogger("lstm_stream.engine")
 
@@ -73,6 +74,13 @@ class Journal:
         self._stop = False
         self._thread = None
         self._wake_r, self._wake_w = os.pipe()  # the fsync thread tells the loop that `durable` moved
+        # For the metrics endpoint: records and bytes written by this process, failures in all, fsync times,
+        # and since when (time.monotonic) records have waited for an fsync (fsync_lag).
+        self.opened_lsn = 0
+        self.written_bytes = 0
+        self.write_failures = self.fsync_failures = 0
+        self.fsync_seconds = Buckets(FSYNC_SECONDS)
+        self._unsynced_since = 0.0
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
 
@@ -80,7 +88,7 @@ class Journal:
     def open(self, last_lsn: int) -> None:
         """Start writing after `last_lsn` (what recovery found): always in a new segment."""
         os.makedirs(self.directory, exist_ok=True)
-        self.lsn = self.durable = last_lsn
+        self.lsn = self.durable = self.opened_lsn = last_lsn
         stale = os.path.join(self.directory, steplog.segment_name(last_lsn + 1))
         if os.path.exists(stale):  # a segment started (at a snapshot) that holds no record: recovery found none
             steplog.remove(stale)
@@ -139,11 +147,15 @@ class Journal:
         try:
             if self._seg.size >= self._segment_bytes:
                 self.rotate()
-            self._seg.write(steplog.frame(lsn, payload))
+            record = steplog.frame(lsn, payload)
+            self._seg.write(record)
         except OSError as e:
             self._failed(e)
             raise LogWriteError(self.refusal()) from None
+        if self.lsn == self.durable:  # the first record since everything was durable
+            self._unsynced_since = time.monotonic()
         self.lsn = lsn
+        self.written_bytes += len(record)
         if self.failures:
             log.warning("the step log is written again after %d failed attempts", self.failures,
                         extra={"event": "log_write_recovered", "path": self.directory, "failures": self.failures})
@@ -152,6 +164,7 @@ class Journal:
 
     def _failed(self, e):
         self.failures += 1
+        self.write_failures += 1
         self.last_error = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else str(e)
         self._retry_at = self._clock() + self._delay
         if self.failures == 1 or self.failures & (self.failures - 1) == 0:
@@ -171,7 +184,7 @@ class Journal:
         """Close the open segment (fsynced) and start a new one at the next lsn."""
         with self._fd_busy:
             old = self._seg
-            old.fsync()
+            self._fsync(old)
             self._seg = self._new_segment()
             old.close()
         self._mark_durable(self.lsn)
@@ -215,8 +228,21 @@ class Journal:
     def _sync_now(self):
         with self._fd_busy:
             target = self.lsn
-            self._seg.fsync()
+            self._fsync(self._seg)
         self._mark_durable(target)
+
+    def _fsync(self, seg):
+        """Fsync a segment (holding _fd_busy), timed for the metrics."""
+        t0, start = time.monotonic(), time.perf_counter()
+        seg.fsync()
+        self.fsync_seconds.observe(time.perf_counter() - start)
+        self._unsynced_since = t0  # the records not covered by this fsync were written after t0
+
+    def fsync_lag(self) -> tuple[int, float]:
+        """(records written and not yet fsynced, seconds the oldest of them has waited at most); (0, 0.0) when
+        everything written is durable. Read on the scrape's thread while the others move: a close picture."""
+        waiting = self.lsn - self.durable
+        return (waiting, max(time.monotonic() - self._unsynced_since, 0.0)) if waiting > 0 else (0, 0.0)
 
     def sync(self) -> None:
         """Fsync now, in the caller's thread (shutdown, tests)."""
@@ -240,6 +266,7 @@ class Journal:
                     return
 
     def _sync_failed(self, e):
+        self.fsync_failures += 1
         if self.policy == "always":
             self.fatal = str(e)
             log.critical("fsync of the step log failed: %s. What reached the disk is unknown, so nothing more is "

@@ -34,6 +34,7 @@ for the whole write, but needs no second copy and no fork.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -41,6 +42,7 @@ import time
 
 from lstm_stream.snapshot import read_snapshot
 
+from .loopstats import SNAPSHOT_SECONDS, Buckets
 from .snapshot_jobs import ForkedWrite, SnapshotWriteError, ThreadedWrite, fork_available
 
 from .logs import repeating
@@ -147,6 +149,12 @@ class Snapshots:
         self._reported = 0.0           # clock time of the episode's last log line
         self._job = None               # the background write in flight (engine/snapshot_jobs.py)
         self._capture_info = None      # (reason, meta, streams, perf time, clock time, stall) of that write
+        # For the metrics endpoint: saves by reason, failed saves in all, and each durable save's time and how
+        # long the loop stopped for it (the fork or the copy; the whole write for save()).
+        self.saves: collections.Counter = collections.Counter()
+        self.failed_total = 0
+        self.seconds = Buckets(SNAPSHOT_SECONDS)
+        self.pauses = Buckets(SNAPSHOT_SECONDS)
 
     def restore(self, *, cold_wins: bool = True) -> int | None:
         """Load the snapshot if there is one: number of streams restored, or None without a file; its meta
@@ -238,6 +246,9 @@ class Snapshots:
         seconds = time.perf_counter() - t0
         self.last = {"path": self.path, "bytes": size, "streams": count, "seconds": seconds, "reason": reason,
                      "time": time.time()}
+        self.saves[reason] += 1
+        self.seconds.observe(seconds)
+        self.pauses.observe(stall or seconds)  # stall is 0.0 for save(): the loop waited for the whole write
         log.info("snapshot (%s): %d streams, %d bytes to %s in %.3f s%s", reason, count, size, self.path,
                  seconds, f" in the background (the loop paused {1e3 * stall:.1f} ms)" if stall else "",
                  extra={"event": "snapshot", "reason": reason, "streams": count, "bytes": size, "path": self.path,
@@ -260,6 +271,7 @@ class Snapshots:
         """Count a failed save; what it had captured is unsaved, so the state is dirty again."""
         self.dirty = True
         self.failures += 1
+        self.failed_total += 1
         self.last_error = str(e) or type(e).__name__
         if self._since is None:
             self._since = self._clock()

@@ -63,6 +63,7 @@ class Server:
             self._close(0)
             raise
         self._dropped_logged = 0
+        self.received_bytes = self.sent_bytes = 0  # request and reply payloads (the Prometheus endpoint's)
         self.fatal = False  # the step log could not be made durable (--fsync always): stopped without answering
 
     def stop(self) -> None:
@@ -72,7 +73,7 @@ class Server:
     def run(self) -> None:
         """The loop: poll (timeout only for housekeeping), drain, step, reply, housekeep; until stop()."""
         core, wire, sock = self.core, self._wire, self._sock
-        journal = core.journal
+        journal, stats, clock = core.journal, core.stats, time.perf_counter  # stats: LoopStats with metrics on
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         if journal is not None:  # the fsync thread's wake-ups: held replies may leave (--fsync always)
@@ -88,6 +89,8 @@ class Server:
                     wait = min(max(deadline - now, 0.0), MAX_POLL_SECONDS)
                 events = dict(poller.poll(wait * 1000))
                 if sock in events and core.held < core.config.max_pending:  # held: replies awaiting an fsync
+                    if stats is not None:
+                        core.arrival = clock()  # the read time of this drain's requests (queue wait)
                     self._drain()
                 if journal is not None:
                     if journal.wake_fd in events:
@@ -95,9 +98,12 @@ class Server:
                     if journal.fatal is not None:
                         self.fatal = True
                         return
+                t0 = clock() if stats is not None else 0.0
                 replies = wire.step()
                 if replies:
                     self._send_all(replies)
+                    if stats is not None:
+                        stats.turn(t0, clock())
                     spin_until = time.monotonic() + core.config.spin
                 deadline = core.housekeep()
             while core.pending:  # answer what was accepted before stopping
@@ -129,6 +135,7 @@ class Server:
                 frames = self._recv(zmq.NOBLOCK)  # (CURVE: also sets self._user)
             except zmq.Again:
                 return
+            self.received_bytes += len(frames[-1])
             if len(frames) == 2:
                 envelope, body = frames[:1], frames[1]
             elif len(frames) == 3 and frames[1] == b"":
@@ -163,6 +170,7 @@ class Server:
     def _send(self, envelope, data) -> None:
         try:
             self._sock.send_multipart([*envelope, data], zmq.NOBLOCK)
+            self.sent_bytes += len(data)
         except zmq.ZMQError as e:  # Again: the peer's queue is full; EHOSTUNREACH: the peer is gone
             self.core.metrics["replies_dropped"] += 1
             n = self.core.metrics["replies_dropped"]

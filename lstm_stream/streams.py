@@ -40,6 +40,10 @@ def _id_list(ids):
 class Streams(ColdTier, SnapshotIO):
     """Per-stream LSTM state for one model, stepped by a CPU or CUDA backend."""
 
+    # Streams created (a new id's first step, set_state, copy), dropped (drop, or idle with --idle-action
+    # drop), evicted to and thawed from the cold store, since this object was made (counters for metrics).
+    created = dropped = evicted = thawed = 0
+
     def __init__(self, model: LSTMModel, backend: str = "cpu", *, max_streams: int | None = None,
                  idle_ttl: float | None = None, threads: int | None = None, initial_capacity: int = 64,
                  clock=time.time, cold=None, idle_action: str | None = None):
@@ -161,6 +165,7 @@ class Streams(ColdTier, SnapshotIO):
             return self._store.slot(stream_id)
         slot = self._store.add(stream_id, now)
         self._generation += 1
+        self.created += 1
         self._backend.zero(slot)
         self._receipts.clear(slot)
         return slot
@@ -381,9 +386,9 @@ class Streams(ColdTier, SnapshotIO):
     def drop(self, stream_id) -> None:
         """Remove a stream, in memory or cold (its stored versions go too); its memory is reused by the next
         new stream. A cold stream is not brought back to be dropped."""
-        if self.cold is not None and self._drop_cold(stream_id):
-            return
-        self._forget(stream_id)
+        if not (self.cold is not None and self._drop_cold(stream_id)):
+            self._forget(stream_id)
+        self.dropped += 1
 
     # ---- snapshots -------------------------------------------------------------------------------
     def export_slots(self, slots) -> dict:

@@ -65,6 +65,7 @@ class ColdTier:
             self._generation += 1
             self.import_slots(slots, arrays)
             self.cold.warm.update(found)
+            self.thawed += len(found)
 
     def is_cold(self, stream_id) -> bool:
         """Whether a stream is in the cold store and not in memory (its next request brings it back)."""
@@ -85,6 +86,7 @@ class ColdTier:
             self.cold.put(ids, self.export_slots(slots), self.cold.next_lsn if lsn is None else lsn)
         for i in ids:
             self._forget(i)
+        self.evicted += len(ids)
         return ids
 
     def evict_idle(self, now: float | None = None, lsn: int | None = None) -> list:
