@@ -1,0 +1,165 @@
+"""The Prometheus endpoint on against off: the same daemon build, same load, both running, alternating rounds.
+
+    python -m bench.metrics                  # prints the table and the per-round ratios
+    python -m bench.metrics --write-docs     # also its section of docs/benchmarks.md ("Metrics")
+    python -m bench.metrics --quick          # a smoke run
+
+Two daemons serve the same random model (I=8, H=64, O=4, 1 layer, `--threads 1`, no state directory) on free
+loopback ports: one plain, one with `--metrics-port`. A scraper process GETs the second one's /metrics every
+--scrape-every seconds (Prometheus' default interval is 15 s; 1 s is the harsh case) for the whole run, so
+the scrapes fall on the measured windows. The load generator (bench/loadgen.py, one DEALER per daemon) runs
+in this process. Every round measures both, one after the other (the order alternating), so the host's drift
+falls on both: 100 streams per message (10,000 streams, 16 in flight: the figure the goal is on), one sample
+per message (1,024 streams, 256 in flight), and the p50 of one request in flight. Printed: each figure's
+median over rounds and the per-round ratio on/off, median (min-max).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from . import common
+from .loadgen import LoadGen, step_pool
+
+ROUNDS, BLOCK_S, LATENCY_CALLS, READY_TIMEOUT_S = 8, 2.0, 1000, 180
+I, H, O = 8, 64, 4
+GOAL = 0.97  # on/off at 100 streams per message: at most 3% slower
+
+# The scraper: GET the endpoint every `every` seconds until SIGTERM; then print scrapes, failures, the median
+# scrape time (ms) and the size of the last body (bytes).
+SCRAPER = """
+import signal, statistics, sys, time, urllib.request
+url, every = sys.argv[1], float(sys.argv[2])
+times, failures, size = [], 0, 0
+def stop(*_):
+    raise SystemExit
+signal.signal(signal.SIGTERM, stop)
+nxt = time.monotonic()
+try:
+    while True:
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                size = len(r.read())
+            times.append(time.perf_counter() - t0)
+        except OSError:
+            failures += 1
+        nxt += every
+        time.sleep(max(nxt - time.monotonic(), 0))
+finally:
+    print(len(times), failures, 1e3 * statistics.median(times) if times else 0.0, size, flush=True)
+"""
+
+
+def _model(tmp: Path) -> Path:
+    sys.path.insert(0, str(common.ROOT / "tests"))
+    from models import random_model
+    path = tmp / "bench.npz"
+    random_model(np.random.default_rng(0), I=I, H=H, L=1, O=O).save(path)
+    return path
+
+
+def run(rounds: int = ROUNDS, block_s: float = BLOCK_S, every: float = 1.0, lat_calls: int = LATENCY_CALLS) -> dict:
+    pools = {"one": step_pool(1024, I, seed=2), "many": step_pool(10_000, I, per_message=100, seed=1)}
+    with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp:
+        tmp = Path(tmp)
+        model = _model(tmp)
+        ports = {"off": common.free_port(), "on": common.free_port()}
+        metrics_port = common.free_port()
+        base = [common.python(), "-m", "engine.cli", "serve", "--model", str(model), "--threads", "1",
+                "--log-level", "warning"]
+        args = {"off": base + ["--bind", f"tcp://127.0.0.1:{ports['off']}"],
+                "on": base + ["--bind", f"tcp://127.0.0.1:{ports['on']}", "--metrics-port", str(metrics_port)]}
+        ctx = zmq.Context()
+        with common.subprocess_server(args["off"], log_path=tmp / "off.log") as p_off, \
+                common.subprocess_server(args["on"], log_path=tmp / "on.log") as p_on:
+            gens = {"off": LoadGen(f"tcp://127.0.0.1:{ports['off']}", ctx),
+                    "on": LoadGen(f"tcp://127.0.0.1:{ports['on']}", ctx)}
+            scraper = None
+            try:
+                for k, p in (("off", p_off), ("on", p_on)):
+                    gens[k].wait_ready(READY_TIMEOUT_S, p)
+                scraper = subprocess.Popen([common.python(), "-c", SCRAPER,
+                                            f"http://127.0.0.1:{metrics_port}/metrics", str(every)],
+                                           stdout=subprocess.PIPE, text=True, env=common.clean_env())
+                res = {k: {"one": [], "many": [], "p50": []} for k in gens}
+                for g in gens.values():  # warm-up: every stream exists before timing
+                    g.throughput(pools["one"], 256, 0.5)
+                    g.throughput(pools["many"], 16, 0.5)
+                for r in range(rounds):
+                    order = ("off", "on") if r % 2 == 0 else ("on", "off")
+                    for k in order:
+                        g = gens[k]
+                        res[k]["many"].append(100 * g.throughput(pools["many"], 16, block_s))
+                        res[k]["one"].append(g.throughput(pools["one"], 256, block_s))
+                        res[k]["p50"].append(statistics.median(g.latency(pools["one"], lat_calls)))
+                        time.sleep(0.05)
+                    print(f"round {r + 1}/{rounds} done", flush=True)
+            finally:
+                if scraper is not None:
+                    scraper.terminate()
+                    out, _ = scraper.communicate(30)
+                for g in gens.values():
+                    g.close()
+                ctx.term()
+    scrapes, failures, scrape_ms, size = out.split()
+    return {"res": res, "rounds": rounds, "block_s": block_s, "every": every, "scrapes": int(scrapes), "failures": int(failures),
+            "scrape_ms": float(scrape_ms), "size": int(size)}
+
+
+def _ratio(on: list, off: list, invert: bool = False) -> tuple:
+    """Per-round on/off (off/on for a time): median, min, max."""
+    r = [(b / a) if invert else (a / b) for a, b in zip(on, off)]
+    return statistics.median(r), min(r), max(r)
+
+
+def report(r: dict) -> str:
+    res, rows = r["res"], []
+    ratios = {}
+    for label, key, unit, scale in (("100 streams per message, 16 in flight", "many", "samples/s", 1),
+                                    ("1 sample per message, 256 in flight", "one", "samples/s", 1),
+                                    ("p50, one request in flight", "p50", "µs", 1e6)):
+        off, on = (statistics.median(res[k][key]) * scale for k in ("off", "on"))
+        med, lo, hi = ratios[key] = _ratio(res["on"][key], res["off"][key], invert=key == "p50")
+        rows.append([label, f"{off:,.0f} {unit}", f"{on:,.0f} {unit}", f"{med:.3f} ({lo:.3f}-{hi:.3f})"])
+    med, lo, hi = ratios["many"]
+    lines = [f"Model: random, I={I} H={H} O={O}, 1 layer, float32; two daemons of the same build with `--threads 1` "
+             f"on 127.0.0.1 (no state directory), both running, timed in {r['rounds']} alternating rounds of "
+             f"{r['block_s']:g} s per load; the on daemon scraped every {r['every']:g} s throughout ({r['scrapes']} "
+             f"scrapes, {r['failures']} failed, median {r['scrape_ms']:.1f} ms each, {r['size']:,} bytes). "
+             "Client, scraper and daemons share the machine.", "",
+             common.table(["load", "metrics off", "metrics on", "on / off per round: median (min-max)"], rows), "",
+             "(For the p50 the ratio is off/on: a speed, like the others; below 1 is slower.)", "",
+             common.goal_line(f"cost at 100 streams per message <= 3% (on/off >= {GOAL})", med >= GOAL,
+                              f"median {med:.3f}, range {lo:.3f}-{hi:.3f}"), "",
+             *common.machine_lines()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.metrics", description=__doc__.splitlines()[0])
+    common.add_doc_options(ap)
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--seconds", type=float, default=BLOCK_S, help="each throughput window")
+    ap.add_argument("--scrape-every", type=float, default=1.0, help="seconds between two scrapes")
+    ap.add_argument("--quick", action="store_true", help="a smoke run (2 rounds, short windows)")
+    args = ap.parse_args(argv)
+    common.resolve_doc(args)
+    common.exit_on_sigterm()
+    if args.quick:
+        args.rounds, args.seconds = 2, 0.3
+    text = report(run(args.rounds, args.seconds, args.scrape_every, 100 if args.quick else LATENCY_CALLS))
+    common.publish("metrics", text, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
