@@ -99,6 +99,21 @@ def test_metrics_move_as_requests_are_served(daemon, served_models, tmp_path):
     assert b["lstm_stream_steplog_unsynced_records", ()] == 0 and b["lstm_stream_steplog_fsync_lag_seconds", ()] == 0
     assert moved(a, b, "lstm_stream_steplog_fsync_duration_seconds_count") >= 1
     assert b["lstm_stream_steplog_fsync_failures_total", ()] == b["lstm_stream_steplog_write_failures_total", ()] == 0
+    check_dashboard_and_docs({name for name, _ in b})
+
+
+def check_dashboard_and_docs(exported):
+    """Every lstm_stream_ series the dashboard queries is one the daemon exports (this one has every kind:
+    snapshots and the step log), and docs/operations.md names every family it exports."""
+    import json
+    import re
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    queried = {m for e in exprs for m in re.findall(r"lstm_stream_\w+", e)}
+    assert queried and queried <= exported, sorted(queried - exported)
+    families = {re.sub(r"_(bucket|sum|count|total|info)$", "", n) for n in exported if n.startswith("lstm_stream_")}
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    assert [f for f in sorted(families) if f not in doc] == []
 
 
 def test_undecodable_messages_and_busy_refusals_are_counted(daemon, served_models):
