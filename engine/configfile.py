@@ -130,7 +130,8 @@ def _parse_one(f, raw, where: str):
 _FORMS = {"N": "a whole number", "DURATION": 'a duration: a string such as "250ms", "30s", "5m", "1h", or a number '
           "of seconds", "SIZE": 'a size: a string such as "64KiB", "16MiB", or a number of bytes',
           "ENDPOINT": 'an address string such as "tcp://127.0.0.1:5555" or "ipc:///run/lstm-stream/sock"',
-          "PATH": "a path (a string)", "DIR": "a directory (a string)"}
+          "PATH": "a path (a string)", "DIR": "a directory (a string)",
+          "PORT": "a TCP port number (0: any free port)", "ADDRESS": 'a host address string such as "127.0.0.1"'}
 
 
 def expected(f) -> str:
