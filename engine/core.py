@@ -66,11 +66,13 @@ class EngineCore(Ops):
         self._started = clock()
         self.metrics = collections.Counter()
         self._last_metrics = collections.Counter()
-        # For the Prometheus endpoint (engine/metrics.py reads them when scraped): requests by op, replies by
-        # (op, code) with code "ok" on success, and with it on (stats a LoopStats) the loop's histograms; the
-        # server stamps `arrival` (perf_counter) on the requests of each drain, for their queue waits.
-        self.requests_by_op = collections.Counter()
-        self.replies_by_op = collections.Counter()
+        # For the Prometheus endpoint (engine/metrics.py reads them when scraped): requests by op, successful
+        # replies by op, error replies by (op, code) (defaultdicts: a third of a Counter's cost per increment),
+        # and with it on (stats a LoopStats) the loop's histograms; the server stamps `arrival` (perf_counter)
+        # on the requests of each drain, for their queue waits.
+        self.requests_by_op = collections.defaultdict(int)
+        self.ok_by_op = collections.defaultdict(int)
+        self.errors_by_op = collections.defaultdict(int)
         self.stats = None
         self.arrival = 0.0
         self._next_evict = self._started + config.evict_every
@@ -191,7 +193,7 @@ class EngineCore(Ops):
             self.requests_by_op[op] += 1
         self.metrics["errors"] += 1
         self.metrics[f"error.{code}"] += 1
-        self.replies_by_op[op, code] += 1
+        self.errors_by_op[op, code] += 1
         return Reply.failure(request_id, code, message)
 
     def step(self) -> list:
@@ -366,9 +368,9 @@ class EngineCore(Ops):
         self.metrics["batched_requests"] += len(p.spans)
         self.metrics["batched_samples"] += p.samples
         self.metrics["ok"] += len(p.spans)
-        replies = self.replies_by_op
+        ok = self.ok_by_op
         for s in p.spans:
-            replies[s.request.op, "ok"] += 1
+            ok[s.request.op] += 1
         if p.seqs is not None:
             for stream, seq, rows in p.receipts(Y):
                 self.streams.remember(stream, seq, rows)
@@ -389,7 +391,7 @@ class EngineCore(Ops):
     # ---- replies ---------------------------------------------------------------------------------
     def _success(self, req, result) -> Reply:
         self.metrics["ok"] += 1
-        self.replies_by_op[req.op, "ok"] += 1
+        self.ok_by_op[req.op] += 1
         return Reply.success(req, result)
 
     def _failure(self, req, e) -> Reply:

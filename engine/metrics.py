@@ -122,7 +122,8 @@ class EngineCollector:
     def _requests(self, core):
         from prometheus_client.core import CounterMetricFamily as Counter
         counters = dict(core.metrics)  # one C-level copy each (see the module docstring)
-        requests, replies = dict(core.requests_by_op), dict(core.replies_by_op)
+        requests, ok, errors = dict(core.requests_by_op), dict(core.ok_by_op), dict(core.errors_by_op)
+        replies = {**{(op, "ok"): n for op, n in ok.items()}, **errors}
         c = Counter("lstm_stream_requests", "Requests received, by op (`none`: a message that was no request).",
                     labels=["op"])
         for op, n in sorted(requests.items(), key=_by_label):

@@ -237,3 +237,22 @@ def test_queue_waits_are_counted_once_per_request():
     counts, total = s.queue_wait_seconds.read()
     assert counts[-1] == 5 and total == pytest.approx(3 * 1.0 + 2 * 0.5) and s.arrivals == []
     assert s.turn_seconds.read() == ([0] * 13 + [1] * 7, 0.25)
+
+
+def test_an_exporter_on_any_free_port_serves_until_closed(served_models):
+    """start_metrics in-process over a real EngineCore: port 0 picks a free port (in exporter.url), the loop's
+    histograms are turned on, and close() releases the port."""
+    import lstm_stream as ls
+    from engine.core import EngineCore
+    from engine.metrics import start_metrics
+    core = EngineCore(ls.Streams(served_models["ar"][1]))
+    exporter = start_metrics(core, "127.0.0.1", 0)
+    try:
+        assert core.stats is not None and exporter.url == f"http://127.0.0.1:{exporter.port}/metrics"
+        core.call({"v": 1, "id": 1, "op": "step", "stream": "a", "x": [0.1] * I})
+        m = scrape(exporter.port)
+        assert m["lstm_stream_requests_total", (("op", "step"),)] == 1 and m["lstm_stream_streams", ()] == 1
+    finally:
+        exporter.close()
+    with pytest.raises(OSError):
+        scrape(exporter.port)
