@@ -125,8 +125,8 @@ def run(rounds: int = ROUNDS, block_s: float = BLOCK_S, every: float = 1.0, lat_
                     g.close()
                 ctx.term()
     scrapes, failures, scrape_ms, size = out.split()
-    return {"res": res, "rounds": rounds, "block_s": block_s, "every": every, "scrapes": int(scrapes), "failures": int(failures),
-            "scrape_ms": float(scrape_ms), "size": int(size)}
+    return {"res": res, "rounds": rounds, "block_s": block_s, "every": every, "scrapes": int(scrapes),
+            "failures": int(failures), "scrape_ms": float(scrape_ms), "size": int(size)}
 
 
 def in_process(rounds: int = 15, reps: int = 30) -> dict:
@@ -223,7 +223,8 @@ def report(r: dict) -> str:
     p = r.get("in_process")
     if p is not None:
         rows = []
-        for label, key in (("16 messages of 100 streams per turn", "many"), ("256 one-sample messages per turn", "one")):
+        for label, key in (("16 messages of 100 streams per turn", "many"),
+                           ("256 one-sample messages per turn", "one")):
             off, on = statistics.median(p[key]["off"]), statistics.median(p[key]["on"])
             m, a, b = _ratio(p[key]["off"], p[key]["on"])  # off/on time per request: a speed ratio
             rows.append([label, f"{off:.2f} µs", f"{on:.2f} µs", f"{m:.3f} ({a:.3f}-{b:.3f})"])
@@ -231,7 +232,8 @@ def report(r: dict) -> str:
                   "time per request (process_time), histograms kept and stamped as the server loop does):", "",
                   common.table(["turns of", "histograms off", "on", "speed on/off per round: median (min-max)"], rows),
                   "", f"One scrape's work in the daemon (the collectors and the text exposition, on its HTTP thread, "
-                  f"holding the GIL; HTTP itself not counted): {p['scrape_ms']:.2f} ms, i.e. {p['scrape_ms'] / 10:.2f}% of the loop's time at "
+                  f"holding the GIL; HTTP itself not counted): {p['scrape_ms']:.2f} ms, i.e. "
+                  f"{p['scrape_ms'] / 10:.2f}% of the loop's time at "
                   "one scrape a second, "
                   f"{p['scrape_ms'] / 150:.3f}% at Prometheus' default 15 s.", ""]
     lines += common.machine_lines()

@@ -134,7 +134,8 @@ class EngineCollector:
         for (op, code), n in sorted(replies.items(), key=_by_label):
             c.add_metric([op or NOT_A_REQUEST, code], n)
         yield c
-        yield Counter("lstm_stream_samples", "Samples (stream-steps) stepped.", value=counters.get("batched_samples", 0))
+        yield Counter("lstm_stream_samples", "Samples (stream-steps) stepped.",
+                      value=counters.get("batched_samples", 0))
         yield Counter("lstm_stream_busy_refusals", "Requests refused as busy (a full queue or a client's quota; "
                       "not applied).", value=counters.get("busy", 0))
         yield Counter("lstm_stream_replies_dropped", "Replies that could not be sent (the client was gone or not "
