@@ -189,6 +189,14 @@ class LSTMModel:
         return cls.from_arrays(tensors_from_torch(lstm, head), head_activation=head_activation,
                                dtype=dtype, name=name)
 
+    @classmethod
+    def from_onnx(cls, model_or_path, *, dtype=None, name="model", check=True) -> "LSTMModel":
+        """Import an ONNX graph of LSTM nodes (+ MatMul/Add or Gemm head, Sigmoid/Softmax) from a path or an
+        onnx.ModelProto (lstm_stream/convert/onnx.py; docs/models.md). Imports onnx only here. check=True runs
+        the graph through onnx.reference once and refuses the import if the model does not reproduce it."""
+        from .convert.onnx import import_onnx
+        return import_onnx(model_or_path, dtype=dtype, name=name, check=check)
+
     def save(self, path) -> None:
         """Write weights and versioned config to an .npz file."""
         arrays = {k: np.ascontiguousarray(v) for k, v in self.tensors().items()}
