@@ -197,6 +197,14 @@ class LSTMModel:
         from .convert.onnx import import_onnx
         return import_onnx(model_or_path, dtype=dtype, name=name, check=check)
 
+    @classmethod
+    def from_keras(cls, model_or_path, *, dtype=None, name="model", check=True) -> "LSTMModel":
+        """Import a Keras 3 model of LSTM layers (+ Dense head) or a .keras file (lstm_stream/convert/keras.py;
+        docs/models.md). Imports keras only here. check=True runs the Keras model once on a short random batch
+        and refuses the import if the model does not reproduce it."""
+        from .convert.keras import import_keras
+        return import_keras(model_or_path, dtype=dtype, name=name, check=check)
+
     def save(self, path) -> None:
         """Write weights and versioned config to an .npz file."""
         arrays = {k: np.ascontiguousarray(v) for k, v in self.tensors().items()}
