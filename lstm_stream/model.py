@@ -157,7 +157,16 @@ class LSTMModel:
     # ---- constructors and I/O ------------------------------------------------------------------
     @classmethod
     def from_arrays(cls, tensors: dict, *, head_activation="none", dtype=None, name="model"):
-        """Build from a dict of PyTorch-named arrays (weight_ih_l0, ..., head.weight, head.bias)."""
+        """Build from a dict of PyTorch-named arrays: the public way in from any framework (docs/models.md).
+
+        For each layer l (0 = bottom), H hidden units, P = proj_size or H, I_l = input_size (l = 0) or P:
+            weight_ih_l{l} (4H, I_l)   weight_hh_l{l} (4H, P)   bias_ih_l{l} (4H,)   bias_hh_l{l} (4H,)
+            weight_hr_l{l} (P, H)      only with a projection (every layer or none)
+        the four gates stacked in rows in the order (i, f, g, o): input, forget, cell candidate (tanh), output;
+        a framework with one bias per gate gives it as bias_ih and zeros as bias_hh. Optional head:
+            head.weight (O, P)   head.bias (O,)    y = head_activation(head.weight @ h + head.bias)
+        head_activation "none", "sigmoid" or "softmax" (needs a head). dtype: "float32" or "float64" (None: float64
+        if weight_ih_l0 is, else float32). ModelError naming the tensor if a shape, dtype or value is wrong."""
         n = 0
         while f"weight_ih_l{n}" in tensors:
             n += 1
