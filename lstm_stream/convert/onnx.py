@@ -7,7 +7,8 @@ then optionally the last step (Gather/Slice of index -1, or the node's Y_h outpu
 Gemm) and a Sigmoid or Softmax. Everything else is refused with a ModelError naming the node.
 
 ONNX's gates are stacked (i, o, f, c) in W [1, 4H, I], R [1, 4H, H] and B [1, 8H] (= Wb then Rb); lstm-stream
-uses PyTorch's (i, f, g, o) with g = ONNX's c: block k of ours is block ONNX_GATES[k] of theirs.
+uses PyTorch's (i, f, g, o) with g = ONNX's c: block k of ours is block ONNX_GATES[k] of theirs. Peepholes P
+[1, 3H] are (p_i, p_o, p_f); ours (p_i, p_f, p_o): ONNX_PEEPHOLES.
 
 Before returning, the importer runs the graph through onnx.reference on a short random batch and compares it
 with the imported model (convert/verify.py), so glue it read wrongly is an error, never a silently wrong model.
@@ -22,6 +23,7 @@ from ..errors import ModelError
 from .onnx_graph import GLUE_OPS, INT64_BIG, KNOWN_OPS, OnnxGraph
 
 ONNX_GATES = (0, 2, 3, 1)  # our (i, f, g, o) from ONNX's (i, o, f, c)
+ONNX_PEEPHOLES = (0, 2, 1)  # our peepholes (p_i, p_f, p_o) from ONNX's P = (p_i, p_o, p_f)
 _REFUSED = {
     "GRU": "a GRU is not an LSTM; lstm-stream runs LSTM layers only",
     "RNN": "a plain RNN is not an LSTM; lstm-stream runs LSTM layers only",
@@ -91,6 +93,9 @@ def tensors_from_onnx(model_or_path):
     tensors, sizes, layers = {}, {}, []
     for l, (node, _, _, _) in enumerate(chain):
         layers.append(_lstm_layer(g, node, l, tensors))
+    if any(k.startswith("peephole_l") for k in tensors):  # peepholes on some nodes: zeros on the others
+        for l, ly in enumerate(layers):
+            tensors.setdefault(f"peephole_l{l}", np.zeros((3, ly["H"]), ly["dtype"]))
     if len({ly["H"] for ly in layers}) > 1:
         raise ModelError(f"the stacked LSTM nodes have hidden sizes {[ly['H'] for ly in layers]}; expected one "
                          "hidden size for every layer (as nn.LSTM has): lstm-stream's layers share it")
@@ -182,9 +187,12 @@ def _lstm_layer(g, node, l, tensors) -> dict:
     if Bv is None or Bv.shape != (1, 8 * H):
         raise ModelError(f"{d}: B is {'computed at run time' if Bv is None else f'of shape {Bv.shape}'}; "
                          f"expected a constant of shape [1, {8 * H}]")
+    peep = None
     if inputs[7] and g.is_zero(inputs[7]) is not True:
-        raise ModelError(f"{d} has peephole weights P: peephole connections are not supported yet; expected "
-                         "no P input (or an all-zero one)")
+        peep = g.const(inputs[7])
+        if peep is None or peep.shape != (1, 3 * H):
+            raise ModelError(f"{d}: P is {'computed at run time' if peep is None else f'of shape {peep.shape}'}; "
+                             f"expected a constant of shape [1, {3 * H}]")
     runtime = False
     for k, what in ((5, "initial_h"), (6, "initial_c")):
         zero = g.is_zero(inputs[k]) if inputs[k] else True
@@ -198,6 +206,8 @@ def _lstm_layer(g, node, l, tensors) -> dict:
     tensors[f"weight_hh_l{l}"] = perm(R[0])
     tensors[f"bias_ih_l{l}"] = perm(Bv[0, :4 * H])
     tensors[f"bias_hh_l{l}"] = perm(Bv[0, 4 * H:])
+    if peep is not None:  # ONNX's P is (p_i, p_o, p_f); ours (p_i, p_f, p_o)
+        tensors[f"peephole_l{l}"] = peep[0].reshape(3, H)[list(ONNX_PEEPHOLES)]
     return {"H": H, "I": W.shape[2], "layout": layout, "dtype": W.dtype, "runtime_state": runtime}
 
 

@@ -89,6 +89,10 @@ CASES = {  # name: lstm_graph keyword arguments
     "float64-explicit-activations": dict(dtype=np.float64, attrs={"activations": ["Sigmoid", "Tanh", "Tanh"],
                                                                   "direction": "forward"}),
     "zero-peepholes": dict(peephole=lambda rng, H: np.zeros((1, 3 * H))),
+    "peepholes-stacked-gemm": dict(sizes=((3, 8), (8, 8)), head="gemm", activation="Sigmoid",
+                                   peephole=lambda rng, H: rng.normal(0, 0.5, (1, 3 * H))),
+    "peepholes-layout1-float64": dict(layout=1, dtype=np.float64,
+                                      peephole=lambda rng, H: rng.normal(0, 0.5, (1, 3 * H))),
     "opset11": dict(opset=11, sizes=((3, 8), (8, 8)), head="gemm", activation="Softmax"),
 }
 
@@ -137,6 +141,18 @@ def test_initial_state_inputs_are_a_streams_state(layout):
     assert np.max(np.abs(zero[:, 0] - got[:, 0])) > 1e-3
 
 
+def test_peephole_order_is_mapped():
+    """ONNX's P is (p_i, p_o, p_f); ours (p_i, p_f, p_o)."""
+    proto = lstm_graph(np.random.default_rng(3), ((3, 4),), head=None,
+                       peephole=lambda rng, H: rng.normal(0, 1, (1, 3 * H)))
+    P = onnx.numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == "P0"))[0]
+    p_i, p_o, p_f = np.split(P, 3)
+    np.testing.assert_array_equal(ls.LSTMModel.from_onnx(proto).layers[0].w_ph, np.stack([p_i, p_f, p_o]))
+    assert "peephole_l0" not in ls.LSTMModel.from_onnx(lstm_graph(np.random.default_rng(3), ((3, 4),), head=None,
+                                                                  peephole=lambda rng, H: np.zeros((1, 12))
+                                                                  )).tensors()
+
+
 def test_gate_order_is_mapped():
     """Our block k is ONNX block (i, o, f, c)[k] for (i, f, g, o): checked on the arrays themselves."""
     rng = np.random.default_rng(3)
@@ -165,8 +181,8 @@ REFUSED = {
     "activations": (lambda r: lstm_graph(r, attrs={"activations": ["Sigmoid", "Relu", "Tanh"]}),
                     "default activations"),
     "clip": (lambda r: lstm_graph(r, attrs={"clip": 3.0}), "clip=3.0"),
-    "peepholes": (lambda r: lstm_graph(r, peephole=lambda rng, H: rng.normal(0, 1, (1, 3 * H))),
-                  "peephole connections are not supported yet"),
+    "peephole shape": (lambda r: lstm_graph(r, peephole=lambda rng, H: rng.normal(0, 1, (1, 2 * H))),
+                       "expected a constant of shape [1, 24]"),
     "const initial_h": (lambda r: lstm_graph(r, state="const"), "non-zero constant initial_h"),
     "hidden sizes": (lambda r: lstm_graph(r, sizes=((3, 8), (8, 6))), "hidden sizes [8, 6]"),
     "GRU": (lambda r: _with_node(lstm_graph(r), 0, op_type="GRU"), "GRU node 'lstm0': a GRU is not an LSTM"),
