@@ -81,7 +81,7 @@ def run_inspect(args) -> int:
     head = "none" if not d["head"] else ("linear" if d["head_activation"] == "none" else d["head_activation"])
     print(f"{args.model}: model {d['name']!r}, fingerprint {d['fingerprint']}, {d['dtype']}")
     print(f"  input {d['input_size']} -> {d['num_layers']} LSTM layer(s) of hidden {d['hidden_size']}"
-          + (f", proj {d['proj_size']}" if d["proj_size"] else "")
+          + (f", proj {d['proj_size']}" if d["proj_size"] else "") + (", peepholes" if d.get("peepholes") else "")
           + f" -> head {head} -> output {d['output_size']}" + (" (autoregressive)" if d["autoregressive"] else ""))
     print(f"  per stream: {d['state_bytes_per_stream']} bytes of state, {d['macs_per_step']} multiply-adds a step")
     for name, shape in d["tensors"].items():

@@ -1,9 +1,9 @@
 """Import an ONNX graph of LSTM nodes (+ a linear head) as LSTMModel tensors: LSTMModel.from_onnx.
 
 What is read: the graph's first output, walked back to the graph input. On that path: one or more `LSTM`
-nodes (forward direction, layout 0 or 1, default activations, optional B, sequence_lens ignored, zero or
-run-time initial states) joined by the glue exporters emit (Transpose, Squeeze, Unsqueeze, Reshape, Identity),
-then optionally the last step (Gather/Slice of index -1, or the node's Y_h output), a head (MatMul [+ Add] or
+nodes (forward direction, layout 0 or 1, default activations, optional B and peepholes P, sequence_lens
+ignored, zero or run-time initial states) joined by the glue exporters emit (Transpose, Squeeze, Unsqueeze,
+Reshape, Identity), then optionally the last step (Gather/Slice of index -1, or the node's Y_h output), a head (MatMul [+ Add] or
 Gemm) and a Sigmoid or Softmax. Everything else is refused with a ModelError naming the node.
 
 ONNX's gates are stacked (i, o, f, c) in W [1, 4H, I], R [1, 4H, H] and B [1, 8H] (= Wb then Rb); lstm-stream
@@ -388,6 +388,7 @@ def verify(model, g, info, *, seed=0):
     shape = [{"T": T, "B": B, "F": model.output_size, "1": 1}[x] for x in info["out_labels"]]
     want = want.reshape(shape) if got.shape == tuple(shape) else None
     if want is None or np.max(np.abs(got - want)) > 1e-3 * (1 + np.max(np.abs(want))):
-        err = f"shape {got.shape}, expected {tuple(shape)}" if want is None else f"largest difference {np.max(np.abs(got - want)):.3g}"
+        err = (f"shape {got.shape}, expected {tuple(shape)}" if want is None
+               else f"largest difference {np.max(np.abs(got - want)):.3g}")
         raise ModelError(f"the imported model does not reproduce the graph's output {info['out_name']!r} "
                          f"({err}); the graph holds something the importer did not understand. {SUPPORTED}")

@@ -81,6 +81,36 @@ def runners(layout, dtype):
     return (reference_run,) if layout == 1 or dtype == np.float64 else (ort_run, reference_run)
 
 
+def test_torch_export_with_state_inputs(tmp_path):
+    """nn.LSTM called with (h0, c0) exports them as graph inputs, sliced per layer: a stream given (h0, c0)
+    with set_state continues as onnxruntime runs the graph from them."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(3, 6, 2, batch_first=True), nn.Linear(6, 2)
+
+        def forward(self, x, h0, c0):
+            y, (h, c) = self.lstm(x, (h0, c0))
+            return self.head(y), h, c
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 1, (2, T, 3)).astype(np.float32)
+    H0, C0 = (rng.normal(0, 1, (2, 2, 6)).astype(np.float32) for _ in range(2))  # (layers, batch, hidden)
+    path = tmp_path / "state.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), tuple(torch.from_numpy(a[:, :5] if a is X else a) for a in (X, H0, C0)),
+                          str(path), dynamo=False, input_names=["x", "h0", "c0"], output_names=["y", "h", "c"],
+                          dynamic_axes={"x": {0: "b", 1: "t"}, "h0": {1: "b"}, "c0": {1: "b"}})
+    model = ls.LSTMModel.from_onnx(path)
+    got = streamed(model, X, [(H0[:, b], C0[:, b]) for b in range(2)])
+    check(got, ort_run(onnx.load(path), {"x": X, "h0": H0, "c0": C0}))
+
+
 # ---- built by hand -------------------------------------------------------------------------------------
 CASES = {  # name: lstm_graph keyword arguments
     "layout1-nobias-gemm-softmax": dict(layout=1, bias=False, head="gemm", activation="Softmax"),
