@@ -29,7 +29,7 @@ def load_any(path, *, dtype=None, name=None, head_activation=None, check=True):
         raise ModelError(f"cannot tell the format of {path!r} from its suffix {suffix!r}; {_EXPECTED}")
     if not os.path.exists(path):
         raise ModelError(f"model file {path!r} does not exist")
-    name = name or os.path.splitext(os.path.basename(path))[0] or "model"
+    given_name, name = name, name or os.path.splitext(os.path.basename(path))[0] or "model"
     from ..model import LSTMModel
     if suffix in (".onnx", ".keras"):
         if head_activation is not None:
@@ -43,8 +43,13 @@ def load_any(path, *, dtype=None, name=None, head_activation=None, check=True):
             if head_activation is not None:
                 raise ModelError(f"{path!r} is an lstm-stream model, whose head activation is fixed; expected "
                                  "--head-activation only with a file of bare arrays")
-            model = LSTMModel.load(path)
-            return model if dtype is None or dtype == model.dtype else model.astype(dtype)
+            model = LSTMModel.load(path)  # keeps its stored name unless one is given
+            if dtype is not None and dtype != model.dtype:
+                model = model.astype(dtype)
+            if given_name and given_name != model.name:
+                model = LSTMModel(model.layers, model.head_w, model.head_b, model.head_activation, model.dtype,
+                                  given_name)
+            return model
         return LSTMModel.from_arrays(arrays, head_activation=head_activation or "none", dtype=dtype, name=name)
     return LSTMModel.from_arrays(_state_dict_arrays(path), head_activation=head_activation or "none",
                                  dtype=dtype or "float32", name=name)

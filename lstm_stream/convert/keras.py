@@ -12,7 +12,7 @@ values are read as they are. A model whose last LSTM has return_sequences=False 
 lstm-stream gives that step's output at every step, which is the same thing for the sequence seen so far.
 
 Before returning, the importer runs the Keras model on a short random batch and compares it with the imported
-model (convert/verify.py); stateful models are not run (that would change their carried state).
+model's first output (convert/verify.py); stateful models are not run (that would change their carried state).
 """
 from __future__ import annotations
 
@@ -203,7 +203,10 @@ def verify(model, keras_model, *, seed=0):
     X = np.random.default_rng(seed).normal(0, 1, (_VERIFY_B, _VERIFY_T, model.input_size))
     x_dtype = keras_model.inputs[0].dtype if getattr(keras_model, "inputs", None) else model.dtype
     try:
-        got = _np(keras_model(keras.ops.convert_to_tensor(X.astype(x_dtype)), training=False))
+        out = keras_model(keras.ops.convert_to_tensor(X.astype(x_dtype)), training=False)
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        got = _np(out[0] if isinstance(out, (list, tuple)) else out)  # the first output, as ONNX's
     except Exception as e:
         raise ModelError(f"could not run the Keras model to check the import ({type(e).__name__}: {e})") from None
     want = forward(model, X)

@@ -75,6 +75,11 @@ def test_convert_arrays_npz(tmp_path):
     assert ls.load_model(out).fingerprint == model.fingerprint
     r = cli("convert", out, "-o", tmp_path / "again.npz", "--head-activation", "sigmoid")
     assert r.returncode == 2 and "only with a file of bare arrays" in r.stderr
+    r = cli("convert", out, "-o", tmp_path / "renamed.npz", "--name", "pump-v2", "--dtype", "float64")
+    renamed = ls.load_model(tmp_path / "renamed.npz")
+    assert r.returncode == 0 and renamed.name == "pump-v2" and renamed.dtype == "float64"
+    assert cli("convert", out, "-o", tmp_path / "same.npz").returncode == 0
+    assert ls.load_model(tmp_path / "same.npz").fingerprint == model.fingerprint  # its stored name kept
 
 
 def test_convert_torch_state_dict(tmp_path):
