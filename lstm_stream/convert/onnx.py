@@ -57,7 +57,11 @@ def import_onnx(model_or_path, *, dtype=None, name="model", check=True):
     """The LSTMModel of an ONNX LSTM graph (module doc); with check=True (the default) compared with
     onnx.reference's run of the graph first. dtype None: float64 if the graph's weights are, else float32."""
     from ..model import LSTMModel
-    tensors, activation, weights_dtype, g, info = tensors_from_onnx(model_or_path)
+    try:
+        tensors, activation, weights_dtype, g, info = tensors_from_onnx(model_or_path)
+    except RecursionError:  # constants folded, or zeros traced, through a cycle or thousands of nodes
+        raise ModelError("the ONNX graph's constants depend on themselves (a cycle) or on thousands of nodes in "
+                         "a row; expected a valid (acyclic) ONNX graph") from None
     model = LSTMModel.from_arrays(tensors, head_activation=activation, dtype=dtype or weights_dtype, name=name)
     if check:
         verify(model, g, info)
@@ -74,7 +78,7 @@ def tensors_from_onnx(model_or_path):
     out_name = g.graph.output[0].name
     head_path, last_lstm, out_index = _walk_back(g, out_name, head=True)
     chain = [(last_lstm, out_index, head_path)]
-    while True:
+    for _ in range(len(g.graph.node)):  # bounded: a malformed graph with a cycle must not loop forever
         glue, prev, index = _walk_back(g, chain[-1][0].input[0], head=False)
         chain[-1] = chain[-1] + (glue,)
         if prev is None:
@@ -83,6 +87,8 @@ def tensors_from_onnx(model_or_path):
             raise ModelError(f"{g.describe(chain[-1][0])} reads output {index} of {g.describe(prev)}; expected "
                              "stacked LSTM nodes to read the previous node's Y (output 0)")
         chain.append((prev, 0, None))
+    else:
+        raise ModelError("the graph's LSTM nodes feed each other in a cycle; expected a graph without cycles")
     chain.reverse()  # bottom layer first: (node, output used, path after it (top only), glue before it)
     lstms = [n for n in g.graph.node if n.op_type == "LSTM"]
     if len(lstms) != len(chain):
@@ -113,7 +119,7 @@ def tensors_from_onnx(model_or_path):
                                      chain[-1][1] == 1, top["H"], tensors)
     dtype = "float64" if layers[0]["dtype"] == np.float64 else "float32"
     info = dict(x_name=x_name, x_labels=x_labels, out_name=out_name, out_labels=labels, last=last,
-                batch1=batch1 or "B" not in labels, runtime_state=any(ly["runtime_state"] for ly in layers))
+                batch1=batch1 or "B" not in labels)
     return tensors, activation, dtype, g, info
 
 
@@ -131,7 +137,7 @@ def _walk_back(g, name, *, head):
     """From tensor `name` back to an LSTM node's output or a graph input: (nodes on the way, in forward order;
     the LSTM node or None; its output index)."""
     path = []
-    while True:
+    for _ in range(len(g.graph.node) + 1):  # bounded, as the graph may hold a cycle
         node = g.producer.get(name)
         if node is None:
             if name in g.inputs:
@@ -150,6 +156,7 @@ def _walk_back(g, name, *, head):
         if len(data) != 1:
             raise ModelError(f"{g.describe(node)} combines {len(data)} computed inputs; {SUPPORTED}")
         name = data[0]
+    raise ModelError(f"tensor {name!r} depends on itself (a cycle); expected a graph without cycles")
 
 
 def _lstm_layer(g, node, l, tensors) -> dict:
@@ -193,14 +200,11 @@ def _lstm_layer(g, node, l, tensors) -> dict:
         if peep is None or peep.shape != (1, 3 * H):
             raise ModelError(f"{d}: P is {'computed at run time' if peep is None else f'of shape {peep.shape}'}; "
                              f"expected a constant of shape [1, {3 * H}]")
-    runtime = False
-    for k, what in ((5, "initial_h"), (6, "initial_c")):
-        zero = g.is_zero(inputs[k]) if inputs[k] else True
-        if zero is False:
+    for k, what in ((5, "initial_h"), (6, "initial_c")):  # zero, or a graph input: a stream's state
+        if inputs[k] and g.is_zero(inputs[k]) is False:
             raise ModelError(f"{d} has a non-zero constant {what}: lstm-stream starts every new stream at zero "
                              f"state; expected no {what}, zeros, or a graph input (a stream's state, set with "
                              "Streams.set_state(id, (h, c)))")
-        runtime |= zero is None
     perm = lambda m: m.reshape(4, H, *m.shape[1:])[list(ONNX_GATES)].reshape(m.shape)  # noqa: E731
     tensors[f"weight_ih_l{l}"] = perm(W[0])
     tensors[f"weight_hh_l{l}"] = perm(R[0])
@@ -208,7 +212,7 @@ def _lstm_layer(g, node, l, tensors) -> dict:
     tensors[f"bias_hh_l{l}"] = perm(Bv[0, 4 * H:])
     if peep is not None:  # ONNX's P is (p_i, p_o, p_f); ours (p_i, p_f, p_o)
         tensors[f"peephole_l{l}"] = peep[0].reshape(3, H)[list(ONNX_PEEPHOLES)]
-    return {"H": H, "I": W.shape[2], "layout": layout, "dtype": W.dtype, "runtime_state": runtime}
+    return {"H": H, "I": W.shape[2], "layout": layout, "dtype": W.dtype}
 
 
 def _lstm_out_labels(layout, index):

@@ -272,6 +272,19 @@ def test_sub_in_the_head_is_refused():
         ls.LSTMModel.from_onnx(proto)
 
 
+def test_a_cycle_is_refused_not_followed_forever():
+    proto = lstm_graph(np.random.default_rng(0), head=None)
+    proto.graph.node[-1].input[0] = "y"  # the output's Identity reads itself
+    with pytest.raises(ls.ModelError, match="cycle"):
+        ls.LSTMModel.from_onnx(proto)
+    proto = lstm_graph(np.random.default_rng(0), head="matmul")
+    mm = next(n for n in proto.graph.node if n.name == "head_mm")
+    mm.input[1] = "Wc"  # the head's weight: a constant computed from itself
+    proto.graph.node.append(helper.make_node("Identity", ["Wc"], ["Wc"], name="loop"))
+    with pytest.raises(ls.ModelError, match="a cycle"):
+        ls.LSTMModel.from_onnx(proto)
+
+
 @pytest.mark.parametrize("arg, words", [("missing.onnx", "does not exist"), (b"x", "takes a path")])
 def test_bad_sources(tmp_path, arg, words):
     with pytest.raises(ls.ModelError, match=words):
