@@ -22,6 +22,7 @@ import sys
 import time
 
 from .config import DEFAULT_ENDPOINT, parse_duration, parse_endpoint, parse_size  # noqa: F401 (API)
+from .convert_cli import add_convert_arguments, add_inspect_arguments, run_convert, run_inspect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOG_FATAL = 0, 1, 2, 3
 
@@ -391,6 +392,10 @@ COMMANDS = {
              "latency, and streaming vs offline accuracy", add_demo_arguments, run_demo),
     "keygen": ("write a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret (secret, mode 0600)",
                add_keygen_arguments, run_keygen),
+    "convert": ("write an lstm-stream model (.npz) from an ONNX, Keras, arrays or PyTorch state_dict file",
+                add_convert_arguments, run_convert),
+    "inspect": ("print a model file's sizes, layers, head, dtype and fingerprint", add_inspect_arguments,
+                run_inspect),
     "ping": ("check that a daemon answers", add_client_arguments, run_ping),
     "info": ("print a daemon's model, backend and counts as JSON", add_client_arguments, run_info),
     "step": ("step one stream by one or more samples, print the output as JSON", add_step_arguments, run_step),

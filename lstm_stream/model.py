@@ -5,6 +5,8 @@ Math follows PyTorch's nn.LSTM, gates in order (i, f, g, o):
     g = tanh(W_ig x + b_ig + W_hg h + b_hg)   o = σ(W_io x + b_io + W_ho h + b_ho)
     c' = f * c + i * g                         h' = o * tanh(c')      (h' = W_hr h' with proj_size)
     y  = act(W_head h'_last + b_head)          act in {none, sigmoid, softmax}; no head: y = h'_last
+Optional peephole connections (Gers & Schmidhuber 2000; ONNX's P), per layer p = (p_i, p_f, p_o), each (H,):
+    i and f add p_i * c and p_f * c (the previous cell), o adds p_o * c' (the new cell).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class LayerWeights:
     b_ih: np.ndarray  # (4H,)
     b_hh: np.ndarray  # (4H,)
     w_hr: np.ndarray | None = None  # (P, H) only with proj_size
+    w_ph: np.ndarray | None = None  # (3, H) peepholes (p_i, p_f, p_o), only with peephole connections
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,6 +80,11 @@ class LSTMModel:
         return 0 if w_hr is None else w_hr.shape[0]
 
     @property
+    def peepholes(self) -> bool:
+        """Whether the layers have peephole connections (tensors peephole_l{l})."""
+        return self.layers[0].w_ph is not None
+
+    @property
     def state_size(self) -> int:
         """Width of h (proj_size, or hidden_size without projection)."""
         return self.proj_size or self.hidden_size
@@ -103,14 +111,19 @@ class LSTMModel:
         return np.dtype(self.dtype).itemsize * self.num_layers * (self.state_size + self.hidden_size)
 
     def config(self) -> dict:
-        """Plain dict of the model's shape and options (JSON-safe)."""
-        return {
+        """Plain dict of the model's shape and options (JSON-safe). "peepholes" appears only when the model has
+        them, so that every other model's fingerprint is what it was before they existed (and a reader that
+        predates them refuses such a file: its fingerprint does not match)."""
+        out = {
             "format_version": FORMAT_VERSION, "name": self.name, "dtype": self.dtype,
             "input_size": self.input_size, "hidden_size": self.hidden_size,
             "num_layers": self.num_layers, "proj_size": self.proj_size,
             "output_size": self.output_size, "head": self.head_w is not None,
             "head_activation": self.head_activation,
         }
+        if self.peepholes:
+            out["peepholes"] = True
+        return out
 
     def tensors(self) -> dict:
         """All weights by name, PyTorch naming (weight_ih_l0, ..., head.weight)."""
@@ -122,6 +135,8 @@ class LSTMModel:
             out[f"bias_hh_l{l}"] = layer.b_hh
             if layer.w_hr is not None:
                 out[f"weight_hr_l{l}"] = layer.w_hr
+            if layer.w_ph is not None:
+                out[f"peephole_l{l}"] = layer.w_ph
         if self.head_w is not None:
             out["head.weight"] = self.head_w
             out["head.bias"] = self.head_b
@@ -150,14 +165,26 @@ class LSTMModel:
     def astype(self, dtype: str) -> "LSTMModel":
         """The same model with weights cast to dtype ('float32' or 'float64')."""
         cast = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
-        layers = tuple(LayerWeights(*(cast(getattr(ly, n)) for n in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")))
+        layers = tuple(LayerWeights(*(cast(getattr(ly, n)) for n in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr",
+                                                                          "w_ph")))
                        for ly in self.layers)
         return LSTMModel(layers, cast(self.head_w), cast(self.head_b), self.head_activation, dtype, self.name)
 
     # ---- constructors and I/O ------------------------------------------------------------------
     @classmethod
     def from_arrays(cls, tensors: dict, *, head_activation="none", dtype=None, name="model"):
-        """Build from a dict of PyTorch-named arrays (weight_ih_l0, ..., head.weight, head.bias)."""
+        """Build from a dict of PyTorch-named arrays: the public way in from any framework (docs/models.md).
+
+        For each layer l (0 = bottom), H hidden units, P = proj_size or H, I_l = input_size (l = 0) or P:
+            weight_ih_l{l} (4H, I_l)   weight_hh_l{l} (4H, P)   bias_ih_l{l} (4H,)   bias_hh_l{l} (4H,)
+            weight_hr_l{l} (P, H)      only with a projection (every layer or none)
+            peephole_l{l}  (3, H)      only with peephole connections (every layer or none): rows p_i, p_f,
+                                       p_o; i and f add p * c (the previous cell), o adds p_o * c' (the new)
+        the four gates stacked in rows in the order (i, f, g, o): input, forget, cell candidate (tanh), output;
+        a framework with one bias per gate gives it as bias_ih and zeros as bias_hh. Optional head:
+            head.weight (O, P)   head.bias (O,)    y = head_activation(head.weight @ h + head.bias)
+        head_activation "none", "sigmoid" or "softmax" (needs a head). dtype: "float32" or "float64" (None: float64
+        if weight_ih_l0 is, else float32). ModelError naming the tensor if a shape, dtype or value is wrong."""
         n = 0
         while f"weight_ih_l{n}" in tensors:
             n += 1
@@ -175,7 +202,8 @@ class LSTMModel:
             return _as_float(key, tensors[key], dtype)
 
         layers = tuple(LayerWeights(get(f"weight_ih_l{l}"), get(f"weight_hh_l{l}"), get(f"bias_ih_l{l}"),
-                                    get(f"bias_hh_l{l}"), get(f"weight_hr_l{l}", required=False))
+                                    get(f"bias_hh_l{l}"), get(f"weight_hr_l{l}", required=False),
+                                    get(f"peephole_l{l}", required=False))
                        for l in range(n))
         head_w, head_b = get("head.weight", False), get("head.bias", False)
         if (head_w is None) != (head_b is None):
@@ -188,6 +216,22 @@ class LSTMModel:
         from .convert.torch import tensors_from_torch
         return cls.from_arrays(tensors_from_torch(lstm, head), head_activation=head_activation,
                                dtype=dtype, name=name)
+
+    @classmethod
+    def from_onnx(cls, model_or_path, *, dtype=None, name="model", check=True) -> "LSTMModel":
+        """Import an ONNX graph of LSTM nodes (+ MatMul/Add or Gemm head, Sigmoid/Softmax) from a path or an
+        onnx.ModelProto (lstm_stream/convert/onnx.py; docs/models.md). Imports onnx only here. check=True runs
+        the graph through onnx.reference once and refuses the import if the model does not reproduce it."""
+        from .convert.onnx import import_onnx
+        return import_onnx(model_or_path, dtype=dtype, name=name, check=check)
+
+    @classmethod
+    def from_keras(cls, model_or_path, *, dtype=None, name="model", check=True) -> "LSTMModel":
+        """Import a Keras 3 model of LSTM layers (+ Dense head) or a .keras file (lstm_stream/convert/keras.py;
+        docs/models.md). Imports keras only here. check=True runs the Keras model once on a short random batch
+        and refuses the import if the model does not reproduce it."""
+        from .convert.keras import import_keras
+        return import_keras(model_or_path, dtype=dtype, name=name, check=check)
 
     def save(self, path) -> None:
         """Write weights and versioned config to an .npz file."""
@@ -307,6 +351,10 @@ def _validate(m: LSTMModel):
             raise ModelError(f"layer {l}: every layer must have weight_hr (projection) or none must")
         if layer.w_hr is not None:
             _expect(f"weight_hr_l{l}", layer.w_hr, (P, H), m.dtype)
+        if (layer.w_ph is None) != (first.w_ph is None):
+            raise ModelError(f"layer {l}: every layer must have peephole weights or none must")
+        if layer.w_ph is not None:
+            _expect(f"peephole_l{l}", layer.w_ph, (3, H), m.dtype)
     if m.head_w is not None:
         if not isinstance(m.head_w, np.ndarray) or m.head_w.ndim != 2 or m.head_w.shape[0] == 0:
             raise ModelError(f"tensor 'head.weight' has shape {getattr(m.head_w, 'shape', None)}; "

@@ -36,8 +36,9 @@ def torch_offline(lstm, head, xs, head_activation="none"):
     return out.numpy()
 
 
-def random_model(rng, I=5, H=12, L=2, P=0, O=3, head_activation="softmax", dtype="float32", scale=0.5):
-    """An LSTMModel with weights drawn from rng (no torch needed)."""
+def random_model(rng, I=5, H=12, L=2, P=0, O=3, head_activation="softmax", dtype="float32", scale=0.5,
+                 peepholes=False):
+    """An LSTMModel with weights drawn from rng (no torch needed); peepholes: with peephole connections."""
     t = {}
     for l in range(L):
         Il = I if l == 0 else (P or H)
@@ -47,6 +48,8 @@ def random_model(rng, I=5, H=12, L=2, P=0, O=3, head_activation="softmax", dtype
         t[f"bias_hh_l{l}"] = rng.normal(0, scale, 4 * H)
         if P:
             t[f"weight_hr_l{l}"] = rng.normal(0, scale, (P, H))
+        if peepholes:
+            t[f"peephole_l{l}"] = rng.normal(0, scale, (3, H))
     if O:
         t["head.weight"] = rng.normal(0, scale, (O, P or H))
         t["head.bias"] = rng.normal(0, scale, O)

@@ -18,7 +18,12 @@ def reference_run(model, xs, h0=None, c0=None):
         for l, layer in enumerate(model.layers):
             gates = f64(layer.w_ih) @ inp + f64(layer.b_ih) + f64(layer.w_hh) @ h[l] + f64(layer.b_hh)
             i, f, g, o = np.split(gates, 4)
+            if layer.w_ph is not None:  # peepholes (Gers & Schmidhuber 2000): i, f see c, o sees c'
+                p_i, p_f, p_o = f64(layer.w_ph)
+                i, f = i + p_i * c[l], f + p_f * c[l]
             c[l] = sigmoid(f) * c[l] + sigmoid(i) * np.tanh(g)
+            if layer.w_ph is not None:
+                o = o + p_o * c[l]
             hl = sigmoid(o) * np.tanh(c[l])
             h[l] = hl if layer.w_hr is None else f64(layer.w_hr) @ hl
             inp = h[l]

@@ -10,6 +10,7 @@ Call tree (the LSTM's equations are in one place, _cell):
         _tile          per step and layer: copy each stream's [x, h], then
           _gate_sums     g = [x, h] W + b for the whole tile (panel.py's register-blocked micro-kernel)
           _cell          i, f, g, o = σ, σ, tanh, σ of g;  c = f*c + i*g;  h = o*tanh(c)  (W_hr h if projected)
+          _cell_peep     the same with peephole connections (a model that has them; _cell is left as it is)
         _head          y = act(W_head h + b) for each stream (panel.headdot), or y = h without a head
     step_one           one stream: all_finite, then _one (the same gate sums as a plain loop: _rows8, _row1),
                        _cell, _head
@@ -54,9 +55,9 @@ _OPTS = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 
 # The layout's meta accessors (kernels/layout.py), compiled into these kernels.
 _inline = njit(inline="always", **_OPTS)
-sizes, head_kind, widest_input, layer, head_offsets, blocking, scratch_per_stream, head_row = (
+sizes, head_kind, widest_input, layer, head_offsets, blocking, scratch_per_stream, head_row, peephole = (
     _inline(f) for f in (layout.sizes, layout.head_kind, layout.widest_input, layout.layer, layout.head_offsets,
-                         layout.blocking, layout.scratch_per_stream, layout.head_row))
+                         layout.blocking, layout.scratch_per_stream, layout.head_row, layout.peephole))
 
 
 # ---- the per-stream core ----------------------------------------------------------------------------
@@ -177,8 +178,12 @@ def _tile(wbuf, meta, h, c, slots, offsets, s0, nb, x, y, scr):
                 for k in range(P):
                     u[p, n_in + k] = h[slot, l, k]                          # h_{t-1} of this layer
             _gate_sums(wbuf, off_w, K, JB, nJ, scr, nb * Gp, K_max, 0, Gp, n)
+            off_p = peephole(meta, l)
             for p in range(n):
-                _cell(wbuf, meta, g, hr, p, c, h, slots[s0 + run[p]], l, off_r)
+                if off_p < 0:
+                    _cell(wbuf, meta, g, hr, p, c, h, slots[s0 + run[p]], l, off_r)
+                else:
+                    _cell_peep(wbuf, meta, g, hr, p, c, h, slots[s0 + run[p]], l, off_r, off_p)
         for p in range(n):
             _head(wbuf, meta, h, slots[s0 + run[p]], y, offsets[s0 + run[p]] + t)
 
@@ -218,7 +223,11 @@ def _one(wbuf, meta, h, c, slot, x, y, scr):
                     _rows8(Wb, k, u, gb)
                 for k in range(K8, K):
                     _row1(Wb, k, u, gb)
-            _cell(wbuf, meta, g1, hr, l - l, c, h, slot, l, off_r)  # row 0; (a literal 0 compiles another _cell)
+            off_p = peephole(meta, l)
+            if off_p < 0:
+                _cell(wbuf, meta, g1, hr, l - l, c, h, slot, l, off_r)  # row 0 (a literal 0 compiles another _cell)
+            else:
+                _cell_peep(wbuf, meta, g1, hr, l - l, c, h, slot, l, off_r, off_p)
         _head(wbuf, meta, h, slot, y, t)
 
 
@@ -243,6 +252,34 @@ def _cell(wbuf, meta, g, hr, p, c, h, slot, l, off_r):
         out[j] = o_g * act_tanh(cj)          # h' = o tanh(c')
     if off_r >= 0:                           # h' = W_hr (o tanh(c'))
         R = wbuf[off_r:off_r + H * P].reshape((H, P))  # W_hr^T
+        for k in range(P):
+            hl[k] = 0
+        for j in range(H):
+            v = out[j]
+            for k in range(P):
+                hl[k] += R[j, k] * v
+
+
+@njit(**_OPTS)
+def _cell_peep(wbuf, meta, g, hr, p, c, h, slot, l, off_r, off_p):
+    """_cell with peephole connections (Gers & Schmidhuber 2000): p_i, p_f, p_o (3, H) at wbuf[off_p]; i and f
+    see the previous cell, o the new one. A function of its own, so that _cell (every other model) is
+    compiled exactly as before."""
+    _, _, H, P, _ = sizes(meta)
+    gp, cl, hl = g[p], c[slot, l], h[slot, l]
+    ph = wbuf[off_p:off_p + 3 * H].reshape((3, H))
+    out = hl if off_r < 0 else hr[p]
+    for j in range(H):
+        cj0 = cl[j]
+        i_g = act_sigmoid(gp[j] + ph[0, j] * cj0)          # i = σ(W_i [x,h] + b_i + p_i c)
+        f_g = act_sigmoid(gp[H + j] + ph[1, j] * cj0)      # f = σ(W_f [x,h] + b_f + p_f c)
+        g_g = act_tanh(gp[2 * H + j])                      # g = tanh(W_g [x,h] + b_g)
+        cj = f_g * cj0 + i_g * g_g                         # c' = f c + i g
+        o_g = act_sigmoid(gp[3 * H + j] + ph[2, j] * cj)   # o = σ(W_o [x,h] + b_o + p_o c')
+        cl[j] = cj
+        out[j] = o_g * act_tanh(cj)                        # h' = o tanh(c')
+    if off_r >= 0:                                         # h' = W_hr (o tanh(c'))
+        R = wbuf[off_r:off_r + H * P].reshape((H, P))
         for k in range(P):
             hl[k] = 0
         for j in range(H):

@@ -36,8 +36,9 @@ jitcache.install()  # numba-cuda's cache too (the CPU one is set when jitcache i
 _device = cuda.jit(device=True)
 _tanh32 = _device(tanh32)  # the CPU kernels compile the same function
 # The layout's meta accessors (kernels/layout.py), as device functions.
-sizes, head_kind, widest_input, layer, head_offsets = (
-    _device(f) for f in (layout.sizes, layout.head_kind, layout.widest_input, layout.layer, layout.head_offsets))
+sizes, head_kind, widest_input, layer, head_offsets, peephole = (
+    _device(f) for f in (layout.sizes, layout.head_kind, layout.widest_input, layout.layer, layout.head_offsets,
+                         layout.peephole))
 _ACC = 4 * CUDA_TILE_STREAMS  # gate accumulators per owned unit: (NB, 4), a local array (compile-time size)
 
 
@@ -123,10 +124,15 @@ def _cell(w, meta, state, plan, sh, base, tile0, n, t, l):
                 acc[4 * b + q] = w[bias + q * H]
         gemv_tile(w, acc, off_w + u, G, H, sh, in0, in_stride, n_in)                  # input part
         gemv_tile(w, acc, off_w + n_in * G + u, G, H, sh, hs + l * P, L * P, P)       # recurrent part
+        off_p = peephole(meta, l)
         for b in range(CUDA_TILE_STREAMS):
             if _active(plan, tile0, n, b, t):
                 slot = plan[PLAN_HEAD + tile0 + b]
-                sh[hr + b * H + u] = unit_update(acc, b, state, slot, l * (P + H) + P + u, f32)
+                if off_p < 0:
+                    sh[hr + b * H + u] = unit_update(acc, b, state, slot, l * (P + H) + P + u, f32)
+                else:
+                    sh[hr + b * H + u] = unit_update_peep(acc, b, state, slot, l * (P + H) + P + u, f32, w,
+                                                          off_p + u, H)
 
 
 @cuda.jit(device=True)
@@ -139,6 +145,19 @@ def unit_update(acc, b, state, slot, ci, f32):
     cj = f_g * state[slot, ci] + i_g * g_g   # c' = f c + i g
     state[slot, ci] = cj
     return o_g * tanh(cj, f32)              # h' = o tanh(c')
+
+
+@cuda.jit(device=True)
+def unit_update_peep(acc, b, state, slot, ci, f32, w, pu, H):
+    """unit_update with peephole connections: p_i, p_f, p_o of this unit at w[pu], w[pu + H], w[pu + 2H]."""
+    c0 = state[slot, ci]
+    i_g = sigmoid(acc[4 * b] + w[pu] * c0, f32)              # i = σ(W_i [x,h] + b_i + p_i c)
+    f_g = sigmoid(acc[4 * b + 1] + w[pu + H] * c0, f32)      # f = σ(W_f [x,h] + b_f + p_f c)
+    g_g = tanh(acc[4 * b + 2], f32)                          # g = tanh(W_g [x,h] + b_g)
+    cj = f_g * c0 + i_g * g_g                                # c' = f c + i g
+    o_g = sigmoid(acc[4 * b + 3] + w[pu + 2 * H] * cj, f32)  # o = σ(W_o [x,h] + b_o + p_o c')
+    state[slot, ci] = cj
+    return o_g * tanh(cj, f32)                               # h' = o tanh(c')
 
 
 @cuda.jit(device=True)

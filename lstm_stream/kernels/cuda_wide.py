@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from numba import cuda
 
-from .cuda import (CUDA_TILE_STREAMS, PLAN_HEAD, _ACC, gemv_tile, head_kind, head_offsets, layer, rows, sigmoid,
-                   sizes, softmax_row, unit_update)
+from .cuda import (CUDA_TILE_STREAMS, PLAN_HEAD, _ACC, gemv_tile, head_kind, head_offsets, layer, peephole, rows,
+                   sigmoid, sizes, softmax_row, unit_update, unit_update_peep)
 
 
 @cuda.jit(device=True)
@@ -59,11 +59,16 @@ def gates_kernel(wbuf, meta, state, plan, x, work, phase):
                 for q in range(4):
                     acc[4 * b + q] = wbuf[off_w + K * G + u + q * H]
             gemv_tile(wbuf, acc, off_w + u, G, H, vin, 0, K, K)  # input part, then recurrent part
+            off_p = peephole(meta, l)
             for b in range(CUDA_TILE_STREAMS):
                 s = tile0 + b
                 if _live(plan, s, t):
                     slot = plan[PLAN_HEAD + s]
-                    work[s, u] = unit_update(acc, b, state, slot, l * (P + H) + P + u, f32)
+                    if off_p < 0:
+                        work[s, u] = unit_update(acc, b, state, slot, l * (P + H) + P + u, f32)
+                    else:
+                        work[s, u] = unit_update_peep(acc, b, state, slot, l * (P + H) + P + u, f32, wbuf,
+                                                      off_p + u, H)
         cuda.syncthreads()
 
 

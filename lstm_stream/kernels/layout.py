@@ -5,11 +5,13 @@ meta[0:8] = L, I, H, P, O, has_head, head_act (0 none, 1 sigmoid, 2 softmax), K_
 per layer l, at base = 8 + 3*l:  off_W, K_l, off_R      (off_R = -1 without projection)
 head, at 8 + 3*L:                off_headW, off_headb
 gate blocks, at 10 + 3*L:        JB, nJ                   (JB * nJ = Gp >= 4H)
+peepholes, at 12 + 3*L + l:      off_P of layer l         (-1 without peephole connections)
 wbuf segments (row-major):
     W_l   (nJ, K_l + 1, JB)  gate columns in blocks of JB (zero-padded to Gp): for block jb, rows
                              0..I_l-1 = W_ih^T, rows I_l..K_l-1 = W_hh^T, last row = b_ih + b_hh
     R_l   (H, P)             W_hr^T
     headW (P, O)             W_head^T;   headb (O,)
+    P_l   (3, H)             peepholes p_i, p_f, p_o of layer l (only with peephole connections)
     (CPU layout: headW is (O, Pc), W_head itself, each row zero-padded to Pc = P rounded up to
     HEAD_CHAINS, so that a row's dot product with h loads whole vectors; headb (O,) its own segment)
 Gate columns are [i | f | g | o], each H wide (PyTorch's order). K_l = I_l + P.
@@ -70,6 +72,11 @@ def blocking(meta):
     return meta[base], meta[base + 1]
 
 
+def peephole(meta, l):
+    """off_P of layer l: its peepholes (3, H) = p_i, p_f, p_o at wbuf[off_P], or -1 without them."""
+    return meta[META_HEAD + 3 * meta[0] + 4 + l]
+
+
 def scratch_per_stream(meta):
     """Floats of CPU scratch per stream of a tile: gate sums (Gp), layer input [x, h] (K_max), o*tanh(c) (H)."""
     base = META_HEAD + 3 * meta[0] + 2  # (the accessors call no other function: each compiles on its own)
@@ -104,7 +111,7 @@ def gate_blocks(H: int, block) -> tuple:
 
 
 def pack(model, block=None):
-    """Return (wbuf (n,), meta (12 + 3L,) int64) for `model`, gate columns in blocks of `block`."""
+    """Return (wbuf (n,), meta (12 + 4L,) int64) for `model`, gate columns in blocks of `block`."""
     dt = np.dtype(model.dtype)
     L, I, H, P, O = (model.num_layers, model.input_size, model.hidden_size, model.state_size,
                      model.output_size)
@@ -139,6 +146,7 @@ def pack(model, block=None):
     else:
         meta += [-1, -1]
     meta += [JB, nJ]
+    meta += [add(lay.w_ph) if lay.w_ph is not None else -1 for lay in model.layers]
     head = [L, I, H, P, O, int(model.head_w is not None), HEAD_ACT_CODES[model.head_activation], km]  # META_HEAD
     wbuf = aligned_zeros((off,), dt)  # on a cache line: with the padding, every CPU weight row is too
     np.concatenate(parts, out=wbuf)
