@@ -51,6 +51,8 @@ class ShardEngine:
 
     def __init__(self, name: str, directory: str, shard_map: ShardMap, *, model: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, options: dict | None = None):
+        from lstm_stream import warm
+
         from ..startup import open_state
         if name not in shard_map.names:
             raise InputError(f"shard {name!r} is not in the shard map ({', '.join(shard_map.names)})")
@@ -60,6 +62,8 @@ class ShardEngine:
         self._binds.append(f"tcp://{host}:*")  # the port of a previous start may be taken: any free one then
         self.serve = ServeConfig(model=model, bind=(self._binds[0],), snapshot_dir=directory, **serve_kw)
         self.streams, self.snapshots, self.journal = open_state(self.serve, StreamsConfig(**streams_kw))
+        warm.finish_background(wait=True)  # a kernel left to compile in a child (cold cache): here, not in the
+        # loop, so that engines started one after another in one process never start a second child each
         if self.snapshots is not None:
             self.snapshots.method = "thread"  # never fork a process that runs Ray's threads (gRPC and fork)
         self.ownership = Ownership(name, shard_map)
@@ -77,13 +81,9 @@ class ShardEngine:
         """The server's thread: its socket is made, used and closed here only (ZeroMQ: one thread per socket)."""
         import zmq
 
-        from lstm_stream import warm
-
         from ..core import EngineCore
         from ..server import Server
-        background = None if warm.finish_background() else warm.finish_background
-        core = EngineCore(self.streams, self._config, snapshots=self.snapshots, journal=self.journal,
-                          background=background)
+        core = EngineCore(self.streams, self._config, snapshots=self.snapshots, journal=self.journal)
         core.ownership = self.ownership
         for bind in self._binds:
             try:

@@ -1,0 +1,311 @@
+"""ClusterClient: the Client's methods over the shards of a cluster, each request sent straight to the shard
+that owns its stream (docs/cluster.md). No Ray here: the map comes from any shard's `info` (its `cluster`
+field), so a client needs only the endpoint of one shard.
+
+    with ClusterClient("tcp://10.0.0.5:40001", exactly_once=True) as c:   # any shard's endpoint (or a list)
+        y = c.step("pump-7", x)                   # to the owner of "pump-7"
+        ys = c.step_many({"a": xa, "b": xb})      # split per shard, sent to all at once, merged in order
+
+Routing: the shard map (lstm_stream/shardmap.py) names each stream's owner by rendezvous hashing of its id.
+A shard refuses a stream it does not own with `wrong_shard` (nothing applied, its map version attached): the
+client then fetches the map again and resends to the new owner, a few times at most (a shard whose map is
+behind the client's gets a moment to catch up). With exactly_once, steps carry their sequence numbers, so a
+resend after a timeout, a shard's restart or a wrong_shard is applied at most once.
+
+Ops without a stream go to every shard: ping (every shard must answer; returns the first's clock), info
+({"cluster": map, "shards": {name: info}}), streams (the shards' ids concatenated in name order, one page of
+it), snapshot ({name: result}). copy between streams of two shards is get_state then set_state (two requests,
+not atomic). Use a ClusterClient from one thread, like a Client.
+"""
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from lstm_stream import protocol as P
+from lstm_stream.shardmap import ShardMap
+
+from ._api import Api, Call, _array
+from .client import (DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Client, check_options, decode_reply,
+                     result_of, resendable)
+from .errors import ClientClosed, ClientError, SequenceError, ServerError, Timeout, WrongShard
+
+WRONG_SHARD_RESENDS = 5   # resends of one request after wrong_shard before giving up
+BEHIND_WAIT = 0.05        # seconds to let a shard whose map is older than ours receive the new one (doubles)
+OWNER_CACHE = 1 << 20     # stream ids whose owner is remembered (cleared when full or when the shards change)
+_ALL_SHARDS = frozenset({"ping", "info", "streams", "snapshot"})
+
+
+class ClusterError(ClientError):
+    """The shard map could not be fetched from any shard that was asked."""
+
+
+class ClusterClient(Api):
+    """Blocking client of a cluster of shards; the same methods as Client."""
+
+    def __init__(self, seeds, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
+                 hwm: int = DEFAULT_HWM, max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+                 context: zmq.Context | None = None, exactly_once: bool = False):
+        """seeds: the endpoint of any shard, a list of them, or a shard map (ShardMap or its wire form)."""
+        self._options = dict(timeout=timeout, retries=retries, hwm=hwm, max_message_bytes=max_message_bytes,
+                             context=context)
+        check_options(timeout, retries, hwm)
+        self.timeout, self.exactly_once = float(timeout), bool(exactly_once)
+        self._seqs: dict = {}       # stream -> its number after the last step acknowledged (exactly_once)
+        self._clients: dict = {}    # shard name -> Client of its current endpoint
+        self._owners: dict = {}     # stream id (ints as (i,)) -> owner name, for the current shard names
+        self._closed = False
+        if isinstance(seeds, (ShardMap, dict)):
+            self.map = seeds if isinstance(seeds, ShardMap) else ShardMap.from_map(seeds)
+            self._seeds = list(self.map.endpoints.values())
+        else:
+            self._seeds = [seeds] if isinstance(seeds, str) else list(seeds)
+            if not self._seeds:
+                raise ValueError("seeds: expected the endpoint of at least one shard, e.g. tcp://10.0.0.5:40001")
+            self.map = None
+            self.refresh()
+
+    # ---- the map ----------------------------------------------------------------------------------------
+    def refresh(self) -> ShardMap:
+        """Fetch the shard map from the shards (the current map's, then the seeds) and keep the newest."""
+        endpoints = list(dict.fromkeys([*(self.map.endpoints.values() if self.map else ()), *self._seeds]))
+        best, errors = self.map, []
+        for endpoint in endpoints:
+            if not endpoint:
+                continue
+            try:
+                with Client(endpoint, **{**self._options, "retries": 0}) as c:
+                    found = c.info().get("cluster")
+            except ClientError as e:
+                errors.append(f"{endpoint}: {e}")
+                continue
+            if found is None:
+                errors.append(f"{endpoint}: not a shard of a cluster (its info has no cluster map)")
+                continue
+            m = ShardMap.from_map(found)
+            if best is None or m.version > best.version:
+                best = m
+            if self.map is not None and best.version > self.map.version:
+                break  # a newer map than ours: enough
+        if best is None:
+            raise ClusterError("could not fetch the shard map from " + "; ".join(errors))
+        self._use(best)
+        return best
+
+    def _use(self, m: ShardMap) -> None:
+        if self.map is not None and m.names != self.map.names:
+            self._owners.clear()
+        for name, client in list(self._clients.items()):
+            if m.endpoints.get(name) != client.address:
+                client.close()
+                del self._clients[name]
+        self.map = m
+
+    def owner(self, stream) -> str:
+        """The name of the shard that owns `stream` under the current map."""
+        key = stream if type(stream) is str else (stream,)  # "7" and 7 are different streams
+        name = self._owners.get(key)
+        if name is None:
+            name = self.map.owner(stream)
+            if len(self._owners) >= OWNER_CACHE:
+                self._owners.clear()
+            self._owners[key] = name
+        return name
+
+    def _client(self, name: str) -> Client:
+        if self._closed:
+            raise ClientClosed(f"{self!r} is closed")
+        c = self._clients.get(name)
+        if c is None:
+            endpoint = self.map.endpoints[name]
+            if not endpoint:
+                raise ClusterError(f"shard {name!r} has no endpoint in shard map version {self.map.version} "
+                                   "(it has not started yet)")
+            c = self._clients[name] = Client(endpoint, **self._options)
+        return c
+
+    def _after_wrong_shard(self, e: WrongShard, attempt: int) -> None:
+        """Fetch the map again; if the shard's map is not older than ours, that is all it takes. A shard
+        behind us gets a moment to receive the new map (it is pushed to every shard)."""
+        before = self.map.version
+        self.refresh()
+        if e.version is None or e.version >= self.map.version or self.map.version > before:
+            return
+        time.sleep(BEHIND_WAIT * 2 ** attempt)
+
+    # ---- routing ----------------------------------------------------------------------------------------
+    def _run(self, call: Call):
+        if call.op in _ALL_SHARDS:
+            return self._everywhere(call)
+        if call.op == "copy":
+            return self._copy(call)
+        return self._routed(call, call.fields["stream"])
+
+    def _routed(self, call: Call, stream):
+        """Send call to the owner of `stream`; after wrong_shard (or a timeout of a resendable call to a shard
+        that has moved since), to the owner under the refreshed map."""
+        for attempt in range(WRONG_SHARD_RESENDS + 1):
+            name = self.owner(stream)
+            try:
+                return self._client(name)._run(call)
+            except WrongShard as e:
+                if attempt == WRONG_SHARD_RESENDS:
+                    raise
+                self._after_wrong_shard(e, attempt)
+            except Timeout:  # the shard may have come back elsewhere: a resendable call goes there once
+                endpoint = self.map.endpoints[name]
+                self.refresh()
+                if not resendable(call) or self.map.endpoints.get(name) == endpoint \
+                        or attempt == WRONG_SHARD_RESENDS:
+                    raise
+
+    def step(self, stream, x, *, seq: int | None = None):
+        if not self.exactly_once or seq is not None:
+            return super().step(stream, x, seq=seq)
+        now = self._seqs.get(stream)
+        if now is None:
+            now = self.seq(stream)
+        x = _array(x)
+        after = now + (1 if x.ndim == 1 else len(x))
+        try:
+            y = super().step(stream, x, seq=after)
+        except SequenceError:
+            self._seqs.pop(stream, None)
+            raise
+        self._seqs[stream] = after
+        return y
+
+    step.__doc__ = Api.step.__doc__
+
+    def step_many(self, inputs):
+        """Advance many streams: {id: x (I,) or (T, I)} -> {id: y}, in the order given. The ids are split per
+        owning shard and the parts sent to all shards at once; a part refused with wrong_shard is split again
+        under the refreshed map and resent. If a part fails otherwise, the other parts were applied: the
+        error is raised with `.applied`, the {id: y} of those parts."""
+        ids = list(inputs)
+        done: dict = {}
+        todo = ids
+        for attempt in range(WRONG_SHARD_RESENDS + 1):
+            parts: dict = {}
+            for i in todo:
+                parts.setdefault(self.owner(i), []).append(i)
+            jobs = [(name, Api.step_many(_Capture(), {i: inputs[i] for i in part})) for name, part in parts.items()]
+            results = self._scatter(jobs)
+            wrong, failed = [], None
+            for (name, _), part, r in zip(jobs, parts.values(), results):
+                if isinstance(r, WrongShard):
+                    wrong.append((part, r))
+                elif isinstance(r, Exception):
+                    failed = failed or r
+                else:
+                    done.update(r)
+            if failed is not None:
+                failed.applied = done
+                raise failed
+            if not wrong:
+                return {i: done[i] for i in ids}
+            if attempt == WRONG_SHARD_RESENDS:
+                wrong[0][1].applied = done
+                raise wrong[0][1]
+            self._after_wrong_shard(wrong[0][1], attempt)
+            todo = [i for part, _ in wrong for i in part]
+
+    def _scatter(self, jobs) -> list:
+        """Send each (shard name, Call) on its shard's socket, all before waiting; results (or the ClientError
+        of each) in order. One deadline for all; a Timeout (with the parts that came) if it passes."""
+        clients = [self._client(name) for name, _ in jobs]
+        if len(jobs) == 1:
+            try:
+                return [clients[0]._run(jobs[0][1])]
+            except ServerError as e:
+                return [e]
+        want, got = {}, {}
+        poller = zmq.Poller()
+        for k, (c, (_, call)) in enumerate(zip(clients, jobs)):
+            rid = next(c._ids)
+            want[(id(c), rid)] = k
+            if c._sock is None:
+                raise ClientClosed(f"{c!r} is closed")
+            c._sock.send(c._codec.request(call.op, rid, call.fields))
+            poller.register(c._sock, zmq.POLLIN)
+        by_sock = {c._sock: c for c in clients}
+        deadline = time.monotonic() + self.timeout
+        while len(got) < len(want):
+            left = deadline - time.monotonic()
+            ready = dict(poller.poll(max(left, 0) * 1000)) if left > 0 else {}
+            if not ready:
+                missing = sorted({jobs[k][0] for k in want.values() if k not in got})
+                for name in missing:
+                    self._client(name)._reopen()
+                e = Timeout(f"no reply within {self.timeout} s from shard(s) {', '.join(missing)} "
+                            f"({jobs[0][1].op}); the parts sent to the others were applied")
+                e.replies = [got.get(k, MISSING) for k in range(len(jobs))]
+                raise e
+            for sock in ready:
+                c = by_sock[sock]
+                while True:
+                    try:
+                        data = sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    reply = decode_reply(c._codec, data)
+                    k = want.get((id(c), reply["id"]))
+                    if k is not None:
+                        got[k] = result_of(jobs[k][1], reply)
+        return [got[k] for k in range(len(jobs))]
+
+    def _everywhere(self, call: Call):
+        names = self.map.names
+        if call.op == "streams":
+            return self._streams(call.fields["offset"], call.fields["limit"])
+        results = self._scatter([(n, call) for n in names])
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        if call.op == "ping":
+            return results[0]
+        if call.op == "info":
+            return {"cluster": self.map.as_map(), "shards": dict(zip(names, results))}
+        return dict(zip(names, results))
+
+    def _streams(self, offset: int, limit: int) -> list:
+        """One page of the shards' ids, concatenated in shard name order."""
+        out, seen = [], 0
+        for name in self.map.names:
+            want = limit - len(out)
+            r = self._client(name)._run(Call("streams", {"offset": max(offset - seen, 0), "limit": max(want, 0)},
+                                             lambda reply: reply))
+            seen += r["total"]
+            out.extend(r["streams"])
+        return out
+
+    def _copy(self, call: Call):
+        src, dst = call.fields["src"], call.fields["dst"]
+        if self.owner(src) == self.owner(dst):
+            return self._routed(call, src)
+        return self.set_state(dst, self.get_state(src))
+
+    # ---- lifetime ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every shard's socket."""
+        self._closed = True
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"ClusterClient(map version {self.map.version if self.map else None}, {len(self.map.names)} shards)"
+
+
+class _Capture(Api):
+    """An Api whose methods return the Call they build (to split a step_many per shard)."""
+
+    def _run(self, call):
+        return call

@@ -1,0 +1,160 @@
+"""Shards without Ray: ShardEngines (the engine of serve, with the ownership check) on loopback in this process,
+and ClusterClients routing to them. A stream's steps go to its owner only (the others answer wrong_shard,
+nothing applied), step_many is split and merged in order, outputs are bit-identical to an offline Streams,
+and a client holding a stale map is corrected by wrong_shard and ends up right."""
+import numpy as np
+import pytest
+
+import lstm_stream as ls
+from clients import Client, ClusterClient, WrongShard
+from engine.cluster.shard import ShardEngine
+from lstm_stream.errors import InputError
+from lstm_stream.shardmap import Shard, ShardMap
+
+NAMES = ("s0", "s1", "s2")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from models import random_model
+    m = random_model(np.random.default_rng(5), I=4, H=16, L=2, O=3)
+    path = tmp_path_factory.mktemp("model") / "m.npz"
+    m.save(path)
+    return str(path), m
+
+
+@pytest.fixture
+def cluster(model, tmp_path):
+    """Three shards on loopback with a full map (version 2: every endpoint known)."""
+    first = ShardMap(1, [Shard(n, "") for n in NAMES])
+    engines = [ShardEngine(n, str(tmp_path / n), first, model=model[0], options={"threads": 1, "fsync": "always"})
+               for n in NAMES]
+    full = ShardMap(2, [Shard(e.name, e.endpoint) for e in engines])
+    for e in engines:
+        e.set_map(full)
+    yield full, engines
+    for e in engines:
+        e.stop()
+
+
+def test_a_shard_refuses_streams_it_does_not_own(cluster):
+    m, engines = cluster
+    mine = next(i for i in range(100) if m.owner(i) == "s0")
+    other = next(i for i in range(100) if m.owner(i) == "s1")
+    x = np.ones(4, np.float32)
+    with Client(m.endpoints["s0"]) as c:
+        c.step(mine, x)
+        with pytest.raises(WrongShard, match=r"does not own stream\(s\) .* version 2 \(owner of the first: 's1'\)") as e:
+            c.step_many({mine: x, other: x})  # one foreign id refuses the whole request
+        assert e.value.version == 2 and e.value.code == "wrong_shard"
+        for call in (lambda: c.get_state(other), lambda: c.set_state(other, c.get_state(mine)),
+                     lambda: c.copy(mine, other), lambda: c.reset(other), lambda: c.drop(other)):
+            with pytest.raises(WrongShard):
+                call()
+        assert c.get_state(mine).steps == 1  # nothing of the refused step_many was applied
+        assert c.streams() == [mine]
+        assert c.info()["cluster"] == m.as_map()
+    with Client(m.endpoints["s1"]) as c:
+        assert c.streams() == []
+
+
+def test_routed_outputs_equal_an_offline_run(cluster, model):
+    m, engines = cluster
+    rng = np.random.default_rng(0)
+    ids = [f"pump-{k}" for k in range(20)] + list(range(20))
+    ref = ls.Streams(model[1], threads=1)
+    clients = [ClusterClient(m.endpoints["s2"], timeout=10), ClusterClient([m.endpoints["s0"]], timeout=10)]
+    try:
+        for t in range(12):
+            c = clients[t % 2]
+            if t % 3 == 0:  # step_many over every shard, merged in the order given
+                batch = {i: rng.normal(size=4).astype(np.float32) for i in ids}
+                got = c.step_many(batch)
+                assert list(got) == ids
+                for i in ids:
+                    assert np.array_equal(got[i], ref.step(i, batch[i]))
+            elif t % 3 == 1:  # several rows per stream
+                batch = {i: rng.normal(size=(2, 4)).astype(np.float32) for i in ids[::3]}
+                got = c.step_many(batch)
+                for i in batch:
+                    assert np.array_equal(got[i], ref.step(i, batch[i]))
+            else:
+                for i in ids[::5]:
+                    x = rng.normal(size=4).astype(np.float32)
+                    assert np.array_equal(c.step(i, x), ref.step(i, x))
+        for i in ids:
+            st, want = clients[0].get_state(i), ref.get_state(i)
+            assert np.array_equal(st.h, want.h) and np.array_equal(st.c, want.c) and st.steps == want.steps
+        by_shard = {}
+        for e in engines:
+            with Client(e.endpoint) as one:
+                by_shard[e.name] = set(one.streams())
+        for i in ids:
+            assert [n for n, s in by_shard.items() if i in s] == [m.owner(i)]
+        assert sorted(map(str, clients[0].streams())) == sorted(map(str, ids))
+        assert len(clients[0].streams(offset=5, limit=10)) == 10
+        assert set(clients[0].info()["shards"]) == set(NAMES)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_copy_across_shards(cluster):
+    m, _ = cluster
+    a = "pump-1"
+    b = next(f"b{k}" for k in range(100) if m.owner(f"b{k}") != m.owner(a))
+    with ClusterClient(m) as c:
+        c.step(a, np.ones(4, np.float32))
+        c.copy(a, b)
+        sa, sb = c.get_state(a), c.get_state(b)
+        assert np.array_equal(sa.h, sb.h) and np.array_equal(sa.c, sb.c) and sb.steps == 1
+
+
+def test_a_stale_map_is_corrected_by_wrong_shard(cluster, model):
+    """A client whose map sends everything to s0 (a stale map of one shard) is told wrong_shard by s0,
+    fetches the map from it, resends to the owners, and every stream ends up where it belongs, each step
+    applied once (exactly_once: the resent steps carry their seq)."""
+    m, engines = cluster
+    stale = ShardMap(1, [Shard("s0", m.endpoints["s0"])])
+    ref = ls.Streams(model[1], threads=1)
+    rng = np.random.default_rng(1)
+    with ClusterClient(stale, exactly_once=True, timeout=10) as c:
+        assert c.map.version == 1
+        for k in range(30):
+            x = rng.normal(size=4).astype(np.float32)
+            assert np.array_equal(c.step(f"q{k}", x), ref.step(f"q{k}", x))
+        assert c.map == m
+    with ClusterClient(stale) as c:  # step_many too
+        batch = {f"q{k}": rng.normal(size=4).astype(np.float32) for k in range(30)}
+        got = c.step_many(batch)
+        for i, x in batch.items():
+            assert np.array_equal(got[i], ref.step(i, x))
+        for k in range(30):
+            assert c.get_state(f"q{k}").steps == 2
+
+
+def test_a_shard_recovers_its_streams_after_stop(model, tmp_path):
+    m = ShardMap(1, [Shard("s0", ""), Shard("s1", "")])
+    e = ShardEngine("s0", str(tmp_path / "s0"), m, model=model[0], options={"threads": 1})
+    ids = [i for i in range(50) if m.owner(i) == "s0"]
+    with Client(e.endpoint) as c:
+        c.step_many({i: np.ones(4, np.float32) for i in ids})
+        want = {i: c.get_state(i) for i in ids}
+    e.stop()
+    e = ShardEngine("s0", str(tmp_path / "s0"), m, model=model[0], options={"threads": 1})
+    try:
+        with Client(e.endpoint) as c:
+            for i in ids:
+                assert np.array_equal(c.get_state(i).h, want[i].h)
+    finally:
+        e.stop()
+
+
+def test_bad_shard_options_are_refused(model, tmp_path):
+    m = ShardMap(1, [Shard("s0", "")])
+    with pytest.raises(InputError, match="'s9' is not in the shard map"):
+        ShardEngine("s9", str(tmp_path), m, model=model[0])
+    with pytest.raises(InputError, match="'bogus' is not an option of serve"):
+        ShardEngine("s0", str(tmp_path), m, model=model[0], options={"bogus": 1})
+    with pytest.raises(InputError, match="'bind' is set by the cluster"):
+        ShardEngine("s0", str(tmp_path), m, model=model[0], options={"bind": ("tcp://*:1",)})
