@@ -158,3 +158,12 @@ def test_bad_shard_options_are_refused(model, tmp_path):
         ShardEngine("s0", str(tmp_path), m, model=model[0], options={"bogus": 1})
     with pytest.raises(InputError, match="'bind' is set by the cluster"):
         ShardEngine("s0", str(tmp_path), m, model=model[0], options={"bind": ("tcp://*:1",)})
+
+
+def test_the_client_and_the_cli_do_not_import_ray():
+    """Ray is imported only when a cluster is started or asked (engine/cluster/actors.py, control.py)."""
+    import subprocess
+    import sys
+    code = "import sys, clients, engine.cli, engine.cluster.shard, lstm_stream.shardmap; sys.exit('ray' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
