@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import ray
 
-from lstm_stream.errors import InputError
 from lstm_stream.shardmap import ShardMap
 
 from .actors import KEEPER, NAMESPACE, MapKeeper, ShardActor, shard_actor_name
-from .storage import SharedPath, check_shard_name
+from .storage import SharedPath
 
 # Restart forever (a shard is worth restarting however often it dies); a method call that meets a dead
 # actor waits for its restart and is retried (they are all reads or idempotent).
 ACTOR_OPTIONS = dict(namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_task_retries=-1,
                      num_cpus=0, get_if_exists=True)
-
-
-def shard_names(n: int) -> list:
-    """The default names of n shards: s0 ... s{n-1}."""
-    if type(n) is not int or n < 1:
-        raise InputError(f"--shards must be an int >= 1, got {n!r}")
-    return [f"s{k}" for k in range(n)]
 
 
 def up(shards: int | None, *, storage: str, model: str | None = None, host: str | None = None,
@@ -37,17 +29,7 @@ def up(shards: int | None, *, storage: str, model: str | None = None, host: str 
     A storage that holds a map already (a cluster started there before) keeps its shards: `shards` must
     then be None or their number."""
     store = SharedPath(storage)
-    saved = store.read_map()
-    if saved is not None:
-        saved_names = [s["name"] for s in saved["shards"]]
-        if (shards is not None and shards != len(saved_names)) or (names is not None and names != saved_names):
-            raise InputError(f"storage {store.root} holds a cluster of {len(saved_names)} shards "
-                             f"({', '.join(saved_names)}); start it with --shards {len(saved_names)}, or use "
-                             "another --storage for a new cluster")
-        names = saved_names
-    elif names is None:
-        names = shard_names(shards)
-    names = [check_shard_name(n) for n in names]
+    names = store.shard_names(shards, names)
     keeper = MapKeeper.options(name=KEEPER, **ACTOR_OPTIONS).remote(store.describe(), names)
     ray.get(keeper.get.remote())
     handles = [ShardActor.options(name=shard_actor_name(n), **ACTOR_OPTIONS).remote(

@@ -68,6 +68,24 @@ class SharedPath(Storage):
         except FileNotFoundError:
             return None
 
+    def shard_names(self, shards: int | None, names: list | None = None) -> list:
+        """The shards' names of a cluster on this storage: those of its saved map (`shards` must then be None
+        or their number), else `names`, else s0 .. s{shards-1}; InputError saying what does not match."""
+        from lstm_stream.errors import InputError
+        saved = self.read_map()
+        if saved is not None:
+            saved_names = [s["name"] for s in saved["shards"]]
+            if (shards is not None and shards != len(saved_names)) or (names is not None and names != saved_names):
+                raise InputError(f"storage {self.root} holds a cluster of {len(saved_names)} shards "
+                                 f"({', '.join(saved_names)}); start it with --shards {len(saved_names)}, or use "
+                                 "another --storage for a new cluster")
+            return saved_names
+        if names is None:
+            if type(shards) is not int or shards < 1:
+                raise InputError(f"--shards must be an int >= 1, got {shards!r}")
+            names = [f"s{k}" for k in range(shards)]
+        return [check_shard_name(n) for n in names]
+
     def write_map(self, m: dict) -> None:
         """Save the shard map's wire form atomically (temporary file, fsync, rename)."""
         path = self.map_path()
