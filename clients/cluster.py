@@ -8,8 +8,9 @@ field), so a client needs only the endpoint of one shard.
 
 Routing: the shard map (lstm_stream/shardmap.py) names each stream's owner by rendezvous hashing of its id.
 A shard refuses a stream it does not own with `wrong_shard` (nothing applied, its map version attached): the
-client then fetches the map again and resends to the new owner, a few times at most (a shard whose map is
-behind the client's gets a moment to catch up). With exactly_once, steps carry their sequence numbers, so a
+client then fetches the map again and resends to the new owner; without a newer map (the shard is behind, or
+a rescale is moving the stream and its map is not out yet) it waits a little and resends, for up to
+`move_wait` seconds. With exactly_once, steps carry their sequence numbers, so a
 resend after a timeout, a shard's restart or a wrong_shard is applied at most once.
 
 Ops without a stream go to every shard: ping (every shard must answer; returns the first's clock), info
@@ -19,6 +20,7 @@ not atomic). Use a ClusterClient from one thread, like a Client.
 """
 from __future__ import annotations
 
+import itertools
 import time
 
 import zmq
@@ -31,8 +33,9 @@ from .client import (DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Cli
                      result_of, resendable)
 from .errors import ClientClosed, ClientError, SequenceError, ServerError, Timeout, WrongShard
 
-WRONG_SHARD_RESENDS = 5   # resends of one request after wrong_shard before giving up
-BEHIND_WAIT = 0.05        # seconds to let a shard whose map is older than ours receive the new one (doubles)
+MOVE_WAIT = 30.0          # seconds a request keeps being resent after wrong_shard (a rescale moving its stream)
+BEHIND_WAIT = 0.02        # seconds to wait when no newer map is out yet (doubles, up to MAX_WAIT)
+MAX_WAIT = 0.25
 OWNER_CACHE = 1 << 20     # stream ids whose owner is remembered (cleared when full or when the shards change)
 _ALL_SHARDS = frozenset({"ping", "info", "streams", "snapshot"})
 
@@ -46,12 +49,14 @@ class ClusterClient(Api):
 
     def __init__(self, seeds, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
                  hwm: int = DEFAULT_HWM, max_message_bytes: int = P.MAX_MESSAGE_BYTES,
-                 context: zmq.Context | None = None, exactly_once: bool = False):
-        """seeds: the endpoint of any shard, a list of them, or a shard map (ShardMap or its wire form)."""
+                 context: zmq.Context | None = None, exactly_once: bool = False, move_wait: float = MOVE_WAIT):
+        """seeds: the endpoint of any shard, a list of them, or a shard map (ShardMap or its wire form).
+        move_wait: seconds a request refused with wrong_shard keeps being resent (a rescale moving its stream
+        refuses it until the new map is out); the other options are Client's, for each shard."""
         self._options = dict(timeout=timeout, retries=retries, hwm=hwm, max_message_bytes=max_message_bytes,
                              context=context)
         check_options(timeout, retries, hwm)
-        self.timeout, self.exactly_once = float(timeout), bool(exactly_once)
+        self.timeout, self.exactly_once, self.move_wait = float(timeout), bool(exactly_once), float(move_wait)
         self._seqs: dict = {}       # stream -> its number after the last step acknowledged (exactly_once)
         self._clients: dict = {}    # shard name -> Client of its current endpoint
         self._owners: dict = {}     # stream id (ints as (i,)) -> owner name, for the current shard names
@@ -125,14 +130,17 @@ class ClusterClient(Api):
             c = self._clients[name] = Client(endpoint, **self._options)
         return c
 
-    def _after_wrong_shard(self, e: WrongShard, attempt: int) -> None:
-        """Fetch the map again; if the shard's map is not older than ours, that is all it takes. A shard
-        behind us gets a moment to receive the new map (it is pushed to every shard)."""
+    def _after_wrong_shard(self, e: WrongShard, attempt: int, deadline: float) -> None:
+        """Fetch the map again: a newer one is all it takes. Without one, either the shard is behind us (the
+        keeper's push has not reached it) or its stream is moving (a rescale: e.version is the map being made,
+        not published yet): wait a little, then resend. WrongShard once `deadline` has passed."""
+        if time.monotonic() > deadline:
+            raise e
         before = self.map.version
         self.refresh()
-        if e.version is None or e.version >= self.map.version or self.map.version > before:
+        if self.map.version > before:
             return
-        time.sleep(BEHIND_WAIT * 2 ** attempt)
+        time.sleep(min(BEHIND_WAIT * 2 ** attempt, MAX_WAIT))
 
     # ---- routing ----------------------------------------------------------------------------------------
     def _run(self, call: Call):
@@ -145,19 +153,18 @@ class ClusterClient(Api):
     def _routed(self, call: Call, stream):
         """Send call to the owner of `stream`; after wrong_shard (or a timeout of a resendable call to a shard
         that has moved since), to the owner under the refreshed map."""
-        for attempt in range(WRONG_SHARD_RESENDS + 1):
+        deadline = time.monotonic() + self.move_wait
+        for attempt in itertools.count():
             name = self.owner(stream)
             try:
                 return self._client(name)._run(call)
             except WrongShard as e:
-                if attempt == WRONG_SHARD_RESENDS:
-                    raise
-                self._after_wrong_shard(e, attempt)
-            except Timeout:  # the shard may have come back elsewhere: a resendable call goes there once
+                self._after_wrong_shard(e, attempt, deadline)
+            except Timeout:  # the shard may have come back elsewhere: a resendable call goes there
                 endpoint = self.map.endpoints[name]
                 self.refresh()
                 if not resendable(call) or self.map.endpoints.get(name) == endpoint \
-                        or attempt == WRONG_SHARD_RESENDS:
+                        or time.monotonic() > deadline:
                     raise
 
     def step(self, stream, x, *, seq: int | None = None):
@@ -186,7 +193,8 @@ class ClusterClient(Api):
         ids = list(inputs)
         done: dict = {}
         todo = ids
-        for attempt in range(WRONG_SHARD_RESENDS + 1):
+        deadline = time.monotonic() + self.move_wait
+        for attempt in itertools.count():
             parts: dict = {}
             for i in todo:
                 parts.setdefault(self.owner(i), []).append(i)
@@ -205,10 +213,8 @@ class ClusterClient(Api):
                 raise failed
             if not wrong:
                 return {i: done[i] for i in ids}
-            if attempt == WRONG_SHARD_RESENDS:
-                wrong[0][1].applied = done
-                raise wrong[0][1]
-            self._after_wrong_shard(wrong[0][1], attempt)
+            wrong[0][1].applied = done
+            self._after_wrong_shard(wrong[0][1], attempt, deadline)
             todo = [i for part, _ in wrong for i in part]
 
     def _scatter(self, jobs) -> list:

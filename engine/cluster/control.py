@@ -3,6 +3,8 @@
     from engine.cluster import control
     m = control.up(3, storage="/mnt/cluster", model="pump.npz")   # -> ShardMap; shards s0, s1, s2
     control.status()       # {"map": ..., "shards": {name: {endpoint, streams, pid, node, ...}}}
+    control.add_shard("s3")          # streams whose owner becomes s3 move there, live (moves.py)
+    control.remove_shard("s0")       # s0's streams move to their new owners; s0 stops
     control.down()         # each shard snapshots and stops; the actors go
 
 Actors are detached (they outlive the driver that made them, as long as the Ray cluster lives) and named in
@@ -12,10 +14,15 @@ from __future__ import annotations
 
 import ray
 
+import logging
+
+from lstm_stream.errors import InputError
 from lstm_stream.shardmap import ShardMap
 
 from .actors import KEEPER, NAMESPACE, MapKeeper, ShardActor, shard_actor_name
-from .storage import SharedPath
+from .storage import SharedPath, check_shard_name, retire
+
+log = logging.getLogger("lstm_stream.engine")
 
 # Restart forever (a shard is worth restarting however often it dies); a method call that meets a dead
 # actor waits for its restart and is retried (they are all reads or idempotent).
@@ -30,6 +37,8 @@ def up(shards: int | None, *, storage: str, model: str | None = None, host: str 
     then be None or their number."""
     store = SharedPath(storage)
     names = store.shard_names(shards, names)
+    store.write_map({"model": model, "host": host, "options": dict(options or {}), "log_level": log_level},
+                    "config")  # what shards added later start with
     keeper = MapKeeper.options(name=KEEPER, **ACTOR_OPTIONS).remote(store.describe(), names)
     ray.get(keeper.get.remote())
     handles = [ShardActor.options(name=shard_actor_name(n), **ACTOR_OPTIONS).remote(
@@ -62,3 +71,83 @@ def down() -> None:
     for h in handles:
         ray.kill(h, no_restart=True)
     ray.kill(ray.get_actor(KEEPER, namespace=NAMESPACE), no_restart=True)
+
+
+def _start(names, store: SharedPath):
+    """Shard actors for `names` (found if running), with the options `up` saved; returns their handles once
+    each has recovered and bound."""
+    cfg = store.read_map("config") or {}
+    handles = [ShardActor.options(name=shard_actor_name(n), **ACTOR_OPTIONS).remote(
+        n, store.describe(), cfg.get("model"), cfg.get("host"), cfg.get("options", {}), cfg.get("log_level", "info"))
+        for n in names]
+    ray.get([h.endpoint.remote() for h in handles])
+    return handles
+
+
+def add_shard(name: str, *, storage: str) -> ShardMap:
+    """Add shard `name`: the streams whose owner becomes it move there, live (rescale)."""
+    m = shard_map()
+    if check_shard_name(name) in m.names:
+        raise InputError(f"shard {name!r} is in the cluster already ({', '.join(m.names)})")
+    return rescale([*m.names, name], storage=storage)
+
+
+def remove_shard(name: str, *, storage: str) -> ShardMap:
+    """Remove shard `name`: its streams move to their owners among the others, live; then it stops."""
+    m = shard_map()
+    if name not in m.names:
+        raise InputError(f"shard {name!r} is not in the cluster ({', '.join(m.names)})")
+    if len(m.names) == 1:
+        raise InputError(f"shard {name!r} is the cluster's only shard; a cluster needs at least one")
+    return rescale([n for n in m.names if n != name], storage=storage)
+
+
+def rescale(names: list, *, storage: str) -> ShardMap:
+    """Go to shards `names` moving only the streams whose owner changes, no step lost or applied twice
+    (moves.py: begin, export, import, publish, finish). On a failure before publishing, the rescale is
+    aborted (the map stays; moving streams are served by their old owners again) and the error raised."""
+    store = SharedPath(storage)
+    keeper = ray.get_actor(KEEPER, namespace=NAMESPACE)
+    old = shard_map()
+    nxt = ray.get(keeper.begin.remote(list(names)))
+    try:
+        added = [n for n in names if n not in old.names]
+        _start(added, store)
+        nxt = ray.get(keeper.get_next.remote())  # with the new shards' endpoints
+        exports = [shard(n).export_moving.remote(nxt) for n in old.names]  # ObjectRefs: shard to shard
+        counts = ray.get([shard(n).import_streams.remote(exports) for n in names])
+        moved = dict(zip(names, counts))
+        m = ShardMap.from_map(ray.get(keeper.publish.remote()))
+    except BaseException:
+        log.exception("rescale to %s failed; aborting it", names)
+        abort_move(storage=storage)
+        raise
+    ray.get([shard(n).set_map.remote(m.as_map(), None) for n in dict.fromkeys([*m.names, *old.names])])
+    # (every shard holds the new map before the old owners drop what moved)
+    ray.get([shard(n).finish_move.remote() for n in old.names])
+    for n in old.names:
+        if n not in m.names:
+            h = shard(n)
+            ray.get(h.stop.remote())
+            ray.kill(h, no_restart=True)
+            log.info("shard %s removed; its directory is kept as %s", n, retire(store, n, m.version))
+    log.info("rescaled to shard map version %d: %s", m.version, ", ".join(f"{n} +{k}" for n, k in moved.items()))
+    return m
+
+
+def abort_move(*, storage: str) -> ShardMap:
+    """Give up a rescale that was not published: the map stays; every shard serves its streams again and
+    drops what it imported for the rescale; shards started for it are removed."""
+    keeper = ray.get_actor(KEEPER, namespace=NAMESPACE)
+    nxt = ray.get(keeper.get_next.remote())
+    m = ShardMap.from_map(ray.get(keeper.abort.remote()))
+    ray.get([shard(n).abort_move.remote(m.as_map()) for n in m.names])
+    for s in (nxt or {}).get("shards", []):
+        if s["name"] not in m.names:
+            try:
+                h = shard(s["name"])
+            except ValueError:
+                continue
+            ray.kill(h, no_restart=True)
+            retire(SharedPath(storage), s["name"], nxt["version"])
+    return m

@@ -33,8 +33,8 @@ class Storage:
         """A local directory holding this shard's snapshots and step log (created if missing)."""
         raise NotImplementedError
 
-    def map_path(self) -> str:  # pragma: no cover - the interface
-        """A local file path for the shard map."""
+    def map_path(self, which: str = "map") -> str:  # pragma: no cover - the interface
+        """A local file path for the shard map ("map"), or the map a rescale is making ("next")."""
         raise NotImplementedError
 
     def describe(self) -> str:  # pragma: no cover - the interface
@@ -53,17 +53,17 @@ class SharedPath(Storage):
         os.makedirs(path, exist_ok=True)
         return path
 
-    def map_path(self) -> str:
+    def map_path(self, which: str = "map") -> str:
         os.makedirs(self.root, exist_ok=True)
-        return os.path.join(self.root, "map.json")
+        return os.path.join(self.root, f"{which}.json")
 
     def describe(self) -> str:
         return self.root
 
-    def read_map(self):
-        """The saved shard map's wire form, or None if none was saved."""
+    def read_map(self, which: str = "map"):
+        """The saved shard map's wire form (or the next map's), or None if none was saved."""
         try:
-            with open(self.map_path(), encoding="utf-8") as f:
+            with open(self.map_path(which), encoding="utf-8") as f:
                 return json.load(f)
         except FileNotFoundError:
             return None
@@ -86,9 +86,14 @@ class SharedPath(Storage):
             names = [f"s{k}" for k in range(shards)]
         return [check_shard_name(n) for n in names]
 
-    def write_map(self, m: dict) -> None:
-        """Save the shard map's wire form atomically (temporary file, fsync, rename)."""
-        path = self.map_path()
+    def write_map(self, m: dict | None, which: str = "map") -> None:
+        """Save the shard map's wire form (or the next map's) atomically (temporary file, fsync, rename);
+        None removes it."""
+        path = self.map_path(which)
+        if m is None:
+            if os.path.exists(path):
+                os.unlink(path)
+            return
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(m, f, indent=1)
@@ -100,3 +105,12 @@ class SharedPath(Storage):
 def open_storage(description: str) -> Storage:
     """The Storage a description names (a directory path: SharedPath)."""
     return SharedPath(description)
+
+
+def retire(storage: "SharedPath", shard: str, version: int) -> str:
+    """Rename a removed shard's directory out of the way (kept, never deleted): a shard added later under
+    the same name must start empty, not from the streams this one held. Returns the new path."""
+    old = storage.path_for(shard)
+    new = f"{old}.removed-v{version}"
+    os.rename(old, new)
+    return new
