@@ -56,7 +56,17 @@ def add_arguments(p):
     where.add_argument("--address", help="ask the map keeper on this Ray cluster")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     down = sub.add_parser("down", help="stop every shard (each snapshots) and remove the actors")
-    down.add_argument("--address", required=True, help="the Ray cluster the shards run on")
+    down.add_argument("--address", required=True, help="the Ray cluster the shards run on (`up` prints its address; set RAY_AUTH_MODE=token for a Ray with token auth, as a local one has)")
+    for action, text in (("add-shard", "add shard NAME: the streams whose owner becomes NAME move to it, live"),
+                         ("remove-shard", "remove shard NAME: its streams move to their new owners, live; then "
+                          "it stops (its directory is kept, renamed)")):
+        a = sub.add_parser(action, help=text, description=text + " (docs/cluster.md, Rescaling).")
+        a.add_argument("name", help="the shard's name (1-64 of letters, digits, '.', '_', '-')")
+        a.add_argument("--address", required=True, help="the Ray cluster the shards run on (`up` prints its address; set RAY_AUTH_MODE=token for a Ray with token auth, as a local one has)")
+        a.add_argument("--storage", required=True, help="the cluster's --storage")
+    a = sub.add_parser("abort-move", help="give up a rescale that stopped before its map was published")
+    a.add_argument("--address", required=True, help="the Ray cluster the shards run on (`up` prints its address; set RAY_AUTH_MODE=token for a Ray with token auth, as a local one has)")
+    a.add_argument("--storage", required=True, help="the cluster's --storage")
 
 
 def _shard_options(args) -> dict:
@@ -65,7 +75,8 @@ def _shard_options(args) -> dict:
 
 
 def run(args) -> int:
-    return {"up": run_up, "status": run_status, "down": run_down}[args.action](args)
+    return {"up": run_up, "status": run_status, "down": run_down, "add-shard": run_rescale,
+            "remove-shard": run_rescale, "abort-move": run_rescale}[args.action](args)
 
 
 def _ray():
@@ -103,8 +114,10 @@ def run_up(args) -> int:
             print(f"cannot start the cluster: {e}", file=sys.stderr)
             return EXIT_USAGE
         print(json.dumps(m.as_map(), indent=1), flush=True)
+        address = ray.get_runtime_context().gcs_address
         print(f"cluster up: {len(m.names)} shards, map version {m.version}; connect with "
-              f"ClusterClient({m.endpoints[m.names[0]]!r})", file=sys.stderr, flush=True)
+              f"ClusterClient({m.endpoints[m.names[0]]!r}); Ray address {address} (for add-shard, remove-shard, "
+              "status --address; with RAY_AUTH_MODE=token in their environment: a local Ray uses token auth)", file=sys.stderr, flush=True)
         if not local:
             return EXIT_OK
         stop = threading.Event()
@@ -118,6 +131,32 @@ def run_up(args) -> int:
     finally:
         if local:
             ray.shutdown()
+
+
+def run_rescale(args) -> int:
+    """add-shard, remove-shard, abort-move on the cluster at --address; prints the resulting map."""
+    ray = _ray()
+    from lstm_stream.errors import InputError
+
+    from . import control
+    from .actors import NAMESPACE
+    logging.basicConfig(level="INFO", stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ray.init(address=args.address, namespace=NAMESPACE, include_dashboard=False)
+    try:
+        if args.action == "add-shard":
+            m = control.add_shard(args.name, storage=args.storage)
+        elif args.action == "remove-shard":
+            m = control.remove_shard(args.name, storage=args.storage)
+        else:
+            m = control.abort_move(storage=args.storage)
+    except (InputError, ValueError) as e:
+        print(f"{args.action}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ray.exceptions.RayError as e:
+        print(f"{args.action} failed (a rescale that failed before publishing was aborted): {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(m.as_map(), indent=1))
+    return EXIT_OK
 
 
 def run_down(args) -> int:

@@ -3,6 +3,7 @@ a ClusterClient stepping through it, `status` from the storage and from a shard'
 shard snapshots and the command exits 0. Wrong uses exit 2 with a message, before any Ray starts."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ START = 240.0  # seconds for a local Ray and its shards to come up on a loaded m
 
 
 def cli(*args, timeout=120):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               RAY_AUTH_MODE="token")  # a local Ray uses token auth; an explicit --address must ask for it
     return subprocess.run([sys.executable, "-m", "engine.cli", "cluster", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, env=env)
 
@@ -61,9 +63,19 @@ def test_up_status_and_stop(tmp_path, served_models):
         rows = json.loads(r.stdout)["shards"]
         assert r.returncode == 0 and sum(row["streams"] for row in rows) == 40
         assert {row["map_version"] for row in rows} == {m["version"]}
+        address = re.search(r"Ray address (\S+:\d+)", (tmp_path / "up.log").read_text()).group(1)
+        r = cli("add-shard", "s2", "--address", address, "--storage", storage, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert [s["name"] for s in json.loads(r.stdout)["shards"]] == ["s0", "s1", "s2"]
+        r = cli("remove-shard", "s0", "--address", address, "--storage", storage, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = cli("remove-shard", "s0", "--address", address, "--storage", storage, timeout=300)
+        assert r.returncode == 2 and "shard 's0' is not in the cluster (s1, s2)" in r.stderr
+        r = cli("status", "--storage", storage)
+        assert r.returncode == 0 and "2 shards, 2 answering, 40 streams" in r.stdout, r.stdout + r.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 0
-        for name in ("s0", "s1"):  # each shard snapshotted at shutdown
+        for name in ("s1", "s2"):  # each shard snapshotted at shutdown
             assert (storage / "shards" / name / "streams.lstmsnap").exists()
     finally:
         if proc.poll() is None:
