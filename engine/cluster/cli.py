@@ -21,6 +21,8 @@ from .shard import RESERVED
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STATUS_TIMEOUT = 2.0  # seconds a shard has to answer `status`
+ADDRESS_HELP = ("the Ray cluster the shards run on (`up` prints its address; a local Ray uses token auth: set "
+                "RAY_AUTH_MODE=token)")
 log = logging.getLogger("lstm_stream.engine")
 
 
@@ -56,16 +58,16 @@ def add_arguments(p):
     where.add_argument("--address", help="ask the map keeper on this Ray cluster")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     down = sub.add_parser("down", help="stop every shard (each snapshots) and remove the actors")
-    down.add_argument("--address", required=True, help="the Ray cluster the shards run on (`up` prints its address; set RAY_AUTH_MODE=token for a Ray with token auth, as a local one has)")
+    down.add_argument("--address", required=True, help=ADDRESS_HELP)
     for action, text in (("add-shard", "add shard NAME: the streams whose owner becomes NAME move to it, live"),
                          ("remove-shard", "remove shard NAME: its streams move to their new owners, live; then "
                           "it stops (its directory is kept, renamed)")):
         a = sub.add_parser(action, help=text, description=text + " (docs/cluster.md, Rescaling).")
         a.add_argument("name", help="the shard's name (1-64 of letters, digits, '.', '_', '-')")
-        a.add_argument("--address", required=True, help="the Ray cluster the shards run on (`up` prints its address; set RAY_AUTH_MODE=token for a Ray with token auth, as a local one has)")
+        a.add_argument("--address", required=True, help=ADDRESS_HELP)
         a.add_argument("--storage", required=True, help="the cluster's --storage")
     a = sub.add_parser("abort-move", help="give up a rescale that stopped before its map was published")
-    a.add_argument("--address", required=True, help="the Ray cluster the shards run on (`up` prints its address; set RAY_AUTH_MODE=token for a Ray with token auth, as a local one has)")
+    a.add_argument("--address", required=True, help=ADDRESS_HELP)
     a.add_argument("--storage", required=True, help="the cluster's --storage")
 
 
@@ -95,7 +97,8 @@ def run_up(args) -> int:
     from . import control
     from .actors import NAMESPACE
     level = args.log_level or "info"
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .storage import SharedPath
     try:
         SharedPath(args.storage).shard_names(args.shards)  # before starting Ray: a wrong --shards fails at once
@@ -117,7 +120,8 @@ def run_up(args) -> int:
         address = ray.get_runtime_context().gcs_address
         print(f"cluster up: {len(m.names)} shards, map version {m.version}; connect with "
               f"ClusterClient({m.endpoints[m.names[0]]!r}); Ray address {address} (for add-shard, remove-shard, "
-              "status --address; with RAY_AUTH_MODE=token in their environment: a local Ray uses token auth)", file=sys.stderr, flush=True)
+              "status --address; with RAY_AUTH_MODE=token in their environment: a local Ray uses token auth)",
+              file=sys.stderr, flush=True)
         if not local:
             return EXIT_OK
         stop = threading.Event()

@@ -44,7 +44,8 @@ def test_a_shard_refuses_streams_it_does_not_own(cluster):
     x = np.ones(4, np.float32)
     with Client(m.endpoints["s0"]) as c:
         c.step(mine, x)
-        with pytest.raises(WrongShard, match=r"does not own stream\(s\) .* version 2 \(owner of the first: 's1'\)") as e:
+        with pytest.raises(WrongShard, match=r"does not own stream\(s\) .* version 2 \(owner of the first: 's1'\)") \
+                as e:
             c.step_many({mine: x, other: x})  # one foreign id refuses the whole request
         assert e.value.version == 2 and e.value.code == "wrong_shard"
         for call in (lambda: c.get_state(other), lambda: c.set_state(other, c.get_state(mine)),
