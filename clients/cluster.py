@@ -118,6 +118,19 @@ class ClusterClient(Api):
             self._owners[key] = name
         return name
 
+    def _owners_of(self, ids) -> list:
+        """owner() of each id: from the cache, the others computed together (ShardMap.owners)."""
+        cache = self._owners
+        keys = [i if type(i) is str else (i,) for i in ids]
+        names = list(map(cache.get, keys))
+        if None in names:
+            missing = [k for k, n in enumerate(names) if n is None]
+            if len(cache) + len(missing) > OWNER_CACHE:
+                cache.clear()
+            for k, n in zip(missing, self.map.owners([ids[k] for k in missing])):
+                names[k] = cache[keys[k]] = n
+        return names
+
     def _client(self, name: str) -> Client:
         if self._closed:
             raise ClientClosed(f"{self!r} is closed")
@@ -196,9 +209,14 @@ class ClusterClient(Api):
         deadline = time.monotonic() + self.move_wait
         for attempt in itertools.count():
             parts: dict = {}
-            for i in todo:
-                parts.setdefault(self.owner(i), []).append(i)
-            jobs = [(name, Api.step_many(_Capture(), {i: inputs[i] for i in part})) for name, part in parts.items()]
+            for i, name in zip(todo, self._owners_of(todo)):
+                parts.setdefault(name, []).append(i)
+            if len(parts) == 1 and todo is ids:  # all on one shard: the request as given, its reply as it is
+                name = next(iter(parts))
+                jobs = [(name, Api.step_many(_Capture(), inputs))]
+            else:
+                jobs = [(name, Api.step_many(_Capture(), {i: inputs[i] for i in part}))
+                        for name, part in parts.items()]
             results = self._scatter(jobs)
             wrong, failed = [], None
             for (name, _), part, r in zip(jobs, parts.values(), results):
@@ -212,7 +230,7 @@ class ClusterClient(Api):
                 failed.applied = done
                 raise failed
             if not wrong:
-                return {i: done[i] for i in ids}
+                return done if len(jobs) == 1 and todo is ids else {i: done[i] for i in ids}
             wrong[0][1].applied = done
             self._after_wrong_shard(wrong[0][1], attempt, deadline)
             todo = [i for part, _ in wrong for i in part]

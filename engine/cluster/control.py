@@ -15,6 +15,7 @@ from __future__ import annotations
 import ray
 
 import logging
+import time
 
 from lstm_stream.errors import InputError
 from lstm_stream.shardmap import ShardMap
@@ -102,6 +103,9 @@ def remove_shard(name: str, *, storage: str) -> ShardMap:
     return rescale([n for n in m.names if n != name], storage=storage)
 
 
+LAST_RESCALE: dict = {}  # seconds of each phase of the last rescale in this process (the log, bench/cluster.py)
+
+
 def rescale(names: list, *, storage: str) -> ShardMap:
     """Go to shards `names` moving only the streams whose owner changes, no step lost or applied twice
     (moves.py: begin, export, import, publish, finish). On a failure before publishing, the rescale is
@@ -110,13 +114,16 @@ def rescale(names: list, *, storage: str) -> ShardMap:
     keeper = ray.get_actor(KEEPER, namespace=NAMESPACE)
     old = shard_map()
     nxt = ray.get(keeper.begin.remote(list(names)))
+    clock, t = time.perf_counter, {"start": time.perf_counter()}
     try:
         added = [n for n in names if n not in old.names]
         _start(added, store)
+        t["started"] = clock()
         nxt = ray.get(keeper.get_next.remote())  # with the new shards' endpoints
         exports = [shard(n).export_moving.remote(nxt) for n in old.names]  # ObjectRefs: shard to shard
         counts = ray.get([shard(n).import_streams.remote(exports) for n in names])
         moved = dict(zip(names, counts))
+        t["imported"] = clock()
         m = ShardMap.from_map(ray.get(keeper.publish.remote()))
     except BaseException:
         log.exception("rescale to %s failed; aborting it", names)
@@ -124,14 +131,21 @@ def rescale(names: list, *, storage: str) -> ShardMap:
         raise
     ray.get([shard(n).set_map.remote(m.as_map(), None) for n in dict.fromkeys([*m.names, *old.names])])
     # (every shard holds the new map before the old owners drop what moved)
+    t["published"] = clock()
     ray.get([shard(n).finish_move.remote() for n in old.names])
+    t["finished"] = clock()
+    LAST_RESCALE.clear()
+    LAST_RESCALE.update(start_shards=t["started"] - t["start"], move=t["imported"] - t["started"],
+                        publish=t["published"] - t["imported"], drop=t["finished"] - t["published"],
+                        streams=sum(moved.values()))
     for n in old.names:
         if n not in m.names:
             h = shard(n)
             ray.get(h.stop.remote())
             ray.kill(h, no_restart=True)
             log.info("shard %s removed; its directory is kept as %s", n, retire(store, n, m.version))
-    log.info("rescaled to shard map version %d: %s", m.version, ", ".join(f"{n} +{k}" for n, k in moved.items()))
+    log.info("rescaled to shard map version %d: %s; %s", m.version, ", ".join(f"{n} +{k}" for n, k in moved.items()),
+             ", ".join(f"{k} {v:.2f} s" for k, v in LAST_RESCALE.items() if k != "streams"))
     return m
 
 
