@@ -30,7 +30,8 @@ from .ownership import Ownership
 log = logging.getLogger("lstm_stream.engine")
 
 # Options a shard sets itself (its directory and endpoint come from the cluster).
-RESERVED = frozenset({"model", "bind", "snapshot_dir", "curve_secret", "allow_keys", "admin_keys", "namespaces"})
+CURVE_OPTIONS = frozenset({"curve_secret", "allow_keys", "admin_keys", "namespaces"})
+RESERVED = frozenset({"model", "bind", "snapshot_dir"}) | CURVE_OPTIONS
 START_TIMEOUT = 60.0  # seconds for the server thread to bind
 JOB_TIMEOUT = 600.0   # seconds a job on the loop (a move's export, import, drop) may take
 NOT_YET = object()    # a loop job's answer when it must run again at the next housekeeping
@@ -42,6 +43,9 @@ def split_options(options: dict) -> tuple[dict, dict, dict]:
     parts = ({}, {}, {})
     names = [{f.name for f in dataclasses.fields(cls)} for cls in SERVE_CONFIGS]
     for key, value in options.items():
+        if key in CURVE_OPTIONS:
+            raise InputError(f"option {key!r}: CURVE on cluster shards is not built yet (docs/cluster.md, Not "
+                             "done yet); run the cluster on a private network")
         if key in RESERVED:
             raise InputError(f"option {key!r} is set by the cluster for each shard; leave it out")
         k = next((k for k, n in enumerate(names) if key in n), None)

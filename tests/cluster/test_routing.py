@@ -157,6 +157,8 @@ def test_bad_shard_options_are_refused(model, tmp_path):
         ShardEngine("s9", str(tmp_path), m, model=model[0])
     with pytest.raises(InputError, match="'bogus' is not an option of serve"):
         ShardEngine("s0", str(tmp_path), m, model=model[0], options={"bogus": 1})
+    with pytest.raises(InputError, match="'curve_secret': CURVE on cluster shards is not built yet"):
+        ShardEngine("s0", str(tmp_path), m, model=model[0], options={"curve_secret": "k.key_secret"})
     with pytest.raises(InputError, match="'bind' is set by the cluster"):
         ShardEngine("s0", str(tmp_path), m, model=model[0], options={"bind": ("tcp://*:1",)})
 
