@@ -44,68 +44,45 @@ class ClusterError(ClientError):
     """The shard map could not be fetched from any shard that was asked."""
 
 
-class ClusterClient(Api):
-    """Blocking client of a cluster of shards; the same methods as Client."""
+class Routing:
+    """The map half of ClusterClient and AsyncClusterClient: the map, the seeds, the owners' cache."""
 
-    def __init__(self, seeds, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
-                 hwm: int = DEFAULT_HWM, max_message_bytes: int = P.MAX_MESSAGE_BYTES,
-                 context: zmq.Context | None = None, exactly_once: bool = False, move_wait: float = MOVE_WAIT):
-        """seeds: the endpoint of any shard, a list of them, or a shard map (ShardMap or its wire form).
-        move_wait: seconds a request refused with wrong_shard keeps being resent (a rescale moving its stream
-        refuses it until the new map is out); the other options are Client's, for each shard."""
-        self._options = dict(timeout=timeout, retries=retries, hwm=hwm, max_message_bytes=max_message_bytes,
-                             context=context)
-        check_options(timeout, retries, hwm)
-        self.timeout, self.exactly_once, self.move_wait = float(timeout), bool(exactly_once), float(move_wait)
-        self._seqs: dict = {}       # stream -> its number after the last step acknowledged (exactly_once)
-        self._clients: dict = {}    # shard name -> Client of its current endpoint
+    def _init_routing(self, seeds) -> bool:
+        """Take seeds (an endpoint, a list, or a map); whether the map must still be fetched."""
         self._owners: dict = {}     # stream id (ints as (i,)) -> owner name, for the current shard names
-        self._closed = False
+        self._clients: dict = {}    # shard name -> client of its current endpoint
         if isinstance(seeds, (ShardMap, dict)):
             self.map = seeds if isinstance(seeds, ShardMap) else ShardMap.from_map(seeds)
             self._seeds = list(self.map.endpoints.values())
-        else:
-            self._seeds = [seeds] if isinstance(seeds, str) else list(seeds)
-            if not self._seeds:
-                raise ValueError("seeds: expected the endpoint of at least one shard, e.g. tcp://10.0.0.5:40001")
-            self.map = None
-            self.refresh()
+            return False
+        self._seeds = [seeds] if isinstance(seeds, str) else list(seeds)
+        if not self._seeds:
+            raise ValueError("seeds: expected the endpoint of at least one shard, e.g. tcp://10.0.0.5:40001")
+        self.map = None
+        return True
 
-    # ---- the map ----------------------------------------------------------------------------------------
-    def refresh(self) -> ShardMap:
-        """Fetch the shard map from the shards (the current map's, then the seeds) and keep the newest."""
-        endpoints = list(dict.fromkeys([*(self.map.endpoints.values() if self.map else ()), *self._seeds]))
-        best, errors = self.map, []
-        for endpoint in endpoints:
-            if not endpoint:
-                continue
-            try:
-                with Client(endpoint, **{**self._options, "retries": 0}) as c:
-                    found = c.info().get("cluster")
-            except ClientError as e:
-                errors.append(f"{endpoint}: {e}")
-                continue
-            if found is None:
-                errors.append(f"{endpoint}: not a shard of a cluster (its info has no cluster map)")
-                continue
-            m = ShardMap.from_map(found)
-            if best is None or m.version > best.version:
-                best = m
-            if self.map is not None and best.version > self.map.version:
-                break  # a newer map than ours: enough
+    def _to_ask(self) -> list:
+        """Endpoints to fetch the map from: the current map's, then the seeds."""
+        return [e for e in dict.fromkeys([*(self.map.endpoints.values() if self.map else ()), *self._seeds]) if e]
+
+    def _better(self, best, found, endpoint, errors):
+        """The newer of best and the map `found` in a shard's info (errors gets why, if it is none)."""
+        if found is None:
+            errors.append(f"{endpoint}: not a shard of a cluster (its info has no cluster map)")
+            return best
+        m = ShardMap.from_map(found)
+        return m if best is None or m.version > best.version else best
+
+    def _use(self, best, errors) -> list:
+        """Take map `best` (ClusterError if none was found); the clients of shards whose endpoint changed,
+        removed (the caller closes them)."""
         if best is None:
             raise ClusterError("could not fetch the shard map from " + "; ".join(errors))
-        self._use(best)
-        return best
-
-    def _use(self, m: ShardMap) -> None:
-        if self.map is not None and m.names != self.map.names:
+        if self.map is not None and best.names != self.map.names:
             self._owners.clear()
-        for name, client in list(self._clients.items()):
-            if m.endpoints.get(name) != client.address:
-                client.close()
-                del self._clients[name]
-        self.map = m
+        gone = [self._clients.pop(n) for n, c in list(self._clients.items()) if best.endpoints.get(n) != c.address]
+        self.map = best
+        return gone
 
     def owner(self, stream) -> str:
         """The name of the shard that owns `stream` under the current map."""
@@ -131,6 +108,76 @@ class ClusterClient(Api):
                 names[k] = cache[keys[k]] = n
         return names
 
+    def _parts(self, inputs, todo, ids) -> list:
+        """[(shard name, step_many Call)] of the ids `todo` of `inputs`, one per owning shard; all of `ids` on
+        one shard: the request as given."""
+        parts: dict = {}
+        for i, name in zip(todo, self._owners_of(todo)):
+            parts.setdefault(name, []).append(i)
+        if len(parts) == 1 and todo is ids:
+            return [(next(iter(parts)), Api.step_many(_Capture(), inputs))]
+        return [(name, Api.step_many(_Capture(), {i: inputs[i] for i in part})) for name, part in parts.items()]
+
+    @staticmethod
+    def _wait(e: WrongShard, attempt: int, deadline: float, newer: bool) -> float:
+        """After wrong_shard and a refresh: seconds to wait before resending (0 with a newer map: the new
+        owner is known); the WrongShard raised once `deadline` has passed."""
+        if time.monotonic() > deadline:
+            raise e
+        return 0.0 if newer else min(BEHIND_WAIT * 2 ** attempt, MAX_WAIT)
+
+    @staticmethod
+    def _settle(jobs, results, done: dict, ids):
+        """Merge the parts' results into `done`; (the WrongShard of each refused part, its .ids set; the first
+        other error)."""
+        wrong, failed = [], None
+        for (_, call), r in zip(jobs, results):
+            if isinstance(r, WrongShard):
+                r.ids = call.fields["streams"]
+                wrong.append(r)
+            elif isinstance(r, Exception):
+                failed = failed or r
+            else:
+                done.update(r)
+        return wrong, failed
+
+
+class ClusterClient(Routing, Api):
+    """Blocking client of a cluster of shards; the same methods as Client."""
+
+    def __init__(self, seeds, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
+                 hwm: int = DEFAULT_HWM, max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+                 context: zmq.Context | None = None, exactly_once: bool = False, move_wait: float = MOVE_WAIT):
+        """seeds: the endpoint of any shard, a list of them, or a shard map (ShardMap or its wire form).
+        move_wait: seconds a request refused with wrong_shard keeps being resent (a rescale moving its stream
+        refuses it until the new map is out); the other options are Client's, for each shard."""
+        check_options(timeout, retries, hwm)
+        self._options = dict(timeout=timeout, retries=retries, hwm=hwm, max_message_bytes=max_message_bytes,
+                             context=context)
+        self.timeout, self.exactly_once, self.move_wait = float(timeout), bool(exactly_once), float(move_wait)
+        self._seqs: dict = {}       # stream -> its number after the last step acknowledged (exactly_once)
+        self._closed = False
+        if self._init_routing(seeds):
+            self.refresh()
+
+    # ---- the map ----------------------------------------------------------------------------------------
+    def refresh(self) -> ShardMap:
+        """Fetch the shard map from the shards (the current map's, then the seeds) and keep the newest."""
+        best, errors = self.map, []
+        for endpoint in self._to_ask():
+            try:
+                with Client(endpoint, **{**self._options, "retries": 0}) as c:
+                    found = c.info().get("cluster")
+            except ClientError as e:
+                errors.append(f"{endpoint}: {e}")
+                continue
+            best = self._better(best, found, endpoint, errors)
+            if self.map is not None and best.version > self.map.version:
+                break  # a newer map than ours: enough
+        for c in self._use(best, errors):
+            c.close()
+        return best
+
     def _client(self, name: str) -> Client:
         if self._closed:
             raise ClientClosed(f"{self!r} is closed")
@@ -151,9 +198,9 @@ class ClusterClient(Api):
             raise e
         before = self.map.version
         self.refresh()
-        if self.map.version > before:
-            return
-        time.sleep(min(BEHIND_WAIT * 2 ** attempt, MAX_WAIT))
+        wait = self._wait(e, attempt, deadline, self.map.version > before)
+        if wait:
+            time.sleep(wait)
 
     # ---- routing ----------------------------------------------------------------------------------------
     def _run(self, call: Call):
@@ -208,32 +255,16 @@ class ClusterClient(Api):
         todo = ids
         deadline = time.monotonic() + self.move_wait
         for attempt in itertools.count():
-            parts: dict = {}
-            for i, name in zip(todo, self._owners_of(todo)):
-                parts.setdefault(name, []).append(i)
-            if len(parts) == 1 and todo is ids:  # all on one shard: the request as given, its reply as it is
-                name = next(iter(parts))
-                jobs = [(name, Api.step_many(_Capture(), inputs))]
-            else:
-                jobs = [(name, Api.step_many(_Capture(), {i: inputs[i] for i in part}))
-                        for name, part in parts.items()]
-            results = self._scatter(jobs)
-            wrong, failed = [], None
-            for (name, _), part, r in zip(jobs, parts.values(), results):
-                if isinstance(r, WrongShard):
-                    wrong.append((part, r))
-                elif isinstance(r, Exception):
-                    failed = failed or r
-                else:
-                    done.update(r)
+            jobs = self._parts(inputs, todo, ids)
+            wrong, failed = self._settle(jobs, self._scatter(jobs), done, ids)
             if failed is not None:
                 failed.applied = done
                 raise failed
             if not wrong:
                 return done if len(jobs) == 1 and todo is ids else {i: done[i] for i in ids}
-            wrong[0][1].applied = done
-            self._after_wrong_shard(wrong[0][1], attempt, deadline)
-            todo = [i for part, _ in wrong for i in part]
+            wrong[0].applied = done
+            self._after_wrong_shard(wrong[0], attempt, deadline)
+            todo = [i for e in wrong for i in e.ids]
 
     def _scatter(self, jobs) -> list:
         """Send each (shard name, Call) on its shard's socket, all before waiting; results (or the ClientError

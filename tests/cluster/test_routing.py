@@ -170,3 +170,33 @@ def test_the_client_and_the_cli_do_not_import_ray():
     code = "import sys, clients, engine.cli, engine.cluster.shard, lstm_stream.shardmap; sys.exit('ray' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_async_client_routes_the_same(cluster, model):
+    """AsyncClusterClient: many requests in flight over three shards, bit-identical to an offline run; a stale
+    map corrected by wrong_shard; the ops sent to every shard."""
+    import asyncio
+
+    from clients import AsyncClusterClient
+    m, engines = cluster
+    ref = ls.Streams(model[1], threads=1)
+    rng = np.random.default_rng(2)
+    xs = {f"a{k}": rng.normal(size=(3, 4)).astype(np.float32) for k in range(24)}
+    want = {i: ref.step(i, x) for i, x in xs.items()}
+
+    async def main():
+        stale = ShardMap(1, [Shard("s1", m.endpoints["s1"])])
+        async with AsyncClusterClient(stale, timeout=10, exactly_once=True) as c:
+            ys = await asyncio.gather(*(c.step(i, x) for i, x in xs.items()))  # every stream in flight at once
+            assert c.map == m
+            got = await c.step_many({i: x[0] for i, x in xs.items()})
+            states = await asyncio.gather(*(c.get_state(i) for i in xs))
+            info = await c.info()
+            return ys, got, states, info, sorted(map(str, await c.streams()))
+
+    ys, got, states, info, listed = asyncio.run(asyncio.wait_for(main(), 120))
+    for (i, x), y, st in zip(xs.items(), ys, states):
+        assert np.array_equal(y, want[i])
+        assert np.array_equal(got[i], ref.step(i, x[0]))
+        assert st.steps == 4 and np.array_equal(st.h, ref.get_state(i).h)
+    assert set(info["shards"]) == set(NAMES) and listed == sorted(xs)
