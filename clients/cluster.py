@@ -127,7 +127,7 @@ class Routing:
         return 0.0 if newer else min(BEHIND_WAIT * 2 ** attempt, MAX_WAIT)
 
     @staticmethod
-    def _settle(jobs, results, done: dict, ids):
+    def _settle(jobs, results, done: dict):
         """Merge the parts' results into `done`; (the WrongShard of each refused part, its .ids set; the first
         other error)."""
         wrong, failed = [], None
@@ -256,7 +256,7 @@ class ClusterClient(Routing, Api):
         deadline = time.monotonic() + self.move_wait
         for attempt in itertools.count():
             jobs = self._parts(inputs, todo, ids)
-            wrong, failed = self._settle(jobs, self._scatter(jobs), done, ids)
+            wrong, failed = self._settle(jobs, self._scatter(jobs), done)
             if failed is not None:
                 failed.applied = done
                 raise failed
@@ -356,7 +356,7 @@ class ClusterClient(Routing, Api):
         self.close()
 
     def __repr__(self):
-        return f"ClusterClient(map version {self.map.version if self.map else None}, {len(self.map.names)} shards)"
+        return f"ClusterClient(map version {self.map.version if self.map else None})"
 
 
 class _Capture(Api):

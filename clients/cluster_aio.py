@@ -143,7 +143,7 @@ class AsyncClusterClient(Routing, Api):
             for r in results:
                 if isinstance(r, BaseException) and not isinstance(r, ServerError):
                     raise r  # a Timeout, a closed client: the parts that came are not known to be applied
-            wrong, failed = self._settle(jobs, results, done, ids)
+            wrong, failed = self._settle(jobs, results, done)
             if failed is not None:
                 failed.applied = done
                 raise failed

@@ -18,7 +18,7 @@ TINY = C.Spec(I=3, H=5, L=2, O=2)
 def test_bench_modules_import():
     import importlib
     for name in ("bench.__main__", "bench.kernel", "bench.server", "bench.startup", "bench.memory", "bench.peak",
-                 "bench.servers", "bench.ab", "bench.snapshot", "bench.overload"):
+                 "bench.servers", "bench.ab", "bench.snapshot", "bench.overload", "bench.cluster"):
         assert callable(getattr(importlib.import_module(name), "main", None)), name
 
 
