@@ -64,11 +64,15 @@ class ShardCore(EngineCore):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._jobs: collections.deque = collections.deque()  # (fn, Future); deque: thread-safe append/popleft
+        self._stopped = False
 
     def on_loop(self, fn) -> Future:
         """Run fn() on the loop thread soon; its result (or exception) in the returned Future."""
         future = Future()
-        self._jobs.append((fn, future))
+        if self._stopped:
+            future.set_exception(RuntimeError("the shard has stopped"))
+        else:
+            self._jobs.append((fn, future))
         return future
 
     def queued_any(self, check) -> bool:
@@ -91,7 +95,8 @@ class ShardCore(EngineCore):
         return min(deadline, self._clock() + 0.01) if self._jobs else deadline
 
     def fail_jobs(self) -> None:
-        """Fail the jobs left when the loop stops."""
+        """Fail the jobs left when the loop stops (and those handed over later)."""
+        self._stopped = True
         while self._jobs:
             self._jobs.popleft()[1].set_exception(RuntimeError("the shard stopped before this job ran"))
 
@@ -120,7 +125,6 @@ class ShardEngine:
         if self.snapshots is not None:
             self.snapshots.method = "thread"  # never fork a process that runs Ray's threads (gRPC and fork)
         self.ownership = Ownership(name, shard_map, next_map)
-        self._moved: list = []  # streams exported by the move in progress (dropped when it is published)
         self._drop_foreign()
         self._config = EngineConfig(**engine_kw)
         self.endpoint = None
@@ -199,7 +203,6 @@ class ShardEngine:
                 return NOT_YET
             ids = moves.moving_ids(self.streams, self.name, next_map)
             ids, arrays = moves.export_streams(self.streams, ids)
-            self._moved = ids
             out = {}
             for k, target in enumerate(next_map.owners(ids)):
                 out.setdefault(target, []).append(k)
@@ -217,22 +220,17 @@ class ShardEngine:
         return self._job(run)
 
     def finish_move(self) -> int:
-        """After the map that moved them is published: drop the streams this shard exported, snapshot."""
-        def run():
-            n = moves.drop_streams(self.streams, self._moved)
-            self._moved = []
-            if n and self.snapshots is not None:
-                self.core._mutated()
-                self.snapshots.save("move")
-            return n
-        return self._job(run)
+        """After the map that moved them is published: drop the streams this shard no longer owns (those it
+        exported; also right after a restart that lost track of them), then snapshot."""
+        return self._drop_unowned(self.ownership.map)
 
     def abort_move(self, shard_map: ShardMap) -> int:
         """A rescale given up before it was published: serve the moving streams again (their state never left
         this shard) and drop the streams imported for it (not owned under shard_map)."""
         self.ownership.set_map(shard_map, None)
-        self._moved = []
+        return self._drop_unowned(shard_map) if self.name in shard_map.names else 0
 
+    def _drop_unowned(self, shard_map: ShardMap) -> int:
         def run():
             ids = self.streams.ids()
             gone = [i for i, o in zip(ids, shard_map.owners(ids)) if o != self.name]
@@ -241,7 +239,7 @@ class ShardEngine:
                 self.core._mutated()
                 self.snapshots.save("move")
             return n
-        return self._job(run) if self.name in shard_map.names else 0
+        return self._job(run)
 
     def status(self) -> dict:
         """Name, endpoint, streams and the map version (read from another thread: counts, no iteration)."""
