@@ -9,6 +9,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'lstm-stream[ray]' (the test extra has it)")
 
+import lstm_stream as ls  # noqa: E402
 from clients import Client, ClusterClient  # noqa: E402
 from cluster_load import I, Load, inputs_of, offline, start_ray  # noqa: E402
 
@@ -95,3 +96,50 @@ def test_a_second_rescale_is_refused_while_one_runs(cluster):
     assert control.shard_map() == m
     with ClusterClient(m) as c:
         c.step("after-abort", inputs_of(0, 0))  # every stream is served again
+
+
+def test_a_source_killed_mid_move_keeps_refusing_its_moving_streams(cluster):
+    """kill -9 of a source between its export and the publish: Ray restarts it, it reads the keeper's next map
+    and still refuses its moving streams (so the exported copies stay the only ones that change); the move
+    then completes and every stream continues exactly."""
+    import signal
+
+    from clients import WrongShard
+    from engine.cluster import control
+    from engine.cluster.actors import KEEPER, NAMESPACE
+    from engine.cluster.storage import SharedPath
+    from lstm_stream.shardmap import ShardMap
+    _, model, storage = cluster
+    keeper = ray.get_actor(KEEPER, namespace=NAMESPACE)
+    m = control.shard_map()
+    ids = [f"mid-{k}" for k in range(30)]
+    with ClusterClient(m, exactly_once=True, timeout=30) as c:
+        for i in ids:
+            c.step(i, inputs_of(0, 0))
+    ray.get(keeper.begin.remote([*m.names, "s9"]))
+    control._start(["s9"], SharedPath(storage))
+    nxt = ray.get(keeper.get_next.remote())
+    moving = [i for i in ids if ShardMap.from_map(nxt).owner(i) == "s9"]
+    source = m.owner(moving[0])
+    exports = [control.shard(n).export_moving.remote(nxt) for n in m.names]
+    ray.wait(exports, num_returns=len(exports), timeout=120)
+    pid = ray.get(control.shard(source).pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    assert ray.get(control.shard(source).pid.remote(), timeout=240) != pid  # restarted
+    with Client(control.shard_map().endpoints[source], timeout=30) as c:
+        stream = next(i for i in moving if m.owner(i) == source)
+        with pytest.raises(WrongShard, match="are moving"):
+            c.step(stream, inputs_of(0, 1), seq=2)
+    ray.get([control.shard(n).import_streams.remote(exports) for n in [*m.names, "s9"]])
+    new = ShardMap.from_map(ray.get(keeper.publish.remote()))
+    ray.get([control.shard(n).set_map.remote(new.as_map(), None) for n in new.names])
+    ray.get([control.shard(n).finish_move.remote() for n in m.names])
+    with ClusterClient(new, exactly_once=True, timeout=30) as c:
+        for i in ids:
+            got = c.step(i, inputs_of(0, 1))
+            ref = ls.Streams(model, threads=1)
+            ref.step(i, inputs_of(0, 0))
+            assert np.array_equal(got, ref.step(i, inputs_of(0, 1))), i
+            assert c.get_state(i).steps == 2
+    with Client(new.endpoints["s9"]) as c:
+        assert {i for i in ids if i in set(c.streams())} == set(moving)
