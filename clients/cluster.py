@@ -341,6 +341,12 @@ class ClusterClient(Routing, Api):
             return self._routed(call, src)
         return self.set_state(dst, self.get_state(src))
 
+    def pipeline(self):
+        """A ClusterPipeline (clients/cluster_pipeline.py): queue calls, send each shard its share at once,
+        get the results in order."""
+        from .cluster_pipeline import ClusterPipeline
+        return ClusterPipeline(self)
+
     # ---- lifetime ---------------------------------------------------------------------------------------
     def close(self) -> None:
         """Close every shard's socket."""
