@@ -29,6 +29,9 @@ log = logging.getLogger("lstm_stream.engine")
 # actor waits for its restart and is retried (they are all reads or idempotent).
 ACTOR_OPTIONS = dict(namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_task_retries=-1,
                      num_cpus=0, get_if_exists=True)
+# Shards use none of Ray's CPUs (long-lived servers, not tasks), so Ray's default placement could pack them
+# all on one node: SPREAD puts them on as many nodes as it can.
+SHARD_OPTIONS = dict(ACTOR_OPTIONS, scheduling_strategy="SPREAD")
 
 
 def up(shards: int | None, *, storage: str, model: str | None = None, host: str | None = None,
@@ -42,7 +45,7 @@ def up(shards: int | None, *, storage: str, model: str | None = None, host: str 
                     "config")  # what shards added later start with
     keeper = MapKeeper.options(name=KEEPER, **ACTOR_OPTIONS).remote(store.describe(), names)
     ray.get(keeper.get.remote())
-    handles = [ShardActor.options(name=shard_actor_name(n), **ACTOR_OPTIONS).remote(
+    handles = [ShardActor.options(name=shard_actor_name(n), **SHARD_OPTIONS).remote(
         n, store.describe(), model, host, dict(options or {}), log_level) for n in names]
     ray.get([h.endpoint.remote() for h in handles])  # each constructor has recovered and bound
     return shard_map()
@@ -78,7 +81,7 @@ def _start(names, store: SharedPath):
     """Shard actors for `names` (found if running), with the options `up` saved; returns their handles once
     each has recovered and bound."""
     cfg = store.read_map("config") or {}
-    handles = [ShardActor.options(name=shard_actor_name(n), **ACTOR_OPTIONS).remote(
+    handles = [ShardActor.options(name=shard_actor_name(n), **SHARD_OPTIONS).remote(
         n, store.describe(), cfg.get("model"), cfg.get("host"), cfg.get("options", {}), cfg.get("log_level", "info"))
         for n in names]
     ray.get([h.endpoint.remote() for h in handles])
