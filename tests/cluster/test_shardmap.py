@@ -24,6 +24,9 @@ def test_the_documented_examples():
     rows = re.findall(r"^\| `(.+?)` \| `(0x[0-9a-f]+)` \| `(0x[0-9a-f]+)` \| `(0x[0-9a-f]+)` \| `(0x[0-9a-f]+)` \| "
                       r"`(s\d)` \|$", DOC.read_text(encoding="utf-8"), re.M)
     assert len(rows) >= 4
+    seeds = re.search(r"with seeds `(0x[0-9a-f]+)`,\s+`(0x[0-9a-f]+)`, `(0x[0-9a-f]+)`",
+                      DOC.read_text(encoding="utf-8"))
+    assert [hex(shard_seed(n)) for n in ("s0", "s1", "s2")] == list(seeds.groups())
     m = ShardMap(1, shards("s0", "s1", "s2"))
     for text, h, *scores, owner in rows:
         stream = int(text) if re.fullmatch(r"-?\d+", text) else text.strip('"')
