@@ -116,6 +116,9 @@ def run_up(args) -> int:
         except (InputError, ValueError) as e:
             print(f"cannot start the cluster: {e}", file=sys.stderr)
             return EXIT_USAGE
+        except ray.exceptions.RayError as e:  # a shard's constructor failed: a model file it cannot read, ...
+            print(f"cannot start the cluster: a shard failed to start: {_cause(e)}", file=sys.stderr)
+            return EXIT_FAILED
         print(json.dumps(m.as_map(), indent=1), flush=True)
         address = ray.get_runtime_context().gcs_address
         print(f"cluster up: {len(m.names)} shards, map version {m.version}; connect with "
@@ -135,6 +138,12 @@ def run_up(args) -> int:
     finally:
         if local:
             ray.shutdown()
+
+
+def _cause(e) -> str:
+    """The last line of a Ray error's text: the shard's own exception (Ray prefixes its traceback)."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else repr(e)
 
 
 def run_rescale(args) -> int:
@@ -157,7 +166,8 @@ def run_rescale(args) -> int:
         print(f"{args.action}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ray.exceptions.RayError as e:
-        print(f"{args.action} failed (a rescale that failed before publishing was aborted): {e}", file=sys.stderr)
+        print(f"{args.action} failed (a rescale that failed before publishing was aborted): {_cause(e)}",
+              file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(m.as_map(), indent=1))
     return EXIT_OK

@@ -36,7 +36,8 @@ def test_wrong_uses_say_what_was_expected(tmp_path):
     assert r.returncode == 2 and "--shards must be an int >= 1, got None" in r.stderr
     r = cli("up", "--shards", 1, "--storage", tmp_path / "new2", "--model", tmp_path / "missing.npz",
             "--num-cpus", 1, timeout=300)
-    assert r.returncode != 0 and "missing.npz" in r.stderr
+    assert r.returncode == 1 and "cannot start the cluster: a shard failed to start:" in r.stderr
+    assert "missing.npz" in r.stderr.split("cannot start the cluster")[-1]
 
 
 def test_up_status_and_stop(tmp_path, served_models):
