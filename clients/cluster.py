@@ -146,14 +146,16 @@ class ClusterClient(Routing, Api):
     """Blocking client of a cluster of shards; the same methods as Client."""
 
     def __init__(self, seeds, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
-                 hwm: int = DEFAULT_HWM, max_message_bytes: int = P.MAX_MESSAGE_BYTES,
-                 context: zmq.Context | None = None, exactly_once: bool = False, move_wait: float = MOVE_WAIT):
+                 hwm: int = DEFAULT_HWM, max_message_bytes: int = P.MAX_MESSAGE_BYTES, server_key=None,
+                 client_keys=None, context: zmq.Context | None = None, exactly_once: bool = False,
+                 move_wait: float = MOVE_WAIT):
         """seeds: the endpoint of any shard, a list of them, or a shard map (ShardMap or its wire form).
         move_wait: seconds a request refused with wrong_shard keeps being resent (a rescale moving its stream
-        refuses it until the new map is out); the other options are Client's, for each shard."""
+        refuses it until the new map is out); the other options are Client's, for each shard (server_key:
+        the cluster's one public key; every shard has the same)."""
         check_options(timeout, retries, hwm)
         self._options = dict(timeout=timeout, retries=retries, hwm=hwm, max_message_bytes=max_message_bytes,
-                             context=context)
+                             context=context, server_key=server_key, client_keys=client_keys)
         self.timeout, self.exactly_once, self.move_wait = float(timeout), bool(exactly_once), float(move_wait)
         self._seqs: dict = {}       # stream -> its number after the last step acknowledged (exactly_once)
         self._closed = False

@@ -31,13 +31,13 @@ class AsyncClusterClient(Routing, Api):
     """asyncio client of a cluster of shards; mirrors ClusterClient method for method (each one awaited)."""
 
     def __init__(self, seeds, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
-                 hwm: int = DEFAULT_HWM, max_message_bytes: int = P.MAX_MESSAGE_BYTES,
-                 exactly_once: bool = False, move_wait: float = MOVE_WAIT):
+                 hwm: int = DEFAULT_HWM, max_message_bytes: int = P.MAX_MESSAGE_BYTES, server_key=None,
+                 client_keys=None, exactly_once: bool = False, move_wait: float = MOVE_WAIT):
         """As ClusterClient (seeds: an endpoint, a list, or a shard map); nothing is sent until first use."""
         check_options(timeout, retries, hwm)
         self._ctx = zmq.asyncio.Context()
         self._options = dict(timeout=timeout, retries=retries, hwm=hwm, max_message_bytes=max_message_bytes,
-                             context=self._ctx)
+                             context=self._ctx, server_key=server_key, client_keys=client_keys)
         self.timeout, self.exactly_once, self.move_wait = float(timeout), bool(exactly_once), float(move_wait)
         self._seqs: dict = {}
         self._closed = False

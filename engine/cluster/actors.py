@@ -170,6 +170,10 @@ class ShardActor:
         """ShardEngine.status, with this process's pid and node."""
         return {**self.engine.status(), "pid": os.getpid(), "node": ray.util.get_node_ip_address()}
 
+    def reload_keys(self) -> None:
+        """Re-read the CURVE client key directories (serve's SIGHUP)."""
+        self.engine.reload_keys()
+
     def pid(self) -> int:
         """The worker process's pid (tests kill it)."""
         return os.getpid()

@@ -45,7 +45,7 @@ def add_arguments(p):
     group = up.add_argument_group("shard options", "as for `serve` (see docs/operations.md); each shard gets them")
     for cls in config.SERVE_CONFIGS:
         for f in config.options(cls):
-            if f.name in RESERVED and f.name != "model":
+            if (f.name in RESERVED and f.name != "model") or f.name == "namespaces":
                 continue
             m = f.metadata
             group.add_argument(config.flag(f), dest=f.name, type=m["unit"].parse, choices=m["choices"],
@@ -57,6 +57,9 @@ def add_arguments(p):
     where.add_argument("--connect", help="the endpoint of any shard (its info holds the map)")
     where.add_argument("--address", help="ask the map keeper on this Ray cluster")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--server-key", metavar="FILE", help="the cluster's public key file (NAME.key): connect "
+                        "with CURVE (needs --client-key)")
+    status.add_argument("--client-key", metavar="FILE", help="this client's NAME.key_secret")
     down = sub.add_parser("down", help="stop every shard (each snapshots) and remove the actors")
     down.add_argument("--address", required=True, help=ADDRESS_HELP)
     for action, text in (("add-shard", "add shard NAME: the streams whose owner becomes NAME move to it, live"),
@@ -66,6 +69,9 @@ def add_arguments(p):
         a.add_argument("name", help="the shard's name (1-64 of letters, digits, '.', '_', '-')")
         a.add_argument("--address", required=True, help=ADDRESS_HELP)
         a.add_argument("--storage", required=True, help="the cluster's --storage")
+    a = sub.add_parser("reload-keys", help="every shard re-reads its CURVE client key directories (as SIGHUP "
+                       "does for serve)")
+    a.add_argument("--address", required=True, help=ADDRESS_HELP)
     a = sub.add_parser("abort-move", help="give up a rescale that stopped before its map was published")
     a.add_argument("--address", required=True, help=ADDRESS_HELP)
     a.add_argument("--storage", required=True, help="the cluster's --storage")
@@ -78,7 +84,7 @@ def _shard_options(args) -> dict:
 
 def run(args) -> int:
     return {"up": run_up, "status": run_status, "down": run_down, "add-shard": run_rescale,
-            "remove-shard": run_rescale, "abort-move": run_rescale}[args.action](args)
+            "remove-shard": run_rescale, "abort-move": run_rescale, "reload-keys": run_down}[args.action](args)
 
 
 def _ray():
@@ -174,12 +180,13 @@ def run_rescale(args) -> int:
 
 
 def run_down(args) -> int:
+    """`down`, or `reload-keys`: one call to every shard of the cluster at --address."""
     ray = _ray()
     from . import control
     from .actors import NAMESPACE
     ray.init(address=args.address, namespace=NAMESPACE, include_dashboard=False)
     try:
-        control.down()
+        control.down() if args.action == "down" else control.reload_keys()
     except ValueError as e:  # no keeper: nothing runs
         print(f"no cluster on {args.address}: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -201,7 +208,8 @@ def _find_map(args):
         return m
     from clients import Client, ClientError
     try:
-        with Client(args.connect, timeout=STATUS_TIMEOUT, retries=0) as c:
+        with Client(args.connect, timeout=STATUS_TIMEOUT, retries=0, server_key=args.server_key,
+                    client_keys=args.client_key) as c:
             m = c.info().get("cluster")
     except ClientError as e:
         print(f"cannot reach {args.connect}: {e}", file=sys.stderr)
@@ -215,13 +223,14 @@ def _find_map(args):
 def run_status(args) -> int:
     """Each shard of the map, asked directly (no Ray): endpoint, streams, its map version, requests served."""
     from clients import Client, ClientError
+    keys = dict(server_key=args.server_key, client_keys=args.client_key)
     m = _find_map(args)
     rows = []
     for s in m["shards"]:
         row = {"name": s["name"], "endpoint": s["endpoint"], "up": False}
         if s["endpoint"]:
             try:
-                with Client(s["endpoint"], timeout=STATUS_TIMEOUT, retries=0) as c:
+                with Client(s["endpoint"], timeout=STATUS_TIMEOUT, retries=0, **keys) as c:
                     info = c.info()
                 row.update(up=True, streams=info["streams"], map_version=(info.get("cluster") or {}).get("version"),
                            requests=info["counters"].get("requests", 0),

@@ -67,6 +67,11 @@ def status() -> dict:
     return {"map": m.as_map(), "shards": dict(zip(m.names, ray.get([shard(n).status.remote() for n in m.names])))}
 
 
+def reload_keys() -> None:
+    """Every shard re-reads its CURVE client key directories (serve's SIGHUP)."""
+    ray.get([shard(n).reload_keys.remote() for n in shard_map().names])
+
+
 def down() -> None:
     """Stop every shard (each serves what is queued, snapshots, closes its log), then remove the actors."""
     m = shard_map()

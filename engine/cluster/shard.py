@@ -30,8 +30,7 @@ from .ownership import Ownership
 log = logging.getLogger("lstm_stream.engine")
 
 # Options a shard sets itself (its directory and endpoint come from the cluster).
-CURVE_OPTIONS = frozenset({"curve_secret", "allow_keys", "admin_keys", "namespaces"})
-RESERVED = frozenset({"model", "bind", "snapshot_dir"}) | CURVE_OPTIONS
+RESERVED = frozenset({"model", "bind", "snapshot_dir"})
 START_TIMEOUT = 60.0  # seconds for the server thread to bind
 JOB_TIMEOUT = 600.0   # seconds a job on the loop (a move's export, import, drop) may take
 NOT_YET = object()    # a loop job's answer when it must run again at the next housekeeping
@@ -43,9 +42,10 @@ def split_options(options: dict) -> tuple[dict, dict, dict]:
     parts = ({}, {}, {})
     names = [{f.name for f in dataclasses.fields(cls)} for cls in SERVE_CONFIGS]
     for key, value in options.items():
-        if key in CURVE_OPTIONS:
-            raise InputError(f"option {key!r}: CURVE on cluster shards is not built yet (docs/cluster.md, Not "
-                             "done yet); run the cluster on a private network")
+        if key == "namespaces" and value != "off":
+            raise InputError("--namespaces on is not supported on cluster shards: a stream's owner is computed "
+                             "from the id the client sends, and moves would see the key's prefixed ids instead; "
+                             "CURVE with roles (--curve-secret, --allow-keys, --admin-keys) is")
         if key in RESERVED:
             raise InputError(f"option {key!r} is set by the cluster for each shard; leave it out")
         k = next((k for k, n in enumerate(names) if key in n), None)
@@ -127,6 +127,7 @@ class ShardEngine:
         self.ownership = Ownership(name, shard_map, next_map)
         self._drop_foreign()
         self._config = EngineConfig(**engine_kw)
+        self._access, self._curve = _keys(self.serve)  # CURVE: the same key files on every shard
         self.endpoint = None
         self.core = self.server = None
         self._ready = threading.Event()
@@ -141,11 +142,12 @@ class ShardEngine:
         import zmq
 
         from ..server import Server
-        core = ShardCore(self.streams, self._config, snapshots=self.snapshots, journal=self.journal)
+        core = ShardCore(self.streams, self._config, snapshots=self.snapshots, journal=self.journal,
+                         access=self._access)
         core.ownership = self.ownership
         for bind in self._binds:
             try:
-                self.server = Server(core, bind)
+                self.server = Server(core, bind, curve=self._curve)
                 break
             except zmq.ZMQError as e:
                 log.warning("shard %s: cannot bind %s (%s)", self.name, bind, e)
@@ -154,6 +156,10 @@ class ShardEngine:
             self._ready.set()
             return
         self._error, self.core, self.endpoint = None, core, self.server.endpoints[0]
+        from ..cli import is_loopback
+        if self._curve is None and not is_loopback(self.endpoint):
+            log.warning("shard %s listens on %s, not a loopback address, without CURVE: anyone who can reach it "
+                        "may read and change its streams (docs/cluster.md, Keys)", self.name, self.endpoint)
         log.info("shard %s serving %d streams on %s (shard map version %d)", self.name, len(self.streams),
                  self.endpoint, self.ownership.map.version)
         self._ready.set()
@@ -161,6 +167,11 @@ class ShardEngine:
             self.server.run()
         finally:
             core.fail_jobs()
+
+    def reload_keys(self) -> None:
+        """Re-read the client key directories at the loop's next housekeeping (serve's SIGHUP)."""
+        if self._access is not None:
+            self._access.request_reload()
 
     def set_map(self, shard_map: ShardMap, next_map: ShardMap | None = None) -> None:
         """Check ownership against `shard_map` (and `next_map` while a rescale runs) from now on; a map older
@@ -269,3 +280,11 @@ class ShardEngine:
         if self.journal is not None:
             self.journal.close()
         return ok
+
+
+def _keys(serve):
+    """(Access, (public, secret)) of a shard started with --curve-secret, else (None, None)."""
+    if serve.curve_secret is None:
+        return None, None
+    from ..access import Access, read_secret_key
+    return Access(serve.allow_keys, serve.admin_keys), read_secret_key(serve.curve_secret)

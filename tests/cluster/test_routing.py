@@ -157,8 +157,6 @@ def test_bad_shard_options_are_refused(model, tmp_path):
         ShardEngine("s9", str(tmp_path), m, model=model[0])
     with pytest.raises(InputError, match="'bogus' is not an option of serve"):
         ShardEngine("s0", str(tmp_path), m, model=model[0], options={"bogus": 1})
-    with pytest.raises(InputError, match="'curve_secret': CURVE on cluster shards is not built yet"):
-        ShardEngine("s0", str(tmp_path), m, model=model[0], options={"curve_secret": "k.key_secret"})
     with pytest.raises(InputError, match="'bind' is set by the cluster"):
         ShardEngine("s0", str(tmp_path), m, model=model[0], options={"bind": ("tcp://*:1",)})
 
@@ -234,3 +232,42 @@ def test_a_pipeline_sends_each_shard_its_share(cluster, model):
             p.execute()
         assert isinstance(p.results[0], np.ndarray) and isinstance(p.results[1], Exception)
         assert c.get_state("p0").steps == 3 and c.get_state("p1").steps == 2
+
+
+@pytest.mark.skipif(not __import__("zmq").has("curve"), reason="libzmq without CURVE")
+def test_shards_with_curve_keys(model, tmp_path):
+    """Shards started with the same --curve-secret and key directories: a ClusterClient with an allowed step
+    key routes (and is corrected by wrong_shard) over encrypted connections; a stranger's key gets nothing;
+    the step role may not drop; --namespaces on is refused on shards, saying why."""
+    import shutil
+
+    import zmq.auth
+
+    from clients import Forbidden, Timeout
+    keys, allow = tmp_path / "keys", tmp_path / "allow"
+    allow.mkdir()
+    keys.mkdir()
+    pairs = {n: zmq.auth.create_certificates(keys, n) for n in ("server", "gw", "stranger")}
+    shutil.copy(pairs["gw"][0], allow)
+    options = {"threads": 1, "curve_secret": pairs["server"][1], "allow_keys": str(allow)}
+    first = ShardMap(1, [Shard(n, "") for n in NAMES[:2]])
+    engines = [ShardEngine(n, str(tmp_path / n), first, model=model[0], options=options) for n in NAMES[:2]]
+    m = ShardMap(2, [Shard(e.name, e.endpoint) for e in engines])
+    for e in engines:
+        e.set_map(m)
+    try:
+        stale = ShardMap(1, [Shard("s0", m.endpoints["s0"])])
+        with ClusterClient(stale, server_key=pairs["server"][0], client_keys=pairs["gw"][1], timeout=10) as c:
+            ys = c.step_many({f"k{i}": np.ones(4, np.float32) for i in range(20)})
+            assert len(ys) == 20 and c.map == m
+            with pytest.raises(Forbidden):
+                c.drop("k1")
+        with pytest.raises(Timeout):
+            with Client(m.endpoints["s0"], server_key=pairs["server"][0], client_keys=pairs["stranger"][1],
+                        timeout=0.5, retries=0) as c:
+                c.ping()
+    finally:
+        for e in engines:
+            e.stop()
+    with pytest.raises(InputError, match="--namespaces on is not supported on cluster shards"):
+        ShardEngine("s0", str(tmp_path / "x"), first, model=model[0], options={**options, "namespaces": "on"})
