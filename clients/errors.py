@@ -16,6 +16,7 @@
         ├── SequenceError              seq_stale, seq_gap: .seq (the stream's number), .expected
         ├── LogFailed                  log_failed: the daemon's step log cannot be written; nothing applied
         ├── Forbidden (PermissionError) forbidden: this client's key may not do this op; nothing applied
+        ├── WrongShard                 wrong_shard: a cluster shard does not own the stream: .version (its map's)
         └── InternalError              internal, snapshot_failed
 """
 from __future__ import annotations
@@ -105,6 +106,15 @@ class Forbidden(ServerError, PermissionError):
     was applied."""
 
 
+class WrongShard(ServerError):
+    """A shard of a cluster does not own a stream the request names (its shard map is at `version`); nothing
+    was applied. ClusterClient refreshes its map and resends; a plain Client sees it when sent to a shard."""
+
+    def __init__(self, code: str, message: str, request_id=None, version=None):
+        super().__init__(code, message, request_id)
+        self.version = version
+
+
 class InternalError(ServerError):
     """The daemon failed internally (logged on its side) or could not write a snapshot."""
 
@@ -114,7 +124,7 @@ _BY_CODE = {
     P.TOO_LARGE: BadRequest, P.BAD_INPUT: BadRequest, P.UNKNOWN_STREAM: UnknownStream,
     P.STORE_FULL: StoreFull, P.BUSY: Busy, P.UNSUPPORTED: Unsupported, P.SNAPSHOT_FAILED: InternalError,
     P.INTERNAL: InternalError, P.SEQ_STALE: SequenceError, P.SEQ_GAP: SequenceError, P.LOG_FAILED: LogFailed,
-    P.FORBIDDEN: Forbidden,
+    P.FORBIDDEN: Forbidden, P.WRONG_SHARD: WrongShard,
 }
 
 
@@ -127,4 +137,6 @@ def server_error(reply: dict) -> ServerError:
     cls = _BY_CODE.get(code, ServerError)
     if cls is SequenceError:
         return cls(code, message, reply.get("id"), err.get("seq"), err.get("expected"))
+    if cls is WrongShard:
+        return cls(code, message, reply.get("id"), err.get("version"))
     return cls(code, message, reply.get("id"))

@@ -7,6 +7,7 @@
     lstm-stream demo                             # the default model on live replayed sensor streams
     lstm-stream keygen keys/ server              # keys/server.key (public, 0644), keys/server.key_secret (0600)
     lstm-stream bridge mqtt --broker mqtt://127.0.0.1:1883 --subscribe 'sensors/+/imu' --publish 'predictions/{stream}'
+    lstm-stream cluster up --shards 3 --storage DIR   # shards on Ray (engine/cluster/, docs/cluster.md)
 
 Subcommands are the COMMANDS table (name -> (help, add_arguments, run)); adding one is one entry. Only `serve`
 imports the engine (and numba); the client subcommands need pyzmq, msgpack and numpy only.
@@ -343,6 +344,16 @@ def run_demo(args) -> int:
     return run(args)
 
 
+def add_cluster_arguments(p):  # engine/cluster/cli.py, imported only for `cluster` (Ray only when it runs)
+    from .cluster.cli import add_arguments
+    add_arguments(p)
+
+
+def run_cluster(args) -> int:
+    from .cluster.cli import run
+    return run(args)
+
+
 def add_warm_arguments(p):
     p.add_argument("--model", help="compile for this model's dtype (default: the shipped default model)")
     p.add_argument("--dtype", nargs="+", choices=("float32", "float64"), help="compile for these dtypes instead")
@@ -390,6 +401,8 @@ COMMANDS = {
              "systemd units)", add_warm_arguments, run_warm),
     "demo": ("replay held-out smartwatch recordings as live streams through a daemon; show predictions, "
              "latency, and streaming vs offline accuracy", add_demo_arguments, run_demo),
+    "cluster": ("shards on Ray: `up` starts N shards (a local Ray, or --address), `status` shows them, `down` "
+                "stops them (docs/cluster.md)", add_cluster_arguments, run_cluster),
     "keygen": ("write a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret (secret, mode 0600)",
                add_keygen_arguments, run_keygen),
     "convert": ("write an lstm-stream model (.npz) from an ONNX, Keras, arrays or PyTorch state_dict file",

@@ -47,6 +47,8 @@ class EngineCore(Ops):
                  background=None, clock=time.monotonic, access=None):
         self.streams = streams
         self.access = access           # CURVE roles and namespaces (engine/access.py), or None: every peer admin
+        self.ownership = None          # a cluster shard's check (engine/cluster/ownership.py): request ->
+                                       # None, or (message, detail) of its wrong_shard refusal
         self.config = config = config or EngineConfig()
         self.snapshots = snapshots
         self.journal = journal         # the step log (engine/journal.py), or None
@@ -99,6 +101,12 @@ class EngineCore(Ops):
         self.metrics["requests"] += 1
         self.requests_by_op[req.op] += 1
         peer = tag[0] if type(tag) in (list, tuple) and tag else tag  # the connection: its own queue
+        if self.ownership is not None:  # a shard of a cluster: ids it does not own are wrong_shard
+            wrong = self.ownership(req)  # (on the client's own ids: before access control namespaces them)
+            if wrong is not None:
+                reply = self.refuse(req.id, P.WRONG_SHARD, wrong[0], counted=True)
+                reply.detail = wrong[1]
+                return reply
         if self.access is not None:
             try:
                 req, why, kid = self.access.admit(req, user)

@@ -32,6 +32,7 @@ class Ops:
                 "max_request_samples": self.config.max_request_samples,
                 "max_request_new_streams": self.config.max_request_new_streams,
                 "counters": dict(self.metrics),
+                "cluster": None if self.ownership is None else self.ownership.map.as_map(),  # shard map
                 "log": None if self.journal is None else {**self.journal.status(), "held_replies": self.held},
                 "snapshot": None if self.snapshots is None else {"path": self.snapshots.path,
                                                                   "every": self.snapshots.every,

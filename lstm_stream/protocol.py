@@ -55,8 +55,11 @@ SEQ_STALE = "seq_stale"            # a step's seq was applied before (and is not
 SEQ_GAP = "seq_gap"                # a step's seq skips steps: error.seq is the stream's number, error.expected
 LOG_FAILED = "log_failed"          # the step log cannot be written: nothing was applied, reads still work
 FORBIDDEN = "forbidden"            # this client's key may not do this op (CURVE roles): nothing was applied
+WRONG_SHARD = "wrong_shard"        # a shard of a cluster does not own a stream of the request: error.version is
+                                   # its shard map's version; nothing was applied (docs/cluster.md)
 ERROR_CODES = (BAD_MESSAGE, BAD_REQUEST, BAD_VERSION, UNKNOWN_OP, TOO_LARGE, BAD_INPUT, UNKNOWN_STREAM,
-               STORE_FULL, UNSUPPORTED, BUSY, SNAPSHOT_FAILED, INTERNAL, SEQ_STALE, SEQ_GAP, LOG_FAILED, FORBIDDEN)
+               STORE_FULL, UNSUPPORTED, BUSY, SNAPSHOT_FAILED, INTERNAL, SEQ_STALE, SEQ_GAP, LOG_FAILED, FORBIDDEN,
+               WRONG_SHARD)
 
 # ---- ops: which may be batched, which may be resent ---------------------------------------------
 STEP_OPS = frozenset({"step", "step_many"})

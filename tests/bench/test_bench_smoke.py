@@ -19,7 +19,7 @@ def test_bench_modules_import():
     import importlib
     for name in ("bench.__main__", "bench.kernel", "bench.server", "bench.startup", "bench.memory", "bench.peak",
                  "bench.servers", "bench.ab", "bench.snapshot", "bench.overload", "bench.mqtt",
-                 "bench.metrics"):
+                 "bench.metrics", "bench.cluster"):
         assert callable(getattr(importlib.import_module(name), "main", None)), name
 
 

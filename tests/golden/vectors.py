@@ -23,7 +23,8 @@ MAX_STREAMS, MAX_MESSAGE_BYTES = 4, 4096
 DAEMON_ARGS = ["--model", "model.npz", "--max-streams", str(MAX_STREAMS), "--max-message-bytes",
                str(MAX_MESSAGE_BYTES)]
 # Codes no single request can trigger on a healthy daemon: they depend on its load, disk or bugs.
-STATE_DEPENDENT_CODES = {"busy", "snapshot_failed", "internal", "log_failed", "forbidden"}  # forbidden: needs CURVE keys
+STATE_DEPENDENT_CODES = {"busy", "snapshot_failed", "internal", "log_failed", "forbidden",  # forbidden: CURVE keys
+                         "wrong_shard"}  # wrong_shard: a shard of a cluster (tests/cluster/)
 CLOCK_FIELDS = {"time", "uptime", "last_seen"}
 INFO_FIELDS = ("protocol", "model", "fingerprint", "autoregressive", "max_streams")  # the rest: host and build
 

@@ -1,0 +1,142 @@
+"""ClusterPipeline: Client.pipeline() over a cluster. Calls queued by the Api methods are sent together, each
+to its stream's shard (a step_many split per shard), every shard's share on its socket before any reply is
+awaited; results come back in call order.
+
+    with cc.pipeline() as p:                  # cc: a ClusterClient
+        for i, x in items: p.step(i, x)
+    ys = p.results
+
+As Client's Pipeline: the calls are independent (one that fails does not stop the others); execute() returns
+every result in order or raises PipelineError, `results` holding every result with each failed call's
+exception in its place; a Timeout is raised with the replies that came. A call refused with wrong_shard
+(nothing applied) is sent again to its owner under the refreshed map, after the others: calls of one stream
+keep their order unless its owner changes in between. Ops without a stream (ping, info, streams, snapshot) and
+a copy between two shards run one by one, as ClusterClient runs them.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+from lstm_stream import protocol as P
+
+from ._api import Call, _y
+from .client import MISSING, Queued, settled
+from .errors import ClientError, Timeout, WrongShard
+
+_NOT_ROUTED = frozenset({"ping", "info", "streams", "snapshot", "copy"})
+
+
+class ClusterPipeline(Queued):
+    """Calls queued by the Api methods (which return the pipeline), sent together by execute()."""
+
+    def execute(self, *, return_exceptions: bool = False) -> list:
+        """Send all queued calls, wait for every reply, return their results in order (also in `results`)."""
+        calls, self._calls = self._calls, []
+        cc = self._client
+        results = [MISSING] * len(calls)
+        merged = {k: {} for k, c in enumerate(calls) if c.op == "step_many"}  # step_many: its parts' results
+        items = []
+        for k, call in enumerate(calls):
+            if call.op in _NOT_ROUTED:
+                results[k] = _outcome(cc._run, call)
+            else:
+                items.append((k, call))
+        deadline = time.monotonic() + cc.move_wait
+        for attempt in itertools.count():
+            if not items:
+                break
+            index, jobs = [], []
+            for k, call in items:
+                for name, part in _route(cc, call):
+                    index.append(k)
+                    jobs.append((name, part))
+            try:
+                got = cc._scatter(jobs)
+            except Timeout as e:
+                for k, r in zip(index, getattr(e, "replies", [MISSING] * len(jobs))):
+                    _put(results, merged, k, e if r is MISSING else r)
+                self.results = _finish(calls, results, merged, e)
+                raise
+            items, wrong = [], None
+            for k, (_, part), r in zip(index, jobs, got):
+                if isinstance(r, WrongShard):
+                    items.append((k, part))
+                    wrong = r
+                else:
+                    _put(results, merged, k, r)
+            if wrong is not None:
+                try:
+                    cc._after_wrong_shard(wrong, attempt, deadline)
+                except WrongShard as e:  # still refused when move_wait has passed
+                    for k, _ in items:
+                        _put(results, merged, k, e)
+                    items = []
+        self.results = _finish(calls, results, merged, None)
+        return settled(self.results, return_exceptions)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None and self._calls:
+            self.execute()
+
+
+def _outcome(fn, call):
+    try:
+        return fn(call)
+    except ClientError as e:
+        return e
+
+
+def _route(cc, call) -> list:
+    """[(shard, Call)] of one call: a step_many split per owning shard, the others to their stream's owner."""
+    if call.op != "step_many":
+        return [(cc.owner(call.fields["stream"]), call)]
+    ids = call.fields["streams"]
+    owners = cc._owners_of(ids)
+    groups: dict = {}
+    for j, name in enumerate(owners):
+        groups.setdefault(name, []).append(j)
+    if len(groups) == 1:
+        return [(owners[0], call)]
+    parts = []
+    for name, js in groups.items():
+        part = [ids[j] for j in js]
+        if call.fields.get("x") is not None:
+            fields = {"streams": part, "x": call.fields["x"][js]}
+            parse = (lambda part: lambda r: dict(zip(part, _y(r))))(part)
+        else:
+            fields = {"streams": part, "xs": [call.fields["xs"][j] for j in js]}
+            parse = (lambda part: lambda r: dict(zip(part, (P.to_array(y, "ys") for y in r["ys"]))))(part)
+        parts.append((name, Call("step_many", fields, parse)))
+    return parts
+
+
+def _put(results, merged, k, r) -> None:
+    """Record result r of call k (a step_many's part is merged; its first error wins)."""
+    if k not in merged:
+        results[k] = r
+    elif isinstance(r, Exception):
+        if not isinstance(results[k], Exception):
+            results[k] = r
+    else:
+        merged[k].update(r)
+
+
+def _finish(calls, results, merged, timeout) -> list:
+    """The results in call order: each step_many's merged parts in its ids' order (or its error, with
+    .applied: the parts that were), the Timeout in place of calls that got no reply."""
+    out = []
+    for k, call in enumerate(calls):
+        r = results[k]
+        if k in merged:
+            if isinstance(r, Exception):
+                r.applied = merged[k]
+            elif len(merged[k]) == len(set(call.fields["streams"])):
+                r = {i: merged[k][i] for i in call.fields["streams"]}
+            else:
+                r = timeout if timeout is not None else MISSING
+        out.append(timeout if r is MISSING and timeout is not None else r)
+    return out
