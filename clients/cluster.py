@@ -29,7 +29,7 @@ from lstm_stream import protocol as P
 from lstm_stream.shardmap import ShardMap
 
 from ._api import Api, Call, _array
-from .client import (DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Client, check_options, decode_reply,
+from .client import (DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Client, check_options,
                      result_of, resendable)
 from .errors import ClientClosed, ClientError, SequenceError, ServerError, Timeout, WrongShard
 
@@ -306,7 +306,7 @@ class ClusterClient(Routing, Api):
                         data = sock.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    reply = decode_reply(c._codec, data)
+                    reply = c._read(data)  # (clients/replies.py: BadReply if unreadable)
                     k = want.get((id(c), reply["id"]))
                     if k is not None:
                         got[k] = result_of(jobs[k][1], reply)
