@@ -29,7 +29,7 @@ from . import strategies as S  # noqa: E402
 from .harness import DaemonTarget, Tally, live_args, make_model  # noqa: E402
 
 TARGETS = ("decoder", "engine", "daemon")
-PER_ROUND = {"decoder": 500, "memory": 50, "roundtrip": 200, "engine": 60, "daemon": 30}
+PER_ROUND = {"decoder": 500, "memory": 50, "roundtrip": 200, "engine": 60, "keys": 30, "daemon": 30}
 BATCH = st.lists(S.message(), min_size=1, max_size=16)
 
 
@@ -64,6 +64,7 @@ class Run:
 
     def run(self) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="lss-fuzz-")
+        self.keys = Path(tmp.name) / "keys"  # CURVE keys of the "keys" property (a step key, an admin key)
         daemon = target = None
         try:
             if "daemon" in self.targets:
@@ -127,6 +128,9 @@ class Run:
         if "engine" in self.targets:
             out.append(prop("engine", st.tuples(BATCH, st.booleans(), st.integers(0, 2**16)),
                             lambda d: F.engine_in_process(model, d[0], d[1], d[2], tallies["engine"])))
+            out.append(prop("keys", st.tuples(BATCH, st.booleans(), st.integers(0, 2**16)),
+                            lambda d: F.engine_in_process(model, d[0], d[1], d[2], tallies["engine"],
+                                                          keys=self.keys / str(d[2]))))
         if "daemon" in self.targets:
             out.append(prop("daemon", st.tuples(BATCH, st.booleans(), st.integers(0, 2**16)),
                             lambda d: F.live_daemon(target, model, d[0], d[1], d[2], tallies["daemon"])))
@@ -179,7 +183,8 @@ def replay(path: Path) -> int:
             F.decode_only(cases[0])
             F.decode_memory(cases[0].data)
         elif "batched" in rec:
-            F.engine_in_process(make_model(), cases, rec["batched"], rec["seed"])
+            keys = tempfile.mkdtemp(prefix="lss-fuzz-keys-") if rec["target"] == "keys" else None
+            F.engine_in_process(make_model(), cases, rec["batched"], rec["seed"], keys=keys)
         else:
             print(f"nothing to replay in {path} (target {rec['target']}: {rec.get('drawn')})", file=sys.stderr)
             return 2

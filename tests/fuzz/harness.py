@@ -15,6 +15,7 @@ an in-process Streams stepped with the same inputs: whatever the fuzz sent, it c
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -141,19 +142,27 @@ class WireTarget(Target):
     """The engine in-process (EngineCore behind WireCore, a fresh one per target): requests queued with tags,
     served in turns of mixed requests like the daemon's, every reply matched to its request by tag."""
 
-    def __init__(self, model, *, max_streams: int = 64, **config):
+    def __init__(self, model, *, max_streams: int = 64, keys=None, **config):
         config = {**FUZZ_CONFIG, **config}
-        super().__init__(model, config["max_message_bytes"])
-        self.wire = WireCore(EngineCore(ls.Streams(model, max_streams=max_streams), EngineConfig(**config)))
+        access = None
+        if keys is not None:  # CURVE roles with namespaces: the fuzz as a step key, the rest as an admin key
+            access, self.fuzz_user, self.admin_user = _access(keys)
+        super().__init__(model, config["max_message_bytes"], frozenset({P.FORBIDDEN}) if keys else frozenset())
+        self.wire = WireCore(EngineCore(ls.Streams(model, max_streams=max_streams), EngineConfig(**config),
+                                        access=access))
+        if keys is None:
+            self.fuzz_user = self.admin_user = None
 
-    def exchange(self, items) -> list:
-        """Submit every (frames) payload in one go, then serve turns until none is queued; replies in order."""
+    def exchange(self, items, user=None) -> list:
+        """Submit every (frames) payload in one go, then serve turns until none is queued; replies in order.
+        `user`: the CURVE user id they come from (the admin key's when there are keys and it is not given)."""
         wire, replies = self.wire, {}
+        user = self.admin_user if user is None else user
         for k, frames in enumerate(items):
             if len(frames) != 1:  # what server.py answers to another frame count
                 replies[k] = wire.reject(P.BAD_MESSAGE, f"expected one payload frame, got {len(frames)}")
                 continue
-            reply = wire.submit((b"fuzz", k), frames[0])
+            reply = wire.submit((b"fuzz", k), frames[0], user)
             if reply is not None:
                 replies[k] = reply
         while wire.pending:
@@ -176,7 +185,11 @@ class WireTarget(Target):
         cases = [c for c in cases if clean(b"".join(c.frames))]
         if batched:
             steps = witnesses.step_messages()
-            replies = self.exchange([c.frames for c in cases] + [(m,) for _, m, _ in steps])
+            if self.fuzz_user is None:  # one turn for all
+                replies = self.exchange([c.frames for c in cases] + [(m,) for _, m, _ in steps])
+            else:  # the fuzz's turn as its key, the witnesses' as the admin's
+                replies = self.exchange([c.frames for c in cases], self.fuzz_user) + \
+                    self.exchange([(m,) for _, m, _ in steps])
             for case, reply in zip(cases, replies):
                 self.check(case, reply, tally)
             for (_, _, y), reply in zip(steps, replies[len(cases):]):
@@ -184,7 +197,7 @@ class WireTarget(Target):
             return
         for case in cases:
             before = self.store()
-            reply, = self.exchange([case.frames])
+            reply, = self.exchange([case.frames], self.fuzz_user)
             if not self.check(case, reply, tally).endswith(":ok") and self.store() != before:
                 raise Failure(f"an error reply, yet the streams changed: {lenient(case.data)!r:.300}")
         for _, m, y in witnesses.step_messages():
@@ -306,3 +319,19 @@ def _why(case, reply, target) -> str:
         return "fits"
     except Failure as e:
         return str(e)
+
+
+def _access(directory):
+    """(Access with namespaces, the step key's user id, the admin key's): two key pairs made in `directory`."""
+    import zmq.auth
+
+    from engine.access import Access
+    directory = Path(directory)
+    users = []
+    for role in ("step", "admin"):
+        (directory / role).mkdir(parents=True, exist_ok=True)
+        public, secret = zmq.auth.create_certificates(str(directory / role), role)
+        Path(secret).unlink()  # (only public keys belong in an allow-list directory)
+        users.append(zmq.auth.load_certificate(public)[0].decode("ascii"))
+    access = Access(str(directory / "step"), str(directory / "admin"), namespaces=True)
+    return access, users[0], users[1]

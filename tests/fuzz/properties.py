@@ -112,10 +112,11 @@ def reply_template(rid, y: np.ndarray) -> None:
 
 
 # ---- the engine in-process, and a live daemon ----------------------------------------------------------
-def engine_in_process(model, cases, batched: bool, seed: int, tally: Tally | None = None) -> WireTarget:
+def engine_in_process(model, cases, batched: bool, seed: int, tally: Tally | None = None, keys=None) -> WireTarget:
     """A fresh engine gets the pool's streams, then the cases (one turn, or one at a time with nothing changed
-    by an error reply), with witness steps; every reply passes the oracle and the witnesses stay bit-exact."""
-    target = WireTarget(model)
+    by an error reply), with witness steps; every reply passes the oracle and the witnesses stay bit-exact.
+    keys: a directory for CURVE keys: the cases then come from a step key under namespaces."""
+    target = WireTarget(model, keys=keys)
     tally = Tally() if tally is None else tally
     for reply in target.exchange([(m,) for m in S.pool_steps()]):
         assert msgpack.unpackb(reply)["ok"], reply

@@ -32,7 +32,7 @@ def live(tmp_path_factory):
         factory.close()
 
 
-@settings(max_examples=25)
+@settings(max_examples=50)
 @given(cases=st.lists(S.message(), min_size=1, max_size=12), batched=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_a_live_daemon_answers_every_fuzzed_message_by_the_spec(live, cases, batched, seed):

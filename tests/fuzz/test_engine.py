@@ -14,7 +14,7 @@ def model():
     return make_model()
 
 
-@settings(max_examples=30)
+@settings(max_examples=40)
 @given(cases=st.lists(S.message(), min_size=1, max_size=10), batched=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_fuzzed_turns_get_replies_by_the_spec_and_leave_the_witnesses_bit_exact(model, cases, batched, seed):
@@ -28,3 +28,17 @@ def test_the_witnesses_twin_agrees_with_the_reference(model):
     for _ in range(20):
         w.step_messages()
     w.check_reference(model)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz_keys")
+
+
+@settings(max_examples=40)
+@given(cases=st.lists(S.message(), min_size=1, max_size=10), batched=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fuzzed_requests_of_a_namespaced_step_key_get_replies_by_the_spec(model, keys, cases, batched, seed):
+    """The same through access control (engine/access.py): the fuzz as a step key under --namespaces (its ids
+    rewritten, ops it may not make refused as forbidden), the witnesses as an admin key."""
+    F.engine_in_process(model, cases, batched, seed, keys=keys / str(seed))
