@@ -26,7 +26,7 @@ from engine.core import EngineConfig, EngineCore
 from engine.wire import WireCore
 from lstm_stream import protocol as P
 
-from .oracle import Failure, check_reply, lenient
+from .oracle import Failure, check_reply, lenient, payload_frames
 from .strategies import HIDDEN, LAYERS, WIDTH, clean, pool_steps
 
 FUZZ_CONFIG = dict(max_message_bytes=65536, max_request_samples=64, max_request_new_streams=8)
@@ -159,6 +159,7 @@ class WireTarget(Target):
         wire, replies = self.wire, {}
         user = self.admin_user if user is None else user
         for k, frames in enumerate(items):
+            frames = payload_frames(frames)
             if len(frames) != 1:  # what server.py answers to another frame count
                 replies[k] = wire.reject(P.BAD_MESSAGE, f"expected one payload frame, got {len(frames)}")
                 continue

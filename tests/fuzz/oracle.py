@@ -65,6 +65,11 @@ def lenient(data: bytes):
         return None
 
 
+def payload_frames(frames) -> tuple:
+    """The frames after an empty delimiter, which a REQ socket (or a DEALER copying it) sends first (§1)."""
+    return tuple(frames[1:]) if len(frames) == 2 and frames[0] == b"" else tuple(frames)
+
+
 def valid_id(rid) -> bool:
     return rid is None or type(rid) is int or (type(rid) is str and len(rid) <= P.MAX_REQUEST_ID_LENGTH)
 
@@ -102,6 +107,7 @@ def check_reply(frames, reply: bytes, *, output_size: int, state_shape: tuple, m
         code = err.get("code")
         if code not in DOCUMENTED or code in NEVER:
             raise Failure(f"error code {code!r} ({err['message']}) is not one a request may get")
+    frames = payload_frames(frames)
     data = frames[-1] if frames else b""
     if len(frames) != 1:
         return _expect("-", code, {P.BAD_MESSAGE}, r, None, "a message of another frame count than one")

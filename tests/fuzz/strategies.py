@@ -316,7 +316,7 @@ def clean(data: bytes) -> bool:
 @st.composite
 def message(draw) -> Case:
     """One fuzzed send: a request the engine serves, one with a field or two wrong, a mutated message,
-    arbitrary msgpack, raw bytes, or a wrong number of frames."""
+    arbitrary msgpack, raw bytes, or other framings (an empty delimiter first, as REQ sends; wrong counts)."""
     kind = draw(st.sampled_from(["good"] * 5 + ["field"] * 4 + ["valid"] + ["mutated"] * 3 + ["msgpack"] * 2 +
                                 ["bytes", "frames"]))
     if kind == "good":
@@ -335,7 +335,7 @@ def message(draw) -> Case:
         data = draw(st.binary(max_size=64))
     else:
         body = encode(draw(request_map()))
-        return Case(kind, draw(st.sampled_from([(b"", b"", body), (body, body), (b"x", body),
+        return Case(kind, draw(st.sampled_from([(b"", body), (b"", b"", body), (body, body), (b"x", body),
                                                 (b"", body, b"")])))
     return Case(kind, (data,))
 
