@@ -31,14 +31,21 @@ def decode_only(case: S.Case, tally: Tally | None = None) -> None:
 
 @st.composite
 def adversarial(draw) -> bytes:
-    """A message built to cost the decoder memory: many small containers or numbers (up to ~64 KiB), nested."""
-    elem = draw(st.sampled_from([0, 0.5, [], {}, [0], {"": 0}, [[]], "ab", None, [0] * 7, [{"": []}]]))
+    """A message built to cost the decoder memory: many small containers, numbers or short strs (up to
+    ~64 KiB), in rows; or container headers nested in one another declaring elements that never come."""
+    head = {"v": 1, "id": 1, "op": draw(st.sampled_from(["step", "step_many", "set_state"])), "stream": "a"}
+    where = draw(st.sampled_from(["x", "xs", "streams", "h", "extra"]))
+    if draw(st.integers(0, 3)) == 0:
+        unit = draw(st.sampled_from([b"\x9f", b"\x8f\xa0", b"\xdc\x00\x10", b"\xdc\x01\x00", b"\xdc\x10\x00",
+                                     b"\xdd\x00\x01\x00\x00"]))
+        prefix = msgpack.packb({**head, where: None}, use_bin_type=True)[:-1]  # up to the value of `where`
+        return prefix + unit * draw(st.integers(1, 1000)) + draw(st.binary(max_size=64))
+    elem = draw(st.sampled_from([0, 0.5, [], {}, [0], {"": 0}, [[]], "ab", "\u0101", "abcdefgh", "x" * 50, None,
+                                 [0] * 7, [{"": []}], {"\u0101": "\u0101"}]))
     n = draw(st.integers(1, 20_000))
     rows = draw(st.sampled_from([None, 1, 4, 16, 100]))
     x = [elem] * n if rows is None else [[elem] * rows] * max(1, n // rows)
-    where = draw(st.sampled_from(["x", "xs", "streams", "h", "extra"]))
-    return msgpack.packb({"v": 1, "id": 1, "op": draw(st.sampled_from(["step", "step_many", "set_state"])),
-                          "stream": "a", where: x}, use_bin_type=True)
+    return msgpack.packb({**head, where: x}, use_bin_type=True)
 
 
 def decode_memory(data: bytes) -> None:

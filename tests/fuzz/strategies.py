@@ -298,9 +298,10 @@ def mutated(draw, seed: bytes) -> bytes:
             data[at:at + draw(st.integers(0, 4))] = piece
         elif how == "header":
             data[at:at] = draw(st.sampled_from(HEADERS))
-        elif how == "nest":
+        elif how == "nest":  # containers in containers; the long ones declare elements that never come
             depth = draw(st.sampled_from([1, 8, 600, 5000]))
-            data[0:0] = draw(st.sampled_from([b"\x91", b"\x81\xa1x"])) * depth
+            data[at:at] = draw(st.sampled_from([b"\x91", b"\x81\xa1x", b"\x9f", b"\xdc\x01\x00",
+                                                b"\xdd\x00\x00\x10\x00"])) * depth
         elif how == "append":
             data += draw(st.binary(max_size=8))
         elif how == "repeat" and data:

@@ -14,7 +14,7 @@ def test_any_payload_decodes_or_gets_a_documented_error(case):
     F.decode_only(case)
 
 
-@settings(max_examples=40)
+@settings(max_examples=80)
 @given(data=st.one_of(F.adversarial(), S.message().map(lambda c: c.data)))
 def test_decoding_stays_within_the_documented_memory_bound(data):
     F.decode_memory(data)
