@@ -37,11 +37,11 @@ MAX_REQUEST_ID_LENGTH = 128     # characters of a str request id
 # slots as its header declares them, so headers of elements that never come (a truncated message) would cost
 # memory the charge never sees. Messages of at most DECODE_SMALL bytes whose lists have at most SMALL_LIST
 # elements are decoded without the walk and the charge (the hot path: no Python call per container); their
-# worst case (256 lists nested in one another, each declaring 15 elements: ~190 B per byte) is below the slack.
+# worst case (500 lists nested in one another, each declaring 8 elements: ~110 B per byte) is below the slack.
 DECODE_FACTOR = 4
 DECODE_SLACK = 64 * 1024
-DECODE_SMALL = 256
-SMALL_LIST = 15                 # a small message's lists (a fixarray at most); a longer one takes the budgeted path
+DECODE_SMALL = 512
+SMALL_LIST = 8                  # a small message's lists (x of I <= 8 as a list); a longer one: the budgeted path
 MAX_MAP_LEN = 64                # keys of one map: a request has ~10 fields, an array map 3
 MAX_STR_BYTES = 4096            # one str (ids are <= 256 characters; op and dtype names are short)
 
