@@ -153,12 +153,12 @@ class WireTarget(Target):
         if keys is None:
             self.fuzz_user = self.admin_user = None
 
-    def exchange(self, items, user=None) -> list:
+    def exchange(self, items, users=None) -> list:
         """Submit every (frames) payload in one go, then serve turns until none is queued; replies in order.
-        `user`: the CURVE user id they come from (the admin key's when there are keys and it is not given)."""
+        `users`: the CURVE user id each comes from (default: the admin key's, when there are keys)."""
         wire, replies = self.wire, {}
-        user = self.admin_user if user is None else user
-        for k, frames in enumerate(items):
+        users = users or [self.admin_user] * len(items)
+        for k, (frames, user) in enumerate(zip(items, users, strict=True)):
             frames = payload_frames(frames)
             if len(frames) != 1:  # what server.py answers to another frame count
                 replies[k] = wire.reject(P.BAD_MESSAGE, f"expected one payload frame, got {len(frames)}")
@@ -185,12 +185,9 @@ class WireTarget(Target):
         error reply must leave every stream as it was (docs/protocol.md: an error reply means nothing changed)."""
         cases = [c for c in cases if clean(b"".join(c.frames))]
         if batched:
-            steps = witnesses.step_messages()
-            if self.fuzz_user is None:  # one turn for all
-                replies = self.exchange([c.frames for c in cases] + [(m,) for _, m, _ in steps])
-            else:  # the fuzz's turn as its key, the witnesses' as the admin's
-                replies = self.exchange([c.frames for c in cases], self.fuzz_user) + \
-                    self.exchange([(m,) for _, m, _ in steps])
+            steps = witnesses.step_messages()  # (with keys: the fuzz as its key, the witnesses as the admin)
+            replies = self.exchange([c.frames for c in cases] + [(m,) for _, m, _ in steps],
+                                    [self.fuzz_user] * len(cases) + [self.admin_user] * len(steps))
             for case, reply in zip(cases, replies):
                 self.check(case, reply, tally)
             for (_, _, y), reply in zip(steps, replies[len(cases):]):
@@ -198,7 +195,7 @@ class WireTarget(Target):
             return
         for case in cases:
             before = self.store()
-            reply, = self.exchange([case.frames], self.fuzz_user)
+            reply, = self.exchange([case.frames], [self.fuzz_user])
             if not self.check(case, reply, tally).endswith(":ok") and self.store() != before:
                 raise Failure(f"an error reply, yet the streams changed: {lenient(case.data)!r:.300}")
         for _, m, y in witnesses.step_messages():
