@@ -65,6 +65,15 @@ def lenient(data: bytes):
         return None
 
 
+def _strict(data: bytes) -> bool:
+    """Whether msgpack reads `data` with str keys only (then the decoder may refuse it as too_large, not as
+    bad_message: §5, bad_message is for what is not msgpack, truncated, trailing bytes, not a map)."""
+    try:
+        return isinstance(msgpack.unpackb(data, raw=False, strict_map_key=True), dict)
+    except Exception:
+        return False
+
+
 def payload_frames(frames) -> tuple:
     """The frames after an empty delimiter, which a REQ socket (or a DEALER copying it) sends first (§1)."""
     return tuple(frames[1:]) if len(frames) == 2 and frames[0] == b"" else tuple(frames)
@@ -116,6 +125,8 @@ def check_reply(frames, reply: bytes, *, output_size: int, state_shape: tuple, m
     req = lenient(data)
     if not isinstance(req, dict):
         return _expect("-", code, DECODE_CODES, r, None, "a payload that is not a map")
+    if code == P.BAD_MESSAGE and _strict(data):
+        raise Failure(f"bad_message for a payload msgpack reads as a map with str keys: {r!r:.300}")
     if code == P.BAD_MESSAGE or (code == P.TOO_LARGE and r["id"] is None):  # a map the bounded decoder refused
         return _expect("-", code, DECODE_CODES, r, None, "a map over the decoder's bounds")
     rid = req.get("id")
