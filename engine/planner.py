@@ -154,9 +154,9 @@ class _Builder:
         block, T, one = self._rows(req.x, "x")
         if self.pending is None:  # the first seq of the plan: count the rows already planned per stream
             self.pending, self.seqs = {}, [-1] * len(self.ids)
-            for i, T, span in zip(self.ids, self.lengths, self._segment_spans()):
+            for i, n, span in zip(self.ids, self.lengths, self._segment_spans()):
                 rows, _ = self.pending.get(i, (0, None))
-                self.pending[i] = (rows + T, span)
+                self.pending[i] = (rows + n, span)
         stream, seq = req.stream, req.seq
         steps, last = self.streams.sequence(stream)
         rows, span = self.pending.get(stream, (0, None))

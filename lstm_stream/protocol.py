@@ -26,15 +26,22 @@ from .messages import (MAX_STREAMS_PAGE, OPS, PROTOCOL_VERSION, REQUEST_FIELDS, 
 MAX_MESSAGE_BYTES = 16 * 2**20  # default bound of one encoded message; the daemon's is --max-message-bytes
 MAX_ARRAY_RANK = 4
 MAX_REQUEST_ID_LENGTH = 128     # characters of a str request id
-# Bounded decode (docs/protocol.md, "Memory of a request"). The objects a message decodes to are charged as
-# msgpack builds them: a list 56 B + 48 B per element (its pointer and at most 40 B for a scalar element: an int
-# is <= 36 B, a float 24 B, a str's header <= 76 B is covered by its own bytes' share), a map 232 B + 120 B per
-# entry. A message of n bytes may be charged at most DECODE_FACTOR * n + DECODE_SLACK, else it is refused
-# (too_large) while it is being decoded, before numpy sees it. Messages of at most DECODE_SMALL bytes are
-# decoded without the charge (the hot path: no Python call per container); their worst case is below the slack.
+# Bounded decode (docs/protocol.md, "Memory of a request"). The objects a message of n bytes decodes to are at
+# most DECODE_FACTOR * n + DECODE_SLACK bytes. Of that, n pays for the bytes that strs and bins hold (an object
+# is at most 80 B of header + its wire bytes: 49 B + 1 per char for ASCII, 76 B + 4 per char for UCS4); the
+# rest is charged as msgpack completes each container: a list 56 B + 48 B per element (its pointer and at most
+# 40 B for a scalar: an int is <= 36 B, a float 24 B, a bin's header 33 B) + 40 B more per str element (a str's
+# header is <= 80 B), a map 232 B + 200 B per entry (its slot, its key's header and a scalar value) + 40 B per
+# str value. A message charged more is refused (too_large) while it is being decoded, before numpy sees it.
+# Before that, the message is walked once without building anything (_walk): msgpack allocates a list's element
+# slots as its header declares them, so headers of elements that never come (a truncated message) would cost
+# memory the charge never sees. Messages of at most DECODE_SMALL bytes whose lists have at most SMALL_LIST
+# elements are decoded without the walk and the charge (the hot path: no Python call per container); their
+# worst case (500 lists nested in one another, each declaring 8 elements: ~110 B per byte) is below the slack.
 DECODE_FACTOR = 4
 DECODE_SLACK = 64 * 1024
 DECODE_SMALL = 512
+SMALL_LIST = 8                  # a small message's lists (x of I <= 8 as a list); a longer one: the budgeted path
 MAX_MAP_LEN = 64                # keys of one map: a request has ~10 fields, an array map 3
 MAX_STR_BYTES = 4096            # one str (ids are <= 256 characters; op and dtype names are short)
 
@@ -118,6 +125,9 @@ def to_array(value, field: str = "array", *, copy: bool = True) -> np.ndarray:
         if depth > MAX_ARRAY_RANK:
             raise ProtocolError(BAD_INPUT, f"{field}: nested lists deeper than {MAX_ARRAY_RANK} levels; expected "
                                            f"an array of rank <= {MAX_ARRAY_RANK}")
+        bad = _non_number(value, depth) if depth else None
+        if bad is not None:  # before numpy, which would make strs into a str array 4 bytes a char (or worse)
+            raise ProtocolError(BAD_INPUT, f"{field}: expected (nested) lists of numbers, got {bad}")
         try:
             a = np.array(value)
         except (ValueError, TypeError) as e:
@@ -125,20 +135,33 @@ def to_array(value, field: str = "array", *, copy: bool = True) -> np.ndarray:
         if a.dtype.kind not in "fiu" or a.ndim > MAX_ARRAY_RANK:
             raise ProtocolError(BAD_INPUT, f"{field}: expected (nested) lists of numbers, got elements of "
                                            f"type {a.dtype} with rank {a.ndim}")
-        if _holds_bool(value, a.ndim):
-            raise ProtocolError(BAD_INPUT, f"{field}: expected (nested) lists of numbers, got a bool (true and "
-                                           "false are not numbers)")
         return a
     raise ProtocolError(BAD_REQUEST, f"{field}: expected an array map {{dtype, shape, data}} or a list of "
                                      f"numbers, got {type(value).__name__}")
 
 
-def _holds_bool(rows, ndim: int) -> bool:
-    """Whether nested lists of rank ndim hold a bool: numpy reads [true, 0.5] as [1.0, 0.5] (and [true, 2] as
-    ints), but the wire has no bool numbers (docs/protocol.md, Arrays)."""
-    if ndim <= 1:
-        return bool in map(type, rows)
-    return any(_holds_bool(r, ndim - 1) for r in rows)
+def _non_number(rows, depth: int):
+    """None if nested lists `rows` hold only rows (lists) down to `depth` and ints and floats there, else what
+    was found instead: numpy would read [true, 0.5] as [1.0, 0.5], and the wire has no bool numbers
+    (docs/protocol.md, Arrays); a str or a map would become an array of objects or of strs first."""
+    if depth == 1:
+        n, floats = len(rows), countOf(map(type, rows), float)
+        if floats == n or floats + countOf(map(type, rows), int) == n:
+            return None
+        odd = next((type(v) for v in rows if type(v) is not float and type(v) is not int
+                    and not isinstance(v, (np.integer, np.floating))), None)  # (numpy numbers: in-process)
+        if odd is None:
+            return None
+        if odd is bool:
+            return "a bool (true and false are not numbers)"
+        return f"an element of type {odd.__name__}"
+    for r in rows:
+        if type(r) is not list and type(r) is not tuple:
+            return f"an element of type {type(r).__name__} where a row (a list) was expected"
+        bad = _non_number(r, depth - 1)
+        if bad is not None:
+            return bad
+    return None
 
 
 def _from_map(m: dict, field: str, copy: bool = True) -> np.ndarray:
@@ -275,36 +298,41 @@ class Codec:
         if n > self.max_message_bytes:
             raise ProtocolError(TOO_LARGE, f"message of {n} bytes is larger than the bound of "
                                            f"{self.max_message_bytes} bytes")
-        # msgpack's own limits, from the message's length (a list cannot have more elements than the message
-        # has bytes) and the protocol (maps and strs are small; no ext type is used)
+        if n <= DECODE_SMALL:  # the hot path: no walk, no charge; lists of at most SMALL_LIST elements
+            limits = self._limits.get(n)  # they depend on the length only: built once per length
+            if limits is None:
+                limits = self._limits[n] = _limits(n, SMALL_LIST)
+            try:
+                msg = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **limits)
+            except ValueError as e:
+                if "exceeds max_array_len" not in str(e) or _declared(e) > n:
+                    raise _refusal(e, n) from None
+                msg = self._decode_budgeted(data, n)  # a longer list: the path of large messages
+            except Exception as e:  # msgpack raises ExtraData, StackError, UnicodeDecodeError...
+                raise _refusal(e, n) from None
+        else:
+            msg = self._decode_budgeted(data, n)
+        if not isinstance(msg, dict):
+            raise ProtocolError(BAD_MESSAGE, f"a message must be a msgpack map, got {type(msg).__name__}")
+        return msg
+
+    @staticmethod
+    def _decode_budgeted(data, n: int):
+        """Walk the message (nothing built), then decode it with every container charged to its budget."""
         # (a list is charged 48 B per element: one longer than the budget pays for is refused at its header)
-        limits = self._limits.get(n)  # a small message's limits depend on its length only: built once per length
-        if limits is None:
-            limits = dict(max_bin_len=n, max_str_len=min(n, MAX_STR_BYTES),
-                          max_array_len=min(n, (DECODE_FACTOR * n + DECODE_SLACK) // 48),
-                          max_map_len=min(n, MAX_MAP_LEN), max_ext_len=0)
-            if n <= DECODE_SMALL:
-                self._limits[n] = limits
-        if n > DECODE_SMALL:  # (never cached: a budget of its own)
-            budget = _Budget(DECODE_FACTOR * n + DECODE_SLACK)
-            limits.update(list_hook=budget.list, object_hook=budget.map)
+        limits = _limits(n, _charge_limit(n) // 48)
+        budget = _Budget(_charge_limit(n), DECODE_FACTOR * n + DECODE_SLACK)
         try:
-            msg = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **limits)
+            _walk(data, limits)
+            return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, list_hook=budget.list,
+                                   object_hook=budget.map, **limits)
         except _OverBudget as e:
             raise ProtocolError(TOO_LARGE, f"message of {n} bytes would decode to more than {e.args[0]} bytes "
                                            f"of objects ({DECODE_FACTOR}x its size + {DECODE_SLACK}): too many "
                                            "lists, maps or numbers; send arrays in the binary form "
                                            "{dtype, shape, data}") from None
-        except Exception as e:  # msgpack raises ValueError, ExtraData, StackError, UnicodeDecodeError...
-            if type(e) is ValueError and "exceeds max_" in str(e) and _declared(e) <= n:  # a limit above
-                # (a declared length beyond the message's bytes is a truncated or malformed message)
-                raise ProtocolError(TOO_LARGE, f"message of {n} bytes holds a list, map or str longer than this "
-                                               f"daemon decodes ({e}); send arrays in the binary form "
-                                               "{dtype, shape, data}") from None
-            raise ProtocolError(BAD_MESSAGE, _undecodable(e)) from None
-        if not isinstance(msg, dict):
-            raise ProtocolError(BAD_MESSAGE, f"a message must be a msgpack map, got {type(msg).__name__}")
-        return msg
+        except Exception as e:  # msgpack raises ValueError, OutOfData, ExtraData, StackError, UnicodeDecodeError...
+            raise _refusal(e, n) from None
 
     def decode_request(self, data) -> Request:
         """Bytes -> the typed Request (see parse_request); ProtocolError (carrying the id if known)."""
@@ -318,6 +346,34 @@ class Codec:
         return msg
 
 
+def _walk(data, limits) -> None:
+    """Read the whole message once without building anything (msgpack's skip, in C): a truncated or malformed
+    message is refused here, before msgpack builds its containers, whose element slots it allocates as their
+    headers declare them (lists nested 1,000 deep, each declaring 5,000 elements that never come, made a
+    64 KiB message allocate 44 MB). Raises what unpackb would (OutOfData: truncated; ExtraData: bytes after)."""
+    u = msgpack.Unpacker(max_buffer_size=len(data), **limits)
+    u.feed(data)  # (a copy of the message: ~0.1 ms per MB)
+    u.skip()
+    if u.tell() != len(data):
+        raise msgpack.ExtraData(None, data[u.tell():u.tell() + 16])
+
+
+def _limits(n: int, max_list: int) -> dict:
+    """msgpack's limits for a message of n bytes: from its length (a list cannot have more elements than the
+    message has bytes) and the protocol (maps and strs are small; no ext type is used)."""
+    return dict(max_bin_len=n, max_str_len=min(n, MAX_STR_BYTES), max_array_len=min(n, max_list),
+                max_map_len=min(n, MAX_MAP_LEN), max_ext_len=0)
+
+
+def _refusal(e: Exception, n: int) -> ProtocolError:
+    """The ProtocolError of a message msgpack refused: too_large for a limit above, else bad_message."""
+    if type(e) is ValueError and "exceeds max_" in str(e) and _declared(e) <= n:  # a limit above
+        # (a declared length beyond the message's bytes is a truncated or malformed message)
+        return ProtocolError(TOO_LARGE, f"message of {n} bytes holds a list, map or str longer than this daemon "
+                                        f"decodes ({e}); send arrays in the binary form {{dtype, shape, data}}")
+    return ProtocolError(BAD_MESSAGE, _undecodable(e))
+
+
 def _declared(e: Exception) -> int:
     """The length N of msgpack's "N exceeds max_..._len(M)" (0 if the text is not that)."""
     head = str(e).split(" exceeds", 1)[0].rsplit(" ", 1)[-1]
@@ -328,7 +384,7 @@ def _undecodable(e: Exception) -> str:
     """The message of a payload msgpack refused. msgpack bounds a container's declared length by the
     payload's size, so a truncated map or array surfaces as "N exceeds max_map_len(M)": say what it means."""
     text = f"{type(e).__name__}: {e}"
-    if "exceeds max_" in str(e) or "incomplete input" in str(e):
+    if "exceeds max_" in str(e) or "incomplete input" in str(e) or isinstance(e, msgpack.OutOfData):
         return f"not a valid msgpack message: truncated or malformed (a map, array, str or bin declares more " \
                f"items or bytes than the message holds; {text})"
     return f"not a valid msgpack message ({text})"
@@ -338,25 +394,38 @@ class _OverBudget(Exception):
     pass
 
 
+def _charge_limit(n: int) -> int:
+    """What the containers of a message of n bytes may be charged: the decode bound less the n bytes that its
+    strs and bins may hold (see DECODE_FACTOR)."""
+    return (DECODE_FACTOR - 1) * n + DECODE_SLACK
+
+
 class _Budget:
     """The decode charge of one message: msgpack calls list() and map() as it completes each container, so a
-    message over its budget stops being decoded at the first container past it (no per-element work)."""
+    message over its budget stops being decoded at the first container past it. A list of str ids (its first
+    element a str) is charged as strs without looking at each; another list pays for the strs it holds by one
+    C-level count (a str in a list of numbers is an error, but its object is built before that is known)."""
 
-    __slots__ = ("left", "limit")
+    __slots__ = ("left", "bound")
 
-    def __init__(self, limit: int):
-        self.left = self.limit = limit
+    def __init__(self, limit: int, bound: int):
+        self.left, self.bound = limit, bound
 
     def list(self, v):
-        self.left -= 56 + 48 * len(v)
+        n = len(v)
+        strs = n if n and type(v[0]) is str else countOf(map(type, v), str) if n else 0
+        charge = 56 + 48 * n + 40 * strs
+        if charge > self.left and strs:  # near the bound: what the strs take (an ASCII id's header is 49 B, not 80)
+            charge = 56 + 8 * n + sum(map(sys.getsizeof, v)) - sum(len(s) for s in v if type(s) is str)
+        self.left -= charge
         if self.left < 0:
-            raise _OverBudget(self.limit)
+            raise _OverBudget(self.bound)
         return v
 
     def map(self, v):
-        self.left -= 232 + 120 * len(v)
+        self.left -= 232 + 200 * len(v) + 40 * countOf(map(type, v.values()), str)
         if self.left < 0:
-            raise _OverBudget(self.limit)
+            raise _OverBudget(self.bound)
         return v
 
 

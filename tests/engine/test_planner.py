@@ -110,3 +110,17 @@ def test_the_planner_loads_no_kernel():
             "sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("before", [["other"], ["other", "p"], ["p"]])
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_a_sequenced_step_after_other_steps_of_the_turn_counts_its_own_samples(model, before, T):
+    """The first sequenced step of a turn counted the rows already planned per stream in a loop whose variable
+    shadowed its own T: a step of T > 1 samples after another step in the same turn was refused as a seq_gap
+    ("a step of 1 sample(s) must carry seq 1, got 3"). Found by tests/fuzz (witness streams)."""
+    streams = ls.Streams(model)
+    reqs = [request("step", k, stream=s, x=np.ones(I)) for k, s in enumerate(before)]
+    reqs.append(request("step", 9, stream="p", x=np.ones((T, I)), seq=before.count("p") + T))
+    p = plan(reqs, streams)
+    assert p.refused == [], p.refused
+    assert p.spans[-1].rows == T and p.spans[-1].seq == before.count("p") + T
