@@ -336,7 +336,7 @@ class Codec:
 
     def decode_request(self, data) -> Request:
         """Bytes -> the typed Request (see parse_request); ProtocolError (carrying the id if known)."""
-        return parse_request(self.decode(data))
+        return _parsing.parse_request(self.decode(data))
 
     def decode_reply(self, data) -> dict:
         """Bytes -> reply map with "id" and "ok" checked (arrays still maps: see to_array)."""
@@ -429,4 +429,12 @@ class _Budget:
         return v
 
 
-from .parsing import parse_request  # noqa: E402,F401 (a decoded map -> its typed Request; part of this API)
+# A decoded map -> its typed Request is parsing.py's (it imports this module's names, so it comes last, as a
+# module: `from . import` works while either of the two is still being imported; protocol.parse_request is it).
+from . import parsing as _parsing  # noqa: E402
+
+
+def __getattr__(name):
+    if name == "parse_request":
+        return _parsing.parse_request
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
