@@ -172,6 +172,12 @@ class AsyncClusterClient(Routing, Api):
         return dict(zip(names, results))
 
     # ---- lifetime ---------------------------------------------------------------------------------------
+    def pipeline(self):
+        """An AsyncClusterPipeline (clients/cluster_pipeline.py): queue calls, send each shard its share at once
+        (`await execute()` or the end of `async with`), get the results in order."""
+        from .cluster_pipeline import AsyncClusterPipeline
+        return AsyncClusterPipeline(self)
+
     async def close(self) -> None:
         """Close every shard's client."""
         self._closed = True

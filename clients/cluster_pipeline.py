@@ -1,4 +1,4 @@
-"""ClusterPipeline: Client.pipeline() over a cluster. Calls queued by the Api methods are sent together, each
+"""ClusterPipeline: Client.pipeline() over a cluster (AsyncClusterPipeline: its asyncio twin). Calls queued by the Api methods are sent together, each
 to its stream's shard (a step_many split per shard), every shard's share on its socket before any reply is
 awaited; results come back in call order.
 
@@ -81,6 +81,77 @@ class ClusterPipeline(Queued):
     def __exit__(self, exc_type, *exc):
         if exc_type is None and self._calls:
             self.execute()
+
+
+class AsyncClusterPipeline(Queued):
+    """ClusterPipeline's asyncio twin (AsyncClusterClient.pipeline()): each shard's share goes out as one
+    AsyncPipeline on that shard's connection, all shards at once; the same results, errors and resends."""
+
+    async def execute(self, *, return_exceptions: bool = False) -> list:
+        """Send all queued calls, await every reply, return their results in order (also in `results`)."""
+        import asyncio
+
+        calls, self._calls = self._calls, []
+        cc = self._client
+        if cc.map is None:
+            await cc.refresh()
+        results = [MISSING] * len(calls)
+        merged = {k: {} for k, c in enumerate(calls) if c.op == "step_many"}
+        items = []
+        for k, call in enumerate(calls):
+            if call.op in _NOT_ROUTED:
+                try:
+                    results[k] = await cc._run(call)
+                except ClientError as e:
+                    results[k] = e
+            else:
+                items.append((k, call))
+        deadline = time.monotonic() + cc.move_wait
+        for attempt in itertools.count():
+            if not items:
+                break
+            shares: dict = {}
+            for k, call in items:
+                for name, part in _route(cc, call):
+                    shares.setdefault(name, []).append((k, part))
+            pipes = []
+            for name, share in shares.items():
+                p = cc._client(name).pipeline()
+                p._calls = [part for _, part in share]
+                pipes.append(p)
+            outcomes = await asyncio.gather(*(p.execute(return_exceptions=True) for p in pipes),
+                                            return_exceptions=True)
+            timeout = next((o for o in outcomes if isinstance(o, Timeout)), None)
+            items, wrong = [], None
+            for share, p, outcome in zip(shares.values(), pipes, outcomes):
+                got = p.results if isinstance(outcome, BaseException) else outcome
+                if got is None:  # the pipeline failed before it sent anything (a closed client)
+                    got = [outcome] * len(share)
+                for (k, part), r in zip(share, got):
+                    if isinstance(r, WrongShard) and timeout is None:
+                        items.append((k, part))
+                        wrong = r
+                    else:
+                        _put(results, merged, k, r)
+            if timeout is not None:
+                self.results = _finish(calls, results, merged, timeout)
+                raise timeout
+            if wrong is not None:
+                try:
+                    await cc._after_wrong_shard(wrong, attempt, deadline)
+                except WrongShard as e:  # still refused when move_wait has passed
+                    for k, _ in items:
+                        _put(results, merged, k, e)
+                    items = []
+        self.results = _finish(calls, results, merged, None)
+        return settled(self.results, return_exceptions)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, exc_type, *exc):
+        if exc_type is None and self._calls:
+            await self.execute()
 
 
 def _outcome(fn, call):

@@ -234,6 +234,46 @@ def test_a_pipeline_sends_each_shard_its_share(cluster, model):
         assert c.get_state("p0").steps == 3 and c.get_state("p1").steps == 2
 
 
+def test_an_async_pipeline_sends_each_shard_its_share(cluster, model):
+    """AsyncClusterClient.pipeline(): the sync pipeline's test, awaited; from a stale map, results in order and
+    bit-identical to an offline run; a failed call leaves the others applied."""
+    import asyncio
+
+    from clients import AsyncClusterClient, PipelineError
+    m, _ = cluster
+    ref = ls.Streams(model[1], threads=1)
+    rng = np.random.default_rng(4)
+    xs = {f"q{k}": rng.normal(size=4).astype(np.float32) for k in range(30)}
+    batch = {f"q{k}": rng.normal(size=4).astype(np.float32) for k in range(30)}
+
+    async def main():
+        async with AsyncClusterClient(ShardMap(1, [Shard("s0", m.endpoints["s0"])]), timeout=10) as c:
+            async with c.pipeline() as p:
+                for i, x in xs.items():
+                    p.step(i, x)
+                p.step_many(batch)
+                p.get_state("q3")
+                p.ping()
+            first = p.results
+            assert c.map == m
+            p = c.pipeline()
+            p.step("q0", np.ones(4, np.float32))
+            p.step("q1", np.ones(5, np.float32))  # the wrong input size
+            with pytest.raises(PipelineError):
+                await p.execute()
+            return first, p.results, (await c.get_state("q0")).steps, (await c.get_state("q1")).steps
+
+    first, second, s0, s1 = asyncio.run(asyncio.wait_for(main(), 120))
+    for (i, x), y in zip(xs.items(), first):
+        assert np.array_equal(y, ref.step(i, x))
+    got = first[len(xs)]
+    assert list(got) == list(batch)
+    for i, x in batch.items():
+        assert np.array_equal(got[i], ref.step(i, x))
+    assert first[-2].steps == 2 and isinstance(first[-1], float)
+    assert isinstance(second[0], np.ndarray) and isinstance(second[1], Exception) and (s0, s1) == (3, 2)
+
+
 @pytest.mark.skipif(not __import__("zmq").has("curve"), reason="libzmq without CURVE")
 def test_shards_with_curve_keys(model, tmp_path):
     """Shards started with the same --curve-secret and key directories: a ClusterClient with an allowed step
