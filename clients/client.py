@@ -54,7 +54,32 @@ def resendable(call: Call) -> bool:
 
 
 
-class Client(Api):
+class NumberedSteps:
+    """step() for a client made with exactly_once=True (Client, ClusterClient): each stream's steps numbered
+    here (its number read from the daemon the first time), so that a resend is applied once; a SequenceError
+    forgets the stream's number, so the next step continues from the daemon's. Needs self.exactly_once and
+    self._seqs ({stream: its number after the last step acknowledged})."""
+
+    def step(self, stream, x, *, seq: int | None = None):
+        if not self.exactly_once or seq is not None:
+            return super().step(stream, x, seq=seq)
+        now = self._seqs.get(stream)
+        if now is None:
+            now = self.seq(stream)
+        x = _array(x)
+        after = now + (1 if x.ndim == 1 else len(x))
+        try:
+            y = super().step(stream, x, seq=after)
+        except SequenceError:
+            self._seqs.pop(stream, None)
+            raise
+        self._seqs[stream] = after
+        return y
+
+    step.__doc__ = Api.step.__doc__
+
+
+class Client(NumberedSteps, Api):
     """Blocking client of one lstm-stream daemon (tcp:// or ipc:// address)."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT,
@@ -109,24 +134,6 @@ class Client(Api):
     def pipeline(self) -> "Pipeline":
         """A Pipeline: queue calls, send them all at once, get results in order."""
         return Pipeline(self)
-
-    def step(self, stream, x, *, seq: int | None = None):
-        if not self.exactly_once or seq is not None:
-            return super().step(stream, x, seq=seq)
-        now = self._seqs.get(stream)
-        if now is None:
-            now = self.seq(stream)
-        x = _array(x)
-        after = now + (1 if x.ndim == 1 else len(x))
-        try:
-            y = super().step(stream, x, seq=after)
-        except SequenceError:
-            self._seqs.pop(stream, None)
-            raise
-        self._seqs[stream] = after
-        return y
-
-    step.__doc__ = Api.step.__doc__
 
     # ---- the round trip ----------------------------------------------------------------------------
     def _run(self, call: Call):

@@ -28,10 +28,10 @@ import zmq
 from lstm_stream import protocol as P
 from lstm_stream.shardmap import ShardMap
 
-from ._api import Api, Call, _array
-from .client import (DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Client, check_options,
-                     result_of, resendable)
-from .errors import ClientClosed, ClientError, SequenceError, ServerError, Timeout, WrongShard
+from ._api import Api, Call
+from .client import (DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Client, NumberedSteps,
+                     check_options, result_of, resendable)
+from .errors import ClientClosed, ClientError, ServerError, Timeout, WrongShard
 
 MOVE_WAIT = 30.0          # seconds a request keeps being resent after wrong_shard (a rescale moving its stream)
 BEHIND_WAIT = 0.02        # seconds to wait when no newer map is out yet (doubles, up to MAX_WAIT)
@@ -142,7 +142,7 @@ class Routing:
         return wrong, failed
 
 
-class ClusterClient(Routing, Api):
+class ClusterClient(Routing, NumberedSteps, Api):
     """Blocking client of a cluster of shards; the same methods as Client."""
 
     def __init__(self, seeds, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
@@ -228,24 +228,6 @@ class ClusterClient(Routing, Api):
                 if not resendable(call) or self.map.endpoints.get(name) == endpoint \
                         or time.monotonic() > deadline:
                     raise
-
-    def step(self, stream, x, *, seq: int | None = None):
-        if not self.exactly_once or seq is not None:
-            return super().step(stream, x, seq=seq)
-        now = self._seqs.get(stream)
-        if now is None:
-            now = self.seq(stream)
-        x = _array(x)
-        after = now + (1 if x.ndim == 1 else len(x))
-        try:
-            y = super().step(stream, x, seq=after)
-        except SequenceError:
-            self._seqs.pop(stream, None)
-            raise
-        self._seqs[stream] = after
-        return y
-
-    step.__doc__ = Api.step.__doc__
 
     def step_many(self, inputs):
         """Advance many streams: {id: x (I,) or (T, I)} -> {id: y}, in the order given. The ids are split per
