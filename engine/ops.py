@@ -87,9 +87,6 @@ class Ops:
         """Written on the loop thread (Snapshots.save): the loop pauses for the whole write, ~1-2 s at 2M
         streams of hidden 64 (docs/benchmarks.md), after any background write in flight. A rare operator
         request; the timed snapshots are the ones written in the background."""
-        """Written on the loop thread (Snapshots.save): the loop pauses for the whole write, ~1-2 s at 2M
-        streams of hidden 64 (docs/benchmarks.md), after any background write in flight. A rare operator
-        request; the timed snapshots are the ones written in the background."""
         if self.snapshots is None:
             raise P.ProtocolError(P.UNSUPPORTED, "this daemon was started without --snapshot-dir")
         try:
