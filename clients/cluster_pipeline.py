@@ -34,14 +34,9 @@ class ClusterPipeline(Queued):
         """Send all queued calls, wait for every reply, return their results in order (also in `results`)."""
         calls, self._calls = self._calls, []
         cc = self._client
-        results = [MISSING] * len(calls)
-        merged = {k: {} for k, c in enumerate(calls) if c.op == "step_many"}  # step_many: its parts' results
-        items = []
-        for k, call in enumerate(calls):
-            if call.op in _NOT_ROUTED:
-                results[k] = _outcome(cc._run, call)
-            else:
-                items.append((k, call))
+        results, merged, items, alone = _start(calls)
+        for k, call in alone:
+            results[k] = _outcome(cc._run, call)
         deadline = time.monotonic() + cc.move_wait
         for attempt in itertools.count():
             if not items:
@@ -95,17 +90,12 @@ class AsyncClusterPipeline(Queued):
         cc = self._client
         if cc.map is None:
             await cc.refresh()
-        results = [MISSING] * len(calls)
-        merged = {k: {} for k, c in enumerate(calls) if c.op == "step_many"}
-        items = []
-        for k, call in enumerate(calls):
-            if call.op in _NOT_ROUTED:
-                try:
-                    results[k] = await cc._run(call)
-                except ClientError as e:
-                    results[k] = e
-            else:
-                items.append((k, call))
+        results, merged, items, alone = _start(calls)
+        for k, call in alone:
+            try:
+                results[k] = await cc._run(call)
+            except ClientError as e:
+                results[k] = e
         deadline = time.monotonic() + cc.move_wait
         for attempt in itertools.count():
             if not items:
@@ -152,6 +142,16 @@ class AsyncClusterPipeline(Queued):
     async def __aexit__(self, exc_type, *exc):
         if exc_type is None and self._calls:
             await self.execute()
+
+
+def _start(calls) -> tuple:
+    """(results, merged, routed, alone) of a pipeline's calls: a slot per call, a dict per step_many for its
+    parts' results, the (index, call) pairs routed to their shards, and those run one by one (_NOT_ROUTED)."""
+    results = [MISSING] * len(calls)
+    merged = {k: {} for k, c in enumerate(calls) if c.op == "step_many"}
+    routed = [(k, c) for k, c in enumerate(calls) if c.op not in _NOT_ROUTED]
+    alone = [(k, c) for k, c in enumerate(calls) if c.op in _NOT_ROUTED]
+    return results, merged, routed, alone
 
 
 def _outcome(fn, call):
