@@ -40,7 +40,10 @@ def shared_per_sm() -> int:
 
 def simulated() -> bool:
     """True under numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)."""
-    from numba.cuda.core import config
+    try:
+        from numba.cuda.core import config  # numba-cuda >= 0.2x
+    except ImportError:  # older numba-cuda: numba's own config
+        from numba.core import config
     return bool(config.ENABLE_CUDASIM)
 
 

@@ -3,7 +3,10 @@
 
 def simulated() -> bool:
     """True under numba's CUDA simulator (it interprets every thread in Python: keep sizes tiny)."""
-    from numba.cuda.core import config
+    try:
+        from numba.cuda.core import config  # numba-cuda >= 0.2x
+    except ImportError:  # older numba-cuda: numba's own config
+        from numba.core import config
     return bool(config.ENABLE_CUDASIM)
 
 
