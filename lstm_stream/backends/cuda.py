@@ -58,7 +58,9 @@ class CUDABackend:
         self.threads = min(MAX_BLOCK_THREADS, max(MIN_BLOCK_THREADS, -(-max(H, P, O) // WARP) * WARP))
         self._geometry(wbuf, meta)
         self._pending = []  # slots to zero before the next use of the slab (zero() is batched)
-        self._zero_h, self._zero_d = cuda.pinned_array(0, np.int64), None
+        # a real device refuses a pinned buffer of 0 bytes (null pointer; the simulator allows it): start at 64
+        self._zero_h = cuda.pinned_array(64, np.int64)
+        self._zero_d = cuda.device_array(64, np.int64, stream=self.stream)
         self._n_rows, self._n_streams = 0, 0
         self._ensure(64, 64)
         self._f_plan = cuda.pinned_array(6, np.int64)
@@ -120,8 +122,8 @@ class CUDABackend:
             self._pending = []
             self._zero_d[:m].copy_to_device(self._zero_h[:m], stream=self.stream)
             n = m * self._W
-            k.zero_slots_kernel[min(-(-n // ZERO_THREADS), ZERO_MAX_BLOCKS), ZERO_THREADS, self.stream](
-                self.state, self._zero_d[:m])
+            self._kernels.launch("zero_slots_kernel", min(-(-n // ZERO_THREADS), ZERO_MAX_BLOCKS), ZERO_THREADS,
+                                 self.stream, 0, (self.state, self._zero_d[:m]))
 
     # ---- stepping ---------------------------------------------------------------------------------------
     def run(self, slots, offsets, x, t_max=None):

@@ -54,6 +54,7 @@ SIGNATURES = {  # kernel: argument types; A1 = dtype[::1], A2 = dtype[:, ::1]
     "hidden_kernel": "A1, int64[::1], A2, int64[::1], A2, int64",
     "head_kernel": "A1, int64[::1], A2, int64[::1], A2, int64",
     "softmax_kernel": "int64[::1], int64[::1], A2, int64",
+    "zero_slots_kernel": "A2, int64[::1]",
 }
 
 
@@ -118,4 +119,4 @@ class Kernels:
 
 def module_of(name):
     """The kernels module that defines kernel `name`."""
-    return k if name in ("step_kernel", "forecast_kernel") else kw
+    return k if name in ("step_kernel", "forecast_kernel", "zero_slots_kernel") else kw

@@ -26,7 +26,10 @@ def test_cuda_peepholes_equal_cpu_and_reference(I, H, L, P, O, act, dtype, seed)
     assert np.abs(y_gpu - y_cpu).max() < tol, f"seed={seed}"
     assert np.abs(y_gpu - ref).max() < tol, f"seed={seed}"
     s = gpu.get_state(3)
-    assert np.abs(s.h - h_ref).max() < tol and np.abs(s.c - c_ref).max() < 10 * tol, f"seed={seed}"
+    # c is a running sum: where a forget gate sits near 1 its rounding error grows with the steps and with |c|
+    # (a cell at |c| ~ 800 after 2,000 steps differs by ~0.1 between CPU and GPU float32, FMA or not)
+    c_tol = 10 * tol + 4 * len(xs) * np.finfo(dtype).eps * np.abs(c_ref)
+    assert np.abs(s.h - h_ref).max() < tol and (np.abs(s.c - c_ref) <= c_tol).all(), f"seed={seed}"
 
 
 PATHS = {  # name: monkeypatches of cuda_backend
@@ -40,7 +43,11 @@ PATHS = {  # name: monkeypatches of cuda_backend
 
 def test_cuda_peepholes_on_every_path(monkeypatch, seed):
     rng = np.random.default_rng(seed)
-    model = random_model(rng, I=2, H=big(11, 300), L=2, P=0, O=3, head_activation="softmax", peepholes=True)
+    H = big(11, 300)
+    # weights of std 1/sqrt(H) (PyTorch's init range): the default std 0.5 at H=300 makes a chaotic network
+    # (float32 and float64 differ by ~1 after 45 steps, on the CPU alone), where only isolation could be tested
+    model = random_model(rng, I=2, H=H, L=2, P=0, O=3, head_activation="softmax", peepholes=True,
+                         scale=1 / np.sqrt(H))
     n = big(5, 1000)
     X = rng.normal(0, 1, (big(6, 50), n, 2)).astype(np.float32)
     results = {}
