@@ -16,10 +16,10 @@ from .local import LocalClient
 from .cluster import ClusterClient
 from .cluster_aio import AsyncClusterClient
 from .errors import (BadReply, BadRequest, Busy, ClientClosed, ClientError, Forbidden, InputError, InternalError, LogFailed,
-                     PipelineError, SequenceError, ServerError, StoreFull, Timeout, UnknownStream, Unsupported,
-                     WrongShard)
+                     PipelineError, SequenceError, ServerError, StoreFull, Timeout, UnknownModel, UnknownStream,
+                     Unsupported, WrongShard)
 
 __all__ = ["AsyncClient", "AsyncPipeline", "BadReply", "BadRequest", "Busy", "Client", "ClientClosed", "ClientError",
            "AsyncClusterClient", "ClusterClient", "WrongShard",
            "DEFAULT_ADDRESS", "Forbidden", "InputError", "InternalError", "LocalClient", "LogFailed", "Pipeline", "PipelineError", "SequenceError", "ServerError", "State",
-           "StoreFull", "Timeout", "UnknownStream", "Unsupported"]
+           "StoreFull", "Timeout", "UnknownModel", "UnknownStream", "Unsupported"]

@@ -42,13 +42,14 @@ class AsyncClient(Api):
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, hwm: int = DEFAULT_HWM,
                  max_message_bytes: int = P.MAX_MESSAGE_BYTES, server_key=None, client_keys=None,
-                 context: zmq.asyncio.Context | None = None):
+                 context: zmq.asyncio.Context | None = None, model: str | None = None):
         check_options(timeout, retries, hwm)
         self._curve = curve_keys(server_key, client_keys)  # CURVE (clients/keys.py): both, or neither
         self.address, self.timeout, self.retries, self.hwm = address, float(timeout), retries, hwm
         self._own_ctx = context is None
         self._ctx = context or zmq.asyncio.Context()
-        self._codec = P.Codec(max_message_bytes=max_message_bytes)
+        self.model = model  # the model every request names (a daemon of several); None: the daemon's default
+        self._codec = P.Codec(max_message_bytes=max_message_bytes, model=model)
         self._read = ReplyReader(self._codec)
         self._ids = itertools.count(1)
         self._pending: dict = {}     # request id -> Future of its reply

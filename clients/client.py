@@ -86,14 +86,15 @@ class Client(NumberedSteps, Api):
                  retries: int = DEFAULT_RETRIES, hwm: int = DEFAULT_HWM,
                  max_message_bytes: int = P.MAX_MESSAGE_BYTES, server_key=None, client_keys=None,
                  context: zmq.Context | None = None,
-                 exactly_once: bool = False):
+                 exactly_once: bool = False, model: str | None = None):
         check_options(timeout, retries, hwm)
         self._curve = curve_keys(server_key, client_keys)  # CURVE (clients/keys.py): both, or neither
         self.address, self.timeout, self.retries, self.hwm = address, float(timeout), retries, hwm
         self.exactly_once = bool(exactly_once)
         self._seqs: dict = {}  # stream -> its number after the last step acknowledged (exactly_once)
         self._ctx = context or zmq.Context.instance()
-        self._codec = P.Codec(max_message_bytes=max_message_bytes)
+        self.model = model  # the model every request names (a daemon of several); None: the daemon's default
+        self._codec = P.Codec(max_message_bytes=max_message_bytes, model=model)
         self._read = ReplyReader(self._codec)
         self._ids = itertools.count(1)
         self._sock = None

@@ -115,6 +115,15 @@ class WrongShard(ServerError):
         self.version = version
 
 
+class UnknownModel(ServerError, LookupError):
+    """The request named a model the daemon does not serve, or named none where the daemon serves several and
+    has no default; `models`: the names it serves."""
+
+    def __init__(self, code: str, message: str, request_id=None, models=None):
+        super().__init__(code, message, request_id)
+        self.models = models
+
+
 class InternalError(ServerError):
     """The daemon failed internally (logged on its side) or could not write a snapshot."""
 
@@ -124,7 +133,7 @@ _BY_CODE = {
     P.TOO_LARGE: BadRequest, P.BAD_INPUT: BadRequest, P.UNKNOWN_STREAM: UnknownStream,
     P.STORE_FULL: StoreFull, P.BUSY: Busy, P.UNSUPPORTED: Unsupported, P.SNAPSHOT_FAILED: InternalError,
     P.INTERNAL: InternalError, P.SEQ_STALE: SequenceError, P.SEQ_GAP: SequenceError, P.LOG_FAILED: LogFailed,
-    P.FORBIDDEN: Forbidden, P.WRONG_SHARD: WrongShard,
+    P.FORBIDDEN: Forbidden, P.WRONG_SHARD: WrongShard, P.UNKNOWN_MODEL: UnknownModel,
 }
 
 
@@ -137,6 +146,8 @@ def server_error(reply: dict) -> ServerError:
     cls = _BY_CODE.get(code, ServerError)
     if cls is SequenceError:
         return cls(code, message, reply.get("id"), err.get("seq"), err.get("expected"))
+    if cls is UnknownModel:
+        return cls(code, message, reply.get("id"), err.get("models"))
     if cls is WrongShard:
         return cls(code, message, reply.get("id"), err.get("version"))
     return cls(code, message, reply.get("id"))

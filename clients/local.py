@@ -22,8 +22,10 @@ from .errors import BadReply
 class LocalClient(Api):
     """Client's methods, served by an EngineCore in this process. For one thread at a time."""
 
-    def __init__(self, core):
+    def __init__(self, core, *, model: str | None = None):
         self.core = core
+        self.model = model  # the model every request names (a core of several models); None: the default
+        self._model = {} if model is None else {"model": model}
         self._ids = itertools.count(1)
 
     @classmethod
@@ -32,6 +34,23 @@ class LocalClient(Api):
         from engine.core import EngineConfig, EngineCore
         from lstm_stream.streams import Streams
         return cls(EngineCore(Streams(model, **streams_options), config or EngineConfig()))
+
+    @classmethod
+    def serving_models(cls, models: dict, *, default: str | None = None, config=None,
+                       **streams_options) -> "LocalClient":
+        """A LocalClient of several models in this process, as `serve --model NAME=PATH ...` serves them
+        (engine/multimodel.py): models {name: LSTMModel}; it uses the default model (`default`, or the only
+        one); `for_model(name)` gives a LocalClient of another, sharing the same core."""
+        from engine.core import EngineConfig, EngineCore
+        from engine.multimodel import ModelRouter
+        from lstm_stream.streams import Streams
+        config = config or EngineConfig()
+        cores = {name: EngineCore(Streams(m, **streams_options), config, name=name) for name, m in models.items()}
+        return cls(ModelRouter(cores, default))
+
+    def for_model(self, name: str) -> "LocalClient":
+        """A LocalClient of the same core whose requests name model `name`."""
+        return LocalClient(self.core, model=name)
 
     def __enter__(self):
         return self
@@ -59,7 +78,7 @@ class LocalClient(Api):
         for k, call in enumerate(calls):
             try:
                 req = P.parse_request({"v": P.PROTOCOL_VERSION, "id": next(self._ids), "op": call.op,
-                                       **call.fields})
+                                       **self._model, **call.fields})
             except P.ProtocolError as e:
                 replies[k] = core.refuse(e.request_id, e.code, e.message)
                 continue

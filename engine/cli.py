@@ -46,7 +46,7 @@ def run_serve(args) -> int:
 
     from . import logs, sdnotify
     from .configfile import dumps, resolve
-    from .startup import open_state
+    from .startup import open_models
     try:
         configs = resolve(args)
     except ValueError as e:
@@ -59,13 +59,13 @@ def run_serve(args) -> int:
     logs.setup(serve.log_level, serve.log_format)
     sdnotify.status("starting")
     try:
-        streams, snapshots, journal = open_state(serve, streams_config)
+        models = open_models(serve, streams_config)
     except SnapshotError as e:
         return _refuse("refusing to start: %s. The snapshot file was left untouched; start with the model that "
                        "wrote it, or move the file away to start empty.", e)
     except (LSTMStreamError, OSError) as e:
         return _refuse("cannot start: %s", e)
-    return _serve(serve, streams, snapshots, journal, engine_config)
+    return _serve(serve, models, engine_config)
 
 
 def _refuse(message, *args) -> int:
@@ -93,7 +93,9 @@ def tune_gc():
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _serve(serve, streams, snapshots, journal, config) -> int:
+def _serve(serve, models, config) -> int:
+    """Serve the opened models [(name, streams, snapshots, journal)]: one EngineCore each, behind a ModelRouter
+    when they are named (several models, or one given as NAME=PATH)."""
     import zmq
 
     from . import logs, sdnotify
@@ -106,7 +108,14 @@ def _serve(serve, streams, snapshots, journal, config) -> int:
         access, curve = open_keys(serve)
     except (OSError, ValueError) as e:
         return _refuse("cannot start: %s", e)
-    core = EngineCore(streams, config, snapshots=snapshots, journal=journal, background=background, access=access)
+    cores = {name: EngineCore(streams, config, snapshots=snapshots, journal=journal, background=background,
+                              access=access, name=name)
+             for name, streams, snapshots, journal in models}
+    if any(name is not None for name, _ in serve.models):
+        from .multimodel import ModelRouter
+        core = ModelRouter(cores, serve.default_model)
+    else:
+        core = next(iter(cores.values()))
     exporter = None
     if serve.metrics_port is not None:  # prometheus_client is imported there, only then (the `metrics` extra)
         from .metrics import MetricsError, start_metrics
@@ -129,7 +138,10 @@ def _serve(serve, streams, snapshots, journal, config) -> int:
                             extra={"event": "insecure_bind", "endpoint": endpoint})
     notify = sdnotify.notifier()
     def describe():  # systemd's STATUS= while serving
-        return f"serving {len(streams)} streams; {core.metrics['requests']} requests served"
+        return f"serving {n_streams()} streams; {core.requests()} requests served"
+
+    def n_streams():
+        return sum(len(c.streams) for c in cores.values())
 
     reloader = sdnotify.Reloader(notify, access, describe)
     for tick in [logs.RepeatFlusher(), reloader] + ([sdnotify.Ticker(notify, describe)] if notify.enabled else []):
@@ -144,8 +156,8 @@ def _serve(serve, streams, snapshots, journal, config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, lambda signum, frame: reloader.ask())  # only flags: the loop reloads
-    log.info("serving %d streams (max_batch %d, max_pending %d)", len(streams), config.max_batch,
-             config.max_pending, extra={"event": "serving", "streams": len(streams), "endpoints": server.endpoints,
+    log.info("serving %d streams (max_batch %d, max_pending %d)", n_streams(), config.max_batch,
+             config.max_pending, extra={"event": "serving", "streams": n_streams(), "endpoints": server.endpoints,
                                         "max_batch": config.max_batch, "max_pending": config.max_pending})
     tune_gc()
     notify.ready(describe())  # bound, kernels warm, snapshot restored, step log replayed
@@ -153,18 +165,19 @@ def _serve(serve, streams, snapshots, journal, config) -> int:
     notify.stopping("stopping: the shutdown snapshot")
     warm.cancel_background()
     status = EXIT_LOG_FATAL if server.fatal else EXIT_OK
-    if snapshots is not None and not server.fatal:  # fatal: the step log is not durable (journal.py says why)
-        try:
-            snapshots.save("shutdown")
-        except Exception:
-            log.exception("shutdown snapshot to %s failed", snapshots.path,
-                          extra={"event": "snapshot_failed", "reason": "shutdown", "path": snapshots.path})
-            status = EXIT_FAILED
-    if journal is not None and not server.fatal:
-        journal.close()
+    for _, _, snapshots, journal in models:
+        if snapshots is not None and not server.fatal:  # fatal: the step log is not durable (journal.py says why)
+            try:
+                snapshots.save("shutdown")
+            except Exception:
+                log.exception("shutdown snapshot to %s failed", snapshots.path,
+                              extra={"event": "snapshot_failed", "reason": "shutdown", "path": snapshots.path})
+                status = EXIT_FAILED
+        if journal is not None and not server.fatal:
+            journal.close()
     logs.flush_repeats(float("inf"))
-    log.info("stopped (%d requests served)", core.metrics["requests"],
-             extra={"event": "stopped", "requests": core.metrics["requests"], "exit_status": status})
+    log.info("stopped (%d requests served)", core.requests(),
+             extra={"event": "stopped", "requests": core.requests(), "exit_status": status})
     return status
 
 

@@ -76,6 +76,8 @@ def add_client_arguments(p):
     p.add_argument("--server-key", metavar="FILE", help="the daemon's public key file (NAME.key) or z85 key: "
                    "connect with CURVE (needs --client-key)")
     p.add_argument("--client-key", metavar="FILE", help="this client's NAME.key_secret (from `lstm-stream keygen`)")
+    p.add_argument("--model", metavar="NAME", help="the model to use, in a daemon serving several (default: its "
+                   "default model)")
 
 
 # argparse reads an argument that starts with "-" as an option unless it looks like a negative number, and
@@ -97,7 +99,8 @@ def add_step_arguments(p):
 def _client(args):
     from clients import Client
     try:
-        return Client(args.connect, timeout=args.timeout, server_key=args.server_key, client_keys=args.client_key)
+        return Client(args.connect, timeout=args.timeout, server_key=args.server_key, client_keys=args.client_key,
+                      model=args.model)
     except ValueError as e:  # a key file that cannot be read, one key without the other
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None

@@ -122,7 +122,7 @@ def count(word: str) -> Unit:
 
 
 TEXT = Unit(None)
-PATH, DIR = Unit("PATH"), Unit("DIR")
+PATH, DIR, NAME = Unit("PATH"), Unit("DIR"), Unit("NAME")
 ENDPOINT = Unit("ENDPOINT", parse_endpoint)
 PORT, ADDRESS = Unit("PORT", parse_port), Unit("ADDRESS")
 DURATION = Unit("DURATION", parse_duration, format_duration)
@@ -141,12 +141,23 @@ def option(default, help: str, *, unit: Unit = TEXT, flag: str | bool = True, sh
 
 
 # ---- the options -------------------------------------------------------------------------------------
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a model's name (in requests, state dirs, metrics)
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """What the daemon serves, where it listens, where it snapshots."""
 
-    model: str | None = option(None, "model `.npz` written by `LSTMModel.save`", unit=PATH,
-                               shown="the shipped default model")
+    # Several models in one daemon: engine/multimodel.py; each named model keeps its state in
+    # <snapshot-dir>/models/NAME/, an unnamed one (the only one) in <snapshot-dir> itself.
+    model: tuple = option((), "model `.npz` written by `LSTMModel.save`; `NAME=PATH` names it, and repeated "
+                          "(`--model pump=pump.npz --model fan=fan.npz`) serves several, each request naming "
+                          "its model (see [Several models](#several-models))", unit=PATH, repeat=True,
+                          shown="the shipped default model")
+    model_dir: str | None = option(None, "serve every `NAME.npz` of this directory as model NAME (with any "
+                                   "`--model`)", unit=DIR, shown="none")
+    default_model: str | None = option(None, "the model of requests that name none, with several models",
+                                       unit=NAME, shown="the only model; with several, none: a request must name its model")
     bind: tuple = option((DEFAULT_ENDPOINT,), "`tcp://HOST:PORT` or `ipc:///path`; repeat to listen on several; "
                          "`tcp://127.0.0.1:*` picks a free port (logged)", unit=ENDPOINT, repeat=True)
     snapshot_dir: str | None = option(None, "where the snapshot file lives; created if missing, restored at start",
@@ -195,6 +206,11 @@ class ServeConfig:
                                "interface; anyone who can reach it reads the metrics)", unit=ADDRESS)
 
     def __post_init__(self):
+        if isinstance(self.model, str):  # ServeConfig(model="pump.npz"), as before models repeated
+            object.__setattr__(self, "model", (self.model,))
+        elif self.model is None:
+            object.__setattr__(self, "model", ())
+        self.models  # noqa: B018 (checks the names)
         if self.snapshot_every is not None and self.snapshot_dir is None:
             raise ValueError("--snapshot-every needs --snapshot-dir")
         if self.curve_secret is None:
@@ -212,6 +228,43 @@ class ServeConfig:
             raise ValueError(f"--metrics-port must be a TCP port from 1 to 65535 (0: any free port), got {port!r}")
         if not isinstance(self.metrics_bind, str) or not self.metrics_bind:
             raise ValueError(f"--metrics-bind must be a host address, e.g. 127.0.0.1, got {self.metrics_bind!r}")
+
+    @property
+    def models(self) -> list:
+        """[(name or None, path)] of --model (NAME=PATH or PATH) and --model-dir; [(None, None)]: the shipped
+        default model. ValueError for a bad or repeated name, or an unnamed model beside others."""
+        import os
+        out = []
+        for text in self.model:
+            name, sep, path = text.partition("=")
+            if not sep or not MODEL_NAME.fullmatch(name):  # a path (which may hold a '=')
+                name, path = None, text
+            out.append((name, path))
+        if self.model_dir is not None:
+            try:
+                files = sorted(f for f in os.listdir(self.model_dir) if f.endswith(".npz"))
+            except OSError as e:
+                raise ValueError(f"--model-dir {self.model_dir}: cannot list it ({e.strerror})") from None
+            for f in files:
+                if not MODEL_NAME.fullmatch(f[:-4]):
+                    raise ValueError(f"--model-dir: {f}: a model's name (the file name before .npz) must be 1 to 64 "
+                                     "letters, digits, '_', '-' or '.', starting with a letter or digit")
+                out.append((f[:-4], os.path.join(self.model_dir, f)))
+            if not files and not out:
+                raise ValueError(f"--model-dir {self.model_dir} holds no model (NAME.npz)")
+        if len(out) > 1:
+            unnamed = [p for n, p in out if n is None]
+            if unnamed:
+                raise ValueError(f"--model {unnamed[0]}: with several models each needs a name: --model NAME=PATH")
+            names = [n for n, _ in out]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"model name {twice[0]!r} is given twice; each model needs its own name")
+        names = [n for n, _ in out]
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(f"--default-model {self.default_model!r} is not a model served here; the models: "
+                             f"{', '.join(n or '(unnamed)' for n in names) or '(the shipped default)'}")
+        return out or [(None, None)]
 
     @property
     def logging_steps(self) -> bool:

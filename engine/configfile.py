@@ -205,7 +205,8 @@ HEADER = """\
 
 def dumps(configs) -> str:
     """The TOML of config objects (one per class of SERVE_CONFIGS, in order): each option with its help as a
-    comment; an option that is not set (None) as a comment saying what that means."""
+    comment; an option that is not set (None, or no value of one that repeats) as a comment saying what that
+    means."""
     out = [HEADER]
     for obj in configs:
         out += ["", f"# ---- {type(obj).__doc__.splitlines()[0].rstrip('.')}"]
@@ -213,7 +214,7 @@ def dumps(configs) -> str:
             out += [""] + textwrap.wrap(C.plain(f.metadata["help"]), 110, initial_indent="# ",
                                         subsequent_indent="# ", break_on_hyphens=False)
             value = getattr(obj, f.name)
-            if value is None:
+            if value is None or value == ():  # (an option that repeats, given no value: --model)
                 out.append(f"# {key(f)} is not set: {C.plain(C.default_text(f))}")
             else:
                 out.append(f"{key(f)} = {render(f, value)}")

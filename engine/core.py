@@ -42,8 +42,9 @@ class EngineCore(Ops, Housekeeping):
     """Queue, batch plans, op dispatch and housekeeping over one Streams; no sockets, no threads, no bytes."""
 
     def __init__(self, streams, config: EngineConfig | None = None, *, snapshots=None, journal=None,
-                 background=None, clock=time.monotonic, access=None):
+                 background=None, clock=time.monotonic, access=None, name=None):
         self.streams = streams
+        self.name = name               # the model's name: a request whose "model" names another is refused
         self.access = access           # CURVE roles and namespaces (engine/access.py), or None: every peer admin
         self.ownership = None          # a cluster shard's check (engine/cluster/ownership.py): request ->
                                        # None, or (message, detail) of its wrong_shard refusal
@@ -84,6 +85,15 @@ class EngineCore(Ops, Housekeeping):
         self._next_tick = float("inf")
 
     @property
+    def journals(self) -> list:
+        """The step logs the server waits on (one, or none)."""
+        return [] if self.journal is None else [self.journal]
+
+    def requests(self) -> int:
+        """Requests received (systemd's status line, the stop log line)."""
+        return self.metrics["requests"]
+
+    @property
     def pending(self) -> int:
         """Requests queued and not yet served."""
         return self._pending
@@ -98,6 +108,12 @@ class EngineCore(Ops, Housekeeping):
         against the access roles here, the one place (no access control: every peer is admin)."""
         self.metrics["requests"] += 1
         self.requests_by_op[req.op] += 1
+        if req.model is not None and req.model != self.name:  # (a daemon of several: the router checked it)
+            served = "one unnamed model" if self.name is None else f"one model, {self.name!r}"
+            reply = self.refuse(req.id, P.UNKNOWN_MODEL, f"no model {req.model[:64]!r} here; this daemon serves "
+                                                         f"{served}", counted=True, op=req.op)
+            reply.detail = {"models": [] if self.name is None else [self.name]}
+            return reply
         peer = tag[0] if type(tag) in (list, tuple) and tag else tag  # the connection: its own queue
         if self.ownership is not None:  # a shard of a cluster: ids it does not own are wrong_shard
             wrong = self.ownership(req)  # (on the client's own ids: before access control namespaces them)

@@ -102,15 +102,35 @@ class EngineCollector:
     def __init__(self, core):
         self.core = core
         self.server = None
-        m = core.streams.model
-        self._build = {"version": lstm_stream.__version__, "model_fingerprint": m.fingerprint,
-                       "backend": core.streams.backend, "dtype": str(m.dtype)}
+        self._build = {"version": lstm_stream.__version__}
 
     def collect(self):
-        """The metric families of one scrape."""
-        from prometheus_client.core import InfoMetricFamily
+        """The metric families of one scrape. A daemon of several models (engine/multimodel.py): each model's
+        families once, every sample labelled with its `model`; the loop's and the socket's figures once."""
         core = self.core
-        yield InfoMetricFamily("lstm_stream_build", "The daemon's version, model and backend.", value=self._build)
+        cores = getattr(core, "cores", None)
+        if cores is None:
+            yield from self._model(core)
+        else:
+            from prometheus_client.metrics_core import Metric
+            merged = {}
+            for name, one in cores.items():
+                for family in self._model(one):
+                    into = merged.get(family.name)
+                    if into is None:
+                        into = merged[family.name] = Metric(family.name, family.documentation, family.type)
+                    into.samples.extend(s._replace(labels={**s.labels, "model": name}) for s in family.samples)
+            yield from merged.values()
+        yield from self._loop_stats(core.stats)
+        yield from self._server()
+
+    def _model(self, core):
+        """The families of one model's EngineCore."""
+        from prometheus_client.core import InfoMetricFamily
+        m = core.streams.model
+        build = {**self._build, "model_fingerprint": m.fingerprint, "dtype": str(m.dtype),
+                 "backend": core.streams.backend}
+        yield InfoMetricFamily("lstm_stream_build", "The daemon's version, model and backend.", value=build)
         yield from self._requests(core)
         yield from self._loop(core)
         yield from self._streams(core.streams)
@@ -140,6 +160,9 @@ class EngineCollector:
                       "not applied).", value=counters.get("busy", 0))
         yield Counter("lstm_stream_replies_dropped", "Replies that could not be sent (the client was gone or not "
                       "reading).", value=counters.get("replies_dropped", 0))
+
+    def _server(self):
+        from prometheus_client.core import CounterMetricFamily as Counter
         server = self.server
         if server is not None:
             yield Counter("lstm_stream_received_bytes", "Bytes of request payloads read off the socket.",
@@ -150,7 +173,8 @@ class EngineCollector:
         from prometheus_client.core import GaugeMetricFamily as Gauge
         yield Gauge("lstm_stream_queued_requests", "Requests read and not yet served.", value=core.pending)
         yield Gauge("lstm_stream_queued_bytes", "Wire bytes of the queued requests.", value=core.pending_bytes)
-        stats = core.stats
+
+    def _loop_stats(self, stats):
         if stats is None:
             return
         yield _histogram("lstm_stream_turn_seconds", "Time of one loop turn that served requests: serve the "

@@ -21,7 +21,8 @@ class Ops:
     def _op_info(self, req):
         m = self.streams.model
         stats = self.streams.stats()
-        return {"protocol": P.PROTOCOL_VERSION, "version": lstm_stream.__version__, "model": m.config(),
+        return {"protocol": P.PROTOCOL_VERSION, "version": lstm_stream.__version__, "name": self.name,
+                "model": m.config(),
                 "fingerprint": m.fingerprint, "autoregressive": m.autoregressive, "backend": stats["backend"],
                 "streams": stats["streams"], "capacity": stats["capacity"], "max_streams": stats["max_streams"],
                 "idle_ttl": self.streams.idle_ttl, "state_bytes_per_stream": stats["state_bytes_per_stream"],

@@ -73,10 +73,10 @@ class Server:
     def run(self) -> None:
         """The loop: poll (timeout only for housekeeping), drain, step, reply, housekeep; until stop()."""
         core, wire, sock = self.core, self._wire, self._sock
-        journal, stats, clock = core.journal, core.stats, time.perf_counter  # stats: LoopStats with metrics on
+        journals, stats, clock = core.journals, core.stats, time.perf_counter  # stats: LoopStats with metrics on
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        if journal is not None:  # the fsync thread's wake-ups: held replies may leave (--fsync always)
+        for journal in journals:  # the fsync threads' wake-ups: held replies may leave (--fsync always)
             poller.register(journal.wake_fd, zmq.POLLIN)
         deadline = core.housekeep()
         spin_until = 0.0
@@ -92,7 +92,7 @@ class Server:
                     if stats is not None:
                         core.arrival = clock()  # the read time of this drain's requests (queue wait)
                     self._drain()
-                if journal is not None:
+                for journal in journals:  # (one per model; none without a step log)
                     if journal.wake_fd in events:
                         journal.woken()
                     if journal.fatal is not None:
@@ -108,8 +108,9 @@ class Server:
                 deadline = core.housekeep()
             while core.pending:  # answer what was accepted before stopping
                 self._send_all(wire.step())
-            if journal is not None and core.held:
-                journal.sync()
+            if journals and core.held:
+                for journal in journals:
+                    journal.sync()
                 self._send_all(wire.step())
         finally:
             self._close(SHUTDOWN_LINGER_MS)

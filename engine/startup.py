@@ -60,7 +60,7 @@ def open_state(serve, streams_config):
         prepare_dir(serve.snapshot_dir)  # OSError naming it: run_serve refuses to start (exit 2)
         keep_id_scheme(serve.snapshot_dir, serve.namespaces == "on")
     status("loading the model")
-    model = load_serving_model(serve.model)
+    model = load_serving_model(serve.model[0] if serve.model else None)
     t0 = time.perf_counter()
     status("compiling the kernels (or loading them from the cache)")
     warm_up(model, streams_config.backend, streams_config.threads)
@@ -81,6 +81,32 @@ def open_state(serve, streams_config):
         else:
             _set_aside_old_log(serve.snapshot_dir)
     return streams, snapshots, journal
+
+
+def open_models(serve, streams_config) -> list:
+    """[(name, streams, snapshots, journal)] of every model `serve` names (ServeConfig.models), each opened by
+    open_state: a named model's state in <snapshot-dir>/models/NAME/, the unnamed one's (the only one, as
+    before there were several) in <snapshot-dir>. The name of an unnamed model is its file's stem ('default'
+    for the shipped model): requests may name it."""
+    import dataclasses
+    import os
+    out = []
+    for name, path in serve.models:
+        if name is None:
+            one, shown = dataclasses.replace(serve, model=() if path is None else (path,), model_dir=None,
+                                             default_model=None), \
+                "default" if path is None else os.path.splitext(os.path.basename(path))[0]
+        else:
+            sub = None if serve.snapshot_dir is None else os.path.join(serve.snapshot_dir, "models", name)
+            if sub is not None:
+                os.makedirs(sub, exist_ok=True)
+            one, shown = dataclasses.replace(serve, model=(path,), model_dir=None, default_model=None,
+                                             snapshot_dir=sub), name
+        if name is not None or len(serve.models) > 1:
+            status(f"model {shown}")
+        streams, snapshots, journal = open_state(one, streams_config)
+        out.append((shown, streams, snapshots, journal))
+    return out
 
 
 ID_SCHEME_FILE = "ids.json"  # in the state directory: whether its stream ids are namespaced (--namespaces)

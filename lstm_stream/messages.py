@@ -38,6 +38,9 @@ class Request:
     op: ClassVar[str] = ""
     id: int | str | None
     lists: bool
+    # The model the request is for, by its name in a daemon serving several (engine/multimodel.py); None: the
+    # daemon's default model. Keyword-only, so that every op's own fields keep their positions.
+    model: str | None = field(default=None, kw_only=True)
 
     @property
     def fields(self) -> dict:

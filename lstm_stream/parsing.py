@@ -9,8 +9,8 @@ from operator import countOf
 import numpy as np
 
 from .messages import OPS, PROTOCOL_VERSION, REQUEST_FIELDS, REQUESTS, REQUIRED, Request
-from .protocol import (BAD_REQUEST, BAD_VERSION, MAX_REQUEST_ID_LENGTH, UNKNOWN_OP, ProtocolError, _from_map,
-                       to_array)
+from .protocol import (BAD_REQUEST, BAD_VERSION, MAX_MODEL_NAME_LENGTH, MAX_REQUEST_ID_LENGTH, UNKNOWN_OP,
+                       ProtocolError, _from_map, to_array)
 
 
 def parse_request(msg: dict) -> Request:
@@ -44,6 +44,11 @@ def parse_request(msg: dict) -> Request:
         lists = False
     elif type(lists) is not bool:
         lists = _field(msg, "lists", "bool", False, op, rid)
+    model = msg.get("model")
+    if model is not None and (type(model) is not str or not 0 < len(model) <= MAX_MODEL_NAME_LENGTH):
+        raise ProtocolError(BAD_REQUEST, f"'model' must be a model's name, a str of 1 to {MAX_MODEL_NAME_LENGTH} "
+                                         f"characters (or absent for the daemon's default model); got "
+                                         f"{_shown(model)}", rid)
     if op == "step_many" and (values[1] is None) == (values[2] is None):  # fields: streams, x, xs
         raise ProtocolError(BAD_REQUEST, "step_many needs exactly one of 'x' (one row per stream) or 'xs' "
                                          "(a list of arrays, one per stream)", rid)
@@ -59,7 +64,15 @@ def parse_request(msg: dict) -> Request:
     except ProtocolError as e:
         e.request_id = rid
         raise
-    return cls(rid, lists, *values)
+    req = cls(rid, lists, *values)
+    if model is not None:
+        req.model = model
+    return req
+
+
+def _shown(value) -> str:
+    """A field's bad value for an error message: a str (shortened) as itself, anything else by its type."""
+    return repr(value[:40]) if type(value) is str else type(value).__name__
 
 
 def _field(msg, name, kind, default, op, rid):

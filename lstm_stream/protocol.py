@@ -26,6 +26,7 @@ from .messages import (MAX_STREAMS_PAGE, OPS, PROTOCOL_VERSION, REQUEST_FIELDS, 
 MAX_MESSAGE_BYTES = 16 * 2**20  # default bound of one encoded message; the daemon's is --max-message-bytes
 MAX_ARRAY_RANK = 4
 MAX_REQUEST_ID_LENGTH = 128     # characters of a str request id
+MAX_MODEL_NAME_LENGTH = 64      # characters of a request's "model" (a daemon serving several: engine/multimodel.py)
 # Bounded decode (docs/protocol.md, "Memory of a request"). The objects a message of n bytes decodes to are at
 # most DECODE_FACTOR * n + DECODE_SLACK bytes. Of that, n pays for the bytes that strs and bins hold (an object
 # is at most 80 B of header + its wire bytes: 49 B + 1 per char for ASCII, 76 B + 4 per char for UCS4); the
@@ -64,9 +65,11 @@ LOG_FAILED = "log_failed"          # the step log cannot be written: nothing was
 FORBIDDEN = "forbidden"            # this client's key may not do this op (CURVE roles): nothing was applied
 WRONG_SHARD = "wrong_shard"        # a shard of a cluster does not own a stream of the request: error.version is
                                    # its shard map's version; nothing was applied (docs/cluster.md)
+UNKNOWN_MODEL = "unknown_model"    # the request's "model" is not one this daemon serves (or it names none and
+                                   # the daemon has no default): error.models lists the names it serves
 ERROR_CODES = (BAD_MESSAGE, BAD_REQUEST, BAD_VERSION, UNKNOWN_OP, TOO_LARGE, BAD_INPUT, UNKNOWN_STREAM,
                STORE_FULL, UNSUPPORTED, BUSY, SNAPSHOT_FAILED, INTERNAL, SEQ_STALE, SEQ_GAP, LOG_FAILED, FORBIDDEN,
-               WRONG_SHARD)
+               WRONG_SHARD, UNKNOWN_MODEL)
 
 # ---- ops: which may be batched, which may be resent ---------------------------------------------
 STEP_OPS = frozenset({"step", "step_many"})
@@ -224,16 +227,19 @@ _OK_Y_KEYS = msgpack.packb("ok") + msgpack.packb(True) + msgpack.packb("y")  # a
 class Codec:
     """Encoder (one reused Packer) and bounded decoder; one per socket owner, not shared between threads."""
 
-    def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES):
+    def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES, model: str | None = None):
         self.max_message_bytes = max_message_bytes
+        # model: the "model" field of every request encoded (a daemon serving several: engine/multimodel.py)
+        self._model = {} if model is None else {"model": model}
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default)
         # The two messages sent most, each from a template (byte-equal to the map's encoding, tested):
         # ok(id, {"y": y})      = _ok_head, id, the array head of ("ok": true, "y"), y's bytes
         # request("step", id, {"stream": s, "x": x}) = _step_head, id, _step_mid, s, the array head of "x", x's bytes
         pack = self._packer.pack
         self._ok_head = b"\x84" + pack("v") + pack(PROTOCOL_VERSION) + pack("id")
-        self._step_head = b"\x85" + pack("v") + pack(PROTOCOL_VERSION) + pack("id")
-        self._step_mid = pack("op") + pack("step") + pack("stream")
+        self._step_head = (b"\x86" if model is not None else b"\x85") + pack("v") + pack(PROTOCOL_VERSION) + pack("id")
+        self._step_mid = pack("op") + pack("step") + (b"" if model is None else pack("model") + pack(model)) + \
+            pack("stream")
         self._array_heads: dict = {}  # (prefix, dtype, shape) -> bytes
         self._limits: dict = {}       # message length (<= DECODE_SMALL) -> msgpack's limits for it (decode)
 
@@ -268,7 +274,7 @@ class Codec:
                     pack = self._packer.pack
                     return self._step_head + pack(request_id) + self._step_mid + pack(fields["stream"]) + head + \
                         x.tobytes()
-        return self.encode({"v": PROTOCOL_VERSION, "id": request_id, "op": op, **fields})
+        return self.encode({"v": PROTOCOL_VERSION, "id": request_id, "op": op, **self._model, **fields})
 
     def ok(self, request_id, result: dict) -> bytes:
         """An encoded success reply."""

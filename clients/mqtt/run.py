@@ -43,7 +43,7 @@ def run_bridge(args) -> int:
     try:
         stream_from = parse_stream_from(args.stream_from, args.subscribe)
         client = Client(args.connect, timeout=args.timeout, server_key=args.server_key,
-                        client_keys=args.client_key)
+                        client_keys=args.client_key, model=getattr(args, "model", None))
     except ValueError as e:  # --stream-from, or a key file that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

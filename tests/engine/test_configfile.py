@@ -130,7 +130,7 @@ def test_flags_override_the_file(tmp_path):
     ('snapshot-every = "soon"\n', ["snapshot-every", "'soon' is not a positive duration"]),
     ("snapshot-every = true\n", ["snapshot-every = true", "expected a duration"]),
     ('max-message-bytes = "lots"\n', ["max-message-bytes", "is not a positive size"]),
-    ('model = 3\n', ["model = 3", "expected a path"]),
+    ('model = 3\n', ["model = 3", "each a path"]),
     ("[hwm]\nx = 1\n", ["hwm = <a TOML table>", "expected a whole number"]),
     ('max-batch = 1\nmax_batch = 2\n', ["'max-batch' and 'max_batch' are the same option"]),
     ('snapshot-every = "1s\n', ["is not valid TOML", "line 1"]),
