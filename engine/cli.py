@@ -106,7 +106,8 @@ def _serve(serve, streams, snapshots, journal, config) -> int:
         access, curve = open_keys(serve)
     except (OSError, ValueError) as e:
         return _refuse("cannot start: %s", e)
-    core = EngineCore(streams, config, snapshots=snapshots, journal=journal, background=background, access=access)
+    core = EngineCore(streams, config, snapshots=snapshots, journal=journal, background=background, access=access,
+                      model_path=serve.model)
     exporter = None
     if serve.metrics_port is not None:  # prometheus_client is imported there, only then (the `metrics` extra)
         from .metrics import MetricsError, start_metrics

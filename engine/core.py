@@ -31,6 +31,8 @@ from .logs import repeating
 from .housekeeping import Housekeeping
 from .ops import Ops
 from .planner import plan
+from .reloading import apply_reload
+from .weights import WeightsStore
 
 log = logging.getLogger("lstm_stream.engine")
 
@@ -42,8 +44,11 @@ class EngineCore(Ops, Housekeeping):
     """Queue, batch plans, op dispatch and housekeeping over one Streams; no sockets, no threads, no bytes."""
 
     def __init__(self, streams, config: EngineConfig | None = None, *, snapshots=None, journal=None,
-                 background=None, clock=time.monotonic, access=None):
+                 background=None, clock=time.monotonic, access=None, model_path=None):
         self.streams = streams
+        self.model_path = model_path   # the .npz the daemon was started with: what `reload` loads by default
+        # every weights version served, next to the snapshots (engine/weights.py); None without a state directory
+        self.weights = None if snapshots is None else WeightsStore(snapshots.directory)
         self.access = access           # CURVE roles and namespaces (engine/access.py), or None: every peer admin
         self.ownership = None          # a cluster shard's check (engine/cluster/ownership.py): request ->
                                        # None, or (message, detail) of its wrong_shard refusal
@@ -415,6 +420,32 @@ class EngineCore(Ops, Housekeeping):
         reply = self.refuse(req.id, code, msg, counted=True, op=req.op)
         reply.detail = detail
         return reply
+
+    # ---- weights updates ----------------------------------------------------------------------------
+    def reload(self, model, *, reset: bool = False) -> dict:
+        """Serve `model` from now on: every stream keeps its state and steps with the new weights from its next
+        step (engine/reloading.py: weights store, log record, swap). Other sizes: ModelError unless reset, which
+        drops every stream (logged at WARNING with the counts). Call it on the loop thread between turns:
+        requests still queued are then served with the new weights. The `reload` op is queued like any other,
+        so the requests before it in serving order are served with the old weights, those after with the new;
+        every request with exactly one version. Returns {fingerprint, previous, streams} (and changed, reset,
+        cold). Same fingerprint, no reset: nothing changes."""
+        if self.journal is not None and not self.journal.writable:
+            raise LogWriteError(self.journal.refusal())
+        out = apply_reload(self.streams, model, reset=reset, weights=self.weights, journal=self.journal,
+                           wall=time.time())
+        if out["changed"]:
+            self.metrics["reloads"] += 1
+            if reset:
+                self.metrics["reloads_reset"] += 1
+            self._mutated()
+            if self.snapshots is not None and self.journal is None:
+                # no log to replay the update from: a snapshot soon names the new weights (in the background)
+                try:
+                    self.snapshots.start("reload")
+                except Exception as e:
+                    log.warning("the snapshot after the weights update failed: %s", e)
+        return out
 
     def _mutated(self):
         if self.snapshots is not None:

@@ -10,6 +10,7 @@ import lstm_stream
 from lstm_stream import protocol as P
 
 from .access import Access
+from .journal import LogWriteError
 
 
 class Ops:
@@ -93,3 +94,26 @@ class Ops:
             return self.snapshots.save("request")
         except OSError as e:
             raise P.ProtocolError(P.SNAPSHOT_FAILED, f"snapshot to {self.snapshots.path} failed: {e}") from None
+
+    def _op_reload(self, req):
+        """Load the model file (the request's path, else the one the daemon was started with) and serve it
+        (EngineCore.reload). Every error is raised before anything changed."""
+        from lstm_stream.errors import ModelError
+        from lstm_stream.model import load_model
+        path = req.path if req.path is not None else self.model_path
+        if type(path) is not str:
+            if req.path is not None:
+                raise P.ProtocolError(P.BAD_REQUEST, f"field 'path' of op 'reload' must be a str (a model file on "
+                                                     f"the daemon's machine), got {type(req.path).__name__}")
+            raise P.ProtocolError(P.UNSUPPORTED, "this daemon was started without --model (it serves the shipped "
+                                                 "default model): give the model file to load in 'path'")
+        try:
+            model = load_model(path)
+            return self.reload(model, reset=req.reset)
+        except ModelError as e:
+            raise P.ProtocolError(P.BAD_MODEL, f"reload refused, nothing changed: {e}") from None
+        except LogWriteError as e:
+            raise P.ProtocolError(P.LOG_FAILED, str(e)) from None
+        except OSError as e:
+            raise P.ProtocolError(P.SNAPSHOT_FAILED, f"reload refused, nothing changed: the weights store in "
+                                                     f"{self.weights.directory} cannot be written: {e}") from None

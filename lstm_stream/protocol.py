@@ -64,9 +64,11 @@ LOG_FAILED = "log_failed"          # the step log cannot be written: nothing was
 FORBIDDEN = "forbidden"            # this client's key may not do this op (CURVE roles): nothing was applied
 WRONG_SHARD = "wrong_shard"        # a shard of a cluster does not own a stream of the request: error.version is
                                    # its shard map's version; nothing was applied (docs/cluster.md)
+BAD_MODEL = "bad_model"            # a reload's model file cannot be read, is not a model, or has other sizes
+                                   # than the served one (without reset): nothing was changed
 ERROR_CODES = (BAD_MESSAGE, BAD_REQUEST, BAD_VERSION, UNKNOWN_OP, TOO_LARGE, BAD_INPUT, UNKNOWN_STREAM,
                STORE_FULL, UNSUPPORTED, BUSY, SNAPSHOT_FAILED, INTERNAL, SEQ_STALE, SEQ_GAP, LOG_FAILED, FORBIDDEN,
-               WRONG_SHARD)
+               WRONG_SHARD, BAD_MODEL)
 
 # ---- ops: which may be batched, which may be resent ---------------------------------------------
 STEP_OPS = frozenset({"step", "step_many"})

@@ -23,7 +23,7 @@ from .receipts import Receipts
 from .snapshotting import SnapshotIO
 from .state import INT64_MAX, StreamState, check_id, parse_state
 from .store import StateStore, distinct
-from .tiering import ColdTier
+from .tiering import ColdTier, _Everyone
 
 MAX_FORECAST_HORIZON = 100_000  # a bound so a typo cannot allocate gigabytes
 # What a stream's state and outputs are shaped by: a replacement model must agree on all of them for the
@@ -141,6 +141,8 @@ class Streams(ColdTier, SnapshotIO):
         if self.cold is not None:
             for i in self.cold.ids():
                 self.drop(i)
+            if self.replay_before is not None:  # a replay reads versions before a fixed lsn: none may come back
+                self._replay_gone = _Everyone()
 
     def _rebuild(self, model) -> None:
         """New slabs, receipts and backend for another model's sizes (the store must hold no stream)."""
