@@ -124,6 +124,11 @@ CASES = [
     ("set_state steps -1", "bad_input", req("set_state", 59, stream="pump-7", h=f32([[0] * 4]), c=f32([[0] * 4]),
                                               steps=-1)),
     ("forecast horizon 0", "bad_input", req("forecast", 60, stream="pump-7", horizon=0)),
+    # weights updates (admin)
+    ("reload the served file", "no path: the --model file again, whose weights are served already: changed false",
+     req("reload", 61)),
+    ("bad_model", "reload of a model file that is not there: nothing changed", req("reload", 62,
+                                                                                   path="no-such-model.npz")),
 ]
 
 
@@ -170,7 +175,7 @@ def wire_core():
     from engine.wire import WireCore
     model = ls.LSTMModel.load(MODEL)
     return WireCore(EngineCore(ls.Streams(model, max_streams=MAX_STREAMS),
-                               EngineConfig(max_message_bytes=MAX_MESSAGE_BYTES)))
+                               EngineConfig(max_message_bytes=MAX_MESSAGE_BYTES), model_path=str(MODEL)))
 
 
 def replay(wire, data: bytes) -> bytes:
