@@ -25,3 +25,18 @@ def test_a_replaced_model_continues_every_stream_bit_for_bit_on_cuda(seed):
     x = rng.standard_normal(3).astype(np.float32)
     assert np.array_equal(s.step("a", x), ref_b.step("a", x))
     assert np.array_equal(s.get_state(3).c, ref_b.get_state(3).c)
+
+
+def test_an_evicted_stream_comes_back_under_the_new_weights_on_cuda(seed, tmp_path):
+    from lstm_stream.coldstore import ColdStore
+    rng = np.random.default_rng(seed)
+    a, b = (random_model(rng, I=3, H=5, L=1, O=2) for _ in range(2))
+    x1, x2 = rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal((3, 3)).astype(np.float32)
+    s = ls.Streams(a, backend="cuda", cold=ColdStore(tmp_path / "cold.sqlite3"))
+    s.step("e", x1)
+    s.evict(["e"])
+    s.replace_model(b)
+    ref = ls.Streams(a, backend="cuda")
+    ref.step("e", x1)
+    ref.replace_model(b)
+    assert np.array_equal(s.step("e", x2), ref.step("e", x2))
