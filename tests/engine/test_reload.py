@@ -3,7 +3,10 @@ with exactly one version and loses none; a restart after a reload continues ever
 after a reload replays the log across the reload record; a start with other weights than the state reached is
 refused (exit 2) or, with --model-update keep, continues; other sizes are refused, and with reset accepted
 loudly. Every comparison is against offline Streams runs, bit for bit."""
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,6 +15,7 @@ import pytest
 
 import lstm_stream as ls
 from clients import BadRequest, Client
+from daemons import ROOT
 from models import random_model
 
 I, H, O = 4, 9, 3
@@ -177,3 +181,8 @@ def test_other_sizes_are_refused_and_reset_is_loud(daemon, models, tmp_path):
     wait_for(lambda: "WITH RESET" in d.log(), 10)
     line = next(ln for ln in d.log().splitlines() if "WITH RESET" in ln)
     assert "WARNING" in line and f"{len(STREAMS)} in memory" in line
+    cli = [sys.executable, "-m", "engine.cli", "reload", "--connect", d.endpoint]
+    r = subprocess.run(cli + [str(a_path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1 and "hidden_size" in r.stderr  # big -> a: other sizes again
+    r = subprocess.run(cli + [str(a_path), "--reset"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0 and json.loads(r.stdout)["fingerprint"] == a.fingerprint
