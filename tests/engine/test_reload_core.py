@@ -38,10 +38,10 @@ def call(core, op, **fields):
     return core.call({"v": 1, "id": 1, "op": op, **fields})
 
 
-def start(tmp_path, model_path, **options):
+def start(tmp_path, model_path, streams_options=None, **options):
     """open_state for --model model_path --snapshot-dir tmp_path/state, then an EngineCore over it."""
     serve = ServeConfig(model=model_path, snapshot_dir=str(tmp_path / "state"), **options)
-    streams, snapshots, journal = open_state(serve, StreamsConfig(threads=1))
+    streams, snapshots, journal = open_state(serve, StreamsConfig(threads=1, **(streams_options or {})))
     warm.finish_background(wait=True)  # a kernel open_state left compiling in a child process
     return EngineCore(streams, EngineConfig(), snapshots=snapshots, journal=journal, model_path=model_path)
 
@@ -201,4 +201,38 @@ def test_recovery_replays_a_reset_reload(models, tmp_path):
     ref = ls.Streams(models["big"][1])
     ref.step("new", x)
     same_state(core, ref, ["new"])
+    stop(core)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["kept", "reset"])
+def test_recovery_across_a_reload_with_evicted_streams(models, tmp_path, reset):
+    """A stream evicted before the update thaws under the new weights (or, after a reset, starts anew), live and
+    in the replay, which reads the cold versions the snapshot knew."""
+    cold = {"idle_ttl": 3600.0}
+    new = "big" if reset else "b"
+    rng = np.random.default_rng(4)
+    x1, x2 = rng.standard_normal((2, I)).astype(np.float32), rng.standard_normal((3, I)).astype(np.float32)
+    x3 = rng.standard_normal((2, models[new][1].input_size)).astype(np.float32)
+    core = start(tmp_path, models["a"][0], cold)
+    for i in ("x", "y"):
+        call(core, "step", stream=i, x=x1)
+    call(core, "snapshot")
+    call(core, "step", stream="x", x=x2)
+    core.streams.evict(["x"])  # as idle eviction does (not logged)
+    assert call(core, "reload", path=models[new][0], reset=reset)["ok"]
+    assert core.streams.cold.fingerprint == models[new][1].fingerprint
+    call(core, "step", stream="x", x=x3)  # thaws (kept) or is new (reset)
+    live = core.streams.get_state("x")
+    core.journal.sync()
+    stop(core)
+    ref = ls.Streams(models["a"][1])
+    if not reset:
+        ref.step("x", x1)
+        ref.step("x", x2)
+    ref.replace_model(models[new][1], reset=reset)
+    ref.step("x", x3)
+    assert np.array_equal(live.h, ref.get_state("x").h) and live.steps == ref.get_state("x").steps
+    core = start(tmp_path, models[new][0], cold)
+    same_state(core, ref, ["x"])
+    assert ("y" in core.streams.ids()) is not reset
     stop(core)
