@@ -7,7 +7,7 @@ import pytest
 import lstm_stream as ls
 from lstm_stream.coldstore import ColdStore
 from lstm_stream.errors import ModelError
-from lstm_stream.streams import shape_changes
+from lstm_stream.replacing import shape_changes
 from models import random_model
 
 I, H, L, O = 3, 7, 2, 4
