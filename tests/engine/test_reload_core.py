@@ -14,7 +14,7 @@ from engine.core import EngineCore
 from engine.startup import open_state
 from engine.weights import WeightsStore
 from lstm_stream import protocol as P
-from lstm_stream import warm
+from lstm_stream import steplog, warm
 from lstm_stream.errors import ModelError
 from lstm_stream.steplog import LogCorruptError
 from models import random_model
@@ -99,7 +99,8 @@ def test_bad_reloads_are_refused_with_clear_codes_and_change_nothing(models, tmp
     core.streams.step("k", np.ones(I, np.float32))
     before = core.streams.get_state("k")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    cases = [({}, P.UNSUPPORTED, "without --model"), ({"path": str(tmp_path / "nope.npz")}, P.BAD_MODEL, "does not exist"),
+    cases = [({}, P.UNSUPPORTED, "without --model"),
+             ({"path": str(tmp_path / "nope.npz")}, P.BAD_MODEL, "does not exist"),
              ({"path": str(tmp_path / "junk.npz")}, P.BAD_MODEL, "not an .npz"),
              ({"path": 7}, P.BAD_REQUEST, "must be a str"),
              ({"path": models["big"][0]}, P.BAD_MODEL, f"hidden_size {H} -> {H + 2}")]
@@ -118,7 +119,8 @@ def test_a_reset_reload_drops_every_stream_loudly(models, caplog):
         r = call(core, "reload", path=models["big"][0], reset=True)
     assert r["ok"] and r["reset"] is True and r["streams"] == 4 and len(core.streams) == 0
     warned = [rec for rec in caplog.records if rec.levelno == logging.WARNING and "WITH RESET" in rec.getMessage()]
-    assert warned and "4 in memory" in warned[0].getMessage() and f"hidden_size {H} -> {H + 2}" in warned[0].getMessage()
+    message = warned[0].getMessage()
+    assert "4 in memory" in message and f"hidden_size {H} -> {H + 2}" in message
     y = call(core, "step", stream="n", x=np.ones(I, np.float32))
     assert np.array_equal(y["y"], ls.Streams(models["big"][1]).step("n", np.ones(I, np.float32)))
 
@@ -141,6 +143,9 @@ def test_recovery_replays_across_reloads_bit_for_bit(models, tmp_path):
     stop(core)  # no shutdown snapshot: the log holds everything after the first one
     store = WeightsStore(tmp_path / "state")
     assert store.fingerprints() == {models["a"][1].fingerprint, models["b"][1].fingerprint}
+    newest = steplog.segments(tmp_path / "state" / "log")[-1][1]  # started at the reload, under b
+    with open(newest, "rb") as f:
+        assert steplog.read_header(newest, f.read())[0]["fingerprint"] == models["b"][1].fingerprint
     ref = offline(models, [("a", xs[0]), ("a", {i: x[:1] for i, x in xs[1].items()}), ("switch", "b"), ("b", xs[2])])
     core = start(tmp_path, models["b"][0])
     assert core.streams.model.fingerprint == models["b"][1].fingerprint
@@ -216,9 +221,9 @@ def test_recovery_across_a_reload_with_evicted_streams(models, tmp_path, reset):
     core = start(tmp_path, models["a"][0], cold)
     for i in ("x", "y"):
         call(core, "step", stream=i, x=x1)
-    call(core, "snapshot")
     call(core, "step", stream="x", x=x2)
-    core.streams.evict(["x"])  # as idle eviction does (not logged)
+    core.streams.evict(["x"])  # as idle eviction does (not logged): x is in no snapshot, only cold
+    call(core, "snapshot")
     assert call(core, "reload", path=models[new][0], reset=reset)["ok"]
     assert core.streams.cold.fingerprint == models[new][1].fingerprint
     call(core, "step", stream="x", x=x3)  # thaws (kept) or is new (reset)
