@@ -447,6 +447,16 @@ class EngineCore(Ops, Housekeeping):
                     log.warning("the snapshot after the weights update failed: %s", e)
         return out
 
+    def reload_file(self, path=None, *, reset: bool = False) -> dict:
+        """reload() of the model file at `path` (default: model_path, the daemon's --model file). ModelError if
+        there is no such path, or the file is missing, unreadable or not a model; else as reload()."""
+        from lstm_stream.errors import ModelError
+        from lstm_stream.model import load_model
+        path = self.model_path if path is None else path
+        if path is None:
+            raise ModelError("no model file to reload: this engine was given no model_path (the daemon's --model)")
+        return self.reload(load_model(path), reset=reset)
+
     def _mutated(self):
         if self.snapshots is not None:
             self.snapshots.dirty = True

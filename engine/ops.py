@@ -96,20 +96,16 @@ class Ops:
             raise P.ProtocolError(P.SNAPSHOT_FAILED, f"snapshot to {self.snapshots.path} failed: {e}") from None
 
     def _op_reload(self, req):
-        """Load the model file (the request's path, else the one the daemon was started with) and serve it
-        (EngineCore.reload). Every error is raised before anything changed."""
+        """EngineCore.reload_file with the request's path and reset; each refusal with its code, nothing changed."""
         from lstm_stream.errors import ModelError
-        from lstm_stream.model import load_model
-        path = req.path if req.path is not None else self.model_path
-        if type(path) is not str:
-            if req.path is not None:
-                raise P.ProtocolError(P.BAD_REQUEST, f"field 'path' of op 'reload' must be a str (a model file on "
-                                                     f"the daemon's machine), got {type(req.path).__name__}")
+        if req.path is not None and type(req.path) is not str:
+            raise P.ProtocolError(P.BAD_REQUEST, f"field 'path' of op 'reload' must be a str (a model file on "
+                                                 f"the daemon's machine), got {type(req.path).__name__}")
+        if req.path is None and self.model_path is None:
             raise P.ProtocolError(P.UNSUPPORTED, "this daemon was started without --model (it serves the shipped "
                                                  "default model): give the model file to load in 'path'")
         try:
-            model = load_model(path)
-            return self.reload(model, reset=req.reset)
+            return self.reload_file(req.path, reset=req.reset)
         except ModelError as e:
             raise P.ProtocolError(P.BAD_MODEL, f"reload refused, nothing changed: {e}") from None
         except LogWriteError as e:

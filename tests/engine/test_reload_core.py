@@ -241,3 +241,15 @@ def test_recovery_across_a_reload_with_evicted_streams(models, tmp_path, reset):
     same_state(core, ref, ["x"])
     assert ("y" in core.streams.ids()) is not reset
     stop(core)
+
+
+def test_reload_file_is_the_entry_point_for_a_signal(models):
+    """What SIGHUP or a file watch calls on the loop between turns: the --model file again, or another."""
+    (a_path, a), (b_path, b) = models["a"], models["b"]
+    core = EngineCore(ls.Streams(a), EngineConfig(), model_path=a_path)
+    core.streams.step("s", np.ones(I, np.float32))
+    assert core.reload_file(b_path)["fingerprint"] == b.fingerprint
+    out = core.reload_file()
+    assert out["fingerprint"] == a.fingerprint and out["previous"] == b.fingerprint and out["streams"] == 1
+    with pytest.raises(ModelError, match="no model file to reload"):
+        EngineCore(ls.Streams(a), EngineConfig()).reload_file()
