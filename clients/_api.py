@@ -208,3 +208,13 @@ class Api:
     def snapshot(self):
         """Write a snapshot now; returns {path, bytes, streams, seconds, reason, time}."""
         return self._run(Call("snapshot", {}, _body))
+
+    def reload(self, path=None, *, reset: bool = False):
+        """Serve new weights (admin keys only): the model file at `path` on the daemon's machine, default the one
+        it was started with. Every stream keeps its state and steps with the new weights from its next step;
+        a model of other sizes is refused (BadRequest, code bad_model) unless reset=True, which drops every
+        stream. Returns {fingerprint, previous, streams, changed, reset, cold}."""
+        fields = {} if path is None else {"path": str(path)}
+        if reset:
+            fields["reset"] = True
+        return self._run(Call("reload", fields, _body))

@@ -15,8 +15,9 @@ resend after a timeout, a shard's restart or a wrong_shard is applied at most on
 
 Ops without a stream go to every shard: ping (every shard must answer; returns the first's clock), info
 ({"cluster": map, "shards": {name: info}}), streams (the shards' ids concatenated in name order, one page of
-it), snapshot ({name: result}). copy between streams of two shards is get_state then set_state (two requests,
-not atomic). Use a ClusterClient from one thread, like a Client.
+it), snapshot and reload ({name: result}; a reload's path is on each shard's machine). copy between streams
+of two shards is get_state then set_state (two requests, not atomic). Use a ClusterClient from one thread,
+like a Client.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ MOVE_WAIT = 30.0          # seconds a request keeps being resent after wrong_sha
 BEHIND_WAIT = 0.02        # seconds to wait when no newer map is out yet (doubles, up to MAX_WAIT)
 MAX_WAIT = 0.25
 OWNER_CACHE = 1 << 20     # stream ids whose owner is remembered (cleared when full or when the shards change)
-_ALL_SHARDS = frozenset({"ping", "info", "streams", "snapshot"})
+_ALL_SHARDS = frozenset({"ping", "info", "streams", "snapshot", "reload"})
 
 
 class ClusterError(ClientError):

@@ -8,7 +8,8 @@
     ├── PipelineError                  some calls of a Pipeline failed: .results holds every result in order,
     │                                  the failed calls' exceptions in their place (the others were applied)
     └── ServerError                    the daemon answered with an error: .code, .message, .request_id
-        ├── BadRequest                 bad_message, bad_request, bad_version, unknown_op, too_large, bad_input
+        ├── BadRequest                 bad_message, bad_request, bad_version, unknown_op, too_large, bad_input,
+        │                              bad_model (a reload's model file: unreadable, not a model, other sizes)
         ├── UnknownStream (KeyError)   unknown_stream
         ├── StoreFull                  store_full: nothing was applied
         ├── Busy                       busy: the engine's queue is full; nothing was applied, resend later
@@ -133,7 +134,7 @@ _BY_CODE = {
     P.TOO_LARGE: BadRequest, P.BAD_INPUT: BadRequest, P.UNKNOWN_STREAM: UnknownStream,
     P.STORE_FULL: StoreFull, P.BUSY: Busy, P.UNSUPPORTED: Unsupported, P.SNAPSHOT_FAILED: InternalError,
     P.INTERNAL: InternalError, P.SEQ_STALE: SequenceError, P.SEQ_GAP: SequenceError, P.LOG_FAILED: LogFailed,
-    P.FORBIDDEN: Forbidden, P.WRONG_SHARD: WrongShard, P.UNKNOWN_MODEL: UnknownModel,
+    P.FORBIDDEN: Forbidden, P.WRONG_SHARD: WrongShard, P.UNKNOWN_MODEL: UnknownModel, P.BAD_MODEL: BadRequest,
 }
 
 

@@ -4,6 +4,7 @@
     lstm-stream ping --connect tcp://127.0.0.1:5555
     lstm-stream info
     lstm-stream step pump-7 0.1,0.2,0.3          # one sample; --json '[[...], [...]]' for several
+    lstm-stream reload [PATH] [--reset]          # serve new weights, every stream kept (docs/operations.md)
     lstm-stream demo                             # the default model on live replayed sensor streams
     lstm-stream keygen keys/ server              # keys/server.key (public, 0644), keys/server.key_secret (0600)
     lstm-stream bridge mqtt --broker mqtt://127.0.0.1:1883 --subscribe 'sensors/+/imu' --publish 'predictions/{stream}'
@@ -20,8 +21,8 @@ import signal
 import sys
 
 from .config import DEFAULT_ENDPOINT, parse_duration, parse_endpoint, parse_size  # noqa: F401 (API)
-from .client_cli import (add_client_arguments, add_keygen_arguments, add_step_arguments, parse_connect,  # noqa: F401
-                         run_info, run_keygen, run_ping, run_step)
+from .client_cli import (add_client_arguments, add_keygen_arguments, add_reload_arguments,  # noqa: F401
+                         add_step_arguments, parse_connect, run_info, run_keygen, run_ping, run_reload, run_step)
 from .convert_cli import add_convert_arguments, add_inspect_arguments, run_convert, run_inspect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOG_FATAL = 0, 1, 2, 3
@@ -108,8 +109,9 @@ def _serve(serve, models, config) -> int:
         access, curve = open_keys(serve)
     except (OSError, ValueError) as e:
         return _refuse("cannot start: %s", e)
+    paths = {name: path for (_, path), (name, *_) in zip(serve.models, models)}
     cores = {name: EngineCore(streams, config, snapshots=snapshots, journal=journal, background=background,
-                              access=access, name=name)
+                              access=access, name=name, model_path=paths[name])
              for name, streams, snapshots, journal in models}
     if any(name is not None for name, _ in serve.models):
         from .multimodel import ModelRouter
@@ -275,6 +277,8 @@ COMMANDS = {
     "ping": ("check that a daemon answers", add_client_arguments, run_ping),
     "info": ("print a daemon's model, backend and counts as JSON", add_client_arguments, run_info),
     "step": ("step one stream by one or more samples, print the output as JSON", add_step_arguments, run_step),
+    "reload": ("make a daemon serve new weights (its --model file again, or PATH), keeping every stream's state",
+               add_reload_arguments, run_reload),
     "bridge": ("bridge a message broker to the daemon: `bridge mqtt` steps streams from MQTT topics and "
                "publishes the predictions", add_bridge_arguments, run_bridge),
 }

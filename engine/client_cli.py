@@ -120,6 +120,19 @@ def run_info(args) -> int:
     return EXIT_OK
 
 
+def add_reload_arguments(p):
+    add_client_arguments(p)
+    p.add_argument("path", nargs="?", help="model .npz on the daemon's machine (default: its --model file)")
+    p.add_argument("--reset", action="store_true", help="drop every stream (needed when the sizes differ)")
+
+
+def run_reload(args) -> int:
+    """`lstm-stream reload [PATH] [--reset]`: the daemon serves new weights (docs/operations.md)."""
+    with _client(args) as c:
+        print(json.dumps(c.reload(args.path, reset=args.reset), indent=2, default=str))
+    return EXIT_OK
+
+
 def run_step(args) -> int:
     if (args.values is None) == (args.json is None):
         print("give the sample either as VALUES (comma-separated) or with --json", file=sys.stderr)

@@ -157,7 +157,14 @@ class ServeConfig:
     model_dir: str | None = option(None, "serve every `NAME.npz` of this directory as model NAME (with any "
                                    "`--model`)", unit=DIR, shown="none")
     default_model: str | None = option(None, "the model of requests that name none, with several models",
-                                       unit=NAME, shown="the only model; with several, none: a request must name its model")
+                                       unit=NAME, shown="the only model; with several, none: a request must "
+                                       "name its model")
+    # A weights update (the `reload` op) continues every stream; a start whose state directory reached other
+    # weights than --model's must not switch silently (docs/operations.md, "Updating a model's weights").
+    model_update: str = option("refuse", "with `--snapshot-dir`: when the state reached other weights than "
+                               "`--model`'s (a weights update, then a new file): `refuse` to start (exit 2), or "
+                               "`keep` every stream's state and continue it under the file's weights (logged as a "
+                               "weights update; the sizes must match)", choices=("refuse", "keep"))
     bind: tuple = option((DEFAULT_ENDPOINT,), "`tcp://HOST:PORT` or `ipc:///path`; repeat to listen on several; "
                          "`tcp://127.0.0.1:*` picks a free port (logged)", unit=ENDPOINT, repeat=True)
     snapshot_dir: str | None = option(None, "where the snapshot file lives; created if missing, restored at start",

@@ -31,6 +31,8 @@ from .logs import repeating
 from .housekeeping import Housekeeping
 from .ops import Ops
 from .planner import plan
+from .reloading import apply_reload
+from .weights import WeightsStore
 
 log = logging.getLogger("lstm_stream.engine")
 
@@ -42,9 +44,12 @@ class EngineCore(Ops, Housekeeping):
     """Queue, batch plans, op dispatch and housekeeping over one Streams; no sockets, no threads, no bytes."""
 
     def __init__(self, streams, config: EngineConfig | None = None, *, snapshots=None, journal=None,
-                 background=None, clock=time.monotonic, access=None, name=None):
+                 background=None, clock=time.monotonic, access=None, name=None, model_path=None):
         self.streams = streams
         self.name = name               # the model's name: a request whose "model" names another is refused
+        self.model_path = model_path   # the .npz the daemon was started with: what `reload` loads by default
+        # every weights version served, next to the snapshots (engine/weights.py); None without a state directory
+        self.weights = None if snapshots is None else WeightsStore(snapshots.directory)
         self.access = access           # CURVE roles and namespaces (engine/access.py), or None: every peer admin
         self.ownership = None          # a cluster shard's check (engine/cluster/ownership.py): request ->
                                        # None, or (message, detail) of its wrong_shard refusal
@@ -431,6 +436,42 @@ class EngineCore(Ops, Housekeeping):
         reply = self.refuse(req.id, code, msg, counted=True, op=req.op)
         reply.detail = detail
         return reply
+
+    # ---- weights updates ----------------------------------------------------------------------------
+    def reload(self, model, *, reset: bool = False) -> dict:
+        """Serve `model` from now on: every stream keeps its state and steps with the new weights from its next
+        step (engine/reloading.py: weights store, log record, swap). Other sizes: ModelError unless reset, which
+        drops every stream (logged at WARNING with the counts). Call it on the loop thread between turns:
+        requests still queued are then served with the new weights. The `reload` op is queued like any other,
+        so the requests before it in serving order are served with the old weights, those after with the new;
+        every request with exactly one version. Returns {fingerprint, previous, streams} (and changed, reset,
+        cold). Same fingerprint, no reset: nothing changes."""
+        if self.journal is not None and not self.journal.writable:
+            raise LogWriteError(self.journal.refusal())
+        out = apply_reload(self.streams, model, reset=reset, weights=self.weights, journal=self.journal,
+                           wall=time.time())
+        if out["changed"]:
+            self.metrics["reloads"] += 1
+            if reset:
+                self.metrics["reloads_reset"] += 1
+            self._mutated()
+            if self.snapshots is not None and self.journal is None:
+                # no log to replay the update from: a snapshot soon names the new weights (in the background)
+                try:
+                    self.snapshots.start("reload")
+                except Exception as e:
+                    log.warning("the snapshot after the weights update failed: %s", e)
+        return out
+
+    def reload_file(self, path=None, *, reset: bool = False) -> dict:
+        """reload() of the model file at `path` (default: model_path, the daemon's --model file). ModelError if
+        there is no such path, or the file is missing, unreadable or not a model; else as reload()."""
+        from lstm_stream.errors import ModelError
+        from lstm_stream.model import load_model
+        path = self.model_path if path is None else path
+        if path is None:
+            raise ModelError("no model file to reload: this engine was given no model_path (the daemon's --model)")
+        return self.reload(load_model(path), reset=reset)
 
     def _mutated(self):
         if self.snapshots is not None:

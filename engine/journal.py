@@ -189,6 +189,12 @@ class Journal:
             old.close()
         self._mark_durable(self.lsn)
 
+    def switch(self, fingerprint: str, dtype: str) -> None:
+        """After a weights update's record: the segments from now on name version `fingerprint` (and `dtype`);
+        the open one is closed (fsynced, so the update's record is durable) and a new one started."""
+        self._fingerprint, self._dtype = fingerprint, dtype
+        self.rotate()
+
     def covered(self, lsn: int) -> list:
         """A durable snapshot holds every record through `lsn`: delete the segments that hold nothing after
         it (never the open one). Returns the paths deleted."""

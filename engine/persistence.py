@@ -156,17 +156,24 @@ class Snapshots:
         self.seconds = Buckets(SNAPSHOT_SECONDS)
         self.pauses = Buckets(SNAPSHOT_SECONDS)
 
-    def restore(self, *, cold_wins: bool = True) -> int | None:
+    def restore(self, *, cold_wins: bool = True, weights=None) -> int | None:
         """Load the snapshot if there is one: number of streams restored, or None without a file; its meta
         goes to restored_meta. Raises SnapshotError (wrong model, corrupted) and leaves the file untouched.
-        cold_wins: see Streams.restore_snapshot (False when a step log replay follows)."""
+        cold_wins: see Streams.restore_snapshot (False when a step log replay follows). weights: the state
+        directory's WeightsStore: a snapshot written under a weights version found there (before or after a
+        weights update) is restored with that version (Streams.adopt_model), whatever the loaded model."""
         os.makedirs(self.directory, exist_ok=True)
         self.restored_meta = {}
         if not os.path.exists(self.path):
             log.info("no snapshot at %s: starting with no streams", self.path)
             return None
         t0 = time.perf_counter()
-        snap = read_snapshot(self.path, fingerprint=self.streams.model.fingerprint)
+        snap = read_snapshot(self.path)
+        fingerprint = snap["header"]["fingerprint"]
+        if fingerprint != self.streams.model.fingerprint and weights is not None and weights.has(fingerprint):
+            self.streams.adopt_model(weights.get(fingerprint))
+            log.info("the snapshot %s was written under weights version %s (from %s)", self.path, fingerprint,
+                     weights.path(fingerprint), extra={"event": "snapshot_weights", "fingerprint": fingerprint})
         n = self.streams.import_snapshot(snap, self.path, cold_wins=cold_wins)
         self.restored_meta = snap["meta"]
         log.info("restored %d streams from %s in %.3f s", n, self.path, time.perf_counter() - t0,

@@ -10,6 +10,10 @@ A record's payload is a msgpack array [kind, wall time, ...]:
                                                after int64 bytes: each segment's stream's step count after it;
                                                seqs: per segment the request's seq or -1, nil when none had one
     [OP, t, op, fields]                        set_state, copy, reset or drop, with the request's fields
+    [RELOAD, t, fingerprint, reset]            a weights update (EngineCore.reload): every record after it
+                                               runs under weights version `fingerprint`, found in the state
+                                               directory's weights store (engine/weights.py); reset: every
+                                               stream was dropped (Streams.replace_model)
 
 A record is written before what it says is applied, and only for requests that passed the checks the
 engine makes before a kernel runs (shapes, ids, room, NaN). An op record may still fail when applied (an
@@ -36,7 +40,7 @@ from lstm_stream.store import distinct
 
 log = logging.getLogger("lstm_stream.engine")
 
-STEPS, OP = 0, 1
+STEPS, OP, RELOAD = 0, 1, 2
 LOGGED_OPS = ("set_state", "copy", "reset", "drop")  # the ops besides steps that change state
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True, default=P._default)
 
@@ -90,6 +94,11 @@ def op_record(req, t: float) -> bytes:
     return _packer.pack([OP, t, req.op, req.fields])
 
 
+def reload_record(fingerprint: str, t: float, reset: bool) -> bytes:
+    """The record of a weights update to version `fingerprint` (written before it takes effect)."""
+    return _packer.pack([RELOAD, t, fingerprint, bool(reset)])
+
+
 def counts_after(p, streams) -> np.ndarray:
     """Each segment's stream's step count after the segment runs (int64), before the plan is applied."""
     lengths = np.ones(len(p.ids), np.int64) if p.lengths is None else p.lengths
@@ -108,9 +117,10 @@ class ReplayError(LSTMStreamError):
     code = "bad_log"
 
 
-def replay(streams, records) -> dict:
+def replay(streams, records, weights=None) -> dict:
     """Apply [(lsn, payload)] in order; {records, steps, seconds}. ReplayError if a record's step counts do
-    not come out as recorded. The streams' clock is left as it was."""
+    not come out as recorded, or a weights update's version is not in `weights` (a WeightsStore). The
+    streams' clock is left as it was."""
     clock, t0, steps = streams.clock, time.perf_counter(), 0
     try:
         for lsn, payload in records:
@@ -121,6 +131,8 @@ def replay(streams, records) -> dict:
                 steps += _replay_steps(streams, lsn, rec)
             elif rec[0] == OP:
                 _replay_op(streams, rec)
+            elif rec[0] == RELOAD:
+                _replay_reload(streams, lsn, rec, weights)
             else:
                 raise ReplayError(f"record {lsn} has unknown kind {rec[0]!r}")
     finally:
@@ -163,6 +175,22 @@ def _check_counts(streams, lsn, ids, after):
                           f"{after[k]}: the log does not continue the snapshot it is replayed onto")
 
 
+def _replay_reload(streams, lsn, rec, weights):
+    """Switch to the record's weights version, as the daemon did there."""
+    _, t, fingerprint, reset = rec
+    if fingerprint == streams.model.fingerprint and not reset:
+        return
+    if weights is None or not weights.has(fingerprint):
+        where = "there is no weights store" if weights is None else f"{weights.path(fingerprint)} is missing"
+        raise ReplayError(f"record {lsn} switches to weights version {fingerprint}, but {where}: put that model "
+                          "file back there (it is the .npz the daemon reloaded), or move the log away to start "
+                          "from the snapshot alone")
+    streams.replace_model(weights.get(fingerprint), reset=reset)
+    log.info("replay: record %d switched the weights to %s%s", lsn, fingerprint,
+             " and dropped every stream (reset)" if reset else "",
+             extra={"event": "log_replayed_reload", "lsn": lsn, "fingerprint": fingerprint, "reset": reset})
+
+
 def _replay_op(streams, rec):
     _, _, op, f = rec
     try:
@@ -182,11 +210,13 @@ def _replay_op(streams, rec):
         log.debug("replayed %s failed as it did when served: %s", op, e)
 
 
-def recover(streams, directory, covered: int) -> tuple[int, dict]:
-    """Replay the log in `directory` after lsn `covered` (what the restored snapshot holds) onto `streams`.
+def recover(streams, directory, covered: int, weights=None) -> tuple[int, dict]:
+    """Replay the log in `directory` after lsn `covered` (what the restored snapshot holds) onto `streams`,
+    switching weights at each weights update record (versions from `weights`, a WeightsStore, or None).
     Drops a torn tail (logged), refuses a corrupt middle or a gap (LogCorruptError), deletes the segments the
     snapshot covers. Returns (last lsn, replay stats)."""
-    found = steplog.scan(directory, after=covered, fingerprint=streams.model.fingerprint)
+    known = [streams.model.fingerprint] + sorted(weights.fingerprints() if weights is not None else ())
+    found = steplog.scan(directory, after=covered, fingerprint=known)
     if found.tail is not None:
         path, offset, size = found.tail
         log.warning("step log %s ends with a torn record at byte %d of %d (a crash in the middle of a write; "
@@ -198,7 +228,7 @@ def recover(streams, directory, covered: int) -> tuple[int, dict]:
             f"the step log in {directory} resumes at record {found.records[0][0]}, but the snapshot holds records "
             f"up to {covered} only: records {covered + 1}..{found.records[0][0] - 1} are missing. Restore the "
             f"segment that holds them, or move the log away to start from the snapshot alone (losing them)")
-    stats = replay(streams, found.records)
+    stats = replay(streams, found.records, weights)
     last = max(found.last_lsn, covered)
     if found.records:
         log.info("replayed %d step log records (%d steps) after the snapshot in %.3f s (%.0f steps/s)",

@@ -54,6 +54,7 @@ def open_state(serve, streams_config):
     from lstm_stream.errors import InputError
 
     from .persistence import Snapshots, open_cold, prepare_dir
+    from .weights import WeightsStore
     if streams_config.idle_action == "evict" and serve.snapshot_dir is None:
         raise InputError("--idle-action evict needs --snapshot-dir: evicted streams go to a file there")
     if serve.snapshot_dir is not None:  # first: a directory it cannot write fails at once, not after compiling
@@ -65,6 +66,10 @@ def open_state(serve, streams_config):
     status("compiling the kernels (or loading them from the cache)")
     warm_up(model, streams_config.backend, streams_config.threads)
     cold = None if serve.snapshot_dir is None else open_cold(serve.snapshot_dir, streams_config)
+    weights = None if serve.snapshot_dir is None else WeightsStore(serve.snapshot_dir)
+    cold_fingerprint = None if cold is None else cold.fingerprint
+    if cold_fingerprint not in (None, model.fingerprint) and weights.has(cold_fingerprint):
+        cold.rebind(model.fingerprint)  # a version this directory served: recovery settles which one is in force
     streams = ls.Streams(model, cold=cold, **dataclasses.asdict(streams_config))
     log.info("model %r fingerprint %s: %d inputs -> %d outputs, hidden %d x %d layers, %s, backend %s "
              "(kernels ready in %.2f s)", model.name, model.fingerprint, model.input_size, model.output_size,
@@ -75,11 +80,14 @@ def open_state(serve, streams_config):
     if serve.snapshot_dir is not None:
         snapshots = Snapshots(streams, serve.snapshot_dir, every=serve.snapshot_every)
         status("restoring the snapshot")
-        snapshots.restore(cold_wins=not serve.logging_steps)  # with a log, its replay settles evicted streams
+        # with a log, its replay settles evicted streams
+        if snapshots.restore(cold_wins=not serve.logging_steps, weights=weights) is None:
+            _start_weights(serve, streams, weights, cold_fingerprint)
         if serve.logging_steps:
-            journal = _open_log(serve, streams, snapshots)
+            journal = _open_log(serve, streams, snapshots, weights)
         else:
             _set_aside_old_log(serve.snapshot_dir)
+        _settle_weights(serve, streams, model, weights, journal, snapshots)
     return streams, snapshots, journal
 
 
@@ -107,6 +115,48 @@ def open_models(serve, streams_config) -> list:
         streams, snapshots, journal = open_state(one, streams_config)
         out.append((shown, streams, snapshots, journal))
     return out
+
+
+def _start_weights(serve, streams, weights, cold_fingerprint):
+    """Without a snapshot, the weights a recovery starts from: those of the step log's oldest segment, else
+    the cold store's (when either names a version of the weights store)."""
+    import os
+
+    from lstm_stream.steplog import oldest_fingerprint
+    start = None
+    if serve.logging_steps:
+        start = oldest_fingerprint(os.path.join(serve.snapshot_dir, "log"))
+    start = start or cold_fingerprint
+    if start not in (None, streams.model.fingerprint) and weights.has(start):
+        streams.adopt_model(weights.get(start))
+
+
+def _settle_weights(serve, streams, model, weights, journal, snapshots):
+    """After recovery: the state reached the weights the daemon last served; if the --model file holds others,
+    refuse to start (ModelError: exit 2) unless --model-update keep, which applies the file as a weights update
+    (logged, and in the step log)."""
+    import time
+
+    from lstm_stream.errors import ModelError
+
+    from .reloading import apply_reload
+    reached = streams.model
+    if reached.fingerprint == model.fingerprint:
+        return
+    file = serve.model[0] if serve.model else "the shipped default model"
+    if serve.model_update != "keep":
+        raise ModelError(
+            f"the state in {serve.snapshot_dir} continues weights version {reached.fingerprint} (its last weights "
+            f"update), but --model {file} holds version {model.fingerprint}. To continue every stream under the "
+            f"file's weights, start with --model-update keep (logged as a weights update; the sizes must match); "
+            f"to keep serving the weights in force, start with --model {weights.path(reached.fingerprint)}; or "
+            f"move the state directory away to start with no streams")
+    try:
+        apply_reload(streams, model, weights=weights, journal=journal, wall=time.time(),
+                     why="--model-update keep")
+    except ModelError as e:
+        raise ModelError(f"--model-update keep: {e}") from None
+    snapshots.dirty = True  # the next timed snapshot names the file's weights
 
 
 ID_SCHEME_FILE = "ids.json"  # in the state directory: whether its stream ids are namespaced (--namespaces)
@@ -174,7 +224,7 @@ def _set_aside_old_log(directory):
                     "continue it); delete it once it is not needed", aside)
 
 
-def _open_log(serve, streams, snapshots):
+def _open_log(serve, streams, snapshots, weights=None):
     """Replay the step log after the restored snapshot, then open it for writing; snapshots record the log
     position they hold, and a durable one deletes the segments it covers."""
     import os
@@ -187,7 +237,7 @@ def _open_log(serve, streams, snapshots):
     status("replaying the step log")
     streams.replaying(meta.get("cold_lsn", 0))  # thaws read the cold versions the snapshot knew
     try:
-        last, _ = recover(streams, directory, meta.get("log_lsn", 0))
+        last, _ = recover(streams, directory, meta.get("log_lsn", 0), weights)
     finally:
         streams.replaying(None)
     journal = Journal(directory, streams.model.fingerprint, streams.model.dtype, fsync=serve.fsync,

@@ -84,6 +84,17 @@ class ColdStore:
                                 f"{fingerprint}; start with the model that wrote it, or move the file away")
 
     @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint of the model the file is bound to (None before the first bind)."""
+        return self._meta("fingerprint")
+
+    def rebind(self, fingerprint: str) -> None:
+        """Tie the file to another model whose streams' state it can hold (a weights update: same sizes, or
+        every stream dropped first; Streams.replace_model checks that)."""
+        with self._transaction():
+            self._set_meta("fingerprint", fingerprint)
+
+    @property
     def next_lsn(self) -> int:
         """One more than the largest lsn put (0 at first): the log position of the next eviction while there is
         no step log to give one."""

@@ -152,8 +152,17 @@ class Snapshot(Request):
     op: ClassVar[str] = "snapshot"
 
 
+@dataclass(slots=True, eq=False)
+class Reload(Request):
+    """Serve new weights (admin): the model file at `path` on the daemon's machine (default: the file it was
+    started with); every stream keeps its state unless reset, which drops them all (needed for other sizes)."""
+    op: ClassVar[str] = "reload"
+    path: str | None = _kind("id", None)  # a str (the "id" kind admits str or int; an int is refused by the op)
+    reset: bool = _kind("bool", False)
+
+
 REQUESTS = {cls.op: cls for cls in (Ping, Info, ListStreams, Step, StepMany, Forecast, GetState, SetState, Copy,
-                                    Reset, Drop, Snapshot)}
+                                    Reset, Drop, Snapshot, Reload)}
 REQUEST_FIELDS = {
     op: {f.name: (f.metadata["kind"], REQUIRED if f.default is dataclasses.MISSING else f.default)
          for f in dataclasses.fields(cls) if "kind" in f.metadata}

@@ -67,9 +67,11 @@ WRONG_SHARD = "wrong_shard"        # a shard of a cluster does not own a stream 
                                    # its shard map's version; nothing was applied (docs/cluster.md)
 UNKNOWN_MODEL = "unknown_model"    # the request's "model" is not one this daemon serves (or it names none and
                                    # the daemon has no default): error.models lists the names it serves
+BAD_MODEL = "bad_model"            # a reload's model file cannot be read, is not a model, or has other sizes
+                                   # than the served one (without reset): nothing was changed
 ERROR_CODES = (BAD_MESSAGE, BAD_REQUEST, BAD_VERSION, UNKNOWN_OP, TOO_LARGE, BAD_INPUT, UNKNOWN_STREAM,
                STORE_FULL, UNSUPPORTED, BUSY, SNAPSHOT_FAILED, INTERNAL, SEQ_STALE, SEQ_GAP, LOG_FAILED, FORBIDDEN,
-               WRONG_SHARD, UNKNOWN_MODEL)
+               WRONG_SHARD, UNKNOWN_MODEL, BAD_MODEL)
 
 # ---- ops: which may be batched, which may be resent ---------------------------------------------
 STEP_OPS = frozenset({"step", "step_many"})

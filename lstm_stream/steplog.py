@@ -88,7 +88,11 @@ def read_header(path, data: bytes) -> tuple[dict, int]:
 
 def scan(directory, *, after: int = -1, fingerprint: str | None = None) -> Scan:
     """Read and verify every segment: records with lsn > `after` in order. Checks the lsn sequence, the
-    checksums and (when given) the model fingerprint. LogCorruptError for anything but a torn tail."""
+    checksums and (when given) the model fingerprint: a str, or a list of the fingerprints a segment may name
+    (the loaded model's first: the weights versions a state directory has served, engine/weights.py).
+    LogCorruptError for anything but a torn tail."""
+    allowed = (fingerprint,) if isinstance(fingerprint, str) else tuple(fingerprint or ())
+    first_fp = allowed[0] if allowed else None
     found = segments(directory)
     records, last, tail, header = [], None, None, None
     for k, (first, path) in enumerate(found):
@@ -105,9 +109,9 @@ def scan(directory, *, after: int = -1, fingerprint: str | None = None) -> Scan:
                 tail = (path, 0, len(data))
                 break
             raise
-        if fingerprint is not None and header.get("fingerprint") != fingerprint:
+        if fingerprint is not None and header.get("fingerprint") not in allowed:
             raise LogCorruptError(f"{path} was written for model {header.get('fingerprint')}, not the loaded model "
-                                  f"{fingerprint}; start with the model that wrote it, or move the log away")
+                                  f"{first_fp}; start with the model that wrote it, or move the log away")
         if header.get("first_lsn") != first or (last is not None and first != last + 1):
             raise LogCorruptError(f"{path}: starts at lsn {header.get('first_lsn')} but the log before it ends at "
                                   f"{last}; a segment is missing or misnamed")
@@ -132,6 +136,20 @@ def scan(directory, *, after: int = -1, fingerprint: str | None = None) -> Scan:
     if last is None:
         last = after if not found else found[0][0] - 1
     return Scan(records, last, tail, header)
+
+
+def oldest_fingerprint(directory) -> str | None:
+    """The fingerprint in the header of the oldest segment (the weights a replay from its start begins with),
+    or None without a readable one."""
+    found = segments(directory) if os.path.isdir(directory) else []
+    if not found:
+        return None
+    with open(found[0][1], "rb") as f:
+        data = f.read(1 << 16)
+    try:
+        return read_header(found[0][1], data)[0].get("fingerprint")
+    except LogCorruptError:
+        return None
 
 
 def _record(data, pos):

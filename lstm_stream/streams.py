@@ -7,6 +7,7 @@
     Y  = streams.step_segments(ids, lengths, X)   # ragged, all rows in one array (the daemon's path)
 
     streams.evict(ids)                        # with cold=ColdStore(path): to disk until their next call
+    streams.replace_model(new_model)          # new weights, same sizes: every stream continues under them
 
 Every public method validates first and changes nothing when it raises.
 """
@@ -20,6 +21,7 @@ from .backends import make_backend
 from .errors import InputError, ModelError
 from .model import LSTMModel
 from .receipts import Receipts
+from .replacing import ModelSwap
 from .snapshotting import SnapshotIO
 from .state import INT64_MAX, StreamState, check_id, parse_state
 from .store import StateStore, distinct
@@ -37,7 +39,7 @@ def _id_list(ids):
     return list(ids)
 
 
-class Streams(ColdTier, SnapshotIO):
+class Streams(ColdTier, SnapshotIO, ModelSwap):
     """Per-stream LSTM state for one model, stepped by a CPU or CUDA backend."""
 
     # Streams created (a new id's first step, set_state, copy), dropped (drop, or idle with --idle-action
@@ -61,6 +63,7 @@ class Streams(ColdTier, SnapshotIO):
         self._store = StateStore(max_streams=max_streams, initial_capacity=initial_capacity,
                                  on_grow=self._grow)
         self._backend = make_backend(backend, model, self._store.capacity, threads=threads)
+        self._threads = threads  # for a backend rebuilt by replace_model(reset=True) with other sizes
         self._receipts = Receipts(self._store.capacity, model.output_size, self._dtype)
         from .kernels.cpu import all_finite
         self._all_finite = all_finite

@@ -18,6 +18,19 @@ from .state import check_id
 from .store import _plain as plain_id
 
 
+class _Everyone(set):
+    """_replay_gone after a replayed reset: every id was dropped (no thaw may bring an old version back)."""
+
+    def __contains__(self, item):
+        return True
+
+    def __bool__(self):
+        return True
+
+    def add(self, item):
+        pass
+
+
 class ColdTier:
     """Eviction to a cold store, thawing, and the snapshot bookkeeping that keeps both replay-correct."""
 

@@ -60,11 +60,9 @@ class CPUBackend:
 
     def __init__(self, model, capacity: int, *, threads=None):
         from ..kernels import cpu  # numba loads here, not at `import lstm_stream`
-        from ..kernels.layout import aligned_zeros, scratch_size
+        from ..kernels.layout import aligned_zeros
 
         self._k = cpu
-        self.model = model
-        self.wbuf, self.meta = model.packed(CPU_BLOCK)
         dt = np.dtype(model.dtype)
         L, H, P = model.num_layers, model.hidden_size, model.state_size
         self._zeros = aligned_zeros
@@ -75,16 +73,30 @@ class CPUBackend:
             raise BackendError(f"threads must be an int between 1 and {max_threads} (this machine's CPUs), "
                                f"got {threads!r}")
         self.threads = threads or max_threads
+        self._grab = aligned_zeros(8, np.int64)  # the threads' work counter, alone on its cache line
+        self._workers = None  # started at the first parallel call
+        self._one_slot, self._one_off = np.zeros(1, np.int64), np.zeros(2, np.int64)
+        self._use(model)
+
+    def _use(self, model) -> None:
+        """Take the weights of `model` and what depends on their packed layout (scratch rows, tile, work per
+        row); the state slabs are not touched."""
+        from ..kernels.layout import aligned_zeros, scratch_size
+        self.model = model
+        self.wbuf, self.meta = model.packed(CPU_BLOCK)
+        dt = np.dtype(model.dtype)
         row = -(-scratch_size(model) // 16) * 16  # whole cache lines (16 floats) per row: every row starts on one
         self._scratch = aligned_zeros((self.threads, row), dt)  # a row per thread
         self._tile = row // scratch_size(model, tile=1)  # streams stepped together (the kernel's own rule)
-        self._grab = aligned_zeros(8, np.int64)  # the threads' work counter, alone on its cache line
-        self._workers = None  # started at the first parallel call
         self._one = None  # step_one's compiled entry point (see run_one)
         self._scratch0, self._O, self._dt = self._scratch[0], model.output_size, dt  # run_one's, at hand
-        self._one_slot, self._one_off = np.zeros(1, np.int64), np.zeros(2, np.int64)
         self._macs_per_row = macs_per_row = model.macs_per_step
         self.parallel_min_rows = -(-PARALLEL_MIN_MACS // macs_per_row)  # (read here, so tests can patch it)
+
+    def replace_model(self, model) -> None:
+        """Step with `model`'s weights from the next call on (same sizes and dtype: Streams checked); every
+        slot keeps its state."""
+        self._use(model)
 
     def goes_parallel(self, n_streams: int, n_rows: int) -> bool:
         """Whether a call of n_streams streams over n_rows rows has work enough for the worker threads."""

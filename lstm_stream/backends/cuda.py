@@ -67,6 +67,24 @@ class CUDABackend:
         self._one_slot, self._one_off = np.zeros(1, np.int64), np.zeros(2, np.int64)
         self._f_state = cuda.device_array((1, self._W), self.dtype)
 
+    def replace_model(self, model) -> None:
+        """Step with `model`'s weights from the next call on (same sizes and dtype: Streams checked; peepholes,
+        head and biases may differ, so the packed layout and the shared-memory geometry are recomputed). The
+        state slab stays on the device as it is."""
+        wbuf, meta = model.packed()
+        try:
+            w_d, m_d = cuda.to_device(wbuf, stream=self.stream), cuda.to_device(meta, stream=self.stream)
+            self.stream.synchronize()
+        except Exception as e:  # out of device memory: nothing changed
+            raise BackendError(f"backend='cuda' could not copy the new weights to the device: {e}") from e
+        old = dict(self.__dict__)
+        self.model, self.wbuf, self.meta = model, w_d, m_d
+        try:
+            self._geometry(wbuf, meta)
+        except BackendError:  # the new layout does not fit the device's shared memory: keep the old weights
+            self.__dict__.update(old)
+            raise
+
     # ---- geometry and buffers -------------------------------------------------------------------------
     def _geometry(self, wbuf, meta):
         """Decide whether weights are staged in shared memory, and the dynamic shared bytes per block."""

@@ -43,6 +43,10 @@ class Backend(Protocol):
     def scatter(self, slots, h, c) -> None:
         """Write h (n, L, P), c (n, L, H) into `slots` (restoring a snapshot)."""
 
+    def replace_model(self, model) -> None:
+        """Step with `model`'s weights from the next call on: same sizes and dtype (Streams checks), possibly
+        another packed layout (peepholes, head); every slot keeps its state."""
+
     def forecast(self, slot, horizon: int):
         """(horizon, O) outputs, each fed back as the next input, from a copy of the slot's state (untouched)."""
 

@@ -8,8 +8,8 @@ from lstm_stream.backends import Backend, CPUBackend, make_backend
 
 
 def test_cpu_backend_implements_the_protocol():
-    assert METHODS == ["copy_slot", "forecast", "gather", "grow", "read", "run", "run_one", "scatter", "warm_up",
-                       "write", "zero"]
+    assert METHODS == ["copy_slot", "forecast", "gather", "grow", "read", "replace_model", "run", "run_one",
+                       "scatter", "warm_up", "write", "zero"]
     assert signature_problems(CPUBackend) == []
     model = random_model(np.random.default_rng(0), I=3, H=5, L=1, O=3)
     assert isinstance(make_backend("cpu", model, 4), Backend)
@@ -20,6 +20,7 @@ def test_streams_uses_its_backend_through_the_protocol(tmp_path):
     what it gives on the backend itself."""
     rng = np.random.default_rng(1)
     model = random_model(rng, I=3, H=5, L=2, O=3, head_activation="none")  # O == I: forecast works
+    other = random_model(rng, I=3, H=5, L=2, O=3, head_activation="none", peepholes=True)
     x, x5 = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
     plain, seen = ls.Streams(model, initial_capacity=2), ls.Streams(model, initial_capacity=2)
     seen._backend = proxy = ProtocolOnly(seen._backend)
@@ -36,6 +37,8 @@ def test_streams_uses_its_backend_through_the_protocol(tmp_path):
         s.drop("d")
         s.restore_snapshot(tmp_path / f"{k}.snap")
         out.append(s.step_many(["a", "b", "c", "d", "e"], x5))
+        s.replace_model(other)                                            # new weights, same slabs
+        out.append(s.step_many(["a", "b"], x[:2]))
         outs.append(out)
     assert set(METHODS) <= proxy.used, set(METHODS) - proxy.used
     for a, b in zip(*outs):

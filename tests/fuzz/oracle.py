@@ -35,12 +35,14 @@ OP_CODES = {  # besides ANY_OP; from docs/protocol.md §4 and §5 (bad_input: an
     "copy": {P.BAD_INPUT, P.UNKNOWN_STREAM, P.STORE_FULL, *MUTATES},
     "reset": {P.BAD_INPUT, P.UNKNOWN_STREAM, *MUTATES}, "drop": {P.BAD_INPUT, P.UNKNOWN_STREAM, *MUTATES},
     "snapshot": {P.UNSUPPORTED, P.SNAPSHOT_FAILED},
+    "reload": {P.BAD_MODEL, P.UNSUPPORTED, P.SNAPSHOT_FAILED, *MUTATES},
 }
 RESULT_KEYS = {  # what a success carries (more fields may be added: a subset, except for the empty results)
     "ping": {"time"}, "info": {"protocol", "model", "fingerprint", "counters", "max_message_bytes"},
     "streams": {"streams", "total"}, "step": {"y"}, "forecast": {"y"}, "get_state": {"h", "c", "steps", "last_seen"},
     "set_state": set(), "copy": set(), "reset": set(), "drop": set(),
     "snapshot": {"path", "bytes", "streams", "seconds", "reason", "time"},
+    "reload": {"fingerprint", "previous", "streams"},
 }
 
 

@@ -124,6 +124,16 @@ CASES = [
     ("set_state steps -1", "bad_input", req("set_state", 59, stream="pump-7", h=f32([[0] * 4]), c=f32([[0] * 4]),
                                               steps=-1)),
     ("forecast horizon 0", "bad_input", req("forecast", 60, stream="pump-7", horizon=0)),
+    # weights updates (admin)
+    ("reload the served file", "no path: the --model file again, whose weights are served already: changed false",
+     req("reload", 61)),
+    ("bad_model", "reload of a model file that is not there: nothing changed", req("reload", 62,
+                                                                                   path="no-such-model.npz")),
+    # the model a request is for (a daemon of one model answers to its file's stem)
+    ("step naming the model", "the served model by name: as without a name", STEP(63, model="model")),
+    ("unknown_model", "a model this daemon does not serve: error.models lists the one it does",
+     STEP(64, model="fan")),
+    ("model not a str", "bad_request", STEP(65, model=7)),
 ]
 
 
@@ -170,7 +180,8 @@ def wire_core():
     from engine.wire import WireCore
     model = ls.LSTMModel.load(MODEL)
     return WireCore(EngineCore(ls.Streams(model, max_streams=MAX_STREAMS),
-                               EngineConfig(max_message_bytes=MAX_MESSAGE_BYTES)))
+                               EngineConfig(max_message_bytes=MAX_MESSAGE_BYTES), model_path=str(MODEL),
+                               name=MODEL.stem))
 
 
 def replay(wire, data: bytes) -> bytes:
