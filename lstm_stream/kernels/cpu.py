@@ -26,9 +26,12 @@ so a core slowed by other load delays the call by about one small piece, not by 
 Determinism (invariant 2): for each stream the float operations are the same sequence whatever else is in the
 batch, in whatever order, on however many threads: every gate sum is one multiply-add chain over k in order
 starting from the bias (in _one's loop and in the micro-kernel alike), a tile's streams never mix, and nothing
-is reassociated. The one fastmath flag is 'contract', which lets LLVM fuse a*b+c into an FMA (one rounding),
-as the micro-kernel's llvm.fmuladd does: the same fusions happen for every stream, so outputs are
-bit-identical on a given CPU (a CPU without FMA rounds differently, within float32 tolerance).
+is reassociated. The gate sums' one fastmath flag is 'contract', which lets LLVM fuse each a*b+c of a chain
+into an FMA (one rounding), as the micro-kernel's llvm.fmuladd does. The cell and the activations have no
+fastmath: their multiply-adds are written as explicit fmuladd (panel.py), because in f*c + i*g LLVM may fuse
+either product, and its choice was seen to change with the context the cell was compiled in (fresh or from
+Numba's cache, inlined into step_ragged or step_one), which changed a stream's bits between processes. So
+outputs are bit-identical on a given CPU (a CPU without FMA rounds differently, within float32 tolerance).
 error_model='numpy' lets the gate loops vectorise.
 
 No reference counting in the loops: Numba increments and decrements an array's count (an atomic operation)
@@ -48,10 +51,13 @@ from .. import jitcache  # noqa: F401  (where the compiled functions are cached;
 from . import layout
 from .activations import act_sigmoid, act_tanh
 from .constants import CACHE_LINE_BYTES, PANEL_COLS, PANEL_ROWS
-from .panel import (borrow, compare_swap, headdot, load_atomic, panel1, panel2, panel3, panel4, panel5, panel6,
-                    prefetch)
+from .panel import (borrow, compare_swap, fmuladd, headdot, load_atomic, panel1, panel2, panel3, panel4, panel5,
+                    panel6, prefetch)
 
 _OPTS = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
+# The cell and its activations: no implicit contraction; each multiply-add is an explicit panel.fmuladd, so the
+# cell's float operations are the same whatever function it ends up compiled or inlined into (see fmuladd).
+_CELL_OPTS = dict(cache=True, error_model="numpy", nogil=True)
 
 # The layout's meta accessors (kernels/layout.py), compiled into these kernels.
 _inline = njit(inline="always", **_OPTS)
@@ -231,7 +237,7 @@ def _one(wbuf, meta, h, c, slot, x, y, scr):
         _head(wbuf, meta, h, slot, y, t)
 
 
-@njit(**_OPTS)
+@njit(**_CELL_OPTS)
 def _cell(wbuf, meta, g, hr, p, c, h, slot, l, off_r):
     """From gate pre-activations g[p] (4H,): update the cell c[slot, l] (H,) and write the new h to
     h[slot, l] (P,); hr[p] (H,) is scratch for the projection's input. The step's input was copied out of
@@ -247,7 +253,7 @@ def _cell(wbuf, meta, g, hr, p, c, h, slot, l, off_r):
         f_g = act_sigmoid(gp[H + j])         # f = σ(W_f [x,h] + b_f)
         g_g = act_tanh(gp[2 * H + j])        # g = tanh(W_g [x,h] + b_g)
         o_g = act_sigmoid(gp[3 * H + j])     # o = σ(W_o [x,h] + b_o)
-        cj = f_g * cl[j] + i_g * g_g         # c' = f c + i g
+        cj = fmuladd(i_g, g_g, f_g * cl[j])  # c' = f c + i g
         cl[j] = cj
         out[j] = o_g * act_tanh(cj)          # h' = o tanh(c')
     if off_r >= 0:                           # h' = W_hr (o tanh(c'))
@@ -257,10 +263,10 @@ def _cell(wbuf, meta, g, hr, p, c, h, slot, l, off_r):
         for j in range(H):
             v = out[j]
             for k in range(P):
-                hl[k] += R[j, k] * v
+                hl[k] = fmuladd(R[j, k], v, hl[k])
 
 
-@njit(**_OPTS)
+@njit(**_CELL_OPTS)
 def _cell_peep(wbuf, meta, g, hr, p, c, h, slot, l, off_r, off_p):
     """_cell with peephole connections (Gers & Schmidhuber 2000): p_i, p_f, p_o (3, H) at wbuf[off_p]; i and f
     see the previous cell, o the new one. A function of its own, so that _cell (every other model) is
@@ -271,21 +277,21 @@ def _cell_peep(wbuf, meta, g, hr, p, c, h, slot, l, off_r, off_p):
     out = hl if off_r < 0 else hr[p]
     for j in range(H):
         cj0 = cl[j]
-        i_g = act_sigmoid(gp[j] + ph[0, j] * cj0)          # i = σ(W_i [x,h] + b_i + p_i c)
-        f_g = act_sigmoid(gp[H + j] + ph[1, j] * cj0)      # f = σ(W_f [x,h] + b_f + p_f c)
-        g_g = act_tanh(gp[2 * H + j])                      # g = tanh(W_g [x,h] + b_g)
-        cj = f_g * cj0 + i_g * g_g                         # c' = f c + i g
-        o_g = act_sigmoid(gp[3 * H + j] + ph[2, j] * cj)   # o = σ(W_o [x,h] + b_o + p_o c')
+        i_g = act_sigmoid(fmuladd(ph[0, j], cj0, gp[j]))          # i = σ(W_i [x,h] + b_i + p_i c)
+        f_g = act_sigmoid(fmuladd(ph[1, j], cj0, gp[H + j]))      # f = σ(W_f [x,h] + b_f + p_f c)
+        g_g = act_tanh(gp[2 * H + j])                             # g = tanh(W_g [x,h] + b_g)
+        cj = fmuladd(i_g, g_g, f_g * cj0)                         # c' = f c + i g
+        o_g = act_sigmoid(fmuladd(ph[2, j], cj, gp[3 * H + j]))   # o = σ(W_o [x,h] + b_o + p_o c')
         cl[j] = cj
-        out[j] = o_g * act_tanh(cj)                        # h' = o tanh(c')
-    if off_r >= 0:                                         # h' = W_hr (o tanh(c'))
+        out[j] = o_g * act_tanh(cj)                               # h' = o tanh(c')
+    if off_r >= 0:                                                # h' = W_hr (o tanh(c'))
         R = wbuf[off_r:off_r + H * P].reshape((H, P))
         for k in range(P):
             hl[k] = 0
         for j in range(H):
             v = out[j]
             for k in range(P):
-                hl[k] += R[j, k] * v
+                hl[k] = fmuladd(R[j, k], v, hl[k])
 
 
 # ---- entry points ----------------------------------------------------------------------------------------

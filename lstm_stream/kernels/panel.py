@@ -21,7 +21,8 @@ HEAD_CHAINS (8) partial sums over k (lane q of one vector sums k = q mod 8, so t
 each other), the rows past the last whole 8 into lane 0, then the lanes pairwise and the bias: the same order
 for every stream and every path.
 
-borrow drops an array's reference count inside a kernel (see kernels/cpu.py).
+borrow drops an array's reference count inside a kernel (see kernels/cpu.py). fmuladd is one explicit
+multiply-add of scalars, for the cell and the activations (see its docstring).
 """
 from __future__ import annotations
 
@@ -207,6 +208,25 @@ def headdot(typingctx, w, wo, ldw, bo, P, O, h, ho, y, yo):
         return None
     i = types.intp
     return types.void(w, i, i, i, i, i, h, i, y, i), _headdot_codegen
+
+
+@intrinsic
+def fmuladd(typingctx, a, b, c):
+    """a * b + c for three floats of one type, as llvm.fmuladd: one FMA (a single rounding) on a CPU that has
+    them, a multiply then an add on one that does not, the same in every function it is compiled into. The
+    cell and the activations write their multiply-adds with it instead of leaving `a*b + c` to fastmath
+    'contract': where an expression holds two products (f*c + i*g) LLVM may fuse either one, and which it picks
+    has been seen to change with the context a function is compiled in (inlined into the many-stream kernel or
+    not, compiled fresh or linked from Numba's cache), which changed a stream's bits between processes."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = context.get_value_type(sig.args[0])
+        name = f"llvm.fmuladd.{'f32' if sig.args[0].bitwidth == 32 else 'f64'}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
+        return builder.call(fn, list(args))
+    return a(a, b, c), codegen
 
 
 @intrinsic
