@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -145,7 +146,13 @@ def _serve(serve, models, config) -> int:
     def n_streams():
         return sum(len(c.streams) for c in cores.values())
 
-    reloader = sdnotify.Reloader(notify, access, describe)
+    from . import modelwatch
+    reloader = sdnotify.Reloader(notify, access, describe,
+                                 models=(lambda: modelwatch.reload_files(core)) if modelwatch.has_files(core) else None)
+    if serve.model_dir is not None:  # its files are watched: a changed one is reloaded (engine/modelwatch.py)
+        core.add_ticker(modelwatch.ModelWatcher({path: (name, cores[name]) for name, path in serve.models
+                                                 if path is not None and os.path.normpath(os.path.dirname(path))
+                                                 == os.path.normpath(serve.model_dir)}))
     for tick in [logs.RepeatFlusher(), reloader] + ([sdnotify.Ticker(notify, describe)] if notify.enabled else []):
         core.add_ticker(tick)
 

@@ -160,6 +160,12 @@ class EngineCollector:
                       "not applied).", value=counters.get("busy", 0))
         yield Counter("lstm_stream_replies_dropped", "Replies that could not be sent (the client was gone or not "
                       "reading).", value=counters.get("replies_dropped", 0))
+        c = Counter("lstm_stream_model_reloads", "Weights updates applied (the reload op, SIGHUP, a changed file "
+                    "in --model-dir), by whether they reset the streams.", labels=["reset"])
+        resets = counters.get("reloads_reset", 0)
+        c.add_metric(["false"], counters.get("reloads", 0) - resets)
+        c.add_metric(["true"], resets)
+        yield c
 
     def _server(self):
         from prometheus_client.core import CounterMetricFamily as Counter

@@ -146,18 +146,22 @@ class Ticker:
 
 
 class Reloader:
-    """SIGHUP: re-read the client keys (engine/access.py) on the loop, between RELOADING=1 and READY=1 (with
-    systemd's ExecReload= sending SIGHUP, `systemctl reload` returns once the keys are re-read). Without
-    --curve-secret there is nothing to reload: it is logged, and SIGHUP does not stop the daemon."""
+    """SIGHUP: re-read the client keys (engine/access.py) and every model's file (engine/modelwatch.py: same
+    sizes keep every stream's state) on the loop, between RELOADING=1 and READY=1 (with systemd's ExecReload=
+    sending SIGHUP, `systemctl reload` returns once both are re-read). With neither --curve-secret nor a --model
+    file there is nothing to reload: it is logged, and SIGHUP does not stop the daemon."""
 
-    def __init__(self, notifier: Notifier, access, describe):
+    def __init__(self, notifier: Notifier, access, describe, models=None):
         self.notifier, self.access, self.describe = notifier, access, describe
+        self.models = models  # callable: reload every model's file, or None (the shipped default model only)
         self._asked = False
 
     def ask(self) -> None:
         """From the SIGHUP handler: a flag for the loop, and RELOADING=1."""
-        log.info("received SIGHUP: %s", "re-reading the client keys" if self.access is not None else
-                 "nothing to reload (SIGHUP re-reads the client keys of --curve-secret)",
+        what = [w for w, on in (("the client keys", self.access is not None),
+                                ("the model files", self.models is not None)) if on]
+        log.info("received SIGHUP: %s", f"re-reading {' and '.join(what)}" if what else
+                 "nothing to reload (SIGHUP re-reads the client keys of --curve-secret and the --model files)",
                  extra={"event": "signal", "signal": "SIGHUP"})
         self._asked = True
         self.notifier.reloading()
@@ -168,6 +172,8 @@ class Reloader:
             if self.access is not None:
                 self.access.request_reload()
                 self.access.tick()  # a directory that cannot be read keeps the previous keys (logged there)
+            if self.models is not None:
+                self.models()  # a file that cannot be loaded keeps the model's weights (logged there)
             self.notifier.ready(self.describe())
         return now + RELOAD_POLL
 

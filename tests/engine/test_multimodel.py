@@ -169,3 +169,73 @@ def test_in_process_several_models(two_models, seed):
         pump.for_model("nope").step("s", xp[0])
     with pytest.raises(ValueError, match="not one of the models"):
         LocalClient.serving_models(models, default="nope")
+
+
+def _continued(model_a, model_b, xs_a, xs_b):
+    """Outputs of xs_b for a stream stepped through xs_a under model_a, then continued under model_b."""
+    import lstm_stream as ls
+    a = ls.Streams(model_a)
+    a.step(0, xs_a)
+    b = ls.Streams(model_b)
+    b.set_state(0, a.get_state(0))
+    return b.step(0, xs_b)
+
+
+def _wait_for(fingerprint, client, name, timeout=30.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.info()["models"][name]["fingerprint"] == fingerprint:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"model {name} did not reach weights {fingerprint} within {timeout} s")
+
+
+def test_a_changed_file_in_the_model_dir_is_reloaded_keeping_state(daemon, two_models, tmp_path, seed):
+    d, models = two_models
+    rng = np.random.default_rng(seed + 1)
+    new_fan = random_model(rng, I=5, H=9, L=2, O=4, head_activation="none")
+    xs = rng.normal(0, 1, (6, 5)).astype(np.float32)
+    dm = daemon("--model-dir", str(d), "--default-model", "fan", "--snapshot-dir", tmp_path / "state")
+    with Client(dm.endpoint, model="fan") as fan:
+        for x in xs[:3]:
+            fan.step("a", x)
+        new_fan.save(tmp_path / "fan.npz")
+        os.replace(tmp_path / "fan.npz", d / "fan.npz")  # written elsewhere, renamed over the old file
+        _wait_for(new_fan.fingerprint, fan, "fan")
+        y = np.stack([fan.step("a", x) for x in xs[3:]])
+        assert fan.get_state("a").steps == 6
+        assert np.array_equal(y, _continued(models["fan"], new_fan, xs[:3], xs[3:])), f"seed={seed}"
+        # a file of other sizes: refused and logged, the model keeps its weights
+        random_model(rng, I=5, H=4, L=1, O=4).save(tmp_path / "bad.npz")
+        os.replace(tmp_path / "bad.npz", d / "fan.npz")
+        import time
+        deadline = time.monotonic() + 30
+        while "weights update from" not in dm.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "model fan: weights update from" in dm.log() and "refused" in dm.log()
+        assert fan.info()["models"]["fan"]["fingerprint"] == new_fan.fingerprint
+        assert fan.step("a", xs[0]).shape == (4,)
+    dm.stop(signal.SIGKILL)  # recovery replays across the reload: the stream continues bit for bit
+    new_fan.save(d / "fan.npz")
+    dm = daemon("--model-dir", str(d), "--snapshot-dir", tmp_path / "state")
+    with Client(dm.endpoint, model="fan") as fan:
+        assert fan.get_state("a").steps == 7
+
+
+def test_sighup_reloads_every_models_file(daemon, two_models, seed):
+    d, models = two_models
+    rng = np.random.default_rng(seed + 2)
+    new_pump = random_model(rng, I=3, H=7, L=1, O=2, head_activation="softmax")
+    xs = rng.normal(0, 1, (5, 3)).astype(np.float32)
+    dm = daemon("--model", f"pump={d / 'pump.npz'}", "--model", f"fan={d / 'fan.npz'}")
+    with Client(dm.endpoint, model="pump") as pump:
+        for x in xs[:2]:
+            pump.step("a", x)
+        new_pump.save(d / "pump.npz")  # --model files are not watched: SIGHUP applies them
+        dm.proc.send_signal(signal.SIGHUP)
+        _wait_for(new_pump.fingerprint, pump, "pump")
+        y = np.stack([pump.step("a", x) for x in xs[2:]])
+        assert np.array_equal(y, _continued(models["pump"], new_pump, xs[:2], xs[2:])), f"seed={seed}"
+        assert pump.info()["models"]["fan"]["fingerprint"] == models["fan"].fingerprint  # unchanged file
+    assert "re-reading the model files" in dm.log() and "model fan:" in dm.log()
