@@ -62,6 +62,7 @@ class Journal:
         self._segment_bytes = segment_bytes
         self._clock = clock
         self._seg: steplog.SegmentWriter | None = None
+        self._versions = [(0, fingerprint)]  # [(lsn, fingerprint)]: the records after lsn step with that version
         self.lsn = 0                      # the last record written (0: none yet)
         self.durable = 0                  # the last record known to be on disk (fsynced)
         self.failures = 0                 # failed writes in a row
@@ -194,6 +195,20 @@ class Journal:
         the open one is closed (fsynced, so the update's record is durable) and a new one started."""
         self._fingerprint, self._dtype = fingerprint, dtype
         self.rotate()
+
+    def weights_from(self, lsn: int, fingerprint: str) -> None:
+        """The records after `lsn` step with weights version `fingerprint` (a weights update's record is lsn;
+        at opening, the version the replay started from, at the snapshot's lsn)."""
+        self._versions.append((lsn, fingerprint))
+        self._versions.sort(key=lambda v: v[0])
+
+    def versions_after(self, lsn: int) -> set:
+        """The weights versions a recovery from a snapshot holding the records through `lsn` may need: the one
+        in force at lsn and every later one. Forgets the changes before lsn."""
+        before = [v for v in self._versions if v[0] <= lsn]
+        start = before[-1][1] if before else self._fingerprint
+        self._versions = [(lsn, start)] + [v for v in self._versions if v[0] > lsn]
+        return {fp for _, fp in self._versions}
 
     def covered(self, lsn: int) -> list:
         """A durable snapshot holds every record through `lsn`: delete the segments that hold nothing after

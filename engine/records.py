@@ -118,10 +118,11 @@ class ReplayError(LSTMStreamError):
 
 
 def replay(streams, records, weights=None) -> dict:
-    """Apply [(lsn, payload)] in order; {records, steps, seconds}. ReplayError if a record's step counts do
+    """Apply [(lsn, payload)] in order; {records, steps, seconds, versions}: versions [(lsn, fingerprint)] of
+    the weights updates replayed. ReplayError if a record's step counts do
     not come out as recorded, or a weights update's version is not in `weights` (a WeightsStore). The
     streams' clock is left as it was."""
-    clock, t0, steps = streams.clock, time.perf_counter(), 0
+    clock, t0, steps, versions = streams.clock, time.perf_counter(), 0, []
     try:
         for lsn, payload in records:
             rec = msgpack.unpackb(payload, raw=False, strict_map_key=False)
@@ -133,11 +134,12 @@ def replay(streams, records, weights=None) -> dict:
                 _replay_op(streams, rec)
             elif rec[0] == RELOAD:
                 _replay_reload(streams, lsn, rec, weights)
+                versions.append((lsn, rec[2]))
             else:
                 raise ReplayError(f"record {lsn} has unknown kind {rec[0]!r}")
     finally:
         streams.clock = clock
-    return {"records": len(records), "steps": steps, "seconds": time.perf_counter() - t0}
+    return {"records": len(records), "steps": steps, "seconds": time.perf_counter() - t0, "versions": versions}
 
 
 def _replay_steps(streams, lsn, rec) -> int:

@@ -35,7 +35,8 @@ def apply_reload(streams, model, *, reset: bool = False, weights=None, journal=N
         weights.put(model)
     cold = 0 if not reset or streams.cold is None else streams.cold.count() - len(streams.cold.warm)
     if journal is not None:
-        journal.append(records.reload_record(model.fingerprint, wall, reset))
+        journal.weights_from(journal.append(records.reload_record(model.fingerprint, wall, reset)),
+                             model.fingerprint)
     n = streams.replace_model(model, reset=reset)
     if journal is not None:
         try:

@@ -87,6 +87,7 @@ def open_state(serve, streams_config):
             journal = _open_log(serve, streams, snapshots, weights)
         else:
             _set_aside_old_log(serve.snapshot_dir)
+        snapshots.on_durable = _after_snapshot(streams, snapshots, journal, weights)
         _settle_weights(serve, streams, model, weights, journal, snapshots)
     return streams, snapshots, journal
 
@@ -224,6 +225,33 @@ def _set_aside_old_log(directory):
                     "continue it); delete it once it is not needed", aside)
 
 
+def _after_snapshot(streams, snapshots, journal, weights):
+    """Snapshots.on_durable: once a snapshot is on disk, delete the step log segments it covers and the weights
+    versions nothing can need any more: those that neither the snapshot, nor a record after it, nor the cold
+    store, nor the model now served name (WeightsStore.prune)."""
+    taken = {}
+    position = snapshots.position
+
+    def capture():  # at the snapshot's capture, on the loop: the version its states were reached with
+        taken["fingerprint"] = streams.model.fingerprint
+        return position() if position is not None else {}
+
+    def durable(meta):
+        covered = meta.get("log_lsn", 0)
+        if journal is not None:
+            journal.covered(covered)
+            keep = journal.versions_after(covered)
+        else:
+            keep = {taken.get("fingerprint", streams.model.fingerprint)}
+        keep.add(streams.model.fingerprint)
+        if streams.cold is not None and streams.cold.fingerprint is not None:
+            keep.add(streams.cold.fingerprint)
+        weights.prune(keep)
+
+    snapshots.position = capture
+    return durable
+
+
 def _open_log(serve, streams, snapshots, weights=None):
     """Replay the step log after the restored snapshot, then open it for writing; snapshots record the log
     position they hold, and a durable one deletes the segments it covers."""
@@ -236,12 +264,16 @@ def _open_log(serve, streams, snapshots, weights=None):
     meta = snapshots.restored_meta
     status("replaying the step log")
     streams.replaying(meta.get("cold_lsn", 0))  # thaws read the cold versions the snapshot knew
+    start = streams.model.fingerprint  # the version the snapshot holds (the replay switches at each update)
     try:
-        last, _ = recover(streams, directory, meta.get("log_lsn", 0), weights)
+        last, stats = recover(streams, directory, meta.get("log_lsn", 0), weights)
     finally:
         streams.replaying(None)
     journal = Journal(directory, streams.model.fingerprint, streams.model.dtype, fsync=serve.fsync,
                       segment_bytes=serve.log_segment)
+    journal.weights_from(meta.get("log_lsn", 0), start)
+    for lsn, fingerprint in stats["versions"]:
+        journal.weights_from(lsn, fingerprint)
     journal.open(last)
 
     def position():  # at the snapshot's capture, on the loop: it holds every record written so far
@@ -254,5 +286,4 @@ def _open_log(serve, streams, snapshots, weights=None):
         return {"log_lsn": journal.lsn}
 
     snapshots.position = position
-    snapshots.on_durable = lambda meta: journal.covered(meta.get("log_lsn", 0))
     return journal

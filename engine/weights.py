@@ -4,14 +4,18 @@ Snapshots, step log segments and the cold store name the weights they were writt
 after a weights update (EngineCore.reload) the old version is still needed to restore a snapshot taken before
 it and to replay the log up to the update's record, and the new one to replay past it. So both are written
 here (LSTMModel.save to a temporary name, fsynced, renamed, the directory fsynced) before the update's log
-record, and a start finds any of them by fingerprint. Files are never deleted by the daemon: a version is a
-few model sizes, and an operator may remove the ones no snapshot or log segment names any more.
+record, and a start finds any of them by fingerprint. Once a snapshot is durable, the versions that nothing
+can need any more (neither that snapshot, nor a log record after it, nor the cold store, nor the model now
+served) are deleted (prune, from engine/startup.py), so the store holds a few versions, not every one served.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from lstm_stream.errors import ModelError
+
+log = logging.getLogger("lstm_stream.engine")
 
 WEIGHTS_DIR = "weights"  # in the state directory
 
@@ -72,3 +76,22 @@ class WeightsStore:
             raise ModelError(f"{path} holds weights version {model.fingerprint}, not {fingerprint}: the file was "
                              "replaced or damaged")
         return model
+
+    def prune(self, keep) -> list:
+        """Delete every stored version whose fingerprint is not in `keep`; the fingerprints deleted. A file that
+        cannot be deleted is logged and left (it is tried again after the next snapshot)."""
+        gone = []
+        for fingerprint in sorted(self.fingerprints() - set(keep)):
+            try:
+                os.unlink(self.path(fingerprint))
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.warning("cannot delete the weights version %s, which nothing needs any more: %s",
+                            self.path(fingerprint), e)
+                continue
+            gone.append(fingerprint)
+            log.info("deleted weights version %s from the weights store: no snapshot, log record or stream "
+                     "needs it any more", fingerprint,
+                     extra={"event": "weights_pruned", "fingerprint": fingerprint, "path": self.path(fingerprint)})
+        return gone

@@ -253,3 +253,49 @@ def test_reload_file_is_the_entry_point_for_a_signal(models):
     assert out["fingerprint"] == a.fingerprint and out["previous"] == b.fingerprint and out["streams"] == 1
     with pytest.raises(ModelError, match="no model file to reload"):
         EngineCore(ls.Streams(a), EngineConfig()).reload_file()
+
+
+@pytest.mark.parametrize("step_log", ["on", "off"])
+def test_the_weights_store_keeps_only_what_a_start_may_need(models, tmp_path, step_log):
+    """A durable snapshot deletes the versions that neither it, nor a log record after it, nor the model served
+    need; a kill after further updates still recovers bit for bit from what is left."""
+    a, b = models["a"][1], models["b"][1]
+    c = random_model(np.random.default_rng(32), I=I, H=H, L=2, O=O)
+    c.save(tmp_path / "c.npz")
+    models = {**models, "c": (str(tmp_path / "c.npz"), c)}
+    store = WeightsStore(tmp_path / "state")
+    rng = np.random.default_rng(6)
+    xs = [{i: rng.standard_normal((2, I)).astype(np.float32) for i in ("p", 9)} for _ in range(4)]
+    core = start(tmp_path, models["a"][0], step_log=step_log)
+    for i, x in xs[0].items():
+        call(core, "step", stream=i, x=x)
+    call(core, "snapshot")
+    assert store.fingerprints() == set()  # nothing was updated yet
+    assert call(core, "reload", path=models["b"][0])["ok"]
+    for i, x in xs[1].items():
+        call(core, "step", stream=i, x=x)
+    assert store.fingerprints() == {a.fingerprint, b.fingerprint}
+    call(core, "snapshot")  # under b: nothing after it steps with a
+    assert store.fingerprints() == {b.fingerprint}
+    assert call(core, "reload", path=models["c"][0])["ok"]
+    for i, x in xs[2].items():
+        call(core, "step", stream=i, x=x)
+    assert call(core, "reload", path=models["a"][0])["ok"]  # a again: stored again
+    for i, x in xs[3].items():
+        call(core, "step", stream=i, x=x)
+    if step_log == "on":  # (without a log, each update is followed by a snapshot in the background, which prunes)
+        assert store.fingerprints() == {a.fingerprint, b.fingerprint, c.fingerprint}
+    ref = offline(models, [("a", xs[0]), ("switch", "b"), ("b", xs[1]), ("switch", "c"), ("c", xs[2]),
+                           ("switch", "a"), ("a", xs[3])])
+    if step_log == "on":  # killed: the snapshot under b, then the log's updates to c and a
+        core.journal.sync()
+        stop(core)
+        core = start(tmp_path, models["a"][0], step_log=step_log)
+        same_state(core, ref, ["p", 9])
+        assert store.fingerprints() == {a.fingerprint, b.fingerprint, c.fingerprint}
+    call(core, "snapshot")  # under a: only a is needed now
+    assert store.fingerprints() == {a.fingerprint}
+    stop(core)
+    core = start(tmp_path, models["a"][0], step_log=step_log)
+    same_state(core, ref, ["p", 9])
+    stop(core)
