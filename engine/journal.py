@@ -286,6 +286,14 @@ class Journal:
                 if self.policy == "always":
                     return
 
+    def fail(self, reason: str) -> None:
+        """The records written can no longer be trusted to match what this process holds (a logged weights
+        update that could not be applied): nothing more is written or acknowledged, and the daemon stops (as
+        after a failed fsync under `always`), so that a restart replays the log."""
+        self.fatal = reason
+        log.critical("%s: the daemon stops; restart it to replay the step log", reason,
+                     extra={"event": "log_failed", "path": self.directory, "error": reason})
+
     def _sync_failed(self, e):
         self.fsync_failures += 1
         if self.policy == "always":

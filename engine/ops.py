@@ -107,10 +107,14 @@ class Ops:
                                                  "default model): give the model file to load in 'path'")
         try:
             return self.reload_file(req.path, reset=req.reset)
-        except ModelError as e:
-            raise P.ProtocolError(P.BAD_MODEL, f"reload refused, nothing changed: {e}") from None
-        except LogWriteError as e:
-            raise P.ProtocolError(P.LOG_FAILED, str(e)) from None
-        except OSError as e:
-            raise P.ProtocolError(P.SNAPSHOT_FAILED, f"reload refused, nothing changed: the weights store in "
-                                                     f"{self.weights.directory} cannot be written: {e}") from None
+        except Exception as e:
+            if self.journal is not None and self.journal.fatal is not None:  # logged, not applied: stopping
+                raise P.ProtocolError(P.LOG_FAILED, self.journal.refusal()) from None
+            if isinstance(e, ModelError):
+                raise P.ProtocolError(P.BAD_MODEL, f"reload refused, nothing changed: {e}") from None
+            if isinstance(e, LogWriteError):
+                raise P.ProtocolError(P.LOG_FAILED, str(e)) from None
+            if isinstance(e, OSError):
+                raise P.ProtocolError(P.SNAPSHOT_FAILED, f"reload refused, nothing changed: the weights store in "
+                                                         f"{self.weights.directory} cannot be written: {e}") from None
+            raise

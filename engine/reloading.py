@@ -8,7 +8,9 @@ a start with `--model-update keep` both run it, on the loop thread, between turn
     4. Streams.replace_model: from the next step on, every stream steps with the new weights
 
 A crash before 3 leaves the old weights in force (the update never happened); after it, the replay switches
-at the record. The snapshots name the weights they hold in their header (the fingerprint at capture).
+at the record. If 4 fails after 3 (the cold store cannot be written, memory), the log already says the update
+happened: the step log is failed (Journal.fail) and the daemon stops, answering nothing more, so that a restart
+replays the update where the log has it. The snapshots name the weights they hold in their header (the fingerprint at capture).
 """
 from __future__ import annotations
 
@@ -34,10 +36,17 @@ def apply_reload(streams, model, *, reset: bool = False, weights=None, journal=N
         weights.put(old)
         weights.put(model)
     cold = 0 if not reset or streams.cold is None else streams.cold.count() - len(streams.cold.warm)
+    lsn = None
     if journal is not None:
-        journal.weights_from(journal.append(records.reload_record(model.fingerprint, wall, reset)),
-                             model.fingerprint)
-    n = streams.replace_model(model, reset=reset)
+        lsn = journal.append(records.reload_record(model.fingerprint, wall, reset))
+        journal.weights_from(lsn, model.fingerprint)
+    try:
+        n = streams.replace_model(model, reset=reset)
+    except BaseException as e:
+        if journal is not None:  # the log says the update happened: memory must not go on without it
+            journal.fail(f"the weights update to {model.fingerprint} (record {lsn}) was logged but could not be "
+                         f"applied ({type(e).__name__}: {e})")
+        raise
     if journal is not None:
         try:
             journal.switch(model.fingerprint, model.dtype)

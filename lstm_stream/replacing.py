@@ -66,14 +66,15 @@ class ModelSwap:
 
     def _take(self, model, other_sizes: bool) -> None:
         """Serve `model`: the backend takes its weights (or, for other sizes, new slabs are made: the store
-        must hold no stream then), and the cold store is bound to it."""
+        must hold no stream then), and the cold store is bound to it (first: it writes a file, and may fail
+        with nothing else changed)."""
+        if self.cold is not None:
+            self.cold.rebind(model.fingerprint)
         if other_sizes:
             self._rebuild(model)
         else:
             self._backend.replace_model(model)
         self.model = model
-        if self.cold is not None:
-            self.cold.rebind(model.fingerprint)
 
     def _drop_all(self) -> None:
         """Drop every stream, in memory and cold (drop(): a cold one gets a tombstone)."""

@@ -299,3 +299,30 @@ def test_the_weights_store_keeps_only_what_a_start_may_need(models, tmp_path, st
     core = start(tmp_path, models["a"][0], step_log=step_log)
     same_state(core, ref, ["p", 9])
     stop(core)
+
+
+def test_an_update_logged_but_not_applied_stops_the_log_and_a_start_applies_it(models, tmp_path, monkeypatch):
+    """The RELOAD record is written, then the swap fails (here the cold store cannot be written): nothing more
+    is applied or acknowledged (log_failed), and a start replays the update where the log has it."""
+    import sqlite3
+    cold = {"idle_ttl": 3600.0}
+    rng = np.random.default_rng(8)
+    x1, x2 = rng.standard_normal((2, I)).astype(np.float32), rng.standard_normal((1, I)).astype(np.float32)
+    core = start(tmp_path, models["a"][0], cold)
+    call(core, "step", stream="s", x=x1)
+
+    def broken(fingerprint):
+        raise sqlite3.OperationalError("disk I/O error")
+    monkeypatch.setattr(core.streams.cold, "rebind", broken)
+    r = call(core, "reload", path=models["b"][0])
+    assert not r["ok"] and r["error"]["code"] == P.LOG_FAILED and "could not be applied" in r["error"]["message"]
+    assert core.journal.fatal is not None
+    refused = call(core, "step", stream="s", x=x2)
+    assert not refused["ok"] and refused["error"]["code"] == P.LOG_FAILED
+    core.journal.sync()
+    stop(core)
+    monkeypatch.undo()
+    core = start(tmp_path, models["b"][0], cold)
+    assert core.streams.model.fingerprint == models["b"][1].fingerprint
+    same_state(core, offline(models, [("a", {"s": x1}), ("switch", "b")]), ["s"])
+    stop(core)
