@@ -111,6 +111,34 @@ def test_copy_across_shards(cluster):
         assert np.array_equal(sa.h, sb.h) and np.array_equal(sa.c, sb.c) and sb.steps == 1
 
 
+def test_a_reload_reaches_every_shard_and_every_stream_keeps_its_state(cluster, model, tmp_path):
+    """ClusterClient.reload sends the update to every shard ({name: result}); each shard's streams continue
+    under the new weights, bit-identical to an offline Streams switched at the same point."""
+    from models import random_model
+    m, _ = cluster
+    new = random_model(np.random.default_rng(6), I=4, H=16, L=2, O=3, peepholes=True)
+    new.save(tmp_path / "new.npz")
+    rng = np.random.default_rng(1)
+    ids = [f"r{k}" for k in range(12)]
+    ref = ls.Streams(model[1], threads=1)
+    with ClusterClient(m, timeout=10) as c:
+        batch = {i: rng.normal(size=(2, 4)).astype(np.float32) for i in ids}
+        c.step_many(batch)
+        for i in ids:
+            ref.step(i, batch[i])
+        out = c.reload(tmp_path / "new.npz")
+        assert set(out) == set(NAMES)
+        assert all(r["fingerprint"] == new.fingerprint and r["previous"] == model[1].fingerprint and r["changed"]
+                   for r in out.values()), out
+        assert sum(r["streams"] for r in out.values()) == len(ids)
+        ref.replace_model(new)
+        batch = {i: rng.normal(size=4).astype(np.float32) for i in ids}
+        got = c.step_many(batch)
+        for i in ids:
+            assert np.array_equal(got[i], ref.step(i, batch[i]))
+        assert {s["fingerprint"] for s in c.info()["shards"].values()} == {new.fingerprint}
+
+
 def test_a_stale_map_is_corrected_by_wrong_shard(cluster, model):
     """A client whose map sends everything to s0 (a stale map of one shard) is told wrong_shard by s0,
     fetches the map from it, resends to the owners, and every stream ends up where it belongs, each step
