@@ -20,6 +20,9 @@ from .. import config
 from .shard import RESERVED
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# serve's options that a shard does not take: namespaced ids (the owner would have to be computed from the
+# client's id inside moves too) and several models (a cluster serves one; see docs/cluster.md, Not done yet)
+ONE_DAEMON_ONLY = frozenset({"namespaces", "model_dir", "default_model"})
 STATUS_TIMEOUT = 2.0  # seconds a shard has to answer `status`
 ADDRESS_HELP = ("the Ray cluster the shards run on (`up` prints its address; a local Ray uses token auth: set "
                 "RAY_AUTH_MODE=token)")
@@ -45,9 +48,14 @@ def add_arguments(p):
     group = up.add_argument_group("shard options", "as for `serve` (see docs/operations.md); each shard gets them")
     for cls in config.SERVE_CONFIGS:
         for f in config.options(cls):
-            if (f.name in RESERVED and f.name != "model") or f.name == "namespaces":
+            if (f.name in RESERVED and f.name != "model") or f.name in ONE_DAEMON_ONLY:
                 continue
             m = f.metadata
+            if f.name == "model":  # one file, every shard's: a cluster serves one model
+                group.add_argument("--model", metavar="PATH", help="the model .npz every shard serves (at the "
+                                   "same path on every node; a cluster serves one model: run one cluster per "
+                                   "model); default: the shipped model")
+                continue
             group.add_argument(config.flag(f), dest=f.name, type=m["unit"].parse, choices=m["choices"],
                                metavar=None if m["choices"] else m["unit"].metavar, default=None,
                                help=config.plain(m["help"]).replace("%", "%%"))
@@ -108,6 +116,10 @@ def run_up(args) -> int:
     from .storage import SharedPath
     try:
         SharedPath(args.storage).shard_names(args.shards)  # before starting Ray: a wrong --shards fails at once
+        name, sep, _ = (args.model or "").partition("=")
+        if sep and config.MODEL_NAME.fullmatch(name):
+            raise InputError(f"--model {args.model}: a cluster serves one model, unnamed; give --model PATH (run "
+                             "one cluster per model)")
     except (InputError, ValueError) as e:
         print(f"cannot start the cluster: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -34,6 +34,10 @@ def test_wrong_uses_say_what_was_expected(tmp_path):
     assert r.returncode == 2 and "holds a cluster of 2 shards (s0, s1); start it with --shards 2" in r.stderr
     r = cli("up", "--storage", tmp_path / "new")
     assert r.returncode == 2 and "--shards must be an int >= 1, got None" in r.stderr
+    r = cli("up", "--shards", 1, "--storage", tmp_path / "new", "--model", "pump=pump.npz")
+    assert r.returncode == 2 and "a cluster serves one model" in r.stderr
+    r = cli("up", "--shards", 1, "--storage", tmp_path / "new", "--model-dir", tmp_path)
+    assert r.returncode == 2 and "unrecognized arguments: --model-dir" in r.stderr
     r = cli("up", "--shards", 1, "--storage", tmp_path / "new2", "--model", tmp_path / "missing.npz",
             "--num-cpus", 1, timeout=300)
     assert r.returncode == 1 and "cannot start the cluster: a shard failed to start:" in r.stderr
