@@ -25,13 +25,14 @@ from lstm_stream.messages import Reply
 
 from . import records
 from .access import Access, Owned
+from .admission import Admission
 from .config import EngineConfig
 from .journal import LogWriteError
 from .logs import repeating
 from .housekeeping import Housekeeping
 from .ops import Ops
 from .planner import plan
-from .reloading import apply_reload
+from .reloading import Reloads
 from .weights import WeightsStore
 
 log = logging.getLogger("lstm_stream.engine")
@@ -40,7 +41,7 @@ log = logging.getLogger("lstm_stream.engine")
 _CORE_CODES = {"bad_model": P.UNSUPPORTED, "bad_snapshot": P.SNAPSHOT_FAILED, "bad_backend": P.INTERNAL}
 
 
-class EngineCore(Ops, Housekeeping):
+class EngineCore(Admission, Ops, Reloads, Housekeeping):
     """Queue, batch plans, op dispatch and housekeeping over one Streams; no sockets, no threads, no bytes."""
 
     def __init__(self, streams, config: EngineConfig | None = None, *, snapshots=None, journal=None,
@@ -113,28 +114,11 @@ class EngineCore(Ops, Housekeeping):
         against the access roles here, the one place (no access control: every peer is admin)."""
         self.metrics["requests"] += 1
         self.requests_by_op[req.op] += 1
-        if req.model is not None and req.model != self.name:  # (a daemon of several: the router checked it)
-            served = "one unnamed model" if self.name is None else f"one model, {self.name!r}"
-            reply = self.refuse(req.id, P.UNKNOWN_MODEL, f"no model {req.model[:64]!r} here; this daemon serves "
-                                                         f"{served}", counted=True, op=req.op)
-            reply.detail = {"models": [] if self.name is None else [self.name]}
-            return reply
         peer = tag[0] if type(tag) in (list, tuple) and tag else tag  # the connection: its own queue
-        if self.ownership is not None:  # a shard of a cluster: ids it does not own are wrong_shard
-            wrong = self.ownership(req)  # (on the client's own ids: before access control namespaces them)
-            if wrong is not None:
-                reply = self.refuse(req.id, P.WRONG_SHARD, wrong[0], counted=True)
-                reply.detail = wrong[1]
+        if req.model is not None or self.ownership is not None or self.access is not None:
+            tag, req, reply = self._admit(tag, req, user)
+            if reply is not None:
                 return reply
-        if self.access is not None:
-            try:
-                req, why, kid = self.access.admit(req, user)
-            except P.ProtocolError as e:  # an id that cannot be namespaced
-                return self.refuse(e.request_id, e.code, e.message, counted=True, op=req.op)
-            if why is not None:
-                return self.refuse(req.id, P.FORBIDDEN, why, counted=True, op=req.op)
-            if kid is not None:
-                tag = Owned(tag, kid)  # its replies show the client's own ids (step() unwraps the tag)
         op = req.op
         if op == "ping" or op == "info":
             return self._call(req)
@@ -158,38 +142,6 @@ class EngineCore(Ops, Housekeeping):
         self._pending += 1
         self.pending_bytes += nbytes
         return None
-
-    def _over_bounds(self, req, cfg) -> Reply | None:
-        """The too_large Reply of a step, step_many or forecast over --max-request-samples or
-        --max-request-new-streams (nothing applied), else None: no request holds the loop for long."""
-        if req.op == "forecast":
-            n, what = req.horizon, "a forecast horizon of"
-        else:
-            try:
-                n = req.samples
-            except Exception:  # a malformed request: the planner refuses it with its own error
-                return None
-            what = "a request of"
-        if n > cfg.max_request_samples:
-            return self._too_large(req, f"{what} {n} samples is over this daemon's bound of "
-                                        f"{cfg.max_request_samples} (--max-request-samples); nothing was "
-                                        "applied: split it", cfg.max_request_samples, "--max-request-samples")
-        if req.op == "step_many" and type(req.streams) is list and len(req.streams) > cfg.max_request_new_streams:
-            try:
-                new = len(set(self.streams.unknown(req.streams)))
-            except TypeError:  # an id that is not hashable: the planner refuses it
-                return None
-            if new > cfg.max_request_new_streams:
-                return self._too_large(req, f"a step_many creating {new} new streams is over this daemon's "
-                                            f"bound of {cfg.max_request_new_streams} "
-                                            "(--max-request-new-streams); nothing was applied: split it",
-                                       cfg.max_request_new_streams, "--max-request-new-streams")
-        return None
-
-    def _too_large(self, req, message, limit, option) -> Reply:
-        reply = self.refuse(req.id, P.TOO_LARGE, message, counted=True, op=req.op)
-        reply.detail = {"limit": limit, "option": option}
-        return reply
 
     def _pop(self):
         """The next queued (tag, Request), round robin over the client connections."""
@@ -436,42 +388,6 @@ class EngineCore(Ops, Housekeeping):
         reply = self.refuse(req.id, code, msg, counted=True, op=req.op)
         reply.detail = detail
         return reply
-
-    # ---- weights updates ----------------------------------------------------------------------------
-    def reload(self, model, *, reset: bool = False) -> dict:
-        """Serve `model` from now on: every stream keeps its state and steps with the new weights from its next
-        step (engine/reloading.py: weights store, log record, swap). Other sizes: ModelError unless reset, which
-        drops every stream (logged at WARNING with the counts). Call it on the loop thread between turns:
-        requests still queued are then served with the new weights. The `reload` op is queued like any other,
-        so the requests before it in serving order are served with the old weights, those after with the new;
-        every request with exactly one version. Returns {fingerprint, previous, streams} (and changed, reset,
-        cold). Same fingerprint, no reset: nothing changes."""
-        if self.journal is not None and not self.journal.writable:
-            raise LogWriteError(self.journal.refusal())
-        out = apply_reload(self.streams, model, reset=reset, weights=self.weights, journal=self.journal,
-                           wall=time.time())
-        if out["changed"]:
-            self.metrics["reloads"] += 1
-            if reset:
-                self.metrics["reloads_reset"] += 1
-            self._mutated()
-            if self.snapshots is not None and self.journal is None:
-                # no log to replay the update from: a snapshot soon names the new weights (in the background)
-                try:
-                    self.snapshots.start("reload")
-                except Exception as e:
-                    log.warning("the snapshot after the weights update failed: %s", e)
-        return out
-
-    def reload_file(self, path=None, *, reset: bool = False) -> dict:
-        """reload() of the model file at `path` (default: model_path, the daemon's --model file). ModelError if
-        there is no such path, or the file is missing, unreadable or not a model; else as reload()."""
-        from lstm_stream.errors import ModelError
-        from lstm_stream.model import load_model
-        path = self.model_path if path is None else path
-        if path is None:
-            raise ModelError("no model file to reload: this engine was given no model_path (the daemon's --model)")
-        return self.reload(load_model(path), reset=reset)
 
     def _mutated(self):
         if self.snapshots is not None:

@@ -10,7 +10,6 @@ import lstm_stream
 from lstm_stream import protocol as P
 
 from .access import Access
-from .journal import LogWriteError
 
 
 class Ops:
@@ -95,26 +94,3 @@ class Ops:
             return self.snapshots.save("request")
         except OSError as e:
             raise P.ProtocolError(P.SNAPSHOT_FAILED, f"snapshot to {self.snapshots.path} failed: {e}") from None
-
-    def _op_reload(self, req):
-        """EngineCore.reload_file with the request's path and reset; each refusal with its code, nothing changed."""
-        from lstm_stream.errors import ModelError
-        if req.path is not None and type(req.path) is not str:
-            raise P.ProtocolError(P.BAD_REQUEST, f"field 'path' of op 'reload' must be a str (a model file on "
-                                                 f"the daemon's machine), got {type(req.path).__name__}")
-        if req.path is None and self.model_path is None:
-            raise P.ProtocolError(P.UNSUPPORTED, "this daemon was started without --model (it serves the shipped "
-                                                 "default model): give the model file to load in 'path'")
-        try:
-            return self.reload_file(req.path, reset=req.reset)
-        except Exception as e:
-            if self.journal is not None and self.journal.fatal is not None:  # logged, not applied: stopping
-                raise P.ProtocolError(P.LOG_FAILED, self.journal.refusal()) from None
-            if isinstance(e, ModelError):
-                raise P.ProtocolError(P.BAD_MODEL, f"reload refused, nothing changed: {e}") from None
-            if isinstance(e, LogWriteError):
-                raise P.ProtocolError(P.LOG_FAILED, str(e)) from None
-            if isinstance(e, OSError):
-                raise P.ProtocolError(P.SNAPSHOT_FAILED, f"reload refused, nothing changed: the weights store in "
-                                                         f"{self.weights.directory} cannot be written: {e}") from None
-            raise

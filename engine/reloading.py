@@ -15,8 +15,12 @@ replays the update where the log has it. The snapshots name the weights they hol
 from __future__ import annotations
 
 import logging
+import time
+
+from lstm_stream import protocol as P
 
 from . import records
+from .journal import LogWriteError
 
 log = logging.getLogger("lstm_stream.engine")
 
@@ -66,3 +70,67 @@ def apply_reload(streams, model, *, reset: bool = False, weights=None, journal=N
                  extra={"event": "model_reloaded", "fingerprint": model.fingerprint, "previous": old.fingerprint,
                         "reset": False, "streams": n})
     return result
+
+
+class Reloads:
+    """EngineCore's weights updates (a mixin, as ops.Ops and housekeeping.Housekeeping): reload(), the file
+    reload that SIGHUP and the model-dir watch use, and the `reload` op."""
+
+    def reload(self, model, *, reset: bool = False) -> dict:
+        """Serve `model` from now on: every stream keeps its state and steps with the new weights from its next
+        step (engine/reloading.py: weights store, log record, swap). Other sizes: ModelError unless reset, which
+        drops every stream (logged at WARNING with the counts). Call it on the loop thread between turns:
+        requests still queued are then served with the new weights. The `reload` op is queued like any other,
+        so the requests before it in serving order are served with the old weights, those after with the new;
+        every request with exactly one version. Returns {fingerprint, previous, streams} (and changed, reset,
+        cold). Same fingerprint, no reset: nothing changes."""
+        if self.journal is not None and not self.journal.writable:
+            raise LogWriteError(self.journal.refusal())
+        out = apply_reload(self.streams, model, reset=reset, weights=self.weights, journal=self.journal,
+                           wall=time.time())
+        if out["changed"]:
+            self.metrics["reloads"] += 1
+            if reset:
+                self.metrics["reloads_reset"] += 1
+            self._mutated()
+            if self.snapshots is not None and self.journal is None:
+                # no log to replay the update from: a snapshot soon names the new weights (in the background)
+                try:
+                    self.snapshots.start("reload")
+                except Exception as e:
+                    log.warning("the snapshot after the weights update failed: %s", e)
+        return out
+
+    def reload_file(self, path=None, *, reset: bool = False) -> dict:
+        """reload() of the model file at `path` (default: model_path, the daemon's --model file). ModelError if
+        there is no such path, or the file is missing, unreadable or not a model; else as reload()."""
+        from lstm_stream.errors import ModelError
+        from lstm_stream.model import load_model
+        path = self.model_path if path is None else path
+        if path is None:
+            raise ModelError("no model file to reload: this engine was given no model_path (the daemon's --model)")
+        return self.reload(load_model(path), reset=reset)
+
+
+    def _op_reload(self, req):
+        """EngineCore.reload_file with the request's path and reset; each refusal with its code, nothing changed."""
+        from lstm_stream.errors import ModelError
+        if req.path is not None and type(req.path) is not str:
+            raise P.ProtocolError(P.BAD_REQUEST, f"field 'path' of op 'reload' must be a str (a model file on "
+                                                 f"the daemon's machine), got {type(req.path).__name__}")
+        if req.path is None and self.model_path is None:
+            raise P.ProtocolError(P.UNSUPPORTED, "this daemon was started without --model (it serves the shipped "
+                                                 "default model): give the model file to load in 'path'")
+        try:
+            return self.reload_file(req.path, reset=req.reset)
+        except Exception as e:
+            if self.journal is not None and self.journal.fatal is not None:  # logged, not applied: stopping
+                raise P.ProtocolError(P.LOG_FAILED, self.journal.refusal()) from None
+            if isinstance(e, ModelError):
+                raise P.ProtocolError(P.BAD_MODEL, f"reload refused, nothing changed: {e}") from None
+            if isinstance(e, LogWriteError):
+                raise P.ProtocolError(P.LOG_FAILED, str(e)) from None
+            if isinstance(e, OSError):
+                raise P.ProtocolError(P.SNAPSHOT_FAILED, f"reload refused, nothing changed: the weights store in "
+                                                         f"{self.weights.directory} cannot be written: {e}") from None
+            raise
