@@ -21,7 +21,8 @@ import os
 import signal
 import sys
 
-from .config import DEFAULT_ENDPOINT, parse_duration, parse_endpoint, parse_size  # noqa: F401 (API)
+from .config import DEFAULT_ENDPOINT  # noqa: F401 (API)
+from .units import parse_duration, parse_endpoint, parse_size  # noqa: F401 (API)
 from .client_cli import (add_client_arguments, add_keygen_arguments, add_reload_arguments,  # noqa: F401
                          add_step_arguments, parse_connect, run_info, run_keygen, run_ping, run_reload, run_step)
 from .convert_cli import add_convert_arguments, add_inspect_arguments, run_convert, run_inspect

@@ -9,7 +9,8 @@ import re
 import sys
 import time
 
-from .config import DEFAULT_ENDPOINT, parse_duration, parse_endpoint
+from .config import DEFAULT_ENDPOINT
+from .units import parse_duration, parse_endpoint
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
