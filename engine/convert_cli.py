@@ -82,6 +82,7 @@ def run_inspect(args) -> int:
     print(f"{args.model}: model {d['name']!r}, fingerprint {d['fingerprint']}, {d['dtype']}")
     print(f"  input {d['input_size']} -> {d['num_layers']} LSTM layer(s) of hidden {d['hidden_size']}"
           + (f", proj {d['proj_size']}" if d["proj_size"] else "") + (", peepholes" if d.get("peepholes") else "")
+          + (f", clip {d['clip']:g}" if d.get("clip") is not None else "")
           + f" -> head {head} -> output {d['output_size']}" + (" (autoregressive)" if d["autoregressive"] else ""))
     print(f"  per stream: {d['state_bytes_per_stream']} bytes of state, {d['macs_per_step']} multiply-adds a step")
     for name, shape in d["tensors"].items():

@@ -7,6 +7,8 @@ Math follows PyTorch's nn.LSTM, gates in order (i, f, g, o):
     y  = act(W_head h'_last + b_head)          act in {none, sigmoid, softmax}; no head: y = h'_last
 Optional peephole connections (Gers & Schmidhuber 2000; ONNX's P), per layer p = (p_i, p_f, p_o), each (H,):
     i and f add p_i * c and p_f * c (the previous cell), o adds p_o * c' (the new cell).
+Optional clip (ONNX's LSTM attribute, as onnxruntime computes it): each gate's input, sums, bias and peephole
+term included, is clamped to [-clip, clip] before its activation (i, f, g and o; not the cell before h's tanh).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class LSTMModel:
     head_activation: str = "none"
     dtype: str = "float32"
     name: str = "model"
+    clip: float | None = None  # the gates' inputs clamped to [-clip, clip] (ONNX's clip), or None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -55,7 +58,8 @@ class LSTMModel:
         head = None if self.head_w is None else ("linear" if self.head_activation == "none" else self.head_activation)
         return (f"LSTMModel(name={self.name!r}, input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"num_layers={self.num_layers}, proj_size={self.proj_size}, output_size={self.output_size}, "
-                f"head={head!r}, dtype={self.dtype!r}, fingerprint={self.fingerprint!r})")
+                f"head={head!r}, dtype={self.dtype!r}{'' if self.clip is None else f', clip={self.clip!r}'}, "
+                f"fingerprint={self.fingerprint!r})")
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -123,6 +127,8 @@ class LSTMModel:
         }
         if self.peepholes:
             out["peepholes"] = True
+        if self.clip is not None:  # (likewise: every model without it keeps its fingerprint)
+            out["clip"] = self.clip
         return out
 
     def tensors(self) -> dict:
@@ -168,11 +174,12 @@ class LSTMModel:
         layers = tuple(LayerWeights(*(cast(getattr(ly, n)) for n in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr",
                                                                           "w_ph")))
                        for ly in self.layers)
-        return LSTMModel(layers, cast(self.head_w), cast(self.head_b), self.head_activation, dtype, self.name)
+        return LSTMModel(layers, cast(self.head_w), cast(self.head_b), self.head_activation, dtype, self.name,
+                         self.clip)
 
     # ---- constructors and I/O ------------------------------------------------------------------
     @classmethod
-    def from_arrays(cls, tensors: dict, *, head_activation="none", dtype=None, name="model"):
+    def from_arrays(cls, tensors: dict, *, head_activation="none", dtype=None, name="model", clip=None):
         """Build from a dict of PyTorch-named arrays: the public way in from any framework (docs/models.md).
 
         For each layer l (0 = bottom), H hidden units, P = proj_size or H, I_l = input_size (l = 0) or P:
@@ -184,7 +191,9 @@ class LSTMModel:
         a framework with one bias per gate gives it as bias_ih and zeros as bias_hh. Optional head:
             head.weight (O, P)   head.bias (O,)    y = head_activation(head.weight @ h + head.bias)
         head_activation "none", "sigmoid" or "softmax" (needs a head). dtype: "float32" or "float64" (None: float64
-        if weight_ih_l0 is, else float32). ModelError naming the tensor if a shape, dtype or value is wrong."""
+        if weight_ih_l0 is, else float32). clip: a positive number, each gate's input (sums, bias and peephole
+        term) clamped to [-clip, clip] before its activation (ONNX's clip), or None. ModelError naming the
+        tensor if a shape, dtype or value is wrong."""
         n = 0
         while f"weight_ih_l{n}" in tensors:
             n += 1
@@ -208,7 +217,7 @@ class LSTMModel:
         head_w, head_b = get("head.weight", False), get("head.bias", False)
         if (head_w is None) != (head_b is None):
             raise ModelError("head needs both 'head.weight' (O, P) and 'head.bias' (O,)")
-        return cls(layers, head_w, head_b, head_activation, dtype, name)
+        return cls(layers, head_w, head_b, head_activation, dtype, name, clip)
 
     @classmethod
     def from_torch(cls, lstm, head=None, *, head_activation="none", dtype="float32", name="model"):
@@ -257,7 +266,8 @@ class LSTMModel:
         if version != FORMAT_VERSION:
             raise ModelError(f"{path}: model format version {version!r}, this lstm-stream reads {FORMAT_VERSION}")
         model = cls.from_arrays(arrays, head_activation=meta.get("head_activation", "none"),
-                                dtype=meta.get("dtype", "float32"), name=meta.get("name", "model"))
+                                dtype=meta.get("dtype", "float32"), name=meta.get("name", "model"),
+                                clip=meta.get("clip"))
         if meta.get("fingerprint") not in (None, model.fingerprint):
             raise ModelError(f"{path}: stored fingerprint {meta['fingerprint']} does not match the weights "
                              f"({model.fingerprint}); the file is corrupted")
@@ -331,6 +341,12 @@ def _validate(m: LSTMModel):
         raise ModelError(f"head_activation must be one of {HEAD_ACTIVATIONS}, got {m.head_activation!r}")
     if not m.layers:
         raise ModelError("a model needs at least one LSTM layer")
+    if m.clip is not None and (isinstance(m.clip, bool) or not isinstance(m.clip, (int, float))
+                               or not (0 < m.clip < float("inf"))):
+        raise ModelError(f"clip must be a positive finite number (the gates' inputs are clamped to [-clip, "
+                         f"clip]) or None, got {m.clip!r}")
+    if m.clip is not None and type(m.clip) is not float:
+        object.__setattr__(m, "clip", float(m.clip))
     first = m.layers[0]
     if not isinstance(first.w_ih, np.ndarray) or first.w_ih.ndim != 2 or first.w_ih.shape[0] % 4 \
             or first.w_ih.shape[0] == 0 or first.w_ih.shape[1] == 0:

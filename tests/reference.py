@@ -12,6 +12,8 @@ def reference_run(model, xs, h0=None, c0=None):
     h = np.zeros((L, P)) if h0 is None else np.array(h0, np.float64)
     c = np.zeros((L, H)) if c0 is None else np.array(c0, np.float64)
     f64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
+    bound = getattr(model, "clip", None)  # ONNX's clip: every gate's input clamped to [-clip, clip]
+    clip = (lambda v: v) if bound is None else (lambda v: np.clip(v, -bound, bound))  # noqa: E731
     ys = []
     for x in np.asarray(xs, np.float64):
         inp = x
@@ -21,10 +23,11 @@ def reference_run(model, xs, h0=None, c0=None):
             if layer.w_ph is not None:  # peepholes (Gers & Schmidhuber 2000): i, f see c, o sees c'
                 p_i, p_f, p_o = f64(layer.w_ph)
                 i, f = i + p_i * c[l], f + p_f * c[l]
+            i, f, g = clip(i), clip(f), clip(g)
             c[l] = sigmoid(f) * c[l] + sigmoid(i) * np.tanh(g)
             if layer.w_ph is not None:
                 o = o + p_o * c[l]
-            hl = sigmoid(o) * np.tanh(c[l])
+            hl = sigmoid(clip(o)) * np.tanh(c[l])  # (the cell itself is not clipped before tanh: onnxruntime)
             h[l] = hl if layer.w_hr is None else f64(layer.w_hr) @ hl
             inp = h[l]
         ys.append(head(model, inp))

@@ -48,7 +48,7 @@ def load_any(path, *, dtype=None, name=None, head_activation=None, check=True):
                 model = model.astype(dtype)
             if given_name and given_name != model.name:
                 model = LSTMModel(model.layers, model.head_w, model.head_b, model.head_activation, model.dtype,
-                                  given_name)
+                                  given_name, model.clip)
             return model
         return LSTMModel.from_arrays(arrays, head_activation=head_activation or "none", dtype=dtype, name=name)
     return LSTMModel.from_arrays(_state_dict_arrays(path), head_activation=head_activation or "none",

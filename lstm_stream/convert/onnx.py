@@ -1,8 +1,8 @@
 """Import an ONNX graph of LSTM nodes (+ a linear head) as LSTMModel tensors: LSTMModel.from_onnx.
 
 What is read: the graph's first output, walked back to the graph input. On that path: one or more `LSTM`
-nodes (forward direction, layout 0 or 1, default activations, optional B and peepholes P, sequence_lens
-ignored, zero or run-time initial states) joined by the glue exporters emit (Transpose, Squeeze, Unsqueeze,
+nodes (forward direction, layout 0 or 1, default activations, optional B and peepholes P, clip (one threshold
+for every node), sequence_lens ignored, zero or run-time initial states) joined by the glue exporters emit (Transpose, Squeeze, Unsqueeze,
 Reshape, Identity), then optionally the last step (Gather/Slice of index -1, or the node's Y_h output), a head (MatMul [+ Add] or
 Gemm) and a Sigmoid or Softmax. Everything else is refused with a ModelError naming the node.
 
@@ -12,6 +12,7 @@ uses PyTorch's (i, f, g, o) with g = ONNX's c: block k of ours is block ONNX_GAT
 
 Before returning, the importer runs the graph through onnx.reference on a short random batch and compares it
 with the imported model (convert/verify.py), so glue it read wrongly is an error, never a silently wrong model.
+(onnx.reference ignores clip: a graph with clip is checked without it; clip is onnxruntime's, in the tests.)
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def import_onnx(model_or_path, *, dtype=None, name="model", check=True):
     except RecursionError:  # constants folded, or zeros traced, through a cycle or thousands of nodes
         raise ModelError("the ONNX graph's constants depend on themselves (a cycle) or on thousands of nodes in "
                          "a row; expected a valid (acyclic) ONNX graph") from None
-    model = LSTMModel.from_arrays(tensors, head_activation=activation, dtype=dtype or weights_dtype, name=name)
+    model = LSTMModel.from_arrays(tensors, head_activation=activation, dtype=dtype or weights_dtype, name=name,
+                                  clip=info["clip"])
     if check:
         verify(model, g, info)
     return model
@@ -102,6 +104,10 @@ def tensors_from_onnx(model_or_path):
     if any(k.startswith("peephole_l") for k in tensors):  # peepholes on some nodes: zeros on the others
         for l, ly in enumerate(layers):
             tensors.setdefault(f"peephole_l{l}", np.zeros((3, ly["H"]), ly["dtype"]))
+    if len({ly["clip"] for ly in layers}) > 1:
+        raise ModelError(f"the stacked LSTM nodes have clip {[ly['clip'] for ly in layers]} (in order: "
+                         f"{', '.join(g.describe(c[0]) for c in chain)}); expected the same clip (or none) on "
+                         "every node: lstm-stream's layers share one clip threshold")
     if len({ly["H"] for ly in layers}) > 1:
         raise ModelError(f"the stacked LSTM nodes have hidden sizes {[ly['H'] for ly in layers]}; expected one "
                          "hidden size for every layer (as nn.LSTM has): lstm-stream's layers share it")
@@ -119,7 +125,7 @@ def tensors_from_onnx(model_or_path):
                                      chain[-1][1] == 1, top["H"], tensors)
     dtype = "float64" if layers[0]["dtype"] == np.float64 else "float32"
     info = dict(x_name=x_name, x_labels=x_labels, out_name=out_name, out_labels=labels, last=last,
-                batch1=batch1 or "B" not in labels)
+                batch1=batch1 or "B" not in labels, clip=layers[0]["clip"])
     return tensors, activation, dtype, g, info
 
 
@@ -170,9 +176,9 @@ def _lstm_layer(g, node, l, tensors) -> dict:
     if acts is not None and [s.lower() for s in acts] != ["sigmoid", "tanh", "tanh"]:
         raise ModelError(f"{d} has activations {acts}; the kernels compute the standard LSTM, expected the "
                          "default activations [Sigmoid, Tanh, Tanh]")
-    if "clip" in a:
-        raise ModelError(f"{d} has clip={a['clip']}: the kernels do not clip the gates' inputs; expected no "
-                         "clip attribute")
+    clip = a.get("clip")
+    if clip is not None and not (0 < clip < float("inf")):
+        raise ModelError(f"{d} has clip={clip}; expected a positive threshold (or no clip attribute)")
     if a.get("input_forget", 0):
         raise ModelError(f"{d} has input_forget=1 (forget gate = 1 - input gate), which the kernels do not "
                          "compute; expected input_forget=0")
@@ -212,7 +218,7 @@ def _lstm_layer(g, node, l, tensors) -> dict:
     tensors[f"bias_hh_l{l}"] = perm(Bv[0, 4 * H:])
     if peep is not None:  # ONNX's P is (p_i, p_o, p_f); ours (p_i, p_f, p_o)
         tensors[f"peephole_l{l}"] = peep[0].reshape(3, H)[list(ONNX_PEEPHOLES)]
-    return {"H": H, "I": W.shape[2], "layout": layout, "dtype": W.dtype}
+    return {"H": H, "I": W.shape[2], "layout": layout, "dtype": W.dtype, "clip": clip}
 
 
 def _lstm_out_labels(layout, index):
@@ -356,6 +362,17 @@ def verify(model, g, info, *, seed=0):
     from onnx.reference import ReferenceEvaluator
 
     from .verify import forward
+    proto = g.proto
+    if model.clip is not None:  # onnx.reference ignores clip: check the reading of the graph without it (the
+        # clip itself is the kernels', tested against onnxruntime)
+        proto = type(proto)()
+        proto.CopyFrom(g.proto)
+        for node in proto.graph.node:
+            if node.op_type == "LSTM":
+                kept = [at for at in node.attribute if at.name != "clip"]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+        model = type(model).from_arrays(model.tensors(), head_activation=model.head_activation, dtype=model.dtype)
     rng = np.random.default_rng(seed)
     B = 1 if info["batch1"] else _VERIFY_B
     T, I = _VERIFY_T, model.input_size
@@ -377,7 +394,7 @@ def verify(model, g, info, *, seed=0):
             shape = [d.dim_value if d.dim_value > 0 else B for d in vi.type.tensor_type.shape.dim]
             feeds[vi.name] = np.zeros(shape, dtype)
     try:
-        got = ReferenceEvaluator(g.proto).run([info["out_name"]], feeds)[0]
+        got = ReferenceEvaluator(proto).run([info["out_name"]], feeds)[0]
     except Exception as e:
         raise ModelError(f"onnx.reference could not run the graph to check the import ({type(e).__name__}: "
                          f"{e})") from None

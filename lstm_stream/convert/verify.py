@@ -11,7 +11,8 @@ def _sigmoid(z):
 
 def forward(model, X, h0=None, c0=None) -> np.ndarray:
     """Outputs (B, T, O) of `model` for X (B, T, I), every sequence from state h0 (L, B, P) / c0 (L, B, H), or
-    zeros. PyTorch's equations, gates (i, f, g, o), peepholes if the model has them, float64 throughout."""
+    zeros. PyTorch's equations, gates (i, f, g, o), peepholes and clip if the model has them, float64
+    throughout."""
     X = np.asarray(X, np.float64)
     B, T, _ = X.shape
     L, H, P = model.num_layers, model.hidden_size, model.state_size
@@ -19,6 +20,8 @@ def forward(model, X, h0=None, c0=None) -> np.ndarray:
     c = np.zeros((L, B, H)) if c0 is None else np.array(c0, np.float64)
     layers = [{k: None if getattr(ly, k) is None else np.asarray(getattr(ly, k), np.float64)
                for k in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "w_ph")} for ly in model.layers]
+    bound = model.clip  # each gate's input clamped to [-clip, clip] (onnxruntime's clip; not the cell)
+    clip = (lambda v: v) if bound is None else (lambda v: np.clip(v, -bound, bound))  # noqa: E731
     out = np.empty((B, T, model.output_size))
     for t in range(T):
         inp = X[:, t]
@@ -27,10 +30,10 @@ def forward(model, X, h0=None, c0=None) -> np.ndarray:
             i, f, g, o = np.split(z, 4, axis=1)
             if w["w_ph"] is not None:  # peepholes: i and f see the previous cell, o the new one
                 i, f = i + w["w_ph"][0] * c[l], f + w["w_ph"][1] * c[l]
-            c[l] = _sigmoid(f) * c[l] + _sigmoid(i) * np.tanh(g)
+            c[l] = _sigmoid(clip(f)) * c[l] + _sigmoid(clip(i)) * np.tanh(clip(g))
             if w["w_ph"] is not None:
                 o = o + w["w_ph"][2] * c[l]
-            hl = _sigmoid(o) * np.tanh(c[l])
+            hl = _sigmoid(clip(o)) * np.tanh(c[l])
             h[l] = hl if w["w_hr"] is None else hl @ w["w_hr"].T
             inp = h[l]
         out[:, t] = _head(model, inp)

@@ -10,7 +10,7 @@ Call tree (the LSTM's equations are in one place, _cell):
         _tile          per step and layer: copy each stream's [x, h], then
           _gate_sums     g = [x, h] W + b for the whole tile (panel.py's register-blocked micro-kernel)
           _cell          i, f, g, o = σ, σ, tanh, σ of g;  c = f*c + i*g;  h = o*tanh(c)  (W_hr h if projected)
-          _cell_peep     the same with peephole connections (a model that has them; _cell is left as it is)
+          _cell_peep     the same with peephole connections and clip (a model with either; _cell is left as it is)
         _head          y = act(W_head h + b) for each stream (panel.headdot), or y = h without a head
     step_one           one stream: all_finite, then _one (the same gate sums as a plain loop: _rows8, _row1),
                        _cell, _head
@@ -61,9 +61,10 @@ _CELL_OPTS = dict(cache=True, error_model="numpy", nogil=True)
 
 # The layout's meta accessors (kernels/layout.py), compiled into these kernels.
 _inline = njit(inline="always", **_OPTS)
-sizes, head_kind, widest_input, layer, head_offsets, blocking, scratch_per_stream, head_row, peephole = (
+sizes, head_kind, widest_input, layer, head_offsets, blocking, scratch_per_stream, head_row, peephole, clip_offset = (
     _inline(f) for f in (layout.sizes, layout.head_kind, layout.widest_input, layout.layer, layout.head_offsets,
-                         layout.blocking, layout.scratch_per_stream, layout.head_row, layout.peephole))
+                         layout.blocking, layout.scratch_per_stream, layout.head_row, layout.peephole,
+                         layout.clip_offset))
 
 
 # ---- the per-stream core ----------------------------------------------------------------------------
@@ -269,19 +270,23 @@ def _cell(wbuf, meta, g, hr, p, c, h, slot, l, off_r):
 @njit(**_CELL_OPTS)
 def _cell_peep(wbuf, meta, g, hr, p, c, h, slot, l, off_r, off_p):
     """_cell with peephole connections (Gers & Schmidhuber 2000): p_i, p_f, p_o (3, H) at wbuf[off_p]; i and f
-    see the previous cell, o the new one. A function of its own, so that _cell (every other model) is
-    compiled exactly as before."""
+    see the previous cell, o the new one; and each gate's input clamped to [-clip, clip] (ONNX's clip; the
+    threshold at wbuf[clip_offset(meta)], inf without clip, which clamps nothing). A function of its own, so
+    that _cell (every other model) is compiled exactly as before. A model with clip and no peepholes comes
+    here too, with zero peepholes (fmuladd(0, c, x) is x)."""
     _, _, H, P, _ = sizes(meta)
     gp, cl, hl = g[p], c[slot, l], h[slot, l]
     ph = wbuf[off_p:off_p + 3 * H].reshape((3, H))
+    hi = wbuf[clip_offset(meta)]
+    lo = -hi
     out = hl if off_r < 0 else hr[p]
     for j in range(H):
         cj0 = cl[j]
-        i_g = act_sigmoid(fmuladd(ph[0, j], cj0, gp[j]))          # i = σ(W_i [x,h] + b_i + p_i c)
-        f_g = act_sigmoid(fmuladd(ph[1, j], cj0, gp[H + j]))      # f = σ(W_f [x,h] + b_f + p_f c)
-        g_g = act_tanh(gp[2 * H + j])                             # g = tanh(W_g [x,h] + b_g)
-        cj = fmuladd(i_g, g_g, f_g * cj0)                         # c' = f c + i g
-        o_g = act_sigmoid(fmuladd(ph[2, j], cj, gp[3 * H + j]))   # o = σ(W_o [x,h] + b_o + p_o c')
+        i_g = act_sigmoid(min(max(fmuladd(ph[0, j], cj0, gp[j]), lo), hi))         # i = σ(W_i [x,h] + b_i + p_i c)
+        f_g = act_sigmoid(min(max(fmuladd(ph[1, j], cj0, gp[H + j]), lo), hi))     # f = σ(W_f [x,h] + b_f + p_f c)
+        g_g = act_tanh(min(max(gp[2 * H + j], lo), hi))                            # g = tanh(W_g [x,h] + b_g)
+        cj = fmuladd(i_g, g_g, f_g * cj0)                                          # c' = f c + i g
+        o_g = act_sigmoid(min(max(fmuladd(ph[2, j], cj, gp[3 * H + j]), lo), hi))  # o = σ(W_o [x,h] + b_o + p_o c')
         cl[j] = cj
         out[j] = o_g * act_tanh(cj)                               # h' = o tanh(c')
     if off_r >= 0:                                                # h' = W_hr (o tanh(c'))

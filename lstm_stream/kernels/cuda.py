@@ -36,9 +36,9 @@ jitcache.install()  # numba-cuda's cache too (the CPU one is set when jitcache i
 _device = cuda.jit(device=True)
 _tanh32 = _device(tanh32)  # the CPU kernels compile the same function
 # The layout's meta accessors (kernels/layout.py), as device functions.
-sizes, head_kind, widest_input, layer, head_offsets, peephole = (
+sizes, head_kind, widest_input, layer, head_offsets, peephole, clip_offset = (
     _device(f) for f in (layout.sizes, layout.head_kind, layout.widest_input, layout.layer, layout.head_offsets,
-                         layout.peephole))
+                         layout.peephole, layout.clip_offset))
 _ACC = 4 * CUDA_TILE_STREAMS  # gate accumulators per owned unit: (NB, 4), a local array (compile-time size)
 
 
@@ -132,7 +132,7 @@ def _cell(w, meta, state, plan, sh, base, tile0, n, t, l):
                     sh[hr + b * H + u] = unit_update(acc, b, state, slot, l * (P + H) + P + u, f32)
                 else:
                     sh[hr + b * H + u] = unit_update_peep(acc, b, state, slot, l * (P + H) + P + u, f32, w,
-                                                          off_p + u, H)
+                                                          off_p + u, H, w[clip_offset(meta)])
 
 
 @cuda.jit(device=True)
@@ -148,14 +148,15 @@ def unit_update(acc, b, state, slot, ci, f32):
 
 
 @cuda.jit(device=True)
-def unit_update_peep(acc, b, state, slot, ci, f32, w, pu, H):
-    """unit_update with peephole connections: p_i, p_f, p_o of this unit at w[pu], w[pu + H], w[pu + 2H]."""
+def unit_update_peep(acc, b, state, slot, ci, f32, w, pu, H, hi):
+    """unit_update with peephole connections: p_i, p_f, p_o of this unit at w[pu], w[pu + H], w[pu + 2H]; each
+    gate's input clamped to [-hi, hi] (the model's clip; inf without one)."""
     c0 = state[slot, ci]
-    i_g = sigmoid(acc[4 * b] + w[pu] * c0, f32)              # i = σ(W_i [x,h] + b_i + p_i c)
-    f_g = sigmoid(acc[4 * b + 1] + w[pu + H] * c0, f32)      # f = σ(W_f [x,h] + b_f + p_f c)
-    g_g = tanh(acc[4 * b + 2], f32)                          # g = tanh(W_g [x,h] + b_g)
-    cj = f_g * c0 + i_g * g_g                                # c' = f c + i g
-    o_g = sigmoid(acc[4 * b + 3] + w[pu + 2 * H] * cj, f32)  # o = σ(W_o [x,h] + b_o + p_o c')
+    i_g = sigmoid(min(max(acc[4 * b] + w[pu] * c0, -hi), hi), f32)              # i = σ(W_i [x,h] + b_i + p_i c)
+    f_g = sigmoid(min(max(acc[4 * b + 1] + w[pu + H] * c0, -hi), hi), f32)      # f = σ(W_f [x,h] + b_f + p_f c)
+    g_g = tanh(min(max(acc[4 * b + 2], -hi), hi), f32)                          # g = tanh(W_g [x,h] + b_g)
+    cj = f_g * c0 + i_g * g_g                                                   # c' = f c + i g
+    o_g = sigmoid(min(max(acc[4 * b + 3] + w[pu + 2 * H] * cj, -hi), hi), f32)  # o = σ(W_o [x,h] + b_o + p_o c')
     state[slot, ci] = cj
     return o_g * tanh(cj, f32)                               # h' = o tanh(c')
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from numba import cuda
 
-from .cuda import (CUDA_TILE_STREAMS, PLAN_HEAD, _ACC, gemv_tile, head_kind, head_offsets, layer, peephole, rows,
-                   sigmoid, sizes, softmax_row, unit_update, unit_update_peep)
+from .cuda import (CUDA_TILE_STREAMS, PLAN_HEAD, _ACC, clip_offset, gemv_tile, head_kind, head_offsets, layer,
+                   peephole, rows, sigmoid, sizes, softmax_row, unit_update, unit_update_peep)
 
 
 @cuda.jit(device=True)
@@ -68,7 +68,7 @@ def gates_kernel(wbuf, meta, state, plan, x, work, phase):
                         work[s, u] = unit_update(acc, b, state, slot, l * (P + H) + P + u, f32)
                     else:
                         work[s, u] = unit_update_peep(acc, b, state, slot, l * (P + H) + P + u, f32, wbuf,
-                                                      off_p + u, H)
+                                                      off_p + u, H, wbuf[clip_offset(meta)])
         cuda.syncthreads()
 
 

@@ -6,12 +6,16 @@ per layer l, at base = 8 + 3*l:  off_W, K_l, off_R      (off_R = -1 without proj
 head, at 8 + 3*L:                off_headW, off_headb
 gate blocks, at 10 + 3*L:        JB, nJ                   (JB * nJ = Gp >= 4H)
 peepholes, at 12 + 3*L + l:      off_P of layer l         (-1 without peephole connections)
+clip, at 12 + 4*L:               off_clip                 (-1 for a model that takes the plain cell)
 wbuf segments (row-major):
     W_l   (nJ, K_l + 1, JB)  gate columns in blocks of JB (zero-padded to Gp): for block jb, rows
                              0..I_l-1 = W_ih^T, rows I_l..K_l-1 = W_hh^T, last row = b_ih + b_hh
     R_l   (H, P)             W_hr^T
     headW (P, O)             W_head^T;   headb (O,)
-    P_l   (3, H)             peepholes p_i, p_f, p_o of layer l (only with peephole connections)
+    P_l   (3, H)             peepholes p_i, p_f, p_o of layer l (only with peephole connections; zeros for a
+                             model with clip and no peepholes, so that it takes the peephole cell, which clips)
+    clip  (1,)               the clip threshold, inf for a model with peepholes and no clip (the models that
+                             take the peephole cell)
     (CPU layout: headW is (O, Pc), W_head itself, each row zero-padded to Pc = P rounded up to
     HEAD_CHAINS, so that a row's dot product with h loads whole vectors; headb (O,) its own segment)
 Gate columns are [i | f | g | o], each H wide (PyTorch's order). K_l = I_l + P.
@@ -77,6 +81,12 @@ def peephole(meta, l):
     return meta[META_HEAD + 3 * meta[0] + 4 + l]
 
 
+def clip_offset(meta):
+    """off_clip: the peephole cell's clip threshold at wbuf[off_clip] (the gates' inputs clamped to [-clip,
+    clip]; inf without clip), or -1 for a model that takes the plain cell (no peepholes, no clip)."""
+    return meta[META_HEAD + 4 * meta[0] + 4]
+
+
 def scratch_per_stream(meta):
     """Floats of CPU scratch per stream of a tile: gate sums (Gp), layer input [x, h] (K_max), o*tanh(c) (H)."""
     base = META_HEAD + 3 * meta[0] + 2  # (the accessors call no other function: each compiles on its own)
@@ -111,7 +121,7 @@ def gate_blocks(H: int, block) -> tuple:
 
 
 def pack(model, block=None):
-    """Return (wbuf (n,), meta (12 + 4L,) int64) for `model`, gate columns in blocks of `block`."""
+    """Return (wbuf (n,), meta (13 + 4L,) int64) for `model`, gate columns in blocks of `block`."""
     dt = np.dtype(model.dtype)
     L, I, H, P, O = (model.num_layers, model.input_size, model.hidden_size, model.state_size,
                      model.output_size)
@@ -146,7 +156,11 @@ def pack(model, block=None):
     else:
         meta += [-1, -1]
     meta += [JB, nJ]
-    meta += [add(lay.w_ph) if lay.w_ph is not None else -1 for lay in model.layers]
+    clip = model.clip
+    meta += [add(lay.w_ph) if lay.w_ph is not None else add(np.zeros((3, H))) if clip is not None else -1
+             for lay in model.layers]
+    # the peephole cell clamps each gate input to [-clip, clip]: inf (no clamp, exactly) without clip
+    meta += [add(np.array([np.inf if clip is None else clip])) if model.peepholes or clip is not None else -1]
     head = [L, I, H, P, O, int(model.head_w is not None), HEAD_ACT_CODES[model.head_activation], km]  # META_HEAD
     wbuf = aligned_zeros((off,), dt)  # on a cache line: with the padding, every CPU weight row is too
     np.concatenate(parts, out=wbuf)

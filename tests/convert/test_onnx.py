@@ -183,6 +183,25 @@ def test_peephole_order_is_mapped():
                                                                   )).tensors()
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(peephole=lambda rng, H: rng.normal(0, 0.5, (1, 3 * H))),
+                                dict(sizes=((3, 8), (8, 8)), head="gemm", activation="Softmax")],
+                         ids=["plain", "peepholes", "stacked-gemm"])
+def test_clip_against_onnxruntime(kw):
+    """clip clamps each gate's input to [-clip, clip] before its activation, as onnxruntime computes it (onnx's
+    reference evaluator ignores clip): weights large enough that it binds, so the outputs differ without it."""
+    rng = np.random.default_rng(11)
+    proto = lstm_graph(rng, **kw, scale=1.5, attrs={"clip": 1.25})  # (every LSTM node of a stacked graph)
+    model = ls.LSTMModel.from_onnx(proto)
+    assert model.clip == 1.25 and "clip=1.25" in repr(model)
+    X = rng.normal(0, 1.5, (2, T, 3)).astype(np.float32)
+    want = ort_run(proto, {"x": X.transpose(1, 0, 2)})
+    got = streamed(model, X)
+    check(got[:, -1] if kw.get("head") == "gemm" else got, want if kw.get("head") == "gemm" else
+          want.transpose(1, 0, 2))
+    unclipped = ls.LSTMModel.from_arrays(model.tensors(), head_activation=model.head_activation)
+    assert np.max(np.abs(streamed(unclipped, X) - got)) > 1e-2  # the clip binds
+
+
 def test_gate_order_is_mapped():
     """Our block k is ONNX block (i, o, f, c)[k] for (i, f, g, o): checked on the arrays themselves."""
     rng = np.random.default_rng(3)
@@ -210,7 +229,9 @@ REFUSED = {
     "input_forget": (lambda r: lstm_graph(r, attrs={"input_forget": 1}), "input_forget=1"),
     "activations": (lambda r: lstm_graph(r, attrs={"activations": ["Sigmoid", "Relu", "Tanh"]}),
                     "default activations"),
-    "clip": (lambda r: lstm_graph(r, attrs={"clip": 3.0}), "clip=3.0"),
+    "clip per node": (lambda r: _with_node(_with_node(lstm_graph(r, sizes=((3, 8), (8, 8))), 0, clip=3.0), 2,
+                                           clip=2.0), "clip [3.0, 2.0]"),
+    "clip negative": (lambda r: lstm_graph(r, attrs={"clip": -1.0}), "clip=-1.0"),
     "peephole shape": (lambda r: lstm_graph(r, peephole=lambda rng, H: rng.normal(0, 1, (1, 2 * H))),
                        "expected a constant of shape [1, 24]"),
     "const initial_h": (lambda r: lstm_graph(r, state="const"), "non-zero constant initial_h"),

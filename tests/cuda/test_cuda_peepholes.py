@@ -63,3 +63,33 @@ def test_cuda_peepholes_on_every_path(monkeypatch, seed):
     cpu = ls.Streams(model)
     y_cpu = np.stack([cpu.step_many(list(range(n)), x) for x in X])
     assert np.abs(results["default"] - y_cpu).max() < ATOL32, f"seed={seed}"
+
+
+@pytest.mark.parametrize("peepholes", [False, True])
+def test_cuda_clip_equals_cpu_on_every_path(monkeypatch, seed, peepholes):
+    """clip (each gate's input clamped to [-clip, clip]; tests/core/test_clip.py) on the GPU: equal to the CPU
+    kernels and the reference, the same bits on every path; weights large enough that the clip binds."""
+    rng = np.random.default_rng(seed)
+    H = big(7, 200)
+    base = random_model(rng, I=3, H=H, L=2, P=0, O=2, head_activation="sigmoid", peepholes=peepholes,
+                        scale=1.5 / np.sqrt(H))
+    model = ls.LSTMModel.from_arrays(base.tensors(), head_activation="sigmoid", clip=0.5)
+    n = big(3, 500)
+    X = rng.normal(0, 2, (big(8, 40), n, 3)).astype(np.float32)
+    results = {}
+    for name, patches in PATHS.items():
+        with monkeypatch.context() as m:
+            for attr, value in patches.items():
+                owner, _, leaf = attr.rpartition(".")
+                m.setattr(getattr(cuda_backend, owner) if owner else cuda_backend, leaf, value)
+            s = ls.Streams(model, backend="cuda")
+            results[name] = np.stack([s.step_many(list(range(n)), x) for x in X])
+    for name, r in results.items():
+        assert np.array_equal(r, results["default"]), f"{name}: seed={seed}"
+    cpu = ls.Streams(model)
+    y_cpu = np.stack([cpu.step_many(list(range(n)), x) for x in X])
+    assert np.abs(results["default"] - y_cpu).max() < ATOL32, f"seed={seed}"
+    ref, _, _ = reference_run(model, X[:, 0])
+    assert np.abs(results["default"][:, 0] - ref).max() < ATOL32, f"seed={seed}"
+    free = ls.Streams(base, backend="cuda")
+    assert np.abs(np.stack([free.step_many(list(range(n)), x) for x in X]) - results["default"]).max() > 1e-3
