@@ -34,7 +34,7 @@ MAX_MODEL_NAME_LENGTH = 64      # characters of a request's "model" (a daemon se
 # 40 B for a scalar: an int is <= 36 B, a float 24 B, a bin's header 33 B) + 40 B more per str element (a str's
 # header is <= 80 B), a map 232 B + 200 B per entry (its slot, its key's header and a scalar value) + 40 B per
 # str value. A message charged more is refused (too_large) while it is being decoded, before numpy sees it.
-# Before that, the message is walked once without building anything (_walk): msgpack allocates a list's element
+# Before that, the message is walked once without building anything (decoding.walk): msgpack allocates a list's element
 # slots as its header declares them, so headers of elements that never come (a truncated message) would cost
 # memory the charge never sees. Messages of at most DECODE_SMALL bytes whose lists have at most SMALL_LIST
 # elements are decoded without the walk and the charge (the hot path: no Python call per container); their
@@ -309,15 +309,15 @@ class Codec:
         if n <= DECODE_SMALL:  # the hot path: no walk, no charge; lists of at most SMALL_LIST elements
             limits = self._limits.get(n)  # they depend on the length only: built once per length
             if limits is None:
-                limits = self._limits[n] = _limits(n, SMALL_LIST)
+                limits = self._limits[n] = _decoding.limits(n, SMALL_LIST)
             try:
                 msg = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **limits)
             except ValueError as e:
-                if "exceeds max_array_len" not in str(e) or _declared(e) > n:
-                    raise _refusal(e, n) from None
+                if "exceeds max_array_len" not in str(e) or _decoding.declared(e) > n:
+                    raise _decoding.refusal(e, n) from None
                 msg = self._decode_budgeted(data, n)  # a longer list: the path of large messages
             except Exception as e:  # msgpack raises ExtraData, StackError, UnicodeDecodeError...
-                raise _refusal(e, n) from None
+                raise _decoding.refusal(e, n) from None
         else:
             msg = self._decode_budgeted(data, n)
         if not isinstance(msg, dict):
@@ -328,19 +328,19 @@ class Codec:
     def _decode_budgeted(data, n: int):
         """Walk the message (nothing built), then decode it with every container charged to its budget."""
         # (a list is charged 48 B per element: one longer than the budget pays for is refused at its header)
-        limits = _limits(n, _charge_limit(n) // 48)
-        budget = _Budget(_charge_limit(n), DECODE_FACTOR * n + DECODE_SLACK)
+        limits = _decoding.limits(n, _decoding.charge_limit(n) // 48)
+        budget = _decoding.Budget(_decoding.charge_limit(n), DECODE_FACTOR * n + DECODE_SLACK)
         try:
-            _walk(data, limits)
+            _decoding.walk(data, limits)
             return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, list_hook=budget.list,
                                    object_hook=budget.map, **limits)
-        except _OverBudget as e:
+        except _decoding.OverBudget as e:
             raise ProtocolError(TOO_LARGE, f"message of {n} bytes would decode to more than {e.args[0]} bytes "
                                            f"of objects ({DECODE_FACTOR}x its size + {DECODE_SLACK}): too many "
                                            "lists, maps or numbers; send arrays in the binary form "
                                            "{dtype, shape, data}") from None
         except Exception as e:  # msgpack raises ValueError, OutOfData, ExtraData, StackError, UnicodeDecodeError...
-            raise _refusal(e, n) from None
+            raise _decoding.refusal(e, n) from None
 
     def decode_request(self, data) -> Request:
         """Bytes -> the typed Request (see parse_request); ProtocolError (carrying the id if known)."""
@@ -354,91 +354,9 @@ class Codec:
         return msg
 
 
-def _walk(data, limits) -> None:
-    """Read the whole message once without building anything (msgpack's skip, in C): a truncated or malformed
-    message is refused here, before msgpack builds its containers, whose element slots it allocates as their
-    headers declare them (lists nested 1,000 deep, each declaring 5,000 elements that never come, made a
-    64 KiB message allocate 44 MB). Raises what unpackb would (OutOfData: truncated; ExtraData: bytes after)."""
-    u = msgpack.Unpacker(max_buffer_size=len(data), **limits)
-    u.feed(data)  # (a copy of the message: ~0.1 ms per MB)
-    u.skip()
-    if u.tell() != len(data):
-        raise msgpack.ExtraData(None, data[u.tell():u.tell() + 16])
-
-
-def _limits(n: int, max_list: int) -> dict:
-    """msgpack's limits for a message of n bytes: from its length (a list cannot have more elements than the
-    message has bytes) and the protocol (maps and strs are small; no ext type is used)."""
-    return dict(max_bin_len=n, max_str_len=min(n, MAX_STR_BYTES), max_array_len=min(n, max_list),
-                max_map_len=min(n, MAX_MAP_LEN), max_ext_len=0)
-
-
-def _refusal(e: Exception, n: int) -> ProtocolError:
-    """The ProtocolError of a message msgpack refused: too_large for a limit above, else bad_message."""
-    if type(e) is ValueError and "exceeds max_" in str(e) and _declared(e) <= n:  # a limit above
-        # (a declared length beyond the message's bytes is a truncated or malformed message)
-        return ProtocolError(TOO_LARGE, f"message of {n} bytes holds a list, map or str longer than this daemon "
-                                        f"decodes ({e}); send arrays in the binary form {{dtype, shape, data}}")
-    return ProtocolError(BAD_MESSAGE, _undecodable(e))
-
-
-def _declared(e: Exception) -> int:
-    """The length N of msgpack's "N exceeds max_..._len(M)" (0 if the text is not that)."""
-    head = str(e).split(" exceeds", 1)[0].rsplit(" ", 1)[-1]
-    return int(head) if head.isdigit() else 0
-
-
-def _undecodable(e: Exception) -> str:
-    """The message of a payload msgpack refused. msgpack bounds a container's declared length by the
-    payload's size, so a truncated map or array surfaces as "N exceeds max_map_len(M)": say what it means."""
-    text = f"{type(e).__name__}: {e}"
-    if "exceeds max_" in str(e) or "incomplete input" in str(e) or isinstance(e, msgpack.OutOfData):
-        return f"not a valid msgpack message: truncated or malformed (a map, array, str or bin declares more " \
-               f"items or bytes than the message holds; {text})"
-    return f"not a valid msgpack message ({text})"
-
-
-class _OverBudget(Exception):
-    pass
-
-
-def _charge_limit(n: int) -> int:
-    """What the containers of a message of n bytes may be charged: the decode bound less the n bytes that its
-    strs and bins may hold (see DECODE_FACTOR)."""
-    return (DECODE_FACTOR - 1) * n + DECODE_SLACK
-
-
-class _Budget:
-    """The decode charge of one message: msgpack calls list() and map() as it completes each container, so a
-    message over its budget stops being decoded at the first container past it. A list of str ids (its first
-    element a str) is charged as strs without looking at each; another list pays for the strs it holds by one
-    C-level count (a str in a list of numbers is an error, but its object is built before that is known)."""
-
-    __slots__ = ("left", "bound")
-
-    def __init__(self, limit: int, bound: int):
-        self.left, self.bound = limit, bound
-
-    def list(self, v):
-        n = len(v)
-        strs = n if n and type(v[0]) is str else countOf(map(type, v), str) if n else 0
-        charge = 56 + 48 * n + 40 * strs
-        if charge > self.left and strs:  # near the bound: what the strs take (an ASCII id's header is 49 B, not 80)
-            charge = 56 + 8 * n + sum(map(sys.getsizeof, v)) - sum(len(s) for s in v if type(s) is str)
-        self.left -= charge
-        if self.left < 0:
-            raise _OverBudget(self.bound)
-        return v
-
-    def map(self, v):
-        self.left -= 232 + 200 * len(v) + 40 * countOf(map(type, v.values()), str)
-        if self.left < 0:
-            raise _OverBudget(self.bound)
-        return v
-
-
 # A decoded map -> its typed Request is parsing.py's (it imports this module's names, so it comes last, as a
 # module: `from . import` works while either of the two is still being imported; protocol.parse_request is it).
+from . import decoding as _decoding  # noqa: E402  (the bounded decode; it imports this module's names too)
 from . import parsing as _parsing  # noqa: E402
 
 
