@@ -92,15 +92,22 @@ class ModelRouter:
 
     def submit(self, tag, req, nbytes: int = 0, user=None) -> Reply | None:
         """Queue req at its model's core (see EngineCore.submit); unknown_model if it has none."""
-        core = self.core_for(req.model)
-        if core is None:
-            if req.model is not None or (req.op != "ping" and req.op != "info"):
-                return self._unknown(req)
-            core = self._first  # ping and info need no model: the first one answers (info lists them all)
+        core, refused = self._route(req)
+        if refused is not None:
+            return refused
         reply = core.submit(tag, req, nbytes, user)
         if reply is not None and req.op == "info" and reply.ok:
             reply.result["models"] = self.describe()
         return reply
+
+    def _route(self, req):
+        """(core, None): the core that serves req; or (None, the unknown_model Reply)."""
+        core = self.core_for(req.model)
+        if core is not None:
+            return core, None
+        if req.model is None and (req.op == "ping" or req.op == "info"):
+            return self._first, None  # ping and info need no model: the first one answers (info lists them all)
+        return None, self._unknown(req)
 
     def _unknown(self, req) -> Reply:
         names = sorted(self.cores)
@@ -139,11 +146,9 @@ class ModelRouter:
             req = P.parse_request(msg)
         except P.ProtocolError as e:
             return self.refuse(e.request_id, e.code, e.message).as_map()
-        core = self.core_for(req.model)
-        if core is None:
-            if req.model is not None or (req.op != "ping" and req.op != "info"):
-                return self._unknown(req).as_map()
-            core = self._first
+        core, refused = self._route(req)
+        if refused is not None:
+            return refused.as_map()
         reply = core.call(msg)
         if req.op == "info" and reply.get("ok"):
             reply["models"] = self.describe()

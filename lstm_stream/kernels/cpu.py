@@ -267,6 +267,12 @@ def _cell(wbuf, meta, g, hr, p, c, h, slot, l, off_r):
                 hl[k] = fmuladd(R[j, k], v, hl[k])
 
 
+@njit(inline="always", **_CELL_OPTS)
+def _clamp(v, lo, hi):
+    """v clamped to [lo, hi] (the gate inputs under a clip; with hi = inf, v itself, exactly)."""
+    return min(max(v, lo), hi)
+
+
 @njit(**_CELL_OPTS)
 def _cell_peep(wbuf, meta, g, hr, p, c, h, slot, l, off_r, off_p):
     """_cell with peephole connections (Gers & Schmidhuber 2000): p_i, p_f, p_o (3, H) at wbuf[off_p]; i and f
@@ -282,14 +288,14 @@ def _cell_peep(wbuf, meta, g, hr, p, c, h, slot, l, off_r, off_p):
     out = hl if off_r < 0 else hr[p]
     for j in range(H):
         cj0 = cl[j]
-        i_g = act_sigmoid(min(max(fmuladd(ph[0, j], cj0, gp[j]), lo), hi))         # i = σ(W_i [x,h] + b_i + p_i c)
-        f_g = act_sigmoid(min(max(fmuladd(ph[1, j], cj0, gp[H + j]), lo), hi))     # f = σ(W_f [x,h] + b_f + p_f c)
-        g_g = act_tanh(min(max(gp[2 * H + j], lo), hi))                            # g = tanh(W_g [x,h] + b_g)
-        cj = fmuladd(i_g, g_g, f_g * cj0)                                          # c' = f c + i g
-        o_g = act_sigmoid(min(max(fmuladd(ph[2, j], cj, gp[3 * H + j]), lo), hi))  # o = σ(W_o [x,h] + b_o + p_o c')
+        i_g = act_sigmoid(_clamp(fmuladd(ph[0, j], cj0, gp[j]), lo, hi))         # i = σ(W_i [x,h] + b_i + p_i c)
+        f_g = act_sigmoid(_clamp(fmuladd(ph[1, j], cj0, gp[H + j]), lo, hi))     # f = σ(W_f [x,h] + b_f + p_f c)
+        g_g = act_tanh(_clamp(gp[2 * H + j], lo, hi))                            # g = tanh(W_g [x,h] + b_g)
+        cj = fmuladd(i_g, g_g, f_g * cj0)                                        # c' = f c + i g
+        o_g = act_sigmoid(_clamp(fmuladd(ph[2, j], cj, gp[3 * H + j]), lo, hi))  # o = σ(W_o [x,h] + b_o + p_o c')
         cl[j] = cj
-        out[j] = o_g * act_tanh(cj)                               # h' = o tanh(c')
-    if off_r >= 0:                                                # h' = W_hr (o tanh(c'))
+        out[j] = o_g * act_tanh(cj)                                              # h' = o tanh(c')
+    if off_r >= 0:                                                               # h' = W_hr (o tanh(c'))
         R = wbuf[off_r:off_r + H * P].reshape((H, P))
         for k in range(P):
             hl[k] = 0
