@@ -11,6 +11,9 @@ Each n runs in a fresh child process (`--child N`), which builds the streams wit
                serving turns of 256 random one-sample steps until the child is done
   fork-worst   the same with every stream stepped while the child writes (its child held by SIGSTOP until
                the loop has written every page of the slabs): the most memory a fork snapshot can take
+  fork-split   fork again after that, huge pages left split by the writes (the daemon before it merged them)
+  fork-merged  fork again after engine/hugepages.py merged them back, as the daemon does after each write
+               (its row's write s: the merge's seconds; turn p50 / max: serving turns during the merge)
 Stall: time the loop thread is blocked (start() for fork). Extra memory: peak over the write of (this
 process's RSS + the child's private memory, /proc/PID/smaps_rollup) minus this process's RSS before; for
 the in-process paths, VmHWM (reset by /proc/self/clear_refs) minus VmRSS before.
@@ -111,6 +114,27 @@ def fork_run(snaps, streams, ids, worst: bool) -> dict:
             "bytes": snaps.last["bytes"]}
 
 
+def merge_run(streams, ids) -> dict:
+    """engine/hugepages.py's merge of the hot arrays, serving turns meanwhile; its figures."""
+    from engine.hugepages import Merger
+    merger, rng = Merger(), np.random.default_rng(3)
+    x = rng.standard_normal((TURN, I), dtype=np.float32)
+    huge = kb_field("/proc/self/smaps_rollup", "AnonHugePages")
+    t0, turns = time.perf_counter(), []
+    if not merger.start(streams.hot_arrays()):
+        return {"why_not": merger.why_not or "not started", "seconds": 0.0, "turns": []}
+    while merger.running:
+        batch = [ids[k] for k in rng.integers(0, len(ids), TURN)]
+        t = time.perf_counter()
+        streams.step_many(batch, x)
+        turns.append(time.perf_counter() - t)
+        time.sleep(0.0005)
+    merger.join()
+    return {**merger.status(), "wall": time.perf_counter() - t0, "huge_before": huge,
+            "huge_after": kb_field("/proc/self/smaps_rollup", "AnonHugePages"),
+            "turn_p50": float(np.median(turns)) if turns else 0.0, "turn_max": max(turns, default=0.0)}
+
+
 def serving_baseline(streams, ids) -> float:
     """Median time of a serving turn (TURN random one-sample steps) without a snapshot."""
     rng = np.random.default_rng(2)
@@ -137,10 +161,14 @@ def child(n: int) -> dict:
             all_ids, arrays = streams.export_all()
             return write_snapshot(path, fingerprint=streams.model.fingerprint, ids=all_ids, arrays=arrays)
         out["turn_p50_idle"] = serving_baseline(streams, ids)
-        snaps = Snapshots(streams, d, method="fork")
-        for name, worst in (("fork", False), ("fork-worst", True)):  # first: the others leave freed memory
+        snaps = Snapshots(streams, d, method="fork", merge_huge_pages=False)
+        # first: the others leave freed memory
+        for name, worst in (("fork", False), ("fork-worst", True), ("fork-split", False)):
             out[name] = fork_run(snaps, streams, ids, worst)
             print(f"{n:,} {name}: {out[name]}", file=sys.stderr, flush=True)
+        out["merge"] = merge_run(streams, ids)
+        out["fork-merged"] = fork_run(snaps, streams, ids, False)
+        print(f"{n:,} merge: {out['merge']}\n{n:,} fork-merged: {out['fork-merged']}", file=sys.stderr, flush=True)
         for name, fn in (("blocks", lambda: streams.save_snapshot(path)),
                          ("copy", lambda: streams.export_all()[1]["h"].nbytes), ("old", old)):
             seconds, _, extra = peak_of(fn)
@@ -153,7 +181,7 @@ def report(runs) -> str:
     mb = 1e6
     rows = []
     for r in runs:
-        for name in ("old", "blocks", "copy", "fork", "fork-worst"):
+        for name in ("old", "blocks", "copy", "fork", "fork-worst", "fork-split", "fork-merged"):
             x = r[name]
             turns = (f"{1e3 * x['turn_p50']:.2f} / {1e3 * x['turn_max']:.1f}" if "turn_max" in x else "")
             rows.append([f"{r['n']:,}", name, f"{1e3 * x['stall']:,.1f}", f"{x['total']:.2f}",
@@ -166,6 +194,12 @@ def report(runs) -> str:
                      f"{1e3 * r['turn_p50_idle']:.2f} ms without a snapshot; fork child's own private memory "
                      f"peak {r['fork']['child_private'] / mb:,.0f} MB (idle loop) / "
                      f"{r['fork-worst']['child_private'] / mb:,.0f} MB (every page written)")
+        m = r["merge"]
+        lines.append(f"- {r['n']:,} streams, the merge before fork-merged: "
+                     + (f"not run ({m['why_not']})" if "why_not" in m and not m.get("runs") else
+                        f"{m['merged_bytes'] / mb:,.0f} MB merged ({m['failed_bytes'] / mb:,.0f} MB refused) in "
+                        f"{m['seconds']:.2f} s, huge pages {m['huge_before'] / mb:,.0f} -> {m['huge_after'] / mb:,.0f} "
+                        f"MB; serving turns meanwhile p50 {1e3 * m['turn_p50']:.2f} / max {1e3 * m['turn_max']:.1f} ms"))
     return "\n".join(lines)
 
 

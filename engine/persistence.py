@@ -21,7 +21,8 @@ the synchronous write stopped the loop ~5.6 s and took +1.27 GB; copying the sla
 then a thread writes the copy) alone stops it 0.5-4 s and takes a full copy: hundreds of times the 50 ms
 goal, and cutting it into chunks across turns is only consistent with copy-on-write tracking on every path
 that writes a slot (option (c): a check in the hot path and in every op, for what the kernel does for
-free). fork() stops the loop 4-21 ms (its page tables; 66 ms once on the loaded machine), and the extra
+free). fork() stops the loop 4-12 ms (its page tables: huge pages split by the last write's copy-on-write
+are merged back after it, engine/hugepages.py; without that, 49 ms at 2M streams), and the extra
 memory is the pages the loop writes while the child lives (4 KiB each: random traffic copies about the
 whole state, +1.0 GB; every page written +1.3 GB with the heap and the child's buffers, against +1.27 GB
 for the old path) plus the child's block buffers (the file is written a block of streams at a time,
@@ -42,6 +43,7 @@ import time
 
 from lstm_stream.snapshot import read_snapshot
 
+from .hugepages import Merger
 from .loopstats import SNAPSHOT_SECONDS, Buckets
 from .snapshot_jobs import ForkedWrite, SnapshotWriteError, ThreadedWrite, fork_available
 
@@ -128,7 +130,7 @@ class Snapshots:
     once that file is renamed and fsynced (the step log then drops the segments it covers)."""
 
     def __init__(self, streams, directory, *, every: float | None = None, clock=time.monotonic,
-                 position=None, on_durable=None, method: str | None = None):
+                 position=None, on_durable=None, method: str | None = None, merge_huge_pages: bool = True):
         self.streams = streams
         self.directory = os.fspath(directory)
         self.path = os.path.join(self.directory, SNAPSHOT_NAME)
@@ -148,6 +150,8 @@ class Snapshots:
         self._logged = None            # the error last logged in this episode (None: nothing logged yet)
         self._reported = 0.0           # clock time of the episode's last log line
         self._job = None               # the background write in flight (engine/snapshot_jobs.py)
+        # after a forked write, the huge pages its copy-on-write split are merged back (engine/hugepages.py)
+        self.huge_pages = Merger() if merge_huge_pages and self.method == "fork" else None
         self._capture_info = None      # (reason, meta, streams, perf time, clock time, stall) of that write
         # For the metrics endpoint: saves by reason, failed saves in all, and each durable save's time and how
         # long the loop stopped for it (the fork or the copy; the whole write for save()).
@@ -206,6 +210,8 @@ class Snapshots:
         tick() never starts one while busy, so the timer never waits. Raises if the capture fails (fork:
         ENOMEM, EAGAIN), counted as a failed save."""
         self.wait()
+        if self.huge_pages is not None:
+            self.huge_pages.stop()  # (a merge still running yields after its chunk: the fork waits for that)
         info = self._capture(reason)
         try:
             self._job = (ForkedWrite if self.method == "fork" else ThreadedWrite)(self.streams, self.path, info[1])
@@ -229,7 +235,9 @@ class Snapshots:
         done = self._job.poll(block)
         if done is None:
             return None
-        (size, error), info, self._job = done, self._capture_info, None
+        (size, error), info, job, self._job = done, self._capture_info, self._job, None
+        if self.huge_pages is not None and job.method == "fork":
+            self.huge_pages.start(self.streams.hot_arrays())
         if error is not None:
             self._failed(error)
             self._back_off(error, info[4])
@@ -301,12 +309,14 @@ class Snapshots:
     def status(self) -> dict:
         """For `info`: failing, failures (in a row), last_error, next_attempt_in (seconds to the next timed
         attempt while failing, else None), busy (a background write in flight), writer (its process id when
-        a forked child writes it), method (fork or thread)."""
+        a forked child writes it), method (fork or thread), huge_pages (fork: the merging of huge pages after
+        each write, engine/hugepages.py; None otherwise)."""
         failing = self.failures > 0
         wait = None if not failing or self._next is None else max(0.0, self._next - self._clock())
         return {"failing": failing, "failures": self.failures, "last_error": self.last_error,
                 "next_attempt_in": wait, "busy": self.busy, "method": self.method,
-                "writer": getattr(self._job, "pid", None)}
+                "writer": getattr(self._job, "pid", None),
+                "huge_pages": None if self.huge_pages is None else self.huge_pages.status()}
 
     def deadline(self) -> float | None:
         """Monotonic time of the next timed snapshot, or None."""

@@ -25,6 +25,14 @@ class SnapshotIO:
         ids, slots = self._store.ids_and_slots()
         return ids, self.export_slots(slots)
 
+    def hot_arrays(self) -> list:
+        """The host arrays that stepping writes, cut to the slots handed out so far: the state slabs (CPU
+        backend), step counts, last-seen times, the receipts' outputs. A forked snapshot writer's copy-on-write
+        splits their huge pages; the daemon merges them back after it (engine/hugepages.py). Views: read only."""
+        n = self._store.high
+        arrays = (*self._backend.host_arrays(), self._store.steps, self._store.last_seen, self._receipts.y)
+        return [a[:n] for a in arrays]
+
     def save_snapshot(self, path, *, meta: dict | None = None) -> int:
         """Write every stream in memory to `path` atomically, SNAPSHOT_BLOCK streams at a time (so the write
         holds one block's copy, not a copy of the state); meta goes into the file (read_snapshot's 'meta'),

@@ -49,6 +49,11 @@ class StateStore:
         return self.get_slot(_plain(stream_id)) is not None
 
     @property
+    def high(self) -> int:
+        """Slots ever handed out (the high-water mark): every slot in use is below it."""
+        return self._high
+
+    @property
     def capacity(self) -> int:
         """Slots the slabs hold now (grows by doubling)."""
         return self.steps.shape[0]

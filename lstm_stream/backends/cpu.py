@@ -111,6 +111,10 @@ class CPUBackend:
         """Nothing: warm.warm_up, which Streams.warm_up runs first, compiles every CPU kernel (in child processes
         when cold, the one-stream kernel possibly in the background, which compiling it here would undo)."""
 
+    def host_arrays(self) -> tuple:
+        """The state slabs h (capacity, L, P) and c (capacity, L, H): host memory here."""
+        return self.h, self.c
+
     def grow(self, capacity: int) -> None:
         """Enlarge the slabs to `capacity` slots, keeping every stream's state."""
         for name in ("h", "c"):

@@ -267,6 +267,10 @@ class CUDABackend:
         self.state.copy_to_device(host, stream=self.stream)
         self.stream.synchronize()
 
+    def host_arrays(self) -> tuple:
+        """(): the state lives on the device."""
+        return ()
+
     def grow(self, capacity: int) -> None:
         """Enlarge the device slab to `capacity` slots, keeping every slot's state; new slots are zero."""
         self._flush()

@@ -19,6 +19,9 @@ class Backend(Protocol):
     def grow(self, capacity: int) -> None:
         """Enlarge the slabs to `capacity` slots, keeping every slot's state; the new slots are zero."""
 
+    def host_arrays(self) -> tuple:
+        """The state slabs where they are host memory (the CPU backend's h and c), else ()."""
+
     def run(self, slots, offsets, x):
         """Advance unique slots[s] over rows offsets[s]:offsets[s+1] of x (N, I); return y (N, O)."""
 

@@ -8,8 +8,8 @@ from lstm_stream.backends import Backend, CPUBackend, make_backend
 
 
 def test_cpu_backend_implements_the_protocol():
-    assert METHODS == ["copy_slot", "forecast", "gather", "grow", "read", "replace_model", "run", "run_one",
-                       "scatter", "warm_up", "write", "zero"]
+    assert METHODS == ["copy_slot", "forecast", "gather", "grow", "host_arrays", "read", "replace_model", "run",
+                       "run_one", "scatter", "warm_up", "write", "zero"]
     assert signature_problems(CPUBackend) == []
     model = random_model(np.random.default_rng(0), I=3, H=5, L=1, O=3)
     assert isinstance(make_backend("cpu", model, 4), Backend)
@@ -34,6 +34,7 @@ def test_streams_uses_its_backend_through_the_protocol(tmp_path):
         s.set_state("c", s.get_state("a"))
         out += [s.forecast("e", 3), s.get_state("c").h]
         s.save_snapshot(tmp_path / f"{k}.snap")
+        out += [a.copy() for a in s.hot_arrays()[:2]]                     # the slabs h and c, as a fork sees them
         s.drop("d")
         s.restore_snapshot(tmp_path / f"{k}.snap")
         out.append(s.step_many(["a", "b", "c", "d", "e"], x5))
