@@ -146,7 +146,8 @@ class Merger:
                     continue
                 err = ctypes.get_errno()
                 if err == 22 and not done and not failed:  # EINVAL at once: a kernel without MADV_COLLAPSE
-                    self.why_not = "this kernel has no MADV_COLLAPSE (Linux 6.1+)"
+                    self.why_not = ("madvise(MADV_COLLAPSE) refused (EINVAL): a kernel before Linux 6.1, or "
+                                    "memory not eligible for huge pages")
                     log.info("huge pages are not merged back after snapshots: %s; fork() then copies 4 KiB "
                              "page tables (docs/operations.md)", self.why_not, extra={"event": "hugepages_off"})
                     return
