@@ -83,4 +83,7 @@ def ort_run(proto, feeds):
 def reference_run(proto, feeds):
     """The graph's first output by onnx.reference.ReferenceEvaluator."""
     from onnx.reference import ReferenceEvaluator
-    return ReferenceEvaluator(proto).run(None, feeds)[0]
+    # its sigmoid is 1 / (1 + exp(-x)): below x = -88 (float32) exp overflows to inf and the gate is 0, the
+    # right value; a peephole on a large cell gets there (CI, the seed of hash('peepholes-stacked-gemm'))
+    with np.errstate(over="ignore"):
+        return ReferenceEvaluator(proto).run(None, feeds)[0]
