@@ -8,8 +8,11 @@ copies 512 times the entries. Measured on 1 GB (the slabs of 2M streams at hidde
 before, 18-28 ms after a snapshot's writes, 1.2-1.3 ms again once merged (docs/benchmarks.md, Snapshots off
 the loop). khugepaged merges pages back at its own pace (by default 16 MB every 10 s: an hour per GB), so
 after each forked write a thread asks the kernel to merge the in-use part of the hot arrays now
-(madvise(MADV_COLLAPSE), Linux 6.1+): ~0.4 s of one core per GB, at low priority (nice 10), a chunk of a few
-huge pages per call, each call with the GIL released (ctypes), stopped when the next snapshot begins.
+(madvise(MADV_COLLAPSE), Linux 6.1+): ~0.5 s per GB, one huge page per call with the GIL released (ctypes),
+sleeping as long as each call took (so at most half a core), stopped when the next snapshot begins. The thread
+keeps the loop's priority: the kernel holds the process's memory-map lock while it copies a huge page, and a
+page fault of the loop waits for it, so a merging thread preempted in there (at nice 10, behind the loop's
+kernel workers) stalled serving turns 49-89 ms in 4 of ~15 merges at 2M streams; at nice 0, 4-12 ms in 16.
 
 Nothing here changes what memory holds: a merge only remaps it. Where it cannot run (not Linux, huge pages
 "never", a kernel without MADV_COLLAPSE, no free huge page at the moment) the pages stay as they are and
@@ -31,7 +34,6 @@ MADV_COLLAPSE = 25         # linux/mman-common.h, Linux 6.1
 CHUNK = HUGE_PAGE          # bytes merged per call (the process's memory map is locked while one is copied)
 PACE = 1.0                 # after each call, sleep this times its duration: the merge takes at most half a core
 MIN_BYTES = 64 << 20       # hot arrays smaller than this in all are left to khugepaged: their fork is ~1 ms anyway
-NICENESS = 10              # the merging thread yields its core to the loop, as the snapshot writer does
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 _madvise = None
@@ -128,10 +130,6 @@ class Merger:
                 "seconds": round(self.seconds, 3), "running": self.running}
 
     def _run(self, ranges, keep_alive):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)  # this thread only (Linux)
-        except OSError:
-            pass
         madvise, t0, done, failed = _libc_madvise(), time.perf_counter(), 0, 0
         for start, length in ranges:
             for at in range(start, start + length, CHUNK):

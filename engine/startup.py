@@ -78,7 +78,8 @@ def open_state(serve, streams_config):
                     "backend": streams.backend, "duration_s": round(time.perf_counter() - t0, 6)})
     snapshots = journal = None
     if serve.snapshot_dir is not None:
-        snapshots = Snapshots(streams, serve.snapshot_dir, every=serve.snapshot_every)
+        snapshots = Snapshots(streams, serve.snapshot_dir, every=serve.snapshot_every,
+                              merge_huge_pages=serve.huge_pages == "merge")
         status("restoring the snapshot")
         # with a log, its replay settles evicted streams
         if snapshots.restore(cold_wins=not serve.logging_steps, weights=weights) is None:

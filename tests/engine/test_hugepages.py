@@ -141,3 +141,11 @@ def test_info_shows_the_merging_of_a_daemon_that_writes_forked_snapshots(daemon,
     merging = snap["huge_pages"]
     assert set(merging) == {"available", "why_not", "runs", "merged_bytes", "failed_bytes", "seconds", "running"}
     assert merging["available"] == (Merger().why_not is None) and merging["runs"] == 0  # (too little state)
+
+
+def test_huge_pages_leave_turns_the_merging_off(daemon, served_models, tmp_path):
+    from clients import Client
+    path, _ = served_models["ar"]
+    d = daemon("--model", path, "--snapshot-dir", tmp_path / "state", "--huge-pages", "leave")
+    with Client(d.endpoint, timeout=10) as c:
+        assert c.info()["snapshot"]["huge_pages"] is None
