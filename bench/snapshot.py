@@ -123,7 +123,7 @@ def merge_run(streams, ids) -> dict:
     from engine.hugepages import Merger
     merger, rng = Merger(), np.random.default_rng(3)
     x = rng.standard_normal((TURN, I), dtype=np.float32)
-    huge = kb_field("/proc/self/smaps_rollup", "AnonHugePages")
+    huge, vm = kb_field("/proc/self/smaps_rollup", "AnonHugePages"), vmstat()
     t0, turns = time.perf_counter(), []
     if not merger.start(streams.hot_arrays()):
         return {"why_not": merger.why_not or "not started", "seconds": 0.0, "turns": []}
@@ -136,7 +136,18 @@ def merge_run(streams, ids) -> dict:
     merger.join()
     return {**merger.status(), "wall": time.perf_counter() - t0, "huge_before": huge,
             "huge_after": kb_field("/proc/self/smaps_rollup", "AnonHugePages"),
-            "turn_p50": float(np.median(turns)) if turns else 0.0, "turn_max": max(turns, default=0.0)}
+            "turn_p50": float(np.median(turns)) if turns else 0.0, "turn_max": max(turns, default=0.0),
+            "vmstat": {k: v - vm.get(k, 0) for k, v in vmstat().items()}}
+
+
+def vmstat() -> dict:
+    """The kernel's compaction and huge page collapse counters (/proc/vmstat; {} where there is none)."""
+    try:
+        lines = Path("/proc/vmstat").read_text().split("\n")
+    except OSError:
+        return {}
+    keep = ("compact_stall", "compact_fail", "compact_success", "thp_collapse_alloc", "thp_collapse_alloc_failed")
+    return {k: int(v) for k, v in (line.split() for line in lines if line) if k in keep}
 
 
 def serving_baseline(streams, ids) -> float:
