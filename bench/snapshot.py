@@ -214,7 +214,8 @@ def report(runs) -> str:
                      + (f"not run ({m['why_not']})" if "why_not" in m and not m.get("runs") else
                         f"{m['merged_bytes'] / mb:,.0f} MB merged ({m['failed_bytes'] / mb:,.0f} MB refused) in "
                         f"{m['seconds']:.2f} s, huge pages {m['huge_before'] / mb:,.0f} -> {m['huge_after'] / mb:,.0f} "
-                        f"MB; serving turns meanwhile p50 {1e3 * m['turn_p50']:.2f} / max {1e3 * m['turn_max']:.1f} ms"))
+                        f"MB; serving turns meanwhile p50 {1e3 * m['turn_p50']:.2f} / max {1e3 * m['turn_max']:.1f} ms; "
+                        f"kernel counters {m.get('vmstat') or 'n/a'}"))
     return "\n".join(lines)
 
 
