@@ -216,6 +216,12 @@ class EngineCollector:
                          "being durable.", snapshots.seconds)
         yield _histogram("lstm_stream_snapshot_pause_seconds", "How long the loop stopped for a snapshot: the "
                          "fork (or copy) of a background one, the whole write of a requested one.", snapshots.pauses)
+        merger = snapshots.huge_pages  # (fork writes with --huge-pages merge only)
+        if merger is not None:
+            yield Counter("lstm_stream_snapshot_huge_page_merges", "Merges of the state's huge pages after a "
+                          "forked snapshot (engine/hugepages.py).", value=merger.runs)
+            yield Counter("lstm_stream_snapshot_huge_page_merged_bytes", "Bytes of huge pages those merges "
+                          "asked for and got.", value=merger.merged_bytes)
         last = snapshots.last
         if last is not None:
             yield Gauge("lstm_stream_snapshot_size_bytes", "Size of the last durable snapshot file.",

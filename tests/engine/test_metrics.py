@@ -14,6 +14,7 @@ from daemons import ROOT
 
 from clients import AsyncClient, BadRequest, Busy, Client
 from engine.loopstats import Buckets, LoopStats
+from engine.snapshot_jobs import fork_available
 
 parser = pytest.importorskip("prometheus_client.parser", reason="the metrics extra: pip install "
                              "'lstm-stream[metrics]'")
@@ -89,6 +90,9 @@ def test_metrics_move_as_requests_are_served(daemon, served_models, tmp_path):
     assert b["lstm_stream_snapshot_size_bytes", ()] == snap["bytes"]
     assert b["lstm_stream_snapshot_last_success_timestamp_seconds", ()] == pytest.approx(snap["time"])
     assert moved(a, b, "lstm_stream_snapshot_failures_total") == 0
+    if fork_available():  # a requested snapshot is written on the loop: nothing forked, nothing to merge
+        assert moved(a, b, "lstm_stream_snapshot_huge_page_merges_total") == 0
+        assert ("lstm_stream_snapshot_huge_page_merged_bytes_total", ()) in b
     # the step log (on with --snapshot-dir): one record per turn that changed state (6 steps' turns + drop)
     assert moved(a, b, "lstm_stream_steplog_records_total") == 7
     assert moved(a, b, "lstm_stream_steplog_written_bytes_total") > 0
