@@ -235,8 +235,8 @@ class Snapshots:
         done = self._job.poll(block)
         if done is None:
             return None
-        (size, error), info, job, self._job = done, self._capture_info, self._job, None
-        if self.huge_pages is not None and job.method == "fork":
+        (size, error), info, self._job = done, self._capture_info, None
+        if self.huge_pages is not None:  # (a forked write: the only kind with a merger)
             self.huge_pages.start(self.streams.hot_arrays())
         if error is not None:
             self._failed(error)

@@ -58,6 +58,19 @@ def random_model(rng, I=5, H=12, L=2, P=0, O=3, head_activation="softmax", dtype
     return ls.LSTMModel.from_arrays(t, head_activation=head_activation, dtype=dtype)
 
 
+def stepped_alone_and_tiled(model, xs, rng, spread):
+    """(outputs, final state) of `xs` stepped one sample per call (the one-stream path), once the tiled path
+    (9 streams a call, stream 4 fed xs, the others rng.normal(0, spread)) has given the same bits."""
+    one = ls.Streams(model)
+    ys = np.stack([one.step("a", x) for x in xs])
+    many = ls.Streams(model)
+    X = rng.normal(0, spread, (len(xs), 9, xs.shape[1])).astype(xs.dtype)
+    X[:, 4] = xs
+    tiled = np.stack([many.step_many(list(range(9)), X[t]) for t in range(len(xs))])
+    assert np.array_equal(tiled[:, 4], ys)
+    return ys, one.get_state("a")
+
+
 def step_ragged_interleaved(streams, seqs, rng, max_chunk=5):
     """Feed every sequence of seqs {id: (T, I)} through streams.step_batch in random interleaved chunks of 1
     to max_chunk rows (one-row chunks sent as (I,), longer as (T, I)); returns {id: outputs (T, O)}."""

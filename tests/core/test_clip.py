@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lstm_stream as ls
-from models import random_model
+from models import random_model, stepped_alone_and_tiled
 from reference import reference_run
 
 ATOL32, ATOL64 = 5e-6, 1e-12
@@ -33,17 +33,10 @@ def test_streaming_equals_reference(I, H, L, P, O, act, dtype, peep):
     xs = rng.normal(0, 2, (T, I)).astype(dtype)
     ref, h_ref, c_ref = reference_run(model, xs)
     tol = ATOL32 if dtype == "float32" else ATOL64
-    one = ls.Streams(model)
-    ys = np.stack([one.step("a", x) for x in xs])  # the one-stream path, one sample at a time
+    ys, s = stepped_alone_and_tiled(model, xs, rng, 2)  # the one-stream path; the tiled path: the same bits
     assert np.abs(ys - ref).max() < tol
-    s = one.get_state("a")
     assert np.abs(s.h - h_ref).max() < tol and np.abs(s.c - c_ref).max() < 10 * tol * (1 + np.abs(c_ref).max())
     assert np.array_equal(ls.Streams(model).step("b", xs), ys)  # the sequence path: the same bits
-    many = ls.Streams(model)  # the tiled path: 9 streams a call, stream 4 fed the same sequence
-    X = rng.normal(0, 2, (T, 9, I)).astype(dtype)
-    X[:, 4] = xs
-    tiled = np.stack([many.step_many(list(range(9)), X[t]) for t in range(T)])
-    assert np.array_equal(tiled[:, 4], ys)
     # the clip binds: without it the same weights give other outputs
     free = ls.Streams(clipped(model, None)).step("a", xs)
     assert np.abs(free - ys).max() > 1e-3

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import lstm_stream as ls
-from models import random_model
+from models import random_model, stepped_alone_and_tiled
 from reference import reference_run
 
 ATOL32, ATOL64 = 5e-6, 1e-12
@@ -29,21 +29,13 @@ def test_streaming_equals_reference(I, H, L, P, O, act, dtype):
     xs = rng.normal(0, 1, (T, I)).astype(dtype)
     ref, h_ref, c_ref = reference_run(model, xs)
     tol = ATOL32 if dtype == "float32" else ATOL64
-    one = ls.Streams(model)
-    ys = np.stack([one.step("a", x) for x in xs])  # the one-stream path, one sample at a time
+    ys, s = stepped_alone_and_tiled(model, xs, rng, 1)  # the one-stream path; the tiled path: the same bits
     assert np.abs(ys - ref).max() < tol
-    s = one.get_state("a")
     # A forget peephole that feeds back lets a unit integrate (|c| in the hundreds): there f is exactly 1.0 in
     # float32 but 1 - 1e-8.. in float64, so over 1000 steps the two c drift apart by ~T * 1e-8 relative, while
     # h = o tanh(c) (saturated) agrees. c is compared relative to its size, with that allowance in float32.
     rel = (np.abs(s.c - c_ref) / (1 + np.abs(c_ref))).max()
     assert np.abs(s.h - h_ref).max() < tol and rel < (T * 2e-7 if dtype == "float32" else 10 * tol)
-    # the tiled path: 9 streams in one call per step, stream 4 fed the same sequence: the same bits
-    many = ls.Streams(model)
-    X = rng.normal(0, 1, (T, 9, I)).astype(dtype)
-    X[:, 4] = xs
-    tiled = np.stack([many.step_many(list(range(9)), X[t]) for t in range(T)])
-    assert np.array_equal(tiled[:, 4], ys)
 
 
 def test_a_reference_without_the_peepholes_differs():
