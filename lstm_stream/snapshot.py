@@ -41,19 +41,23 @@ def write_snapshot(path, *, fingerprint: str, ids: list, arrays: dict, meta: dic
     row per id); meta: a msgpack-able map returned by read_snapshot as out['meta']. Returns the size."""
     arrays = {k: np.ascontiguousarray(v) for k, v in _ordered(arrays).items()}
     n = len(ids)
-    return write_snapshot_blocks(path, fingerprint=fingerprint, count=n, ids=[list(ids)],
+    ids = list(ids)
+    return write_snapshot_blocks(path, fingerprint=fingerprint, count=n, ids=lambda: [ids],
                                  export=lambda a, b: arrays if (a, b) == (0, n) else
                                  {k: v[a:b] for k, v in arrays.items()}, block=max(n, 1), meta=meta)
 
 
 def write_snapshot_blocks(path, *, fingerprint: str, count: int, ids, export, block: int,
                           meta: dict | None = None) -> int:
-    """Atomically write a snapshot of `count` streams a block at a time: ids, an iterable of lists that
-    together hold the `count` ids in order; export(start, stop), the per-stream arrays of rows start:stop
-    (called once per block, in order, so at most one block's copy exists at a time). Returns the size."""
+    """Atomically write a snapshot of `count` streams a block at a time: ids, a callable returning an
+    iterable of lists that together hold the `count` ids in order (called twice: once to size the header,
+    once to write it, so that no list or packed copy of every id is ever held); export(start, stop), the
+    per-stream arrays of rows start:stop (called once per block, in order, so at most one block's copy
+    exists at a time). Returns the size."""
     path = os.fspath(path)
     first = _ordered(export(0, min(block, count)))
-    header = _header(fingerprint, count, ids, first, meta, block)
+    head, packed_ids = _header(fingerprint, count, ids, first, meta, block)
+    hdr_len = len(head) + sum(len(p) for p in packed_ids())
     tmp = f"{path}.tmp-{os.getpid()}"
     digest = hashlib.sha256()
     try:
@@ -61,12 +65,21 @@ def write_snapshot_blocks(path, *, fingerprint: str, count: int, ids, export, bl
             def put(chunk):
                 digest.update(chunk)
                 f.write(chunk)
-            put(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)))
-            put(header)
+            put(_PREFIX.pack(MAGIC, FORMAT_VERSION, hdr_len))
+            put(head)
+            written = 0
+            for packed in packed_ids():
+                put(packed)
+                written += len(packed)
+            if len(head) + written != hdr_len:
+                raise ValueError("the ids changed between the two passes of a snapshot's header")
+            arrays, first = first, None  # one block's copy at a time: each is let go before the next export
             for start in range(0, count, block):
-                arrays = first if start == 0 else _ordered(export(start, min(start + block, count)))
+                if arrays is None:
+                    arrays = _ordered(export(start, min(start + block, count)))
                 for name, a in arrays.items():
                     put(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+                arrays = None
             f.write(digest.digest())
             f.flush()
             os.fsync(f.fileno())
@@ -88,8 +101,9 @@ def _ordered(arrays: dict) -> dict:
     return {**{k: arrays[k] for k in ARRAYS}, **{k: v for k, v in arrays.items() if k not in ARRAYS}}
 
 
-def _header(fingerprint, count, ids, first, meta, block) -> bytes:
-    """The msgpack header, its ids list packed a chunk at a time (no list of every id is ever built)."""
+def _header(fingerprint, count, ids, first, meta, block) -> tuple:
+    """(the msgpack header up to its ids, a callable giving the ids packed a chunk at a time): the ids list is
+    the header's last field, so its bytes can be streamed after the rest and no list of every id is built."""
     h = first["h"]
     fields = {"fingerprint": fingerprint, "dtype": str(h.dtype), "num_layers": h.shape[1],
               "state_size": h.shape[2], "hidden_size": first["c"].shape[2], "count": count,
@@ -99,14 +113,16 @@ def _header(fingerprint, count, ids, first, meta, block) -> bytes:
     parts = [packer.pack_map_header(len(fields) + 1)]
     parts += [packer.pack(k) + packer.pack(v) for k, v in fields.items()]
     parts += [packer.pack("ids"), packer.pack_array_header(count)]
-    n = 0
-    for chunk in ids:
-        packed = packer.pack(chunk)  # an array header, then the ids: keep the ids
-        parts.append(packed[len(packer.pack_array_header(len(chunk))):])
-        n += len(chunk)
-    if n != count:
-        raise ValueError(f"{n} ids for a snapshot of {count} streams")
-    return b"".join(parts)
+
+    def packed_ids():
+        n = 0
+        for chunk in ids():
+            packed = packer.pack(chunk)  # an array header, then the ids: keep the ids
+            yield packed[len(packer.pack_array_header(len(chunk))):]
+            n += len(chunk)
+        if n != count:
+            raise ValueError(f"{n} ids for a snapshot of {count} streams")
+    return b"".join(parts), packed_ids
 
 
 def read_snapshot(path, *, fingerprint: str | None = None) -> dict:

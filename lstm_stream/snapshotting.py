@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from .model import LSTMModel
     from .streams import Streams
 
-SNAPSHOT_BLOCK = 16_384  # streams per block of a snapshot file (8 MB at hidden 64): the writer's one copy
+SNAPSHOT_BLOCK = 4_096  # streams per block of a snapshot file (2.3 MB at hidden 64, receipts included): the
+# writer's one copy of the state (a fork-worst snapshot's extra memory is every page of the state plus this)
 
 
 class SnapshotIO:
@@ -46,7 +47,7 @@ class SnapshotIO:
         # the CUDA backend copies its whole slab to the host per gather: one block
         block = SNAPSHOT_BLOCK if self.backend == "cpu" else max(len(slots), 1)
         size = write_snapshot_blocks(path, fingerprint=self.model.fingerprint, count=len(slots),
-                                     ids=(ids(slots[k:k + block]) for k in range(0, len(slots), block)),
+                                     ids=lambda: (ids(slots[k:k + block]) for k in range(0, len(slots), block)),
                                      export=lambda a, b: self.export_slots(slots[a:b]), block=block, meta=meta)
         if own:
             self.snapshot_durable(meta)

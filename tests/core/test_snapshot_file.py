@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -204,7 +205,7 @@ def test_blocks_meta_and_extra_arrays_round_trip(tmp_path, n, block):
               "steps": rng.integers(0, 99, n), "last_seen": rng.random(n), "last_seq": rng.integers(-5, 5, (n, 3))}
     meta = {"log_lsn": 1234, "cold_lsn": 99, "note": "x"}
     size = write_snapshot_blocks(tmp_path / "b.lss", fingerprint="f", count=n, meta=meta, block=block,
-                                 ids=(ids[k:k + 3] for k in range(0, n, 3)),
+                                 ids=lambda: (ids[k:k + 3] for k in range(0, n, 3)),
                                  export=lambda a, b: {k: v[a:b] for k, v in arrays.items()})
     snap = read_snapshot(tmp_path / "b.lss", fingerprint="f")
     assert size == (tmp_path / "b.lss").stat().st_size and snap["header"]["block"] == block
@@ -212,6 +213,58 @@ def test_blocks_meta_and_extra_arrays_round_trip(tmp_path, n, block):
     assert snap["meta"] == meta and snap["ids"] == ids and snap["arrays"] == list(arrays)
     for k, v in arrays.items():
         assert snap[k].dtype == v.dtype and np.array_equal(snap[k], v), k
+
+
+def test_blocks_writer_streams_the_ids_and_refuses_ids_that_change(tmp_path):
+    """The ids are read twice, a chunk at a time (once to size the header, once to write it: no list or packed
+    copy of every id is built); a count that does not match, or ids that differ between the two readings,
+    leave no file behind."""
+    from lstm_stream.snapshot import write_snapshot_blocks
+    n, rng = 10, np.random.default_rng(5)
+    arrays = {"h": rng.normal(size=(n, 1, 3)).astype(np.float32), "c": rng.normal(size=(n, 1, 3)).astype(np.float32),
+              "steps": rng.integers(0, 99, n), "last_seen": rng.random(n)}
+    export = lambda a, b: {k: v[a:b] for k, v in arrays.items()}  # noqa: E731
+    readings = []
+
+    def ids():
+        readings.append(0)
+        for k in range(0, n, 4):
+            readings[-1] += 1
+            yield [f"id-{j}" for j in range(k, min(k + 4, n))]
+    write_snapshot_blocks(tmp_path / "ok.lss", fingerprint="f", count=n, ids=ids, export=export, block=4)
+    assert readings == [3, 3] and read_snapshot(tmp_path / "ok.lss")["ids"] == [f"id-{j}" for j in range(n)]
+    with pytest.raises(ValueError, match="9 ids for a snapshot of 10 streams"):
+        write_snapshot_blocks(tmp_path / "short.lss", fingerprint="f", count=n, export=export, block=4,
+                              ids=lambda: [[f"id-{j}" for j in range(9)]])
+    longer = iter([[["a"] * n], [["bb"] * n]])  # the second reading's ids pack longer than the first's
+    with pytest.raises(ValueError, match="changed between the two passes"):
+        write_snapshot_blocks(tmp_path / "moved.lss", fingerprint="f", count=n, export=export, block=4,
+                              ids=lambda: next(longer))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.lss"]
+
+
+def test_blocks_writer_memory_does_not_grow_with_the_ids(tmp_path):
+    """The writer's own memory is about one block, however many ids the file holds: 200,000 ids pack into
+    ~3 MB of header, and the write (traced by tracemalloc, numpy's buffers included) never holds a quarter."""
+    import tracemalloc
+    from lstm_stream.snapshot import write_snapshot_blocks
+    n, block = 200_000, 1_000
+    one = {"h": np.ones((block, 1, 2), np.float32), "c": np.ones((block, 1, 2), np.float32),
+           "steps": np.arange(block), "last_seen": np.ones(block)}
+
+    def ids():
+        return ([f"sensor-{k:07d}" for k in range(a, a + block)] for a in range(0, n, block))
+    tracemalloc.start()
+    try:
+        write_snapshot_blocks(tmp_path / "big.lss", fingerprint="f", count=n, ids=ids, block=block,
+                              export=lambda a, b: {k: v[:b - a].copy() for k, v in one.items()})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    snap = read_snapshot(tmp_path / "big.lss")
+    assert snap["ids"][-1] == f"sensor-{n - 1:07d}" and len(snap["ids"]) == n
+    packed = n * len(msgpack.packb("sensor-0000000"))
+    assert peak < packed / 4, (peak, packed)
 
 
 def test_streams_save_in_blocks_with_meta_and_restore(tmp_path, monkeypatch):
