@@ -206,7 +206,9 @@ class Api:
         return self._run(Call("drop", {"stream": stream}, _nothing))
 
     def snapshot(self):
-        """Write a snapshot now; returns {path, bytes, streams, seconds, reason, time}."""
+        """Write a snapshot now; returns {path, bytes, streams, seconds, reason, time} once the file is durable.
+        The daemon writes it in the background and keeps serving; at millions of streams that takes seconds,
+        so give the client a timeout to match."""
         return self._run(Call("snapshot", {}, _body))
 
     def reload(self, path=None, *, reset: bool = False):

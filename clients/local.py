@@ -85,7 +85,9 @@ class LocalClient(Api):
             reply = core.submit(k, req)
             if reply is not None:
                 replies[k] = reply
-        while len(replies) < len(calls) and core.pending:
+        while len(replies) < len(calls) and (core.pending or core.snapshots_waiting):
+            if not core.pending:  # `snapshot` requests: their background write ends here
+                core.settle_snapshots()
             replies.update(core.step())
         if len(replies) < len(calls):  # cannot happen: every queued request is answered by step()
             raise BadReply("the engine answered fewer requests than it was given")

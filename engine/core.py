@@ -188,6 +188,8 @@ class EngineCore(Admission, Ops, Reloads, Housekeeping):
                 out = [(tag, self._step_alone(req))]
             else:
                 out = self._turn(n)
+        if self.snapshots is not None and self.snapshots.answered:
+            out += self._snapshot_replies()
         if self.access is not None and self.access.namespaces:
             out = [(t.tag, Access.own_reply(r, t.prefix)) if type(t) is Owned else (t, r) for t, r in out]
         return out
@@ -206,6 +208,10 @@ class EngineCore(Admission, Ops, Reloads, Housekeeping):
                     break
             elif req.op == "ping":
                 out.append((tag, self._success(req, {"time": time.time()})))
+            elif req.op == "snapshot" and self.snapshots is not None:  # captured after this turn's steps so far;
+                self._run_steps(out, steps)  # answered once durable (step(), _snapshot_replies)
+                steps = []
+                self.snapshots.request((tag, req))
             else:
                 self._run_steps(out, steps)
                 steps = []
@@ -260,9 +266,13 @@ class EngineCore(Admission, Ops, Reloads, Housekeeping):
         reply = self.submit(None, req)
         if reply is None:
             replies = self.step()
-            while not replies and self._held:  # fsync always: wait for the record to be durable
-                self.journal.sync()
-                replies = self.released()
+            while not replies and (self._held or self.snapshots_waiting):
+                if self._held:  # fsync always: wait for the record to be durable
+                    self.journal.sync()
+                    replies = self.released()
+                else:  # a `snapshot` request: wait for its background write
+                    self.settle_snapshots()
+                    replies = self.step()
             reply = replies[-1][1]
         return reply.as_map()
 

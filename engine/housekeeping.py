@@ -47,6 +47,8 @@ class Housekeeping:
                 deadlines.append(self.snapshots.deadline())
             if self.snapshots.busy:  # a background write: look for its end (then the step log may trim)
                 deadlines.append(now + BACKGROUND_POLL)
+            if self.snapshots.answered:  # `snapshot` requests answered: the next turn replies (no sleep)
+                deadlines.append(now)
         return min(deadlines)
 
     def add_ticker(self, tick) -> None:

@@ -125,12 +125,21 @@ class ModelRouter:
         return self._home().refuse(request_id, code, message, counted=counted, op=op)
 
     def step(self) -> list:
-        """One turn of each core with queued requests or replies held for an fsync, in turn."""
+        """One turn of each core with queued requests, replies held for an fsync or `snapshot` requests
+        answered, in turn."""
         out = []
         for core in self._ring:
-            if core.pending or core.held:
+            if core.pending or core.held or core.snapshots_waiting:
                 out.extend(core.step())
         return out
+
+    @property
+    def snapshots_waiting(self) -> int:
+        return sum(c.snapshots_waiting for c in self._ring)
+
+    def settle_snapshots(self) -> None:
+        for core in self._ring:
+            core.settle_snapshots()
 
     def housekeep(self, now: float | None = None) -> float:
         """Every core's housekeeping; the earliest of their deadlines."""

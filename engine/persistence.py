@@ -153,6 +153,11 @@ class Snapshots:
         # after a forked write, the huge pages its copy-on-write split are merged back (engine/hugepages.py)
         self.huge_pages = Merger() if merge_huge_pages and self.method == "fork" else None
         self._capture_info = None      # (reason, meta, streams, perf time, clock time, stall) of that write
+        # `snapshot` requests (request()): those waiting for a capture after theirs, those the write in flight
+        # answers, and (requester, record or None, exception or None) of those answered, for the engine to reply
+        self._asked: list = []
+        self._riding: list = []
+        self.answered: list = []
         # For the metrics endpoint: saves by reason, failed saves in all, and each durable save's time and how
         # long the loop stopped for it (the fork or the copy; the whole write for save()).
         self.saves: collections.Counter = collections.Counter()
@@ -192,17 +197,55 @@ class Snapshots:
 
     def save(self, reason: str) -> dict:
         """Write a snapshot on this thread and return {path, bytes, streams, seconds, reason, time} once it
-        is durable; raises if it fails. For callers that stop anyway (shutdown, the `snapshot` request, tests):
+        is durable; raises if it fails. For callers that stop anyway (shutdown, a cluster move, tests):
         a background write in flight is finished first; then the file is written here, a block at a time
         (no fork, no copy of the state). Logs one line."""
         self.wait()
+        asked, self._asked = self._asked, []  # requests waiting for a capture after theirs: this one answers them
         reason, meta, count, t0, _, _ = info = self._capture(reason)
         try:
             size = self.streams.save_snapshot(self.path, meta=meta)
         except Exception as e:
             self._failed(e)
+            self.answered += [(who, None, e) for who in asked]
             raise
-        return self._durable(info, size)
+        record = self._durable(info, size)
+        self.answered += [(who, record, None) for who in asked]
+        return record
+
+    def request(self, who) -> None:
+        """A snapshot for `who` (the `snapshot` request): written in the background as a timed one is, captured
+        at this turn or a later one, so the loop pauses only for the fork (or the copy). (who, record, None)
+        goes to `answered` once its file is durable, (who, None, exception) if it failed. While a write is in
+        flight (captured before the request), the next starts as soon as it ends (tick); requests made
+        meanwhile share that one."""
+        self._asked.append(who)
+        if not self.busy:
+            self._start_asked()
+
+    @property
+    def waiting(self) -> int:
+        """`snapshot` requests not yet in `answered`."""
+        return len(self._asked) + len(self._riding)
+
+    def settle(self) -> None:
+        """Answer every waiting request now, on this thread (in-process callers, shutdown): the write in flight
+        ends, then one for the requests made after its capture is written here."""
+        self.wait()
+        if self._asked:
+            try:
+                self.save("request")
+            except Exception:
+                pass  # in `answered` with the error
+
+    def _start_asked(self):
+        self._riding, self._asked = self._asked, []  # (before start: the write answers them when it ends)
+        try:
+            self.start("request")
+        except Exception as e:  # the fork or the copy failed (counted by start)
+            riding, self._riding = self._riding, []
+            self._log_failed(e)
+            self.answered += [(who, None, e) for who in riding]
 
     def start(self, reason: str) -> None:
         """Begin a background snapshot: capture every stream now (the fork, or the copy) and return; poll()
@@ -236,13 +279,20 @@ class Snapshots:
         if done is None:
             return None
         (size, error), info, self._job = done, self._capture_info, None
+        riding, self._riding = self._riding, []
         if self.huge_pages is not None:  # (a forked write: the only kind with a merger)
             self.huge_pages.start(self.streams.hot_arrays())
         if error is not None:
             self._failed(error)
-            self._back_off(error, info[4])
+            self.answered += [(who, None, error) for who in riding]
+            if info[0] == "request":  # the requesters are told; a timed write is retried later
+                self._log_failed(error)
+            else:
+                self._back_off(error, info[4])
             return None
-        return self._durable(info, size)
+        record = self._durable(info, size)
+        self.answered += [(who, record, None) for who in riding]
+        return record
 
     def _capture(self, reason):
         """(reason, meta, streams, perf time, clock time, 0.0) at the capture instant, on the loop thread:
@@ -309,12 +359,12 @@ class Snapshots:
     def status(self) -> dict:
         """For `info`: failing, failures (in a row), last_error, next_attempt_in (seconds to the next timed
         attempt while failing, else None), busy (a background write in flight), writer (its process id when
-        a forked child writes it), method (fork or thread), huge_pages (fork: the merging of huge pages after
+        a forked child writes it), method (fork or thread), requests (`snapshot` requests waiting), huge_pages (fork: the merging of huge pages after
         each write, engine/hugepages.py; None otherwise)."""
         failing = self.failures > 0
         wait = None if not failing or self._next is None else max(0.0, self._next - self._clock())
         return {"failing": failing, "failures": self.failures, "last_error": self.last_error,
-                "next_attempt_in": wait, "busy": self.busy, "method": self.method,
+                "next_attempt_in": wait, "busy": self.busy, "method": self.method, "requests": self.waiting,
                 "writer": getattr(self._job, "pid", None),
                 "huge_pages": None if self.huge_pages is None else self.huge_pages.status()}
 
@@ -327,6 +377,8 @@ class Snapshots:
         next one (never while one is in flight: the loop does not wait), else re-arm the timer. A failed write
         is retried after the back-off and logged as the module docstring says; it does not raise."""
         self.poll()
+        if self._asked and not self.busy:  # `snapshot` requests made while the last write was in flight
+            self._start_asked()
         if self.busy or self._next is None or now < self._next:
             return
         if not self.dirty:
@@ -342,12 +394,15 @@ class Snapshots:
         delay from then, and the log line."""
         now = self._clock()
         if self.every is None:
-            log.error("snapshot to %s failed: %s", self.path, self.last_error, exc_info=_traceback(e),
-                      extra=repeating("snapshot_failed", path=self.path, error=self.last_error))
+            self._log_failed(e)
             return
         self._next = started + self._delay
         self._delay = min(2 * self._delay, self.max_delay)
         self._report(e, now)
+
+    def _log_failed(self, e):
+        log.error("snapshot to %s failed: %s", self.path, self.last_error, exc_info=_traceback(e),
+                  extra=repeating("snapshot_failed", path=self.path, error=self.last_error))
 
     def _report(self, e, now):
         """Log a failed timed save: the episode's first in full, then its count now and then."""

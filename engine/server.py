@@ -112,6 +112,9 @@ class Server:
                 for journal in journals:
                     journal.sync()
                 self._send_all(wire.step())
+            if core.snapshots_waiting:  # `snapshot` requests: their writes end here, their replies leave
+                core.settle_snapshots()
+                self._send_all(wire.step())
         finally:
             self._close(SHUTDOWN_LINGER_MS)
 

@@ -68,5 +68,9 @@ class WireCore:
         """One request map through the wire and the core, its decoded reply map back (tests, tools)."""
         reply = self.submit(None, self.codec.encode(msg))
         if reply is None:
-            reply = self.step()[-1][1]
+            replies = self.step()
+            while not replies and self.core.snapshots_waiting:  # a `snapshot` request's background write
+                self.core.settle_snapshots()
+                replies = self.step()
+            reply = replies[-1][1]
         return self.codec.decode(reply)

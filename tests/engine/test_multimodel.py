@@ -111,6 +111,26 @@ def test_each_model_keeps_its_state_across_a_restart(daemon, two_models, tmp_pat
     assert np.array_equal(yf, offline(models["fan"], xf)[4:]), f"seed={seed}"
 
 
+def test_a_snapshot_request_writes_its_own_models_file(daemon, two_models, tmp_path):
+    """`snapshot` requests to two models at once, each written in the background by its model's core and
+    answered once durable: each file holds that model's streams only."""
+    from lstm_stream.snapshot import read_snapshot
+    d, models = two_models
+    state = tmp_path / "state"
+    dm = daemon("--model", f"pump={d / 'pump.npz'}", "--model", f"fan={d / 'fan.npz'}", "--snapshot-dir", str(state))
+    with Client(dm.endpoint, model="pump") as pump, Client(dm.endpoint, model="fan") as fan:
+        pump.step("p", np.ones(3, np.float32))
+        fan.step_many({"f1": np.ones(5, np.float32), "f2": np.ones(5, np.float32)})
+        with pump.pipeline() as both_pump, fan.pipeline() as both_fan:
+            both_pump.snapshot()
+            both_fan.snapshot()
+        (p,), (f,) = both_pump.results, both_fan.results
+    assert (p["streams"], f["streams"]) == (1, 2) and p["reason"] == f["reason"] == "request"
+    assert read_snapshot(p["path"], fingerprint=models["pump"].fingerprint)["ids"] == ["p"]
+    assert sorted(read_snapshot(f["path"], fingerprint=models["fan"].fingerprint)["ids"]) == ["f1", "f2"]
+    assert dm.stop() == 0
+
+
 def test_bad_model_options_refuse_to_start(daemon, two_models, served_models):
     d, _ = two_models
     path, _ = served_models["cls"]
