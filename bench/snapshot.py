@@ -14,6 +14,8 @@ Each n runs in a fresh child process (`--child N`), which builds the streams wit
   fork-split   fork again after that, huge pages left split by the writes (the daemon before it merged them)
   fork-merged  fork again after engine/hugepages.py merged them back, as the daemon does after each write
                (its row's write s: the merge's seconds; turn p50 / max: serving turns during the merge)
+  request      a `snapshot` request through EngineCore, as the daemon serves it (after a merge): the stall
+               is its turn; turns are served until its reply (the file durable)
 Stall: time the loop thread is blocked (start() for fork). Extra memory: peak over the write of (this
 process's RSS + the child's private memory, /proc/PID/smaps_rollup) minus this process's RSS before; for
 the in-process paths, VmHWM (reset by /proc/self/clear_refs) minus VmRSS before.
@@ -76,13 +78,20 @@ def build(n):
     return streams, ids
 
 
-def fork_run(snaps, streams, ids, worst: bool) -> dict:
-    """Snapshots.start, then serve turns until the child is done; the figures of the fork rows."""
+def fork_run(snaps, streams, ids, worst: bool, core=None) -> dict:
+    """Snapshots.start, then serve turns until the child is done; the figures of the fork rows. With an
+    EngineCore (the request row): a `snapshot` request's turn instead of start, and serving turns until
+    its reply (the stall: that turn)."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((TURN, I), dtype=np.float32)
     base, turns = rss(), []
     t0 = time.perf_counter()
-    snaps.start("bench")
+    if core is None:
+        snaps.start("bench")
+    else:
+        from lstm_stream import protocol as P
+        core.submit("bench", P.parse_request({"v": 1, "id": 1, "op": "snapshot"}))
+        answered = core.step()
     stall = time.perf_counter() - t0
     pid, extra, child_peak = snaps.status()["writer"], 0, 0
 
@@ -103,16 +112,22 @@ def fork_run(snaps, streams, ids, worst: bool) -> dict:
             turns.append(time.perf_counter() - t)
         sample()
         os.kill(pid, signal.SIGCONT)
-    while snaps.busy:
+    while snaps.busy if core is None else not answered:
         batch = [f"sensor-{k:07d}" for k in rng.integers(0, len(ids), TURN)]  # fresh str objects (see above)
         t = time.perf_counter()
         if not worst:
             streams.step_many(batch, x)
-        snaps.poll()
+        if core is None:
+            snaps.poll()
+        else:
+            core.housekeep()
+            answered = core.step()
         turns.append(time.perf_counter() - t)  # a turn: the steps and the poll (not the sampling below)
         sample()
         time.sleep(0.0005)
     total = time.perf_counter() - t0
+    if core is not None:
+        assert answered[0][1].ok, answered[0][1].message
     return {"stall": stall, "total": total, "extra": extra, "child_private": child_peak,
             "turns": len(turns), "turn_max": max(turns), "turn_p50": float(np.median(turns)),
             "bytes": snaps.last["bytes"]}
@@ -164,6 +179,7 @@ def serving_baseline(streams, ids) -> float:
 
 
 def child(n: int) -> dict:
+    from engine.core import EngineConfig, EngineCore
     from engine.persistence import Snapshots
     from lstm_stream.snapshot import write_snapshot
     t0 = time.perf_counter()
@@ -184,6 +200,11 @@ def child(n: int) -> dict:
         out["merge"] = merge_run(streams, ids)
         out["fork-merged"] = fork_run(snaps, streams, ids, False)
         print(f"{n:,} merge: {out['merge']}\n{n:,} fork-merged: {out['fork-merged']}", file=sys.stderr, flush=True)
+        snaps.wait()
+        out["merge"]["second"] = merge_run(streams, ids)  # the pages fork-merged's turns split, merged again
+        core = EngineCore(streams, EngineConfig(metrics_every=1e9), snapshots=snaps)
+        out["request"] = fork_run(snaps, streams, ids, False, core=core)
+        print(f"{n:,} request: {out['request']}", file=sys.stderr, flush=True)
         for name, fn in (("blocks", lambda: streams.save_snapshot(path)),
                          ("copy", lambda: streams.export_all()[1]["h"].nbytes), ("old", old)):
             seconds, _, extra = peak_of(fn)
@@ -196,7 +217,7 @@ def report(runs) -> str:
     mb = 1e6
     rows = []
     for r in runs:
-        for name in ("old", "blocks", "copy", "fork", "fork-worst", "fork-split", "fork-merged"):
+        for name in ("old", "blocks", "copy", "fork", "fork-worst", "fork-split", "fork-merged", "request"):
             x = r[name]
             turns = (f"{1e3 * x['turn_p50']:.2f} / {1e3 * x['turn_max']:.1f}" if "turn_max" in x else "")
             rows.append([f"{r['n']:,}", name, f"{1e3 * x['stall']:,.1f}", f"{x['total']:.2f}",
