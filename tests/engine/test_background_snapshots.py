@@ -175,6 +175,16 @@ def process_state(pid):
         return None
 
 
+def seeded_state(tmp_path, model, n):
+    """A state directory (tmp_path/state) whose snapshot holds n streams of `model` (ids 0..n-1, one step each)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    seed = ls.Streams(model)
+    seed.step_many(np.arange(n), np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32))
+    seed.save_snapshot(state / SNAPSHOT_NAME)
+    return state
+
+
 def catch_a_writer(client, state, *, stop: bool, tries=200):
     """Make the state dirty and wait for the timer's background write to be writing its temporary file (so
     it is past its set-up: it dies with its parent); with stop, freeze it (SIGSTOP), making sure it was
@@ -210,12 +220,8 @@ def test_kill_9_during_background_writes_keeps_the_previous_snapshot(daemon, ser
     start removes, and the daemon starts again from the file."""
     from clients import Client
     path, model = served_models["ar"]
-    state = tmp_path / "state"
-    state.mkdir()
     n = 100_000
-    seed = ls.Streams(model)
-    seed.step_many(np.arange(n), np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32))
-    seed.save_snapshot(state / SNAPSHOT_NAME)
+    state = seeded_state(tmp_path, model, n)
     left = None
     for round in range(3):
         d = daemon("--model", path, "--snapshot-dir", state, "--snapshot-every", "50ms")

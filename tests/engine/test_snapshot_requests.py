@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from test_background_snapshots import METHODS, assert_states_equal, hold_writer, populated, states
+from test_background_snapshots import METHODS, assert_states_equal, hold_writer, populated, seeded_state, states
 
 import lstm_stream as ls
 from engine.core import EngineConfig, EngineCore
@@ -156,12 +156,8 @@ def test_a_daemon_serves_while_a_requested_snapshot_is_written(daemon, served_mo
     import threading
     from clients import Client
     path, model = served_models["ar"]
-    state = tmp_path / "state"
-    state.mkdir()
     n = 100_000
-    seed = ls.Streams(model)
-    seed.step_many(np.arange(n), np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32))
-    seed.save_snapshot(state / SNAPSHOT_NAME)
+    state = seeded_state(tmp_path, model, n)
     d = daemon("--model", path, "--snapshot-dir", state)
     got = {}
     with Client(d.endpoint, timeout=30) as c, Client(d.endpoint, timeout=30) as asker:
