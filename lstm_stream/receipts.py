@@ -32,11 +32,14 @@ class Receipts:
         self.rows = np.concatenate([self.rows, np.zeros(capacity - n, np.int32)])
         self.y = np.concatenate([self.y, np.zeros((capacity - n, self.y.shape[1]), self.y.dtype)])
 
-    def clear(self, slot: int) -> None:
-        """Forget slot's receipt (its stream was created, reset, overwritten or dropped)."""
+    def clear(self, slot) -> None:
+        """Forget the receipt of a slot, or of an int64 array of slots (streams created, reset, overwritten or
+        dropped)."""
         self.seq[slot] = NONE
         self.rows[slot] = 0
-        self._many.pop(slot, None)
+        if self._many:
+            for one in (slot.tolist() if isinstance(slot, np.ndarray) else (slot,)):
+                self._many.pop(one, None)
 
     def put(self, slot: int, seq: int, Y: np.ndarray) -> None:
         """The receipt of a sequenced step: its seq and its outputs Y (rows, O)."""

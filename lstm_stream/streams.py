@@ -155,13 +155,32 @@ class Streams(ColdTier, SnapshotIO, ModelSwap):
     def _ids(self, ids) -> list:
         """Validated, normalised ids (numpy ints become int); StoreFullError if the new ones do not fit."""
         ids = [i if type(i) is str or type(i) is int else check_id(i) for i in ids]
-        new = {i for i in ids if i not in self._store}
+        slots = self._store.lookup(ids)  # one index call for the batch (None: not every id is plain)
+        new = {i for i in ids if i not in self._store} if slots is None else \
+            {ids[k] for k in np.flatnonzero(slots < 0).tolist()}
         for i in new:
             check_id(i)
         self.check_room(len(new))  # cold ones count as new: they come back into memory
         if new and self.cold is not None:
             self._thaw(new)
         return ids
+
+    def _slots_creating(self, ids, now) -> np.ndarray:
+        """Slots of ids (checked by _ids), the new ones created together, zeroed, in order of first appearance:
+        the slots and state _slot_or_new gives them one by one (tests/core/test_new_streams.py holds the two side
+        by side), with one lookup and one add for the batch instead of three lookups and an add per id."""
+        slots = self._store.lookup(ids)
+        missing = np.flatnonzero(slots < 0)
+        if len(missing):
+            new = list(dict.fromkeys([ids[k] for k in missing.tolist()]))  # an id twice in ids: created once
+            created = self._store.add_many(new, now)
+            slot_of = dict(zip(new, created.tolist()))
+            slots[missing] = [slot_of[ids[k]] for k in missing.tolist()]
+            self._generation += 1
+            self.created += len(new)
+            self._backend.zero(created)
+            self._receipts.clear(created)
+        return slots
 
     def _slot_or_new(self, stream_id, now):
         if stream_id in self._store:
@@ -309,7 +328,7 @@ class Streams(ColdTier, SnapshotIO, ModelSwap):
             slots = self._store.known_slots(ids)
         if slots is None:  # some are new (or not plain ids)
             ids = self._ids(ids)  # normalises and checks the new ids, raises StoreFullError before any change
-            slots = np.array([self._slot_or_new(i, now) for i in ids], np.int64)
+            slots = self._slots_creating(ids, now)
         n = len(slots)
         if distinct(slots):  # distinct streams (the usual case): each segment is one stream's rows
             offsets = np.arange(n + 1, dtype=np.int64) if lengths is None else self._offsets(lengths)

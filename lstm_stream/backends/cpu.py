@@ -190,7 +190,7 @@ class CPUBackend:
         self.c[slot] = c
 
     def zero(self, slot):
-        """Zero one slot's state (a new or reset stream)."""
+        """Zero the state of a slot, or of an int64 array of slots (new or reset streams)."""
         self.h[slot] = 0
         self.c[slot] = 0
 

@@ -242,8 +242,11 @@ class CUDABackend:
         self.stream.synchronize()
 
     def zero(self, slot):
-        """Zero one slot (queued; applied before the slab is next used)."""
-        self._pending.append(int(slot))
+        """Zero a slot, or an int64 array of slots (queued; applied before the slab is next used)."""
+        if isinstance(slot, np.ndarray):
+            self._pending.extend(slot.tolist())
+        else:
+            self._pending.append(int(slot))
 
     def copy_slot(self, src, dst):
         """dst's state := src's state, on the device."""

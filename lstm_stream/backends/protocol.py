@@ -35,7 +35,7 @@ class Backend(Protocol):
         """Overwrite one slot's state with h (L, P), c (L, H)."""
 
     def zero(self, slot) -> None:
-        """Zero one slot's state (a new or reset stream)."""
+        """Zero the state of a slot, or of an int64 array of slots (new or reset streams)."""
 
     def copy_slot(self, src, dst) -> None:
         """Copy slot src's state into slot dst."""
