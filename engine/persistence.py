@@ -359,8 +359,8 @@ class Snapshots:
     def status(self) -> dict:
         """For `info`: failing, failures (in a row), last_error, next_attempt_in (seconds to the next timed
         attempt while failing, else None), busy (a background write in flight), writer (its process id when
-        a forked child writes it), method (fork or thread), requests (`snapshot` requests waiting), huge_pages (fork: the merging of huge pages after
-        each write, engine/hugepages.py; None otherwise)."""
+        a forked child writes it), method (fork or thread), requests (`snapshot` requests waiting), huge_pages
+        (fork: the merging of huge pages after each write, engine/hugepages.py; None otherwise)."""
         failing = self.failures > 0
         wait = None if not failing or self._next is None else max(0.0, self._next - self._clock())
         return {"failing": failing, "failures": self.failures, "last_error": self.last_error,

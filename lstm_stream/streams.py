@@ -155,9 +155,8 @@ class Streams(ColdTier, SnapshotIO, ModelSwap):
     def _ids(self, ids) -> list:
         """Validated, normalised ids (numpy ints become int); StoreFullError if the new ones do not fit."""
         ids = [i if type(i) is str or type(i) is int else check_id(i) for i in ids]
-        slots = self._store.lookup(ids)  # one index call for the batch (None: not every id is plain)
-        new = {i for i in ids if i not in self._store} if slots is None else \
-            {ids[k] for k in np.flatnonzero(slots < 0).tolist()}
+        slots = self._store.lookup(ids)  # one index call for the batch (every id is a plain str or int now)
+        new = {ids[k] for k in np.flatnonzero(slots < 0).tolist()}
         for i in new:
             check_id(i)
         self.check_room(len(new))  # cold ones count as new: they come back into memory

@@ -64,13 +64,13 @@ def test_a_batch_creates_the_streams_one_by_one_creation_would(kind):
         k = int(rng.integers(0, len(ids)))  # a receipt (one or two rows), as a sequenced step leaves (the
         Y = a[k:k + 1] if turn % 2 else np.concatenate([a[k:k + 1]] * 2)  # drops above recycle such slots)
         for s in (fast, slow):
-            s.remember(ids[k], s.sequence(ids[k])[0], Y) if ids[k] in s else None
+            s.remember(ids[k], s.sequence(ids[k])[0], Y)
     assert_same(fast, slow, seen + [make(k) for k in range(400)])
 
 
 def test_new_streams_in_a_batch_start_from_zero_in_recycled_slots():
-    """A slot freed by a drop holds the old stream's state until reused: a batch's new stream starts at zero
-    there, its receipt cleared, as a stream created alone does."""
+    """A batch's new streams take the slots drops freed and start from zero there, as a stream created alone
+    does."""
     rng = np.random.default_rng(SEED)
     model = random_model(rng, I=3, H=5, L=1, O=2)
     s = ls.Streams(model)
