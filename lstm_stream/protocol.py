@@ -34,7 +34,7 @@ MAX_MODEL_NAME_LENGTH = 64      # characters of a request's "model" (a daemon se
 # 40 B for a scalar: an int is <= 36 B, a float 24 B, a bin's header 33 B) + 40 B more per str element (a str's
 # header is <= 80 B), a map 232 B + 200 B per entry (its slot, its key's header and a scalar value) + 40 B per
 # str value. A message charged more is refused (too_large) while it is being decoded, before numpy sees it.
-# Before that, the message is walked once without building anything (decoding.walk): msgpack allocates a list's element
+# Before that, the message is walked once without building anything (decoding.Walker): msgpack allocates a list's element
 # slots as its header declares them, so headers of elements that never come (a truncated message) would cost
 # memory the charge never sees. Messages of at most DECODE_SMALL bytes whose lists have at most SMALL_LIST
 # elements are decoded without the walk and the charge (the hot path: no Python call per container); their
@@ -244,6 +244,8 @@ class Codec:
             pack("stream")
         self._array_heads: dict = {}  # (prefix, dtype, shape) -> bytes
         self._limits: dict = {}       # message length (<= DECODE_SMALL) -> msgpack's limits for it (decode)
+        self._budgeted_limits: dict = {}  # the same for longer messages (_decode_budgeted), at most 256 lengths
+        self._walk = _decoding.Walker()   # the walk before a budgeted decode, with one Unpacker kept
 
     def _array_head(self, prefix: bytes, a: np.ndarray):
         """prefix + the packed array map of a up to its data (None if a is not a wire dtype in this host's
@@ -324,14 +326,17 @@ class Codec:
             raise ProtocolError(BAD_MESSAGE, f"a message must be a msgpack map, got {type(msg).__name__}")
         return msg
 
-    @staticmethod
-    def _decode_budgeted(data, n: int):
+    def _decode_budgeted(self, data, n: int):
         """Walk the message (nothing built), then decode it with every container charged to its budget."""
         # (a list is charged 48 B per element: one longer than the budget pays for is refused at its header)
-        limits = _decoding.limits(n, _decoding.charge_limit(n) // 48)
+        limits = self._budgeted_limits.get(n)  # a client's messages of one shape have one length: built once
+        if limits is None:
+            if len(self._budgeted_limits) >= 256:
+                self._budgeted_limits.clear()
+            limits = self._budgeted_limits[n] = _decoding.limits(n, _decoding.charge_limit(n) // 48)
         budget = _decoding.Budget(_decoding.charge_limit(n), DECODE_FACTOR * n + DECODE_SLACK)
         try:
-            _decoding.walk(data, limits)
+            self._walk(data)
             return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, list_hook=budget.list,
                                    object_hook=budget.map, **limits)
         except _decoding.OverBudget as e:

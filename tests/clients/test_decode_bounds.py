@@ -17,8 +17,11 @@ def step(x, **more):
 
 
 def peak_of(data):
-    """(peak bytes traced while decoding and parsing `data`, the ProtocolError code or None)."""
+    """(peak bytes traced while decoding and parsing `data`, the ProtocolError code or None). The codec has
+    decoded a message over DECODE_SMALL first: what it keeps from message to message (its Packer, the walk's
+    Unpacker: ~45 KB, once per codec) is not the message's."""
     codec = P.Codec()
+    codec.decode(msgpack.packb({"warm": "w" * P.DECODE_SMALL}))  # (the walk's Unpacker made)
     tracemalloc.start()
     try:
         codec.decode_request(data)
@@ -132,3 +135,33 @@ def test_truncated_nested_list_headers_are_refused_before_their_slots_are_alloca
     peak, code = peak_of(data)
     assert code == P.BAD_MESSAGE, code
     assert peak <= bound(data), (len(data), peak)
+
+
+def test_the_walk_keeps_its_unpacker_between_messages_and_drops_it_after_a_bad_one():
+    """Messages over DECODE_SMALL are walked with one Unpacker kept from message to message
+    (decoding.Walker). A truncated message, one with bytes after it, and one that is not msgpack are refused
+    as a fresh walk refuses them, and every good message, before and after each, decodes to what msgpack
+    makes of it alone."""
+    codec = P.Codec()
+    rng = np.random.default_rng(7)
+
+    def good():
+        n = int(rng.integers(20, 300))
+        return msgpack.packb({"v": 1, "id": n, "op": "step_many", "streams": [f"s{k}" for k in range(n)],
+                              "x": {"dtype": "float32", "shape": [n, 3],
+                                    "data": rng.standard_normal((n, 3), dtype=np.float32).tobytes()}})
+
+    big = step(P.array_map(rng.standard_normal(20_000)))  # over Walker.REUSE_BYTES: an Unpacker of its own
+    assert len(big) > P._decoding.Walker.REUSE_BYTES
+    bad = [good()[:-7], good() + b"\x91\x00", b"\xc1" * 600, big[:-1]]
+    for k in range(40):
+        data = good() if k % 3 else big
+        assert codec.decode(data) == msgpack.unpackb(data)
+        if k % 5 == 4:
+            data = bad[(k // 5) % len(bad)]
+            with pytest.raises(P.ProtocolError) as e:
+                codec.decode(data)
+            assert e.value.code == P.BAD_MESSAGE
+            with pytest.raises(P.ProtocolError) as fresh:
+                P.Codec().decode(data)
+            assert e.value.message == fresh.value.message
