@@ -123,16 +123,17 @@ class _Builder:
             if self.pending is not None:
                 self._track()
             return
-        if req.x is not None:  # step_many, one row per stream
-            ids = req.streams
-            if np.ndim(req.x) != 2:  # (I,) would pass as one row; the spec says (N, I), even for N = 1
-                raise InputError(f"x has shape {np.shape(req.x)}; expected (N, {self._I}), one row per stream "
+        x = req.x
+        if x is not None:  # step_many, one row per stream; the spec says (N, I), even for N = 1 ((I,) would
+            ids = req.streams  # pass as one row)
+            if (x.ndim if type(x) is np.ndarray else np.ndim(x)) != 2:
+                raise InputError(f"x has shape {np.shape(x)}; expected (N, {self._I}), one row per stream "
                                  "(use 'xs' for one array per stream)")
-            block, T, _ = self._rows(req.x, "x")
+            block, T, _ = self._rows(x, "x")
             if T != len(ids):
                 raise InputError(f"x has {T} rows but 'streams' lists {len(ids)} ids; expected one row per "
                                  "stream")
-            lengths, blocks, form = [1] * T, [block], "rows"
+            lengths, blocks, form, n = [1] * T, [block], "rows", T
         else:  # step_many, an array per stream
             ids, xs = req.streams, req.xs
             if len(xs) != len(ids):
@@ -140,10 +141,10 @@ class _Builder:
                                  "array per stream")
             rows = [self._rows(a, f"xs[{k}]") for k, a in enumerate(xs)]
             blocks, lengths = [b for b, _, _ in rows], [T for _, T, _ in rows]
-            form = [(T, one) for _, T, one in rows]
+            form, n = [(T, one) for _, T, one in rows], sum(lengths)
         if not ids:
             raise ProtocolError(BAD_INPUT, "'streams' is empty; expected at least one stream id")
-        self._append(req, ids, lengths, blocks, form, self._reserve(ids, req, blocks))
+        self._append(req, ids, lengths, n, blocks, form, self._reserve(ids, req, blocks))
         if self.pending is not None:
             self._track()
 
@@ -224,8 +225,8 @@ class _Builder:
         self.blocks.append(block)
         self.samples += T
 
-    def _append(self, req, ids, lengths, blocks, form, slots):
-        n = sum(lengths)
+    def _append(self, req, ids, lengths, n, blocks, form, slots):
+        """A step_many's segments: ids[k] gets lengths[k] rows (n in all) of the blocks."""
         self.spans.append(Span(req, self.samples, n, form))
         if self.slots is not None:
             if slots is None:
