@@ -4,6 +4,7 @@
     python -m bench.ab main . --what kernel            # the kernel: step_many of 600 among 10,000 streams, I=8 H=64
     python -m bench.ab main . --what kernel --shape 32,256 --streams 4096
     python -m bench.ab v1 v2 --rounds 12 --threads 2
+    python -m bench.ab HEAD~1 HEAD --what cpu          # the daemon's own CPU per request (Linux), --spin-us 0
 
 Why: this host's speed moves by ±30% from one quarter of an hour to the next, so two runs of `python -m
 bench.server` made minutes apart cannot tell a 5% change from the weather. Here both versions are measured in
@@ -15,14 +16,22 @@ checkout ('.' is the working tree, uncommitted changes included). Each runs from
 processes: one daemon per version (`serve --threads N` on a free loopback port, loaded by one DEALER), or,
 for the kernel, one child process per version and round. The model is random (seeded), I=8 H=64 O=4 for the
 daemon. Nothing is written to docs/; no figure here is a goal.
+
+`--what cpu` loads the same daemons, started with `--spin-us 0` (so that no polling is counted), and reads
+the CPU time of each daemon's main thread (the loop: decode, plan, kernel, encode, socket calls) from /proc
+around every block: CPU µs per request. On a host where the load generator, the daemon and their ZeroMQ I/O
+threads share few cores, throughput moves with whoever gets the CPU; the loop's own CPU per request moves
+much less, so it shows a change of a few microseconds per request that throughput cannot.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +97,13 @@ def ratios(a: list, b: list) -> str:
     return f"{np.median(r):.3f} ({r.min():.3f}-{r.max():.3f})"
 
 
+def main_thread_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) that a process's main thread has used (Linux: /proc/PID/task/PID/stat)."""
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # (the command name may hold spaces)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_server(dirs: dict, args, tmp: Path) -> list:
     import zmq
 
@@ -110,6 +126,8 @@ def run_server(dirs: dict, args, tmp: Path) -> list:
                 endpoint = f"tcp://127.0.0.1:{common.free_port()}"
                 cmd = [common.python(), "-m", "engine.cli", "serve", "--model", model_path, "--bind", endpoint,
                        "--log-level", "warning", "--threads", str(args.threads)]
+                if args.what == "cpu":
+                    cmd += ["--spin-us", "0"]
                 # cwd: `python -m` puts the working directory first on the path
                 proc = stack.enter_context(common.subprocess_server(
                     cmd, env=common.clean_env(PYTHONPATH=str(d)), log_path=tmp / f"{name}.log", cwd=d))
@@ -118,17 +136,28 @@ def run_server(dirs: dict, args, tmp: Path) -> list:
                 gen.wait_ready(120, proc)
                 gen.throughput(many, MANY_WINDOW, args.block)  # creates the streams, warms the caches
                 gen.throughput(one, ONE_WINDOW, args.block)
-                gens[name] = gen
+                gens[name] = (gen, proc.pid)
             res = {n: {"many": [], "one": [], "lat": []} for n in gens}
             for r in range(args.rounds):
                 for name in (list(gens) if r % 2 == 0 else list(gens)[::-1]):
-                    g = gens[name]
+                    g, pid = gens[name]
+                    if args.what == "cpu":  # µs of the loop's CPU per request
+                        for key, pool, window in (("many", many, MANY_WINDOW), ("one", one, ONE_WINDOW)):
+                            c0, t0 = main_thread_cpu_s(pid), time.perf_counter()
+                            served = g.throughput(pool, window, args.block) * (time.perf_counter() - t0)
+                            res[name][key].append((main_thread_cpu_s(pid) - c0) / served * 1e6)
+                        continue
                     res[name]["many"].append(MANY * g.throughput(many, MANY_WINDOW, args.block))
                     res[name]["one"].append(g.throughput(one, ONE_WINDOW, args.block))
                     res[name]["lat"].append(float(np.median(g.latency(lat, LAT_COUNT))) * 1e6)
     finally:
         ctx.destroy(0)
     a, b = res["A"], res["B"]
+    if args.what == "cpu":
+        return [[f"daemon main-thread CPU µs per request, {MANY} streams per message (lower is better)",
+                 f"{np.median(a['many']):.1f}", f"{np.median(b['many']):.1f}", ratios(a["many"], b["many"])],
+                ["daemon main-thread CPU µs per request, 1 sample per message (lower is better)",
+                 f"{np.median(a['one']):.1f}", f"{np.median(b['one']):.1f}", ratios(a["one"], b["one"])]]
     return [[f"samples/s, {MANY} streams per message ({MANY_WINDOW} in flight)", common.fmt(np.median(a["many"])),
              common.fmt(np.median(b["many"])), ratios(a["many"], b["many"])],
             [f"samples/s, 1 per message ({ONE_WINDOW} in flight)", common.fmt(np.median(a["one"])),
@@ -159,9 +188,10 @@ def parse(argv):
     ap = argparse.ArgumentParser(description="interleaved A/B of two lstm-stream versions (see the module doc)")
     ap.add_argument("a", help="version A: a git revision, or a directory holding a checkout ('.': the tree)")
     ap.add_argument("b", help="version B, the same way")
-    ap.add_argument("--what", choices=("server", "kernel"), default="server")
+    ap.add_argument("--what", choices=("server", "cpu", "kernel"), default="server")
     ap.add_argument("--rounds", type=int, default=8, help="rounds; every figure of both versions in each")
-    ap.add_argument("--block", type=float, default=0.4, help="server: seconds per throughput block")
+    ap.add_argument("--block", type=float, default=None,
+                    help="server, cpu: seconds per block (default 0.4; cpu 1.5: /proc counts in 10 ms ticks)")
     ap.add_argument("--threads", type=int, default=1, help="the daemons' --threads; kernel: Streams(threads=)")
     ap.add_argument("--shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=(8, 64),
                     help="kernel: I,H (default 8,64)")
@@ -169,6 +199,10 @@ def parse(argv):
     ap.add_argument("--per-call", type=int, default=600, help="kernel: streams stepped per call")
     ap.add_argument("--calls", type=int, default=300, help="kernel: timed calls per child")
     a = ap.parse_args(argv)
+    if a.block is None:
+        a.block = 1.5 if a.what == "cpu" else 0.4
+    if a.what == "cpu" and not Path("/proc/self/task").is_dir():
+        ap.error("--what cpu reads the daemons' CPU time from /proc (Linux)")
     if a.rounds < 1 or a.block <= 0 or a.threads < 1 or a.streams < 1 or a.per_call < 1 or a.calls < 5 \
             or len(a.shape) != 2 or min(a.shape) < 1:
         ap.error("--rounds, --threads, --streams, --per-call must be >= 1, --calls >= 5, --block > 0, "
@@ -183,7 +217,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dirs = {"A": export(args.a, tmp / "A"), "B": export(args.b, tmp / "B")}
-        rows = run_server(dirs, args, tmp) if args.what == "server" else run_kernel(dirs, args)
+        rows = run_kernel(dirs, args) if args.what == "kernel" else run_server(dirs, args, tmp)
     lines = [f"A/B ({args.what}, {args.rounds} rounds, interleaved): A = {args.a}, B = {args.b}", ""]
     lines += [line for line in common.machine_lines({"threads": args.threads})
               if not line.startswith("- code measured")]  # (the checkout running this, not A or B)

@@ -61,6 +61,19 @@ def test_ab_runs_both_versions_of_the_kernel_and_the_daemon(capsys):
     assert out.count("| samples/s") == 2 and "| p50 µs, 1 in flight" in out
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="--what cpu reads /proc (Linux)")
+def test_ab_measures_the_daemons_cpu_per_request(capsys):
+    """bench.ab --what cpu: the loop's CPU per request of each version, from /proc, for both loads."""
+    from bench import ab
+    assert ab.main([".", ".", "--what", "cpu", "--rounds", "1", "--block", "0.3"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| daemon main-thread CPU µs per request")]
+    assert len(rows) == 2
+    for row in rows:
+        a, b = (float(v) for v in row.split("|")[2:4])
+        assert a > 0 and b > 0
+
+
 def test_ab_names_a_version_it_cannot_find():
     from bench import ab
     with pytest.raises(SystemExit, match="neither a directory holding a checkout"):
