@@ -59,10 +59,15 @@ _KIND_NAMES = {"b": "a bool", "U": "a str", "S": "bytes", "c": "a complex number
                "m": "a timedelta64"}
 
 
+def sent_as_is(x) -> bool:
+    """Whether x goes on the wire as it is: a C-contiguous numpy array of a wire dtype (the usual case)."""
+    return type(x) is np.ndarray and x.dtype in _SENT_AS_IS and x.flags.c_contiguous
+
+
 def _array(x, what: str = "x", key=_NO_KEY) -> np.ndarray:
     """x as a C-contiguous array to send; InputError naming it (`what`, or what[key]) unless it holds real
     numbers only: a str, None or a bool among them (numpy would send True as 1.0) is refused here."""
-    if type(x) is np.ndarray and x.dtype in _SENT_AS_IS and x.flags.c_contiguous:
+    if sent_as_is(x):
         return x  # the usual case: nothing to check or convert
     try:
         a = x if type(x) is np.ndarray else _from_python(x)

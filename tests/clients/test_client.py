@@ -178,6 +178,29 @@ def test_inputs_that_are_not_real_numbers_are_refused_before_sending(client, cal
         client.step("in-a", [[0.1, 0.2, 0.3, 0.4], [0.1]])
 
 
+def test_a_plain_step_takes_the_short_path_and_answers_as_the_general_one(served):
+    """Client.step of an array sent as it is, without seq, skips Api.step and _run (Client._step_plain): its
+    outputs are those of the general path (Api.step, through _run) on a twin stream, bit for bit, and so are
+    its errors."""
+    from clients._api import Api
+    rng = np.random.default_rng(11)
+    with Client(served[0], timeout=10) as c:
+        through_run = []
+        run = c._run
+        c._run = lambda call: (through_run.append(call.op), run(call))[1]
+        xs = [rng.normal(size=I).astype(np.float32), rng.normal(size=I), rng.normal(size=(3, I)).astype(np.float32)]
+        for k, x in enumerate(xs * 2):
+            np.testing.assert_array_equal(c.step(f"short-{k % 3}", x), Api.step(c, f"general-{k % 3}", x))
+        assert through_run == ["step"] * 6  # the general calls only
+        for bad in (np.zeros(I + 1), np.array([0, np.nan, 0, 0])):
+            with pytest.raises(BadRequest) as short:
+                c.step("short-bad", bad)
+            with pytest.raises(BadRequest) as general:
+                Api.step(c, "general-bad", bad)
+            assert (short.value.code, str(short.value)) == (general.value.code, str(general.value))
+        assert through_run == ["step"] * 8
+
+
 def test_timeouts_raise_clearly_and_only_idempotent_ops_retry(tmp_path):
     endpoint = f"ipc://{tmp_path}/nobody.sock"[:100]
     with Client(endpoint, timeout=0.2, retries=2) as c:
@@ -185,6 +208,10 @@ def test_timeouts_raise_clearly_and_only_idempotent_ops_retry(tmp_path):
         with pytest.raises(Timeout, match="no reply") as e:
             c.step("a", np.zeros(I))
         assert isinstance(e.value, TimeoutError) and time.monotonic() - t0 < 0.5  # a step is never resent
+        sock = c._sock
+        with pytest.raises(Timeout):
+            c.step("a", np.zeros(I, np.float32))
+        assert c._sock is not sock  # replaced: a late reply cannot answer the next call
         t0 = time.monotonic()
         with pytest.raises(Timeout):
             c.ping()
