@@ -33,7 +33,8 @@ from .keys import apply as apply_keys, curve_keys
 from .replies import ReplyReader
 
 
-_POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the enum costs microseconds
+_POLLIN = int(zmq.POLLIN)  # plain ints: `&` on the enum costs microseconds, a flag passed as one ~0.1 µs
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 class AsyncClient(Api):
@@ -122,7 +123,7 @@ class AsyncClient(Api):
             rid, fut, data = self._register(call)
             try:
                 try:
-                    self._raw.send(data, zmq.NOBLOCK)
+                    self._raw.send(data, _NOBLOCK)
                 except zmq.Again:
                     await self._send_when_room(data, fut)
                 self._look_soon()
@@ -156,7 +157,7 @@ class AsyncClient(Api):
                 batched[rid] = (batch, i)
                 data = codec.request(call.op, rid, call.fields)
                 try:
-                    raw.send(data, zmq.NOBLOCK)
+                    raw.send(data, _NOBLOCK)
                 except zmq.Again:
                     await self._send_when_room(data, fut)
                 if fut.done():  # timed out (or the client closed) while waiting for room to send
@@ -249,7 +250,7 @@ class AsyncClient(Api):
         raw = self._raw
         while True:
             try:
-                data = raw.recv(zmq.NOBLOCK)
+                data = raw.recv(_NOBLOCK)
             except zmq.Again:
                 return
             self._dispatch(data)

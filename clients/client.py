@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import time
 
-import numpy as np
 import zmq
 
 from lstm_stream import protocol as P
@@ -147,20 +146,15 @@ class Client(NumberedSteps, Api):
 
     def _step_plain(self, stream, x):
         """step(stream, x) of an array sent as it is, without a seq: what Api.step and _run do for it, their
-        general cases left out. One round trip (a plain step is never resent; a timeout replaces the socket,
-        as in _run), and a success taken straight from the reply (the template reader's y is already the
-        array; anything else goes through Call.finish). Beside a busy daemon the layers it skips cost ~8 µs
-        of a ~200 µs round trip (docs/benchmarks.md)."""
+        general cases left out: one round trip (a plain step is never resent; a timeout replaces the socket,
+        as in _run). Beside a busy daemon the layers it skips cost ~8 µs of a ~200 µs round trip
+        (docs/benchmarks.md)."""
         call = Call("step", {"stream": stream, "x": x}, _y)
         try:
-            reply = self._roundtrip_one(call)
+            return call.finish(self._roundtrip_one(call))
         except Timeout:
             self._reopen()
             raise
-        y = reply.get("y")
-        if type(y) is np.ndarray and reply.get("ok") is True:
-            return y
-        return call.finish(reply)
 
     def _run(self, call: Call):
         attempts = 1 + (self.retries if resendable(call) else 0)
