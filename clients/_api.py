@@ -36,7 +36,8 @@ class Call:
         """The call's result from its reply map; the ServerError it means raised."""
         if self.parse is _y:  # a step's success as the reply reader gives it (y read from its template) is its
             y = reply.get("y")  # result as it is: _y(check_reply(reply)) in short, the most common reply
-            if type(y) is np.ndarray and reply.get("ok") is True and reply.get("v") == P.PROTOCOL_VERSION:
+            if type(y) is np.ndarray and y.flags.writeable and reply.get("ok") is True \
+                    and reply.get("v") == P.PROTOCOL_VERSION:
                 return y
         try:
             return self.parse(check_reply(reply))

@@ -87,3 +87,22 @@ def test_a_damaged_template_reply_is_not_read_as_one():
     assert isinstance(reply["y"], dict)  # decoded in full, so the call's parse finds the mismatch
     with pytest.raises(P.ProtocolError, match="bytes"):
         P.to_array(reply["y"], "y")
+
+
+def test_call_finish_takes_a_steps_array_as_the_general_path_would():
+    """Call.finish returns a step's y as the reply reader gives it (a writable array, ok, this version) without
+    check_reply/_y; anything else takes the general path: a read-only y is copied (as to_array does), another
+    version is a BadReply, an error reply raises its error."""
+    from clients._api import Call, _y
+    from clients.errors import ServerError
+    call = Call("step", {}, _y)
+    y = np.arange(4, dtype=np.float32)
+    assert call.finish({"v": 1, "id": 1, "ok": True, "y": y}) is y
+    ro = y.copy()
+    ro.flags.writeable = False
+    out = call.finish({"v": 1, "id": 1, "ok": True, "y": ro})
+    assert out is not ro and out.flags.writeable and np.array_equal(out, ro)
+    with pytest.raises(BadReply):
+        call.finish({"v": 2, "id": 1, "ok": True, "y": y})
+    with pytest.raises(ServerError):
+        call.finish({"v": 1, "id": 1, "ok": False, "error": {"code": "internal", "message": "m"}})
