@@ -124,8 +124,9 @@ class _Builder:
                 self._track()
             return
         x = req.x
-        if x is not None:  # step_many, one row per stream; the spec says (N, I), even for N = 1 ((I,) would
-            ids = req.streams  # pass as one row)
+        if x is not None:  # step_many, one row per stream
+            ids = req.streams
+            # (N, I) even for N = 1, as the spec says: (I,) would pass as one row
             if (x.ndim if type(x) is np.ndarray else np.ndim(x)) != 2:
                 raise InputError(f"x has shape {np.shape(x)}; expected (N, {self._I}), one row per stream "
                                  "(use 'xs' for one array per stream)")

@@ -167,10 +167,7 @@ class Server:
         is the peer's identity and at least one frame, and ZeroMQ hands over a message's frames together, so
         once the first is in, the others are."""
         sock = self._sock
-        frames = [sock.recv(_NOBLOCK), sock.recv(_NOBLOCK)]
-        while sock.getsockopt(_RCVMORE):
-            frames.append(sock.recv(_NOBLOCK))
-        return frames
+        return self._rest([sock.recv(_NOBLOCK), sock.recv(_NOBLOCK)])
 
     def _recv_with_user(self) -> list:
         """_recv_frames under CURVE: the frames as bytes; the peer's user id (z85 public key, set by the ZAP
@@ -182,7 +179,11 @@ class Server:
             self._user = first.get("User-Id")
         except zmq.ZMQError:  # no User-Id (cannot happen with a ZAP handler): no role, refused as forbidden
             self._user = None
-        frames = [first.bytes, sock.recv(_NOBLOCK)]
+        return self._rest([first.bytes, sock.recv(_NOBLOCK)])
+
+    def _rest(self, frames: list) -> list:
+        """frames, with the message's frames after them received (while ZeroMQ says more follow)."""
+        sock = self._sock
         while sock.getsockopt(_RCVMORE):
             frames.append(sock.recv(_NOBLOCK))
         return frames
