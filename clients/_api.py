@@ -58,6 +58,7 @@ def check_reply(reply: dict) -> dict:
 
 
 _NO_KEY = object()
+MISSING = object()  # in a Timeout's `replies` and a pipeline's results so far: no reply came
 _SENT_AS_IS = frozenset(np.dtype(n) for n in ("float32", "float64", "int32", "int64"))  # native wire dtypes
 _PLAIN = frozenset({float, int})
 _KIND_NAMES = {"b": "a bool", "U": "a str", "S": "bytes", "c": "a complex number", "M": "a datetime64",

@@ -26,6 +26,7 @@ import zmq.asyncio
 from lstm_stream import protocol as P
 
 from ._api import Api, Call
+from .coalesce import Rounds
 from .client import (DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Queued, resendable,
                      check_options, result_of, settled)
 from .errors import BadReply, ClientClosed, ClientError, Timeout
@@ -136,9 +137,10 @@ class AsyncClient(Api):
                 self._pending.pop(rid, None)
             return call.finish(reply)
 
-    def pipeline(self) -> "AsyncPipeline":
-        """An AsyncPipeline: queue calls, send them together, await every result in order."""
-        return AsyncPipeline(self)
+    def pipeline(self, *, merge_steps: bool = True) -> "AsyncPipeline":
+        """An AsyncPipeline: queue calls, send them together, await every result in order. merge_steps: as in
+        Client.pipeline (runs of steps sent as step_many, the same results; clients/coalesce.py)."""
+        return AsyncPipeline(self, merge_steps=merge_steps)
 
     async def _roundtrip_many(self, calls, parse) -> list:
         """Send every call, then await their results: parse(call, reply) of each (taken by the reader as each
@@ -310,14 +312,29 @@ class AsyncPipeline(Queued):
     async def execute(self, *, return_exceptions: bool = False) -> list:
         """Send all queued calls, await every reply, return their results in order (also in `results`)."""
         calls, self._calls = self._calls, []
+        rounds = Rounds(calls) if self._merge else None
         try:
-            results = await self._client._roundtrip_many(calls, result_of)
+            if rounds is not None and rounds.merged:
+                results = await self._merged(rounds)
+            else:
+                results = await self._client._roundtrip_many(calls, result_of)
         except ClientError as e:  # a Timeout, the client closed, the reader failed
             done = getattr(e, "replies", None) or [MISSING] * len(calls)
             self.results = [e if r is MISSING else r for r in done]
             raise
         self.results = results
         return settled(results, return_exceptions)
+
+    async def _merged(self, rounds: Rounds) -> list:
+        """Pipeline._merged's twin."""
+        while (sent := rounds.next()) is not None:
+            try:
+                got = await self._client._roundtrip_many(sent, result_of)
+            except ClientError as e:
+                e.replies = rounds.partial(getattr(e, "replies", None) or [MISSING] * len(sent))
+                raise
+            rounds.take(got)
+        return rounds.results
 
     async def __aenter__(self):
         return self

@@ -26,13 +26,14 @@ import zmq
 
 from lstm_stream import protocol as P
 
-from ._api import Api, Call, _array, _y, sent_as_is
+from ._api import MISSING, Api, Call, _array, _y, sent_as_is
+from .coalesce import Rounds
 from .errors import ClientClosed, ClientError, PipelineError, SequenceError, Timeout
 from .keys import apply as apply_keys, curve_keys
 from .replies import ReplyReader
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
-DEFAULT_TIMEOUT = 5.0   # seconds per call (per pipeline execute)
+DEFAULT_TIMEOUT = 5.0   # seconds per call (per round trip of a pipeline: one, or one per merged run of steps)
 DEFAULT_RETRIES = 2     # extra attempts for idempotent ops after a timeout
 DEFAULT_HWM = 10_000    # messages queued per direction before sends wait (then time out)
 RECEIVE_EVERY = 64      # a long pipeline takes in the replies that came, every this many sends (a try costs ~2 µs)
@@ -132,9 +133,11 @@ class Client(NumberedSteps, Api):
     def __repr__(self):
         return f"Client({self.address!r}, timeout={self.timeout})"
 
-    def pipeline(self) -> "Pipeline":
-        """A Pipeline: queue calls, send them all at once, get results in order."""
-        return Pipeline(self)
+    def pipeline(self, *, merge_steps: bool = True) -> "Pipeline":
+        """A Pipeline: queue calls, send them all at once, get results in order. merge_steps: send each run of
+        16 or more consecutive steps without seq as one step_many, with the same results (clients/coalesce.py);
+        False sends one request per call."""
+        return Pipeline(self, merge_steps=merge_steps)
 
     # ---- the round trip ----------------------------------------------------------------------------
     def step(self, stream, x, *, seq: int | None = None):
@@ -238,9 +241,6 @@ class Client(NumberedSteps, Api):
                     return True
 
 
-MISSING = object()  # in Timeout.replies: no reply came
-
-
 def _timeout(message, calls, want, got) -> Timeout:
     """A Timeout whose `replies` are the replies (or parsed results) that did arrive, in call order (MISSING
     for the others)."""
@@ -252,8 +252,9 @@ def _timeout(message, calls, want, got) -> Timeout:
 class Queued(Api):
     """The queue of Pipeline and AsyncPipeline: each Api method queues its call and returns the pipeline."""
 
-    def __init__(self, client):
+    def __init__(self, client, *, merge_steps: bool = True):
         self._client = client
+        self._merge = merge_steps  # runs of plain steps sent as step_many (clients/coalesce.py)
         self._calls: list = []
         self.results: list | None = None
 
@@ -280,8 +281,12 @@ class Pipeline(Queued):
         replaced and the Timeout raised; `results` then has the replies that came, the Timeout in place of the
         others (those calls may or may not have been applied)."""
         calls, self._calls = self._calls, []
+        rounds = Rounds(calls) if self._merge else None
         try:
-            results = self._client._roundtrip(calls, result_of)
+            if rounds is not None and rounds.merged:
+                results = self._merged(rounds)
+            else:
+                results = self._client._roundtrip(calls, result_of)
         except ClientError as e:  # Timeout, ClientClosed, an unreadable reply: the whole round trip failed
             if isinstance(e, Timeout):
                 self._client._reopen()
@@ -290,6 +295,17 @@ class Pipeline(Queued):
             raise
         self.results = results
         return settled(results, return_exceptions)
+
+    def _merged(self, rounds: Rounds) -> list:
+        """The calls' results, runs of plain steps sent as step_many (Rounds: a round trip per run)."""
+        while (sent := rounds.next()) is not None:
+            try:
+                got = self._client._roundtrip(sent, result_of)
+            except ClientError as e:
+                e.replies = rounds.partial(getattr(e, "replies", None) or [MISSING] * len(sent))
+                raise
+            rounds.take(got)
+        return rounds.results
 
     def __enter__(self):
         return self

@@ -64,9 +64,10 @@ class LocalClient(Api):
     def __repr__(self):
         return f"LocalClient({self.core.streams.model!r})"
 
-    def pipeline(self) -> Pipeline:
-        """A Pipeline: queue calls, serve them together, get results in order."""
-        return Pipeline(self)
+    def pipeline(self, *, merge_steps: bool = True) -> Pipeline:
+        """A Pipeline: queue calls, serve them together, get results in order (merge_steps: as in
+        Client.pipeline)."""
+        return Pipeline(self, merge_steps=merge_steps)
 
     def _run(self, call: Call):
         return call.finish(self._roundtrip([call])[0])

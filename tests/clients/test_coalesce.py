@@ -1,0 +1,218 @@
+"""Pipelines that send runs of plain steps as one step_many (clients/coalesce.py) give what the steps sent one
+by one give: outputs bit for bit (dtype and shape too), each step's own error, the same order, the same states;
+against a real daemon (sync and asyncio) and in process."""
+import asyncio
+
+import numpy as np
+import pytest
+from daemons import DaemonFactory
+
+import lstm_stream as ls
+from clients import AsyncClient, BadRequest, Client, LocalClient, ServerError, StoreFull, Timeout
+from clients import coalesce
+from clients._api import Call
+
+I = 4
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, served_models):
+    """(endpoint, model) of a daemon of at most 400 streams (store_full is one of the refusals tested)."""
+    factory = DaemonFactory(tmp_path_factory.mktemp("coalesce"))
+    path, model = served_models["ar"]
+    try:
+        yield factory("--model", path, "--max-streams", "400").endpoint, model
+    finally:
+        factory.close()
+
+
+def requests(c) -> int:
+    return c.info()["counters"]["requests"]
+
+
+def mixed_calls(rng, prefix: str, n: int = 60) -> list:
+    """(stream, x) of n steps over fewer streams (repeated ids), inputs of two dtypes and a few (T, I) ones."""
+    out = []
+    for k in range(n):
+        x = rng.normal(size=(1 + k % 3, I) if k % 7 == 3 else I)
+        out.append((f"{prefix}{k % 23}", x.astype(np.float32 if k % 5 else np.float64)))
+    return out
+
+
+def same(a, b) -> bool:
+    return type(a) is type(b) and (not isinstance(a, np.ndarray) or (
+        a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)))
+
+
+def errors_alike(a, b) -> bool:
+    """Two results alike: equal arrays, or errors of the same class, code and message."""
+    if isinstance(a, Exception):
+        return type(a) is type(b) and str(a) == str(b)
+    return same(a, b)
+
+
+# ---- the split into runs ----------------------------------------------------------------------------------
+def step(stream="s", x=None, seq=None):
+    fields = {"stream": stream, "x": np.zeros(I, np.float32) if x is None else x}
+    if seq is not None:
+        fields["seq"] = seq
+    return Call("step", fields, None)
+
+
+def shape_of(items) -> list:
+    return [("run", it.start, len(it.steps)) if isinstance(it, coalesce.Run) else it for it in items]
+
+
+def test_runs_of_at_least_min_run_plain_steps_are_merged_and_the_rest_sent_alone():
+    m = coalesce.MIN_RUN
+    calls = [step() for _ in range(m - 1)] + [Call("ping", {}, None)] + [step() for _ in range(m)] \
+        + [step(seq=3)] + [step() for _ in range(m + 2)]
+    assert shape_of(coalesce.split(calls)) == list(range(m)) + [("run", m, m), 2 * m] + [("run", 2 * m + 1, m + 2)]
+    assert not coalesce.Rounds(calls[:m - 1]).merged and coalesce.Rounds(calls).merged
+
+
+def test_a_run_is_cut_at_max_run_steps_and_max_samples():
+    calls = [step() for _ in range(coalesce.MAX_RUN + 20)]
+    assert shape_of(coalesce.split(calls)) == [("run", 0, coalesce.MAX_RUN), ("run", coalesce.MAX_RUN, 20)]
+    big = coalesce.MAX_SAMPLES // 4
+    calls = [step(x=np.zeros((big, I), np.float32)) for _ in range(5)] \
+        + [step(x=np.zeros((coalesce.MAX_SAMPLES + 1, I), np.float32))] + [step() for _ in range(coalesce.MIN_RUN)]
+    assert shape_of(coalesce.split(calls)) == [("run", 0, 4), 4, 5, ("run", 6, coalesce.MIN_RUN)]
+
+
+def test_a_run_of_one_shape_and_dtype_is_one_array_and_any_other_a_list():
+    run = coalesce.Run(0, [step(x=np.full(I, k, np.float32)) for k in range(3)])
+    assert run.call.op == "step_many" and run.call.fields["x"].shape == (3, I)
+    assert run.call.fields["streams"] == ["s", "s", "s"]
+    run = coalesce.Run(0, [step(x=np.zeros(I, np.float32)), step(x=np.zeros(I, np.float64))])
+    assert "x" not in run.call.fields and [x.dtype for x in run.call.fields["xs"]] == [np.float32, np.float64]
+
+
+# ---- against a real daemon and in process -----------------------------------------------------------------
+@pytest.fixture(params=["daemon", "in-process"])
+def client(request, served):
+    if request.param == "daemon":
+        with Client(served[0], timeout=20) as c:
+            yield c
+        return
+    with LocalClient.serving(served[1]) as c:
+        yield c
+
+
+def run_pipeline(c, calls, merge: bool, extra=()):
+    p = c.pipeline(merge_steps=merge)
+    for stream, x in calls:
+        p.step(stream, x)
+    for name, args in extra:
+        getattr(p, name)(*args)
+    return p.execute(return_exceptions=True)
+
+
+def test_merged_steps_equal_separate_steps_bit_for_bit(client):
+    rng = np.random.default_rng(20261205)
+    calls = mixed_calls(rng, "")
+    before = requests(client)
+    merged = run_pipeline(client, [(f"m-{s}", x) for s, x in calls], True)
+    sent = requests(client) - before
+    separate = run_pipeline(client, [(f"u-{s}", x) for s, x in calls], False)
+    assert sent == 2  # one step_many, and the info that reads the counter
+    assert all(same(a, b) for a, b in zip(merged, separate)) and len(merged) == len(calls)
+    for k in range(23):  # and the streams' states
+        a, b = client.get_state(f"m-{k}"), client.get_state(f"u-{k}")
+        assert np.array_equal(a.h, b.h) and np.array_equal(a.c, b.c) and a.steps == b.steps
+
+
+def test_a_refused_run_is_sent_again_step_by_step_each_with_its_own_result(client):
+    rng = np.random.default_rng(7)
+    calls = [(f"r{k % 11}", rng.normal(size=I).astype(np.float32)) for k in range(40)]
+    calls[9] = ("r9", np.full(I + 1, 0.5, np.float32))           # wrong size
+    calls[30] = ("r8", np.array([0.1, np.nan, 0.2, 0.3]))        # NaN
+    extra = [("get_state", ("m-r8",)), ("step", ("m-r8", calls[0][1]))]
+    merged = run_pipeline(client, [(f"m-{s}", x) for s, x in calls], True, extra)
+    separate = run_pipeline(client, [(f"u-{s}", x) for s, x in calls], False,
+                            [("get_state", ("u-r8",)), ("step", ("u-r8", calls[0][1]))])
+    assert isinstance(merged[9], BadRequest) and isinstance(merged[30], BadRequest)
+    for k, (a, b) in enumerate(zip(merged[:40], separate[:40])):
+        assert errors_alike(a, b), k
+    # the get_state after the run saw the run's steps applied (order kept), and the step after it came after
+    a, b = merged[40], separate[40]
+    assert a.steps == b.steps and np.array_equal(a.h, b.h)
+    assert same(merged[41], separate[41])
+
+
+def test_a_run_over_the_store_limit_gets_the_separate_steps_results(served):
+    """400 streams at most: a run of 300 new streams after 200 is refused whole; resent one by one, the first
+    200 fit and the rest get store_full, as separate steps do."""
+    endpoint, _ = served
+    rng = np.random.default_rng(3)
+    with Client(endpoint, timeout=20) as c:
+        free = 400 - c.info()["streams"]
+        xs = rng.normal(size=(free + 50, I)).astype(np.float32)
+        res = run_pipeline(c, [(f"full-{k}", xs[k]) for k in range(free + 50)], True)
+        assert all(isinstance(r, np.ndarray) for r in res[:free])
+        assert all(isinstance(r, StoreFull) for r in res[free:])
+        for k in range(free):
+            c.drop(f"full-{k}")
+
+
+def test_an_internal_error_or_a_timeout_is_not_resent():
+    rounds = coalesce.Rounds([step(f"s{k}") for k in range(coalesce.MIN_RUN)])
+    sent = rounds.next()
+    assert [c.op for c in sent] == ["step_many"]
+    boom = ServerError("internal", "boom")
+    rounds.take([boom])
+    assert rounds.next() is None and rounds.results == [boom] * coalesce.MIN_RUN
+    rounds = coalesce.Rounds([Call("ping", {}, None)] + [step(f"s{k}") for k in range(coalesce.MIN_RUN)])
+    assert [c.op for c in rounds.next()] == ["ping", "step_many"]
+    assert rounds.partial(["pong", coalesce.MISSING]) == ["pong"] + [coalesce.MISSING] * coalesce.MIN_RUN
+
+
+def test_a_timed_out_merged_pipeline_sets_results(tmp_path):
+    with Client(f"ipc://{tmp_path}/nobody.sock"[:100], timeout=0.2) as c:
+        p = c.pipeline().ping()
+        for k in range(coalesce.MIN_RUN):
+            p.step(f"a{k}", np.zeros(I))
+        p.ping()
+        with pytest.raises(Timeout) as e:
+            p.execute()
+        assert p.results == [e.value] * (coalesce.MIN_RUN + 2)
+
+
+def test_the_async_pipeline_merges_as_the_sync_one(served):
+    """A clean pipeline (fewer requests reach the daemon), then one with a refused run (a bad input)."""
+    endpoint, _ = served
+    rng = np.random.default_rng(11)
+    clean = mixed_calls(rng, "a")
+    bad = mixed_calls(rng, "a")
+    bad[17] = ("a17", np.zeros(I + 2, np.float32))
+
+    async def main():
+        async with AsyncClient(endpoint, timeout=20) as ac:
+            out = []
+            for prefix, merge in (("am-", True), ("au-", False)):
+                for calls in (clean, bad):
+                    p = ac.pipeline(merge_steps=merge)
+                    for s, x in calls:
+                        p.step(prefix + s, x)
+                    p.get_state(prefix + calls[0][0])
+                    before = (await ac.info())["counters"]["requests"]
+                    got = await p.execute(return_exceptions=True)
+                    out.append((got, (await ac.info())["counters"]["requests"] - before))
+            return out
+    got = asyncio.run(asyncio.wait_for(main(), 60))
+    assert got[0][1] == 3 and got[2][1] == len(clean) + 2  # (a step_many, the get_state, the info)
+    for (merged, _), (separate, _) in ((got[0], got[2]), (got[1], got[3])):
+        assert all(errors_alike(a, b) for a, b in zip(merged[:-1], separate[:-1]))
+        assert merged[-1].steps == separate[-1].steps and np.array_equal(merged[-1].h, separate[-1].h)
+    assert isinstance(got[1][0][17], BadRequest)
+
+
+def test_in_process_merged_equals_the_reference_streams(served_models):
+    _, model = served_models["cls"]
+    ref = ls.Streams(model)
+    rng = np.random.default_rng(5)
+    calls = mixed_calls(rng, "p", 50)
+    with LocalClient.serving(model) as c:
+        got = run_pipeline(c, calls, True)
+    for (s, x), y in zip(calls, got):
+        np.testing.assert_array_equal(y, ref.step(s, x))
