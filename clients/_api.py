@@ -15,7 +15,7 @@ from lstm_stream import protocol as P
 
 from lstm_stream.state import StreamState
 
-from .errors import BadReply, InputError, UnknownStream, server_error
+from .errors import BadReply, ClientError, InputError, UnknownStream, server_error
 
 
 # The core's own state record (lstm_stream.state imports numpy only, never numba), so a State read from the
@@ -45,6 +45,14 @@ class Call:
             if self.unknown_is is None:
                 raise
             return self.unknown_is
+
+
+def result_of(call: Call, reply: dict):
+    """The call's result, or the ClientError (a ServerError, BadReply) its reply means."""
+    try:
+        return call.finish(reply)
+    except ClientError as e:
+        return e
 
 
 def check_reply(reply: dict) -> dict:

@@ -27,6 +27,7 @@ from lstm_stream import protocol as P
 
 from ._api import Api, Call
 from .coalesce import Rounds
+from .outbox import Outbox
 from .client import (DEFAULT_ADDRESS, DEFAULT_HWM, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MISSING, Queued, resendable,
                      check_options, result_of, settled)
 from .errors import BadReply, ClientClosed, ClientError, Timeout
@@ -44,7 +45,8 @@ class AsyncClient(Api):
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, hwm: int = DEFAULT_HWM,
                  max_message_bytes: int = P.MAX_MESSAGE_BYTES, server_key=None, client_keys=None,
-                 context: zmq.asyncio.Context | None = None, model: str | None = None):
+                 context: zmq.asyncio.Context | None = None, model: str | None = None,
+                 merge_steps: bool = True):
         check_options(timeout, retries, hwm)
         self._curve = curve_keys(server_key, client_keys)  # CURVE (clients/keys.py): both, or neither
         self.address, self.timeout, self.retries, self.hwm = address, float(timeout), retries, hwm
@@ -63,6 +65,7 @@ class AsyncClient(Api):
         self._loop = None            # the event loop the socket was opened on
         self._look_due = False       # a _look is scheduled (see _look_soon)
         self._closed = False
+        self._outbox = Outbox(self) if merge_steps else None  # steps of one loop turn as step_many (outbox.py)
 
     def _ensure_open(self):
         if self._closed:
@@ -114,12 +117,22 @@ class AsyncClient(Api):
 
     @property
     def in_flight(self) -> int:
-        """Requests sent and not yet answered."""
-        return len(self._pending)
+        """Calls made and not yet answered (sent, or queued to be sent at the end of this loop turn)."""
+        outbox = self._outbox
+        return len(self._pending) - (outbox is not None and outbox.run_rid in self._pending)
 
     # ---- the round trip ----------------------------------------------------------------------------
     async def _run(self, call: Call):
         attempts = 1 + (self.retries if resendable(call) else 0)
+        if self._outbox is not None:
+            for attempt in range(attempts):
+                try:
+                    reply = await self._outbox.submit(call)
+                except Timeout:
+                    if attempt == attempts - 1:
+                        raise
+                    continue
+                return call.finish(reply)
         for attempt in range(attempts):
             rid, fut, data = self._register(call)
             try:
@@ -231,7 +244,7 @@ class AsyncClient(Api):
         now = loop.time()
         while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in pending):
             _, rid, op = deadlines.popleft()
-            fut = pending.get(rid)
+            fut = pending.pop(rid, None)
             if fut is not None and not fut.done():
                 fut.set_exception(Timeout(f"no reply from {self.address} within {self.timeout} s for {op}"))
         self._sweeper = loop.call_at(deadlines[0][0], self._sweep) if deadlines else None
@@ -263,7 +276,7 @@ class AsyncClient(Api):
         except BadReply:
             return  # cannot tell whose it is; that call will time out
         rid = reply["id"]
-        fut = self._pending.get(rid)
+        fut = self._pending.pop(rid, None)
         if fut is not None:
             if not fut.done():
                 fut.set_result(reply)
@@ -278,6 +291,8 @@ class AsyncClient(Api):
                 fut.set_exception(exc)
         self._pending.clear()
         self._batched.clear()
+        if self._outbox is not None:
+            self._outbox.clear()
 
 
 class _Batch:

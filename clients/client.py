@@ -26,7 +26,7 @@ import zmq
 
 from lstm_stream import protocol as P
 
-from ._api import MISSING, Api, Call, _array, _y, sent_as_is
+from ._api import MISSING, Api, Call, _array, _y, result_of, sent_as_is
 from .coalesce import Rounds
 from .errors import ClientClosed, ClientError, PipelineError, SequenceError, Timeout
 from .keys import apply as apply_keys, curve_keys
@@ -320,11 +320,3 @@ def settled(results: list, return_exceptions: bool) -> list:
     if not return_exceptions and any(isinstance(r, Exception) for r in results):
         raise PipelineError(results) from next(r for r in results if isinstance(r, Exception))
     return results
-
-
-def result_of(call: Call, reply: dict):
-    """The call's result, or the ClientError (a ServerError, BadReply) its reply means."""
-    try:
-        return call.finish(reply)
-    except ClientError as e:
-        return e

@@ -1,21 +1,25 @@
 """A pipeline's runs of plain steps sent as one `step_many` each, with the results the separate steps would get.
 
-A `step` request costs the client, ZeroMQ and the daemon ~20 µs of CPU whatever it carries, while a row of a
-`step_many` costs the daemon under 1 µs (docs/benchmarks.md). So Pipeline and AsyncPipeline (merge_steps=True,
-the default) send each run of at least MIN_RUN consecutive plain steps (no `seq`) as one `step_many` and hand
-each step its row of the reply. What a caller sees is what the steps sent one by one would give:
+A `step` request costs the client, ZeroMQ and the daemon ~20 µs of CPU whatever it carries; a row of a
+`step_many` costs the daemon ~1.5 µs (docs/benchmarks.md, the server table). So Pipeline and AsyncPipeline
+(merge_steps=True, the default) send each run of at least MIN_RUN consecutive plain steps (one sample, no
+`seq`) whose inputs have one shape and dtype as one `step_many` (x: the rows stacked) and hand each step its
+row of the reply, through the step's own parse. What a caller sees is what the steps sent one by one give:
 
-- the outputs, bit for bit (a stream's outputs do not depend on what shares its batch) and of the same dtype
-  and shape: row k of `y`, or `ys[k]` when the run's inputs differ in shape or dtype;
+- the outputs, bit for bit (a stream's outputs do not depend on what shares its batch), of the same dtype and
+  shape;
 - each step's own error: `step_many` is all or nothing (docs/protocol.md), so a refused run was not applied,
   and its steps are sent again one by one, getting the errors and results they would have got. An `internal`
   error may come after something was applied, so it is not resent: every step of the run gets it;
 - the order: a run is the last thing sent in its round trip, and the calls after it wait for its reply (one
-  round trip per run, ~1% of a run's own time), so a run resent one by one is still applied before them.
+  round trip per run), so a run resent one by one is still applied before them.
 
-A step that carries `seq` is sent as it is (`step_many` takes no sequence numbers). The daemon counts a run as
-one request (`info`'s counters, `--max-peer-pending`); MAX_RUN and MAX_SAMPLES keep a run within the daemon's
-default request limits, and one refused by a lower limit (`too_large`) is resent one by one like any refusal.
+A step with `seq` or of several samples is sent as it is. The daemon counts a run as one request (`info`'s
+counters, `--max-peer-pending`). A run stays within the daemon's default request limits (MAX_RUN new streams,
+MAX_RUN_BYTES; see Run for its decode bounds), so a daemon started with `--max-request-new-streams` below
+1,024 refuses large runs (`too_large`, resent one by one: the same results, more round trips), and one started
+with `--max-message-bytes` below 64 KiB may refuse a run without naming it (its steps then time out): use
+merge_steps=False with those.
 """
 from __future__ import annotations
 
@@ -23,70 +27,101 @@ import numpy as np
 
 from lstm_stream import protocol as P
 
-from ._api import MISSING, Call, _y
+from ._api import MISSING, Call, _y, result_of
 from .errors import ServerError
 
-MIN_RUN = 16        # a shorter run is sent as separate steps: its wait for the reply would cost more than it saves
-MAX_RUN = 1_024     # steps per step_many: the daemon's default --max-request-new-streams
-MAX_SAMPLES = 16_384  # samples per step_many: the daemon's default --max-request-samples
+MIN_RUN = 16          # a shorter run is sent as separate steps: its wait for the reply would cost more than it saves
+MAX_RUN = 1_024       # steps per step_many: the daemon's default --max-request-new-streams
+MAX_RUN_BYTES = 64 * 1024  # one step_many's message at most: far below the daemon's --max-message-bytes (16 MiB)
+_CODEC = P.Codec()    # to measure a run's message
 
 
-def plain_step(call: Call) -> bool:
-    """Whether the call is a step that may go in a step_many: no seq (its only fields are stream and x)."""
-    return call.op == "step" and len(call.fields) == 2
+def plain_step(call) -> bool:
+    """Whether the call is a step that may go in a step_many: one sample (x of rank 1), no seq."""
+    return call is not None and call.op == "step" and len(call.fields) == 2 and call.fields["x"].ndim == 1
+
+
+def run_end(calls, k: int) -> int:
+    """The end of the run from calls[k]: the plain steps whose x has calls[k]'s shape and dtype (k if calls[k]
+    is not a plain step). Calls may hold None (a call that must go alone)."""
+    if not plain_step(calls[k]):
+        return k
+    x0 = calls[k].fields["x"]
+    shape, dtype, end = x0.shape, x0.dtype, k + 1
+    while end < len(calls) and plain_step(calls[end]):
+        x = calls[end].fields["x"]
+        if x.shape != shape or x.dtype != dtype:
+            break
+        end += 1
+    return end
+
+
+def run_size(calls, k: int, end: int) -> int:
+    """How many of calls[k:end] (a run) one step_many takes at most: MAX_RUN, ~MAX_RUN_BYTES of rows and ids."""
+    row = calls[k].fields["x"].nbytes + 16  # a row, and an id of a few characters with its header
+    return max(1, min(end - k, MAX_RUN, MAX_RUN_BYTES // row))
+
+
+def take_run(calls, k: int, end: int):
+    """The Run of calls[k:k + n] with n as large as run_size allows and its message within MAX_RUN_BYTES
+    (halved while it is not: long ids); None if that leaves fewer than 2 steps."""
+    n = run_size(calls, k, end)
+    while n > 1:
+        run = Run(calls[k:k + n], k)
+        if len(_CODEC.request("step_many", 0, run.call.fields)) <= MAX_RUN_BYTES:
+            return run
+        n //= 2
+    return None
 
 
 class Run:
-    """Consecutive plain steps (calls[start:start + len(steps)]) and the step_many Call that stands for them,
-    whose result is the list of the steps' results."""
+    """Consecutive plain steps of one input shape and dtype, and the step_many Call that stands for them (x: their
+    rows stacked, one binary array), whose result is the list of their outputs' rows. The largest run the
+    limits allow with the smallest wire size per row (1,024 one-character ids, rows of one float32) is within
+    the daemon's decode bounds (protocol.DECODE_FACTOR; tested), so the daemon never refuses a run for its
+    objects without naming it."""
 
-    __slots__ = ("start", "steps", "call")
+    __slots__ = ("steps", "call", "start")
 
-    def __init__(self, start: int, steps: list):
-        self.start, self.steps = start, steps
-        ids = [s.fields["stream"] for s in steps]
-        xs = [s.fields["x"] for s in steps]
-        first = xs[0]
-        if first.ndim == 1 and all(x.ndim == 1 and x.shape == first.shape and x.dtype == first.dtype for x in xs):
-            self.call = Call("step_many", {"streams": ids, "x": np.stack(xs)}, _rows)  # one bin blob
-        else:
-            self.call = Call("step_many", {"streams": ids, "xs": xs}, _each)
+    def __init__(self, steps: list, start: int = 0):
+        self.steps, self.start = steps, start  # (start: the first step's index in the pipeline's calls)
+        fields = {"streams": [s.fields["stream"] for s in steps], "x": np.stack([s.fields["x"] for s in steps])}
+        self.call = Call("step_many", fields, _rows)
 
 
 def _rows(reply) -> list:
     return list(_y(reply))
 
 
-def _each(reply) -> list:
-    return [P.to_array(y, "ys") for y in reply["ys"]]
+def row_reply(y, rid=None) -> dict:
+    """The reply a plain step gets, with y its row of a step_many's reply."""
+    return {"v": P.PROTOCOL_VERSION, "id": rid, "ok": True, "y": y}
 
 
-def _samples(call: Call) -> int:
-    x = call.fields["x"]
-    return 1 if x.ndim < 2 else len(x)
+def step_result(step: Call, y):
+    """A merged step's result: its own parse of the reply it would get (its row as y)."""
+    return result_of(step, row_reply(y))
 
 
 def split(calls: list) -> list:
-    """calls in order as items: the index of a call sent alone, or a Run of plain steps (2 to MAX_RUN of them,
-    from runs of at least MIN_RUN)."""
+    """calls in order as items: the index of a call sent alone, or a Run (runs of at least MIN_RUN plain steps
+    of one kind, cut by take_run)."""
     items, k, n = [], 0, len(calls)
     while k < n:
-        end = k
-        while end < n and plain_step(calls[end]):
-            end += 1
+        end = run_end(calls, k)
         if end - k < MIN_RUN:
             stop = max(end, k + 1)
             items.extend(range(k, stop))
             k = stop
             continue
-        while k < end:  # the run, cut at MAX_RUN steps and MAX_SAMPLES samples
-            stop, samples = k, 0
-            while stop < end and stop - k < MAX_RUN and samples + _samples(calls[stop]) <= MAX_SAMPLES:
-                samples += _samples(calls[stop])
-                stop += 1
-            stop = max(stop, k + 1)  # one step above MAX_SAMPLES: alone in its run (the daemon judges it)
-            items.append(Run(k, calls[k:stop]) if stop - k > 1 else k)
-            k = stop
+        while k < end:
+            run = take_run(calls, k, end)
+            if run is None:
+                items.append(k)
+                k += 1
+            else:
+                items.append(run)
+                k += len(run.steps)
     return items
 
 
@@ -137,7 +172,7 @@ class Rounds:
             if not isinstance(item, Run):
                 self.results[item] = r
             elif isinstance(r, list) and len(r) == len(item.steps):
-                self.results[item.start:item.start + len(r)] = r
+                self.results[item.start:item.start + len(r)] = map(step_result, item.steps, r)
             elif isinstance(r, ServerError) and r.code != P.INTERNAL:  # refused whole: nothing was applied
                 self._round = [list(range(item.start, item.start + len(item.steps)))]
                 return

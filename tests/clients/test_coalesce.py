@@ -30,13 +30,20 @@ def requests(c) -> int:
     return c.info()["counters"]["requests"]
 
 
-def mixed_calls(rng, prefix: str, n: int = 60) -> list:
-    """(stream, x) of n steps over fewer streams (repeated ids), inputs of two dtypes and a few (T, I) ones."""
+def mixed_calls(rng, prefix: str) -> list:
+    """(stream, x) of 60 steps over 23 streams (repeated ids): 30 of float32 samples, two of (T, I), 20 of
+    float64 samples, 8 of float32: two runs merged (30 and 20 steps), 10 steps sent alone."""
     out = []
-    for k in range(n):
-        x = rng.normal(size=(1 + k % 3, I) if k % 7 == 3 else I)
-        out.append((f"{prefix}{k % 23}", x.astype(np.float32 if k % 5 else np.float64)))
+    for k in range(60):
+        if k in (30, 31):
+            x = rng.normal(size=(k - 28, I)).astype(np.float32)
+        else:
+            x = rng.normal(size=I).astype(np.float64 if 32 <= k < 52 else np.float32)
+        out.append((f"{prefix}{k % 23}", x))
     return out
+
+
+MIXED_REQUESTS = 2 + 10  # the requests mixed_calls' steps make when merged
 
 
 def same(a, b) -> bool:
@@ -66,26 +73,52 @@ def shape_of(items) -> list:
 def test_runs_of_at_least_min_run_plain_steps_are_merged_and_the_rest_sent_alone():
     m = coalesce.MIN_RUN
     calls = [step() for _ in range(m - 1)] + [Call("ping", {}, None)] + [step() for _ in range(m)] \
-        + [step(seq=3)] + [step() for _ in range(m + 2)]
-    assert shape_of(coalesce.split(calls)) == list(range(m)) + [("run", m, m), 2 * m] + [("run", 2 * m + 1, m + 2)]
+        + [step(seq=3)] + [step() for _ in range(m + 2)] + [step(x=np.zeros((2, I), np.float32))]
+    assert shape_of(coalesce.split(calls)) == \
+        list(range(m)) + [("run", m, m), 2 * m] + [("run", 2 * m + 1, m + 2), 3 * m + 3]
     assert not coalesce.Rounds(calls[:m - 1]).merged and coalesce.Rounds(calls).merged
 
 
-def test_a_run_is_cut_at_max_run_steps_and_max_samples():
+def test_a_run_holds_steps_of_one_input_shape_and_dtype():
+    m = coalesce.MIN_RUN
+    calls = [step() for _ in range(m)] + [step(x=np.zeros(I, np.float64)) for _ in range(m)] \
+        + [step(x=np.zeros(I + 1, np.float32)) for _ in range(m - 1)]
+    assert shape_of(coalesce.split(calls)) == [("run", 0, m), ("run", m, m)] + list(range(2 * m, 3 * m - 1))
+    run = coalesce.split(calls)[1]
+    assert run.call.op == "step_many" and run.call.fields["x"].shape == (m, I)
+    assert run.call.fields["x"].dtype == np.float64 and run.call.fields["streams"] == ["s"] * m
+
+
+def test_a_run_is_cut_at_max_run_steps_and_max_run_bytes():
     calls = [step() for _ in range(coalesce.MAX_RUN + 20)]
     assert shape_of(coalesce.split(calls)) == [("run", 0, coalesce.MAX_RUN), ("run", coalesce.MAX_RUN, 20)]
-    big = coalesce.MAX_SAMPLES // 4
-    calls = [step(x=np.zeros((big, I), np.float32)) for _ in range(5)] \
-        + [step(x=np.zeros((coalesce.MAX_SAMPLES + 1, I), np.float32))] + [step() for _ in range(coalesce.MIN_RUN)]
-    assert shape_of(coalesce.split(calls)) == [("run", 0, 4), 4, 5, ("run", 6, coalesce.MIN_RUN)]
+    wide = np.zeros(4096, np.float32)  # 16 KiB a row: 3 rows to a run of at most 64 KiB
+    calls = [step(x=wide) for _ in range(coalesce.MIN_RUN)]
+    items = coalesce.split(calls)
+    assert {len(it.steps) for it in items if isinstance(it, coalesce.Run)} == {3}
+    assert all(len(coalesce._CODEC.request("step_many", 0, it.call.fields)) <= coalesce.MAX_RUN_BYTES
+               for it in items if isinstance(it, coalesce.Run))
 
 
-def test_a_run_of_one_shape_and_dtype_is_one_array_and_any_other_a_list():
-    run = coalesce.Run(0, [step(x=np.full(I, k, np.float32)) for k in range(3)])
-    assert run.call.op == "step_many" and run.call.fields["x"].shape == (3, I)
-    assert run.call.fields["streams"] == ["s", "s", "s"]
-    run = coalesce.Run(0, [step(x=np.zeros(I, np.float32)), step(x=np.zeros(I, np.float64))])
-    assert "x" not in run.call.fields and [x.dtype for x in run.call.fields["xs"]] == [np.float32, np.float64]
+def test_a_run_of_long_ids_is_cut_to_max_run_bytes():
+    calls = [step(f"{k:0>120}", np.zeros(1, np.float32)) for k in range(coalesce.MAX_RUN)]
+    items = coalesce.split(calls)
+    runs = [it for it in items if isinstance(it, coalesce.Run)]
+    assert len(runs) > 1 and sum(len(r.steps) for r in runs) == len(calls)
+    assert all(len(coalesce._CODEC.request("step_many", 0, r.call.fields)) <= coalesce.MAX_RUN_BYTES for r in runs)
+
+
+def test_the_densest_run_the_limits_allow_is_within_the_daemons_decode_bounds():
+    """1,024 one-character ids with rows of one float32: the most objects per wire byte a run can hold. The
+    daemon's bounded decode (protocol.DECODE_FACTOR) must take it whole, or it would refuse it before reading
+    its id, and the run's steps would only time out."""
+    from lstm_stream import protocol as P
+    for ids in ([chr(48 + k % 64) for k in range(coalesce.MAX_RUN)], list(range(coalesce.MAX_RUN))):
+        calls = [step(i, np.zeros(1, np.float32)) for i in ids]
+        run = coalesce.take_run(calls, 0, len(calls))
+        assert len(run.steps) == coalesce.MAX_RUN
+        data = P.Codec().request("step_many", 2**40, run.call.fields)
+        assert P.Codec().decode(data)["streams"] == ids
 
 
 # ---- against a real daemon and in process -----------------------------------------------------------------
@@ -115,7 +148,7 @@ def test_merged_steps_equal_separate_steps_bit_for_bit(client):
     merged = run_pipeline(client, [(f"m-{s}", x) for s, x in calls], True)
     sent = requests(client) - before
     separate = run_pipeline(client, [(f"u-{s}", x) for s, x in calls], False)
-    assert sent == 2  # one step_many, and the info that reads the counter
+    assert sent == MIXED_REQUESTS + 1  # (and the info that reads the counter)
     assert all(same(a, b) for a, b in zip(merged, separate)) and len(merged) == len(calls)
     for k in range(23):  # and the streams' states
         a, b = client.get_state(f"m-{k}"), client.get_state(f"u-{k}")
@@ -125,10 +158,12 @@ def test_merged_steps_equal_separate_steps_bit_for_bit(client):
 def test_a_refused_run_is_sent_again_step_by_step_each_with_its_own_result(client):
     rng = np.random.default_rng(7)
     calls = [(f"r{k % 11}", rng.normal(size=I).astype(np.float32)) for k in range(40)]
-    calls[9] = ("r9", np.full(I + 1, 0.5, np.float32))           # wrong size
-    calls[30] = ("r8", np.array([0.1, np.nan, 0.2, 0.3]))        # NaN
+    calls[9] = ("r9", np.array([0.1, np.nan, 0.2, 0.3], np.float32))  # the run's shape and dtype, refused:
+    calls[30] = ("r8", np.array([0.1, 0.2, np.inf, 0.3], np.float32))  # the whole run is refused
     extra = [("get_state", ("m-r8",)), ("step", ("m-r8", calls[0][1]))]
+    before = requests(client)
     merged = run_pipeline(client, [(f"m-{s}", x) for s, x in calls], True, extra)
+    assert requests(client) - before == 1 + 40 + 2 + 1  # the refused run, its steps alone, the two after; info
     separate = run_pipeline(client, [(f"u-{s}", x) for s, x in calls], False,
                             [("get_state", ("u-r8",)), ("step", ("u-r8", calls[0][1]))])
     assert isinstance(merged[9], BadRequest) and isinstance(merged[30], BadRequest)
@@ -200,7 +235,7 @@ def test_the_async_pipeline_merges_as_the_sync_one(served):
                     out.append((got, (await ac.info())["counters"]["requests"] - before))
             return out
     got = asyncio.run(asyncio.wait_for(main(), 60))
-    assert got[0][1] == 3 and got[2][1] == len(clean) + 2  # (a step_many, the get_state, the info)
+    assert got[0][1] == MIXED_REQUESTS + 2 and got[2][1] == len(clean) + 2  # (and the get_state, the info)
     for (merged, _), (separate, _) in ((got[0], got[2]), (got[1], got[3])):
         assert all(errors_alike(a, b) for a, b in zip(merged[:-1], separate[:-1]))
         assert merged[-1].steps == separate[-1].steps and np.array_equal(merged[-1].h, separate[-1].h)
@@ -211,7 +246,7 @@ def test_in_process_merged_equals_the_reference_streams(served_models):
     _, model = served_models["cls"]
     ref = ls.Streams(model)
     rng = np.random.default_rng(5)
-    calls = mixed_calls(rng, "p", 50)
+    calls = mixed_calls(rng, "p")
     with LocalClient.serving(model) as c:
         got = run_pipeline(c, calls, True)
     for (s, x), y in zip(calls, got):

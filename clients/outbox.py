@@ -1,0 +1,185 @@
+"""AsyncClient's sends with merge_steps=True: plain steps made in one turn of the event loop go out as one
+`step_many`, with the results they would get one by one.
+
+A call made when nothing waits goes out at once, so a lone `await c.step(...)` costs what it did. The calls
+made after it in the same turn of the event loop (the tasks of a gather, tasks woken by one reply) wait in
+a queue until the turn ends; then the queue goes out in call order, each run of at least MIN_RUN plain steps
+(no `seq`) as one `step_many` (clients/coalesce.py), each step given its row of the reply. Anything queued
+after a run waits for the run's reply: a run the daemon refuses (all or nothing: nothing applied) is sent
+again step by step before it, so each step gets its own result and calls keep their order. An `internal`
+error is not resent (something may have been applied): every step of the run gets it.
+
+Every call's deadline starts when it is made (waiting in the queue counts). A run has its own deadline; when
+it passes, the run's steps not yet answered fail with Timeout (they may or may not have been applied) and the
+queue moves on.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+
+import zmq
+
+from lstm_stream import protocol as P
+
+from .coalesce import MAX_RUN, MIN_RUN, row_reply, run_end, take_run
+from .errors import BadReply, ClientError, ServerError
+
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+class Outbox:
+    """The queue of one AsyncClient (its sockets, ids, futures and deadlines are the client's)."""
+
+    def __init__(self, client):
+        self._c = client
+        self._queue: collections.deque = collections.deque()  # [rid, call, fut, alone], not sent, call order
+        self._due = False      # a flush is scheduled for the end of this turn of the event loop
+        self._sending = None   # the future of a send the socket had no room for: the queue waits for it
+        self._run = None       # the future of the merged run in flight: the queue waits for its reply
+        self.run_rid = None    # that run's request id (its future is in the client's _pending)
+
+    def submit(self, call):
+        """The future of the call's reply map: the call sent now, or queued (see the module's docstring)."""
+        c = self._c
+        c._ensure_open()
+        rid = next(c._ids)
+        fut = c._pending[rid] = c._loop.create_future()
+        c._deadline(rid, repr(call.op))
+        if self._queue or self._due or self._blocked:
+            self._queue.append([rid, call, fut, False])
+            if not self._due and not self._blocked:
+                self._schedule()
+        else:
+            self._send(rid, call, fut)
+            self._schedule()  # the calls after this one in this turn wait for the flush
+        return fut
+
+    def clear(self) -> None:
+        """Forget the queue (the client failed or closed every pending call)."""
+        self._queue.clear()
+        self._sending = self._run = self.run_rid = None
+
+    @property
+    def _blocked(self) -> bool:
+        return self._sending is not None or self._run is not None
+
+    def _schedule(self):
+        self._due = True
+        self._c._loop.call_soon(self._flush)
+
+    def _flush(self):
+        """Send the queue in order, up to and including the first merged run (see the module's docstring)."""
+        self._due = False
+        queue = self._queue
+        while queue and not self._blocked:
+            while queue and queue[0][2].done():  # timed out (or failed) while queued: never sent
+                queue.popleft()
+            if not queue:
+                break
+            end = run_end(self._head(MIN_RUN), 0)
+            if end < MIN_RUN:  # the head goes alone, and the short run it starts (if any)
+                for _ in range(max(end, 1)):
+                    rid, call, fut, _ = queue.popleft()
+                    if not fut.done():
+                        self._send(rid, call, fut)
+                    if self._blocked or not queue:
+                        break
+                continue
+            head = self._head(MAX_RUN)
+            run = take_run(head, 0, run_end(head, 0))
+            members = [queue.popleft() for _ in range(len(run.steps) if run is not None else 1)]
+            self._send_run(members, run)
+        self._c._look()
+
+    def _head(self, n: int) -> list:
+        """The first n queued calls; None for one that must go alone (a refused run's step)."""
+        return [None if e[3] else e[1] for e in itertools.islice(self._queue, n)]
+
+    def _send(self, rid, call, fut):
+        c = self._c
+        data = c._codec.request(call.op, rid, call.fields)
+        try:
+            c._raw.send(data, _NOBLOCK)
+        except zmq.Again:  # the socket's queue is full: the rest waits until this one is sent
+            sent = self._sending = c._sock.send(data)
+            sent.add_done_callback(lambda f: self._sent(f, fut))
+        except zmq.ZMQError as e:
+            if not fut.done():
+                fut.set_exception(ClientError(f"could not send {call.op!r}: {e}"))
+
+    def _sent(self, sent, fut):
+        self._sending = None
+        if sent.cancelled() or sent.exception() is not None:
+            if not fut.done():
+                fut.set_exception(ClientError(f"could not send: {sent.exception() if not sent.cancelled() else 'cancelled'}"))
+        if self._queue and not self._due and not self._blocked:
+            self._schedule()
+
+    def _send_run(self, members: list, run):
+        """Send run (the members' steps) as one step_many, or each member alone if run is None."""
+        if run is None:
+            for k, (rid, call, fut, _) in enumerate(members):
+                if self._blocked:  # the socket is full: the rest back in front, to go alone
+                    for m in members[k:]:
+                        m[3] = True
+                    self._queue.extendleft(reversed(members[k:]))
+                    return
+                if not fut.done():
+                    self._send(rid, call, fut)
+            return
+        c = self._c
+        rid = next(c._ids)
+        fut = c._pending[rid] = c._loop.create_future()
+        c._deadline(rid, f"{len(members)} merged step(s)")
+        self.run_rid, self._run = rid, fut
+        self._send(rid, run.call, fut)
+        fut.add_done_callback(lambda f: self._settle(run, members, f))
+
+    def _settle(self, run, members, fut):
+        """A run's reply (or its Timeout): each step its row, or the run's steps resent one by one."""
+        if self._run is fut:
+            self._run = self.run_rid = None
+        pending = self._c._pending
+        if fut.cancelled() or fut.exception() is not None:
+            e = ClientError("cancelled") if fut.cancelled() else fut.exception()
+            for rid, _, f, _ in members:
+                pending.pop(rid, None)
+                if not f.done():
+                    f.set_exception(_copy(e))
+        else:
+            reply = fut.result()
+            try:
+                rows = run.call.finish(reply)
+                if len(rows) != len(members):
+                    raise BadReply(f"a step_many of {len(members)} streams was answered with {len(rows)} rows")
+            except ServerError as e:
+                if e.code == P.INTERNAL:
+                    rows = None
+                else:  # refused whole, nothing applied: resent one by one, ahead of everything queued
+                    for m in reversed(members):
+                        if not m[2].done():
+                            self._queue.appendleft([m[0], m[1], m[2], True])
+                    members = ()
+                    rows = None
+            except ClientError as e:
+                for rid, _, f, _ in members:
+                    pending.pop(rid, None)
+                    if not f.done():
+                        f.set_exception(_copy(e))
+                members = ()
+                rows = None
+            for k, (rid, _, f, _) in enumerate(members):
+                pending.pop(rid, None)
+                if not f.done():
+                    f.set_result(reply if rows is None else row_reply(rows[k], rid))
+        if self._queue and not self._due and not self._blocked:
+            self._schedule()
+
+
+def _copy(e: BaseException) -> BaseException:
+    """A fresh exception like e for each step that gets it (one raised in many tasks would share a traceback)."""
+    try:
+        return type(e)(*e.args)
+    except TypeError:
+        return e
