@@ -7,6 +7,11 @@ One reader task receives every reply and resolves the waiting call by request id
 timeout; idempotent ops are resent after one (with a new id, so a late reply to the old one is ignored);
 steps never are. Use an AsyncClient from one event loop.
 
+With merge_steps=True (the default) the plain steps made in one turn of the event loop (a gather's tasks,
+tasks woken by one reply) go out as one step_many, each step getting the result it would get alone
+(clients/outbox.py); a pipeline's runs of steps likewise (clients/coalesce.py). merge_steps=False sends one
+request per call.
+
 Per call it costs a future and a dict entry: requests go out through the plain (non-future) socket when its
 queue has room, and the calls' deadlines (all `timeout` after their send, so in send order) sit in one queue
 that a single timer walks, instead of a timer per call: zmq.asyncio's send and a call_later per call took
@@ -161,6 +166,8 @@ class AsyncClient(Api):
         every reply came in time, its `replies` holding the results that came (MISSING for the others)."""
         if not calls:
             return []
+        if self._outbox is not None:  # after the calls made before (and a merged run's resends)
+            await self._outbox.drained()
         batch = _Batch(calls, parse)
         key, fut = self._register_batch(batch)
         batched, codec, raw = self._batched, self._codec, self._raw

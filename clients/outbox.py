@@ -38,6 +38,7 @@ class Outbox:
         self._sending = None   # the future of a send the socket had no room for: the queue waits for it
         self._run = None       # the future of the merged run in flight: the queue waits for its reply
         self.run_rid = None    # that run's request id (its future is in the client's _pending)
+        self._drained: list = []  # futures of callers waiting for the queue to empty (drained())
 
     def submit(self, call):
         """The future of the call's reply map: the call sent now, or queued (see the module's docstring)."""
@@ -55,10 +56,26 @@ class Outbox:
             self._schedule()  # the calls after this one in this turn wait for the flush
         return fut
 
+    async def drained(self) -> None:
+        """Return once every call made so far has been sent and no merged run waits for its reply (a pipeline
+        sends its calls after that, so they keep their place after the calls made before them)."""
+        while self._queue or self._due or self._blocked:
+            fut = self._c._loop.create_future()
+            self._drained.append(fut)
+            await fut
+
+    def _wake_drained(self):
+        if self._drained and not (self._queue or self._blocked):
+            waiters, self._drained = self._drained, []
+            for f in waiters:
+                if not f.done():
+                    f.set_result(None)
+
     def clear(self) -> None:
         """Forget the queue (the client failed or closed every pending call)."""
         self._queue.clear()
         self._sending = self._run = self.run_rid = None
+        self._wake_drained()
 
     @property
     def _blocked(self) -> bool:
@@ -91,6 +108,7 @@ class Outbox:
             members = [queue.popleft() for _ in range(len(run.steps) if run is not None else 1)]
             self._send_run(members, run)
         self._c._look()
+        self._wake_drained()
 
     def _head(self, n: int) -> list:
         """The first n queued calls; None for one that must go alone (a refused run's step)."""
@@ -115,6 +133,7 @@ class Outbox:
                 fut.set_exception(ClientError(f"could not send: {sent.exception() if not sent.cancelled() else 'cancelled'}"))
         if self._queue and not self._due and not self._blocked:
             self._schedule()
+        self._wake_drained()
 
     def _send_run(self, members: list, run):
         """Send run (the members' steps) as one step_many, or each member alone if run is None."""
@@ -175,6 +194,7 @@ class Outbox:
                     f.set_result(reply if rows is None else row_reply(rows[k], rid))
         if self._queue and not self._due and not self._blocked:
             self._schedule()
+        self._wake_drained()
 
 
 def _copy(e: BaseException) -> BaseException:

@@ -28,15 +28,16 @@ def run(coro, timeout=120):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def test_1000_requests_in_flight_on_one_connection_all_answered_and_matched(served):
+@pytest.mark.parametrize("merge_steps", [False, True])  # 1,000 requests, or 3 (one alone, two step_many)
+def test_1000_requests_in_flight_on_one_connection_all_answered_and_matched(served, merge_steps):
     endpoint, model = served
     rng = np.random.default_rng(0)
     n_streams, per_stream = 250, 4
-    xs = {f"a{k}": rng.normal(size=(per_stream, I)).astype(np.float32) for k in range(n_streams)}
+    xs = {f"a{k}-{merge_steps}": rng.normal(size=(per_stream, I)).astype(np.float32) for k in range(n_streams)}
     calls = [(i, t) for t in range(per_stream) for i in xs]  # each stream's steps sent in order
 
     async def main():
-        async with AsyncClient(endpoint, timeout=60) as c:
+        async with AsyncClient(endpoint, timeout=60, merge_steps=merge_steps) as c:
             tasks = [asyncio.ensure_future(c.step(i, xs[i][t])) for i, t in calls]
             await asyncio.sleep(0)  # every task has sent its request, none has its reply yet
             peak = c.in_flight

@@ -149,3 +149,19 @@ def test_a_run_answered_with_too_few_rows_is_a_bad_reply_for_each_step(tmp_path)
     from clients import BadReply
     got, _ = run(forced(tmp_path, lambda rid: {"v": 1, "id": rid, "ok": True, "y": np.zeros((3, 4), np.float32)}))
     assert all(isinstance(r, BadReply) for r in got[1:])
+
+
+def test_a_pipeline_goes_out_after_the_steps_made_before_it_resends_included(served):
+    endpoint, _ = served
+    xs = np.random.default_rng(9).normal(size=(20, I)).astype(np.float32)
+    xs[5, 2] = np.nan  # refuses the run of steps 1-19: they are resent one by one
+
+    async def main():
+        async with AsyncClient(endpoint, timeout=20) as c:
+            steps = [asyncio.ensure_future(c.step("drain", x)) for x in xs]
+            await asyncio.sleep(0)  # the steps are made (the first sent, the others queued)
+            state = (await c.pipeline().get_state("drain").execute())[0]
+            return state, await asyncio.gather(*steps, return_exceptions=True)
+    state, got = run(main())
+    assert isinstance(got[5], BadRequest) and sum(isinstance(y, np.ndarray) for y in got) == 19
+    assert state.steps == 19
