@@ -156,7 +156,7 @@ def test_a_client_over_its_quota_gets_busy_replies_and_nothing_is_lost(daemon, s
     d = daemon("--model", served_models["ar"][0], "--max-batch", "2", "--max-peer-pending", "8")
 
     async def flood():
-        async with AsyncClient(d.endpoint, timeout=60) as c:
+        async with AsyncClient(d.endpoint, timeout=60, merge_steps=False) as c:  # 500 requests, not 2
             results = await asyncio.gather(*(c.step("b", np.full(I, 0.1)) for _ in range(500)),
                                            return_exceptions=True)
             return results, (await c.get_state("b")).steps, await c.info()

@@ -138,7 +138,7 @@ def test_undecodable_messages_and_busy_refusals_are_counted(daemon, served_model
         ctx.term()
 
     async def flood():
-        async with AsyncClient(d.endpoint, timeout=60) as c:
+        async with AsyncClient(d.endpoint, timeout=60, merge_steps=False) as c:  # 300 requests
             return await asyncio.gather(*(c.step("b", np.full(I, 0.1)) for _ in range(300)), return_exceptions=True)
 
     results = asyncio.run(asyncio.wait_for(flood(), 120))
