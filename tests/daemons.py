@@ -115,3 +115,20 @@ class DaemonFactory:
         for d in self.daemons:
             d.stop()
         shutil.rmtree(self.ipc_dir, ignore_errors=True)
+
+
+def serving(tmp_path_factory, served_models, name: str, *args):
+    """The body of a module fixture: yields (endpoint, model) of one daemon serving served_models[name]
+    (with more `serve` arguments `args`), stopped at the module's end."""
+    factory = DaemonFactory(tmp_path_factory.mktemp(f"served-{name}"))
+    path, model = served_models[name]
+    try:
+        yield factory("--model", path, *args).endpoint, model
+    finally:
+        factory.close()
+
+
+def run_async(coro, timeout: float = 120):
+    """asyncio.run(coro), bounded by `timeout` seconds."""
+    import asyncio
+    return asyncio.run(asyncio.wait_for(coro, timeout))

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from daemons import DaemonFactory
+from daemons import run_async, serving
 
 import lstm_stream as ls
 from clients import (AsyncClient, AsyncPipeline, BadRequest, Client, ClientClosed, InputError, PipelineError, Timeout,
@@ -16,16 +16,10 @@ I = 4
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, served_models):
-    factory = DaemonFactory(tmp_path_factory.mktemp("aio"))
-    path, model = served_models["cls"]
-    try:
-        yield factory("--model", path).endpoint, model
-    finally:
-        factory.close()
+    yield from serving(tmp_path_factory, served_models, "cls")
 
 
-def run(coro, timeout=120):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+run = run_async
 
 
 @pytest.mark.parametrize("merge_steps", [False, True])  # 1,000 requests, or 3 (one alone, two step_many)

@@ -1,11 +1,10 @@
 """Pipelines that send runs of plain steps as one step_many (clients/coalesce.py) give what the steps sent one
 by one give: outputs bit for bit (dtype and shape too), each step's own error, the same order, the same states;
 against a real daemon (sync and asyncio) and in process."""
-import asyncio
 
 import numpy as np
 import pytest
-from daemons import DaemonFactory
+from daemons import run_async, serving
 
 import lstm_stream as ls
 from clients import AsyncClient, BadRequest, Client, LocalClient, ServerError, StoreFull, Timeout
@@ -18,12 +17,7 @@ I = 4
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, served_models):
     """(endpoint, model) of a daemon of at most 400 streams (store_full is one of the refusals tested)."""
-    factory = DaemonFactory(tmp_path_factory.mktemp("coalesce"))
-    path, model = served_models["ar"]
-    try:
-        yield factory("--model", path, "--max-streams", "400").endpoint, model
-    finally:
-        factory.close()
+    yield from serving(tmp_path_factory, served_models, "ar", "--max-streams", "400")
 
 
 def requests(c) -> int:
@@ -234,7 +228,7 @@ def test_the_async_pipeline_merges_as_the_sync_one(served):
                     got = await p.execute(return_exceptions=True)
                     out.append((got, (await ac.info())["counters"]["requests"] - before))
             return out
-    got = asyncio.run(asyncio.wait_for(main(), 60))
+    got = run_async(main(), 60)
     assert got[0][1] == MIXED_REQUESTS + 2 and got[2][1] == len(clean) + 2  # (and the get_state, the info)
     for (merged, _), (separate, _) in ((got[0], got[2]), (got[1], got[3])):
         assert all(errors_alike(a, b) for a, b in zip(merged[:-1], separate[:-1]))

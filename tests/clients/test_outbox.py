@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from daemons import DaemonFactory
+from daemons import run_async, serving
 
 import lstm_stream as ls
 from clients import AsyncClient, BadRequest, InternalError, Timeout
@@ -18,16 +18,10 @@ I = 4
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, served_models):
-    factory = DaemonFactory(tmp_path_factory.mktemp("outbox"))
-    path, model = served_models["ar"]
-    try:
-        yield factory("--model", path).endpoint, model
-    finally:
-        factory.close()
+    yield from serving(tmp_path_factory, served_models, "ar")
 
 
-def run(coro, timeout=120):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+run = run_async
 
 
 def alike(a, b) -> bool:
