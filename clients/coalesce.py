@@ -28,7 +28,7 @@ import numpy as np
 from lstm_stream import protocol as P
 
 from ._api import MISSING, Call, _y, result_of
-from .errors import ServerError
+from .errors import BadReply, ServerError
 
 MIN_RUN = 16          # a shorter run is sent as separate steps: its wait for the reply would cost more than it saves
 MAX_RUN = 1_024       # steps per step_many: the daemon's default --max-request-new-streams
@@ -171,7 +171,9 @@ class Rounds:
         for item, r in zip(self._round, got):
             if not isinstance(item, Run):
                 self.results[item] = r
-            elif isinstance(r, list) and len(r) == len(item.steps):
+                continue
+            r = rows_or_error(item, r)
+            if isinstance(r, list):
                 self.results[item.start:item.start + len(r)] = map(step_result, item.steps, r)
             elif isinstance(r, ServerError) and r.code != P.INTERNAL:  # refused whole: nothing was applied
                 self._round = [list(range(item.start, item.start + len(item.steps)))]
@@ -188,8 +190,19 @@ class Rounds:
         for item, r in zip(self._round[-1] if resent else self._round, replies):
             if r is MISSING:
                 continue
-            if isinstance(item, Run):
-                out[item.start:item.start + len(item.steps)] = r if isinstance(r, list) else [r] * len(item.steps)
+            if isinstance(item, Run):  # its rows, or its error (a refusal: nothing applied, so MISSING)
+                r = rows_or_error(item, r)
+                if isinstance(r, list):
+                    out[item.start:item.start + len(r)] = map(step_result, item.steps, r)
+                elif not (isinstance(r, ServerError) and r.code != P.INTERNAL):
+                    out[item.start:item.start + len(item.steps)] = [r] * len(item.steps)
             else:
                 out[item] = r
         return out
+
+
+def rows_or_error(run: Run, r):
+    """A run's result: its list of rows, or the error it got (BadReply for rows that are not one per step)."""
+    if isinstance(r, list) and len(r) != len(run.steps):
+        return BadReply(f"a step_many of {len(run.steps)} streams was answered with {len(r)} rows")
+    return r

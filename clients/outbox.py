@@ -22,8 +22,9 @@ import zmq
 
 from lstm_stream import protocol as P
 
-from .coalesce import MAX_RUN, MIN_RUN, row_reply, run_end, take_run
-from .errors import BadReply, ClientError, ServerError
+from ._api import result_of
+from .coalesce import MAX_RUN, MIN_RUN, row_reply, rows_or_error, run_end, take_run
+from .errors import ClientError, ServerError
 
 _NOBLOCK = int(zmq.NOBLOCK)
 
@@ -156,42 +157,32 @@ class Outbox:
         fut.add_done_callback(lambda f: self._settle(run, members, f))
 
     def _settle(self, run, members, fut):
-        """A run's reply (or its Timeout): each step its row, or the run's steps resent one by one."""
+        """A run's reply (or its Timeout): each step its row; a refusal (nothing applied): the steps queued again
+        to go alone, ahead of everything; any other error (internal, a Timeout, a bad reply): each step gets it."""
         if self._run is fut:
             self._run = self.run_rid = None
-        pending = self._c._pending
-        if fut.cancelled() or fut.exception() is not None:
-            e = ClientError("cancelled") if fut.cancelled() else fut.exception()
-            for rid, _, f, _ in members:
-                pending.pop(rid, None)
-                if not f.done():
-                    f.set_exception(_copy(e))
+        if fut.cancelled():
+            outcome = ClientError("the merged steps were cancelled")
+        elif fut.exception() is not None:
+            outcome = fut.exception()
         else:
-            reply = fut.result()
-            try:
-                rows = run.call.finish(reply)
-                if len(rows) != len(members):
-                    raise BadReply(f"a step_many of {len(members)} streams was answered with {len(rows)} rows")
-            except ServerError as e:
-                if e.code == P.INTERNAL:
-                    rows = None
-                else:  # refused whole, nothing applied: resent one by one, ahead of everything queued
-                    for m in reversed(members):
-                        if not m[2].done():
-                            self._queue.appendleft([m[0], m[1], m[2], True])
-                    members = ()
-                    rows = None
-            except ClientError as e:
-                for rid, _, f, _ in members:
-                    pending.pop(rid, None)
-                    if not f.done():
-                        f.set_exception(_copy(e))
-                members = ()
-                rows = None
+            outcome = rows_or_error(run, result_of(run.call, fut.result()))
+        if isinstance(outcome, ServerError) and outcome.code != P.INTERNAL:
+            for m in reversed(members):
+                if not m[2].done():
+                    self._queue.appendleft([m[0], m[1], m[2], True])
+        else:
+            pending = self._c._pending
             for k, (rid, _, f, _) in enumerate(members):
                 pending.pop(rid, None)
-                if not f.done():
-                    f.set_result(reply if rows is None else row_reply(rows[k], rid))
+                if f.done():
+                    continue
+                if isinstance(outcome, list):
+                    f.set_result(row_reply(outcome[k], rid))
+                elif isinstance(outcome, ServerError):  # the error reply: each call raises its own from it
+                    f.set_result(fut.result())
+                else:
+                    f.set_exception(_copy(outcome))
         if self._queue and not self._due and not self._blocked:
             self._schedule()
         self._wake_drained()

@@ -196,6 +196,33 @@ def test_an_internal_error_or_a_timeout_is_not_resent():
     assert rounds.partial(["pong", coalesce.MISSING]) == ["pong"] + [coalesce.MISSING] * coalesce.MIN_RUN
 
 
+def test_each_merged_step_gets_its_row_through_its_own_parse():
+    calls = [Call("step", {"stream": f"s{k}", "x": np.zeros(I, np.float32)}, lambda r: ("mine", r["y"]))
+             for k in range(coalesce.MIN_RUN)]
+    rounds = coalesce.Rounds(calls)
+    rounds.next()
+    rows = [np.full(2, k, np.float32) for k in range(coalesce.MIN_RUN)]
+    rounds.take([rows])
+    assert rounds.next() is None
+    assert [(tag, y[0]) for tag, y in rounds.results] == [("mine", k) for k in range(coalesce.MIN_RUN)]
+
+
+def test_a_run_answered_with_rows_not_one_per_step_is_a_bad_reply_for_each():
+    from clients import BadReply
+    rounds = coalesce.Rounds([step(f"s{k}") for k in range(coalesce.MIN_RUN)])
+    rounds.next()
+    rounds.take([[np.zeros(4, np.float32)] * 3])
+    assert rounds.next() is None and all(isinstance(r, BadReply) for r in rounds.results)
+
+
+def test_after_a_failed_round_trip_a_refused_runs_steps_have_no_result():
+    """(The pipeline then gives them its Timeout: they were not applied, and the refusal was another row's.)"""
+    rounds = coalesce.Rounds([Call("ping", {}, None)] + [step(f"s{k}") for k in range(coalesce.MIN_RUN)])
+    rounds.next()
+    refused = BadRequest("bad_input", "x[3] holds a NaN")
+    assert rounds.partial(["pong", refused]) == ["pong"] + [coalesce.MISSING] * coalesce.MIN_RUN
+
+
 def test_a_timed_out_merged_pipeline_sets_results(tmp_path):
     with Client(f"ipc://{tmp_path}/nobody.sock"[:100], timeout=0.2) as c:
         p = c.pipeline().ping()
