@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import time
 
+import numpy as np
 import zmq
 
 from lstm_stream import protocol as P
@@ -149,15 +150,23 @@ class Client(NumberedSteps, Api):
 
     def _step_plain(self, stream, x):
         """step(stream, x) of an array sent as it is, without a seq: what Api.step and _run do for it, their
-        general cases left out: one round trip (a plain step is never resent; a timeout replaces the socket,
-        as in _run). Beside a busy daemon the layers it skips cost ~8 µs of a ~200 µs round trip
-        (docs/benchmarks.md)."""
-        call = Call("step", {"stream": stream, "x": x}, _y)
+        general cases left out: the request from its template, one round trip (a plain step is never resent;
+        a timeout replaces the socket, as in _run), y as the reply reader read it. Beside a busy daemon the
+        layers it skips cost ~10 µs of a ~200 µs round trip (docs/benchmarks.md)."""
+        rid = next(self._ids)
+        data = self._codec.step_request(rid, stream, x)
+        if data is None:
+            data = self._codec.request("step", rid, {"stream": stream, "x": x})
         try:
-            return call.finish(self._roundtrip_one(call))
+            reply = self._exchange(rid, data, "step")
         except Timeout:
             self._reopen()
             raise
+        y = reply.get("y")
+        if type(y) is np.ndarray and y.flags.writeable and reply.get("ok") is True \
+                and reply.get("v") == P.PROTOCOL_VERSION:  # the usual reply (Call.finish's short path)
+            return y
+        return Call("step", {"stream": stream, "x": x}, _y).finish(reply)
 
     def _run(self, call: Call):
         attempts = 1 + (self.retries if resendable(call) else 0)
@@ -172,18 +181,22 @@ class Client(NumberedSteps, Api):
             return call.finish(reply)
 
     def _roundtrip_one(self, call: Call) -> dict:
-        """_roundtrip([call])[0], shorter: send, then one blocking recv (bounded by RCVTIMEO) that is, but for
-        a late reply to an earlier call, the reply."""
+        """_roundtrip([call])[0], shorter (see _exchange)."""
+        rid = next(self._ids)
+        return self._exchange(rid, self._codec.request(call.op, rid, call.fields), call.op, call)
+
+    def _exchange(self, rid, data: bytes, op: str, call: Call | None = None) -> dict:
+        """Send one request (request id rid) and return its reply: one blocking recv (bounded by RCVTIMEO) that
+        is, but for a late reply to an earlier call, the reply; Timeout otherwise."""
         sock = self._sock
         if sock is None:
             raise ClientClosed(f"{self!r} is closed")
-        rid = next(self._ids)
         deadline = time.monotonic() + self.timeout
         try:
-            sock.send(self._codec.request(call.op, rid, call.fields))
+            sock.send(data)
             reply = self._read(sock.recv())
         except zmq.Again:
-            raise _timeout(f"no reply from {self.address} within {self.timeout} s for 1 request(s) ({call.op})",
+            raise _timeout(f"no reply from {self.address} within {self.timeout} s for 1 request(s) ({op})",
                            [call], {rid: call}, {}) from None
         if reply["id"] == rid:
             return reply
@@ -192,7 +205,7 @@ class Client(NumberedSteps, Api):
             left = deadline - time.monotonic()
             if left <= 0 or not self._receive(want, got, left):
                 raise _timeout(f"no reply from {self.address} within {self.timeout} s for 1 request(s) "
-                               f"({call.op})", [call], want, got)
+                               f"({op})", [call], want, got)
         return got[rid]
 
     def _roundtrip(self, calls, parse=None) -> list:

@@ -273,12 +273,19 @@ class Codec:
         if op == "step" and len(fields) == 2:
             x = fields.get("x")
             if type(x) is np.ndarray and "stream" in fields:
-                head = self._array_head(_X_KEY, x)
-                if head is not None:
-                    pack = self._packer.pack
-                    return self._step_head + pack(request_id) + self._step_mid + pack(fields["stream"]) + head + \
-                        x.tobytes()
+                data = self.step_request(request_id, fields["stream"], x)
+                if data is not None:
+                    return data
         return self.encode({"v": PROTOCOL_VERSION, "id": request_id, "op": op, **self._model, **fields})
+
+    def step_request(self, request_id, stream, x: np.ndarray) -> bytes | None:
+        """request("step", request_id, {"stream": stream, "x": x}) from its template, for an array x of a wire
+        dtype (None for any other x: encode it with request())."""
+        head = self._array_head(_X_KEY, x)
+        if head is None:
+            return None
+        pack = self._packer.pack
+        return self._step_head + pack(request_id) + self._step_mid + pack(stream) + head + x.tobytes()
 
     def ok(self, request_id, result: dict) -> bytes:
         """An encoded success reply."""
