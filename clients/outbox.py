@@ -89,27 +89,43 @@ class Outbox:
     def _flush(self):
         """Send the queue in order, up to and including the first merged run (see the module's docstring)."""
         self._due = False
-        queue = self._queue
+        queue, pending = self._queue, self._c._pending
         while queue and not self._blocked:
-            while queue and queue[0][2].done():  # timed out (or failed) while queued: never sent
+            rid, call, fut, _ = queue[0]
+            if fut.done():  # cancelled or timed out while queued: never sent
                 queue.popleft()
-            if not queue:
-                break
-            end = run_end(self._head(MIN_RUN), 0)
-            if end < MIN_RUN:  # the head goes alone, and the short run it starts (if any)
-                for _ in range(max(end, 1)):
-                    rid, call, fut, _ = queue.popleft()
-                    if not fut.done():
-                        self._send(rid, call, fut)
-                    if self._blocked or not queue:
-                        break
-                continue
-            head = self._head(MAX_RUN)
-            run = take_run(head, 0, run_end(head, 0))
-            members = [queue.popleft() for _ in range(len(run.steps) if run is not None else 1)]
-            self._send_run(members, run)
+                pending.pop(rid, None)
+            elif run_end(self._head(MIN_RUN), 0) < MIN_RUN:  # the head goes alone
+                queue.popleft()
+                self._send(rid, call, fut)
+            else:
+                self._take_run()
         self._c._look()
         self._wake_drained()
+
+    def _take_run(self):
+        """Send the run at the queue's head as one step_many (as much of it as one takes; the rest stays in
+        front); its steps whose callers are gone are left out."""
+        queue, pending = self._queue, self._c._pending
+        head = self._head(MAX_RUN)
+        members = []
+        for _ in range(run_end(head, 0)):
+            m = queue.popleft()
+            if m[2].done():
+                pending.pop(m[0], None)
+            else:
+                members.append(m)
+        try:
+            run = take_run([m[1] for m in members], 0, len(members)) if len(members) > 1 else None
+        except Exception:  # a step that cannot be encoded (its stream id): each goes alone, to get its error
+            run = None
+        rest = members[len(run.steps):] if run is not None else members
+        if run is None:
+            for m in rest:
+                m[3] = True
+        queue.extendleft(reversed(rest))
+        if run is not None:
+            self._send_run(members[:len(run.steps)], run)
 
     def _head(self, n: int) -> list:
         """The first n queued calls; None for one that must go alone (a refused run's step)."""
@@ -117,7 +133,13 @@ class Outbox:
 
     def _send(self, rid, call, fut):
         c = self._c
-        data = c._codec.request(call.op, rid, call.fields)
+        try:
+            data = c._codec.request(call.op, rid, call.fields)
+        except Exception as e:  # (a stream id msgpack cannot encode): this call's error, as Client raises it
+            c._pending.pop(rid, None)
+            if not fut.done():
+                fut.set_exception(e)
+            return
         try:
             c._raw.send(data, _NOBLOCK)
         except zmq.Again:  # the socket's queue is full: the rest waits until this one is sent
@@ -129,25 +151,15 @@ class Outbox:
 
     def _sent(self, sent, fut):
         self._sending = None
-        if sent.cancelled() or sent.exception() is not None:
-            if not fut.done():
-                fut.set_exception(ClientError(f"could not send: {sent.exception() if not sent.cancelled() else 'cancelled'}"))
+        if (sent.cancelled() or sent.exception() is not None) and not fut.done():
+            why = "cancelled" if sent.cancelled() else sent.exception()
+            fut.set_exception(ClientError(f"could not send: {why}"))
         if self._queue and not self._due and not self._blocked:
             self._schedule()
         self._wake_drained()
 
     def _send_run(self, members: list, run):
-        """Send run (the members' steps) as one step_many, or each member alone if run is None."""
-        if run is None:
-            for k, (rid, call, fut, _) in enumerate(members):
-                if self._blocked:  # the socket is full: the rest back in front, to go alone
-                    for m in members[k:]:
-                        m[3] = True
-                    self._queue.extendleft(reversed(members[k:]))
-                    return
-                if not fut.done():
-                    self._send(rid, call, fut)
-            return
+        """Send run (the members' steps) as one step_many; its reply settles them (_settle)."""
         c = self._c
         rid = next(c._ids)
         fut = c._pending[rid] = c._loop.create_future()

@@ -159,3 +159,30 @@ def test_a_pipeline_goes_out_after_the_steps_made_before_it_resends_included(ser
     state, got = run(main())
     assert isinstance(got[5], BadRequest) and sum(isinstance(y, np.ndarray) for y in got) == 19
     assert state.steps == 19
+
+
+def test_a_step_that_cannot_be_encoded_gets_its_error_and_the_others_their_results(served):
+    endpoint, _ = served
+    xs = np.random.default_rng(10).normal(size=(30, I)).astype(np.float32)
+
+    def make(c, pre):
+        return [c.step(object() if k == 11 else f"{pre}e{k}", xs[k]) for k in range(30)]
+    (merged, _), (separate, _) = run(twins(endpoint, make))
+    assert isinstance(merged[11], TypeError) and isinstance(separate[11], TypeError)
+    assert all(alike(a, b) for k, (a, b) in enumerate(zip(merged, separate)) if k != 11)
+
+
+def test_steps_cancelled_while_queued_are_never_sent(served):
+    endpoint, _ = served
+    x = np.ones(I, np.float32)
+
+    async def main():
+        async with AsyncClient(endpoint, timeout=20) as c:
+            tasks = [asyncio.ensure_future(c.step(f"cx{k}", x)) for k in range(40)]
+            await asyncio.sleep(0)  # the first sent, the others queued until the end of the turn
+            for k in (3, 7, 30):
+                tasks[k].cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return [await c.seq(f"cx{k}") for k in range(40)], c.in_flight
+    steps, left = run(main())
+    assert steps == [0 if k in (3, 7, 30) else 1 for k in range(40)] and left == 0
