@@ -166,8 +166,12 @@ class AsyncClient(Api):
         every reply came in time, its `replies` holding the results that came (MISSING for the others)."""
         if not calls:
             return []
-        if self._outbox is not None:  # after the calls made before (and a merged run's resends)
-            await self._outbox.drained()
+        if self._outbox is not None and self._outbox.busy:  # after the calls made before (a run's resends too)
+            try:
+                await asyncio.wait_for(self._outbox.drained(), self.timeout)
+            except asyncio.TimeoutError:
+                raise Timeout(f"the calls made before {len(calls)} pipelined call(s) were not all sent to "
+                              f"{self.address} within {self.timeout} s; the pipeline was not sent") from None
         batch = _Batch(calls, parse)
         key, fut = self._register_batch(batch)
         batched, codec, raw = self._batched, self._codec, self._raw

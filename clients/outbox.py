@@ -57,10 +57,15 @@ class Outbox:
             self._schedule()  # the calls after this one in this turn wait for the flush
         return fut
 
+    @property
+    def busy(self) -> bool:
+        """Whether calls wait to be sent, or a merged run or a full socket holds the queue."""
+        return bool(self._queue) or self._due or self._blocked
+
     async def drained(self) -> None:
         """Return once every call made so far has been sent and no merged run waits for its reply (a pipeline
         sends its calls after that, so they keep their place after the calls made before them)."""
-        while self._queue or self._due or self._blocked:
+        while self.busy:
             fut = self._c._loop.create_future()
             self._drained.append(fut)
             await fut

@@ -186,3 +186,21 @@ def test_steps_cancelled_while_queued_are_never_sent(served):
             return [await c.seq(f"cx{k}") for k in range(40)], c.in_flight
     steps, left = run(main())
     assert steps == [0 if k in (3, 7, 30) else 1 for k in range(40)] and left == 0
+
+
+def test_a_pipeline_behind_a_queue_that_cannot_send_times_out(tmp_path):
+    """No daemon and a queue of one message: a step's send waits for room forever (the step itself times out);
+    a pipeline made after it waits for it to be sent, at most its timeout."""
+    async def main():
+        async with AsyncClient(f"ipc://{tmp_path}/nobody.sock"[:100], timeout=0.3, hwm=1) as c:
+            steps = [asyncio.ensure_future(c.step(f"s{k}", np.zeros(I))) for k in range(4)]
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert c._outbox.busy
+            t0 = time.monotonic()
+            p = c.pipeline().ping()
+            with pytest.raises(Timeout):
+                await p.execute()
+            assert isinstance(p.results[0], Timeout) and time.monotonic() - t0 < 2.0
+            assert all(isinstance(r, Timeout) for r in await asyncio.gather(*steps, return_exceptions=True))
+    run(main())
