@@ -20,7 +20,7 @@ import logging
 import time
 
 from lstm_stream import protocol as P
-from lstm_stream.errors import InputError, LSTMStreamError, SequenceError
+from lstm_stream.errors import InputError, LSTMStreamError, SequenceError, StoreFullError
 from lstm_stream.messages import Reply
 
 from . import records
@@ -281,11 +281,12 @@ class EngineCore(Admission, Ops, Reloads, Housekeeping):
         """Plan the step requests at `positions` of `out`, run the plan, put each Reply in its place."""
         if not positions:
             return
-        p = plan([out[k][1] for k in positions], self.streams)
+        requests = [out[k][1] for k in positions]
+        p = plan(requests, self.streams)
         replies = {id(req): self._failure(req, e) for req, e in p.refused}
         replies.update((id(req), self._success(req, result)) for req, result in p.answered)
         if p.spans:
-            replies.update(self._execute(p))
+            replies.update(self._execute(p, requests))
         for k in positions:
             tag, req = out[k]
             out[k] = (tag, replies[id(req)])
@@ -319,8 +320,9 @@ class EngineCore(Admission, Ops, Reloads, Housekeeping):
         self.metrics["batched_samples"] += n
         return self._success(req, {"y": y})
 
-    def _execute(self, p, retry=True) -> dict:
-        """{id(request): Reply} for the plan's accepted requests, after one Streams call."""
+    def _execute(self, p, requests=None) -> dict:
+        """{id(request): Reply} for the plan's accepted requests, after one Streams call. requests: the planned
+        ones in order, for the one retry after a NaN (None: no retry)."""
         if not p.ids:  # only resends within the plan (answered below from the rows they repeat: none ran)
             return {}
         self._mutated()
@@ -338,15 +340,20 @@ class EngineCore(Admission, Ops, Reloads, Housekeeping):
         except LogWriteError as e:
             return {id(s.request): self.refuse(s.request.id, P.LOG_FAILED, str(e), counted=True, op=s.request.op)
                     for s in p.spans}
-        except InputError as e:  # NaN/Inf somewhere: refuse the requests holding one, run the others again
-            bad = p.non_finite() if retry else []
+        except InputError as e:  # NaN/Inf somewhere: refuse the requests holding one, plan the others again
+            bad = p.non_finite() if requests is not None else []
             if not bad:
                 return {id(s.request): self._failure(s.request, e) for s in p.spans}
+            # again: the others, and those refused as store_full (the room they lacked may have been the new
+            # streams of a request refused now), in their order: what a plan without the bad ones would take
             held = {id(r) for r, _ in bad}
-            rest = plan([s.request for s in p.spans if id(s.request) not in held], self.streams)
+            again = {id(s.request) for s in p.spans if id(s.request) not in held}
+            again.update(id(r) for r, err in p.refused if isinstance(err, StoreFullError))
+            rest = plan([r for r in requests if id(r) in again], self.streams)
             replies = {id(req): self._failure(req, e) for req, e in bad + rest.refused}
+            replies.update((id(req), self._success(req, result)) for req, result in rest.answered)
             if rest.spans:
-                replies.update(self._execute(rest, retry=False))
+                replies.update(self._execute(rest))
             return replies
         except Exception as e:  # planned requests were checked; anything left is a bug
             log.exception("step batch of %d requests failed", len(p.spans), extra=repeating("batch_failed"))

@@ -126,6 +126,22 @@ def test_nan_anywhere_in_a_turn_fails_only_its_request(ar_model):
     np.testing.assert_array_equal(np.array(replies[5]["y"], np.float32), ref.step("c", X[7]))
 
 
+def test_a_request_refused_for_nan_takes_no_room_from_the_others_of_its_turn(ar_model):
+    """Room for two streams, one in use: in one turn, a NaN step of a new stream, then good steps of two more new
+    ones. The first good one is created and the second is store_full, as if the NaN one had not been sent (the
+    first good one was store_full too, when the NaN one's stream still counted as being created); a
+    step_many refused whole for lack of that room gets it back the same way."""
+    x = np.ones(I, np.float32)
+    for later in ([req("step", 1, stream="b", x=x), req("step", 2, stream="c", x=x)],
+                  [req("step_many", 1, streams=["b", "a"], x=np.ones((2, I))), req("step", 2, stream="c", x=x)]):
+        core = make_core(ar_model, max_streams=2)
+        core.call(req("step", 9, stream="a", x=x))
+        replies = submit_all(core, [req("step", 0, stream="n", x=[1.0, np.nan, 0, 0])] + later)
+        assert [r["ok"] for r in replies] == [False, True, False]
+        assert replies[0]["error"]["code"] == P.BAD_INPUT and replies[2]["error"]["code"] == P.STORE_FULL
+        assert sorted(core.streams.ids()) == ["a", "b"]
+
+
 def test_store_full_refuses_exactly_the_overflowing_requests(ar_model):
     core = make_core(ar_model, max_streams=3)
     x = np.zeros(I)
