@@ -6,6 +6,10 @@
             for i, x in items: p.step(i, x)
         ys = p.results                          # PipelineError if any failed: its .results say what was applied
 
+A pipeline sends each run of 16 or more one-sample steps as one step_many, each step getting the result or
+error it would get alone, in the same order (clients/coalesce.py); pipeline(merge_steps=False) sends one
+request per call.
+
 Timeouts are on by default. After a timeout the socket is replaced (dropping queued requests and late
 replies), and only idempotent ops (protocol.IDEMPOTENT_OPS) and steps that carry a sequence number are resent;
 a plain step is never resent, because it may already have been applied. ZeroMQ reconnects by itself, so the
