@@ -34,10 +34,9 @@ class Call:
 
     def finish(self, reply: dict):
         """The call's result from its reply map; the ServerError it means raised."""
-        if self.parse is _y:  # a step's success as the reply reader gives it (y read from its template) is its
-            y = reply.get("y")  # result as it is: _y(check_reply(reply)) in short, the most common reply
-            if type(y) is np.ndarray and y.flags.writeable and reply.get("ok") is True \
-                    and reply.get("v") == P.PROTOCOL_VERSION:
+        if self.parse is _y:  # the most common reply, as its result at once
+            y = usual_y(reply)
+            if y is not None:
                 return y
         try:
             return self.parse(check_reply(reply))
@@ -45,6 +44,17 @@ class Call:
             if self.unknown_is is None:
                 raise
             return self.unknown_is
+
+
+def usual_y(reply: dict):
+    """y of a step's success reply as the reply reader gives it (y read from its template: a writable array;
+    ok; this protocol version), which is the step's result as it is (_y(check_reply(reply)) in short); None
+    for any other reply."""
+    y = reply.get("y")
+    if type(y) is np.ndarray and y.flags.writeable and reply.get("ok") is True \
+            and reply.get("v") == P.PROTOCOL_VERSION:
+        return y
+    return None
 
 
 def result_of(call: Call, reply: dict):

@@ -129,31 +129,28 @@ class AsyncClient(Api):
     # ---- the round trip ----------------------------------------------------------------------------
     async def _run(self, call: Call):
         attempts = 1 + (self.retries if resendable(call) else 0)
-        if self._outbox is not None:
-            for attempt in range(attempts):
-                try:
-                    reply = await self._outbox.submit(call)
-                except Timeout:
-                    if attempt == attempts - 1:
-                        raise
-                    continue
-                return call.finish(reply)
+        exchange = self._exchange if self._outbox is None else self._outbox.submit
         for attempt in range(attempts):
-            rid, fut, data = self._register(call)
             try:
-                try:
-                    self._raw.send(data, _NOBLOCK)
-                except zmq.Again:
-                    await self._send_when_room(data, fut)
-                self._look_soon()
-                reply = await fut
+                reply = await exchange(call)
             except Timeout:
                 if attempt == attempts - 1:
                     raise
                 continue
-            finally:
-                self._pending.pop(rid, None)
             return call.finish(reply)
+
+    async def _exchange(self, call: Call) -> dict:
+        """The call's reply map, the call sent at once (merge_steps=False; with it, Outbox.submit)."""
+        rid, fut, data = self._register(call)
+        try:
+            try:
+                self._raw.send(data, _NOBLOCK)
+            except zmq.Again:
+                await self._send_when_room(data, fut)
+            self._look_soon()
+            return await fut
+        finally:
+            self._pending.pop(rid, None)
 
     def pipeline(self, *, merge_steps: bool = True) -> "AsyncPipeline":
         """An AsyncPipeline: queue calls, send them together, await every result in order. merge_steps: as in

@@ -26,12 +26,11 @@ from __future__ import annotations
 import itertools
 import time
 
-import numpy as np
 import zmq
 
 from lstm_stream import protocol as P
 
-from ._api import MISSING, Api, Call, _array, _y, result_of, sent_as_is
+from ._api import MISSING, Api, Call, _array, _y, result_of, sent_as_is, usual_y
 from .coalesce import Rounds
 from .errors import ClientClosed, ClientError, PipelineError, SequenceError, Timeout
 from .keys import apply as apply_keys, curve_keys
@@ -166,11 +165,8 @@ class Client(NumberedSteps, Api):
         except Timeout:
             self._reopen()
             raise
-        y = reply.get("y")
-        if type(y) is np.ndarray and y.flags.writeable and reply.get("ok") is True \
-                and reply.get("v") == P.PROTOCOL_VERSION:  # the usual reply (Call.finish's short path)
-            return y
-        return Call("step", {"stream": stream, "x": x}, _y).finish(reply)
+        y = usual_y(reply)
+        return y if y is not None else Call("step", {"stream": stream, "x": x}, _y).finish(reply)
 
     def _run(self, call: Call):
         attempts = 1 + (self.retries if resendable(call) else 0)

@@ -141,33 +141,28 @@ class Rounds:
         self.results = [MISSING] * len(calls)
         self._items = split(calls)
         self._at = 0           # next item to send
-        self._round = []       # what the round in flight stands for: calls' indices and a Run, or [indices]
+        self._round = []       # what the round in flight stands for: calls' indices, then perhaps a Run
+        self._resend = None    # the indices of a refused run's steps, to send one by one next
         self.merged = len(self._items) < len(calls)  # otherwise: one round trip of every call, as unmerged
 
     def next(self):
         """The calls of the next round trip (a list), or None when every call has its result."""
-        if self._round and isinstance(self._round[-1], list):  # a refused run, one by one
-            return [self.calls[k] for k in self._round[-1]]
-        round_, items = [], self._items
-        while self._at < len(items):
-            item = items[self._at]
-            self._at += 1
-            if isinstance(item, Run):
-                round_.append(item)
-                break
-            round_.append(item)
-        self._round = round_
-        if not round_:
+        if self._resend is not None:
+            self._round, self._resend = self._resend, None
+        else:
+            self._round = []
+            while self._at < len(self._items):
+                item = self._items[self._at]
+                self._at += 1
+                self._round.append(item)
+                if isinstance(item, Run):
+                    break
+        if not self._round:
             return None
-        return [r.call if isinstance(r, Run) else self.calls[r] for r in round_]
+        return [item.call if isinstance(item, Run) else self.calls[item] for item in self._round]
 
     def take(self, got: list) -> None:
         """The results of the round just sent (parse of each reply, in the order next() gave the calls)."""
-        if self._round and isinstance(self._round[-1], list):  # the refused run's steps, one by one
-            for k, r in zip(self._round[-1], got):
-                self.results[k] = r
-            self._round = []
-            return
         for item, r in zip(self._round, got):
             if not isinstance(item, Run):
                 self.results[item] = r
@@ -175,30 +170,33 @@ class Rounds:
             r = rows_or_error(item, r)
             if isinstance(r, list):
                 self.results[item.start:item.start + len(r)] = map(step_result, item.steps, r)
-            elif isinstance(r, ServerError) and r.code != P.INTERNAL:  # refused whole: nothing was applied
-                self._round = [list(range(item.start, item.start + len(item.steps)))]
-                return
+            elif refused_whole(r):  # nothing was applied: its steps go again, one by one
+                self._resend = list(range(item.start, item.start + len(item.steps)))
             else:  # an internal error, an unreadable reply: every step of the run gets it
                 self.results[item.start:item.start + len(item.steps)] = [r] * len(item.steps)
-        self._round = []
 
     def partial(self, replies: list) -> list:
         """Every call's result after a round trip that failed with `replies` (this round's, MISSING where
         none came): the results so far, this round's that came, MISSING for the rest."""
         out = list(self.results)
-        resent = self._round and isinstance(self._round[-1], list)
-        for item, r in zip(self._round[-1] if resent else self._round, replies):
+        for item, r in zip(self._round, replies):
             if r is MISSING:
                 continue
-            if isinstance(item, Run):  # its rows, or its error (a refusal: nothing applied, so MISSING)
-                r = rows_or_error(item, r)
-                if isinstance(r, list):
-                    out[item.start:item.start + len(r)] = map(step_result, item.steps, r)
-                elif not (isinstance(r, ServerError) and r.code != P.INTERNAL):
-                    out[item.start:item.start + len(item.steps)] = [r] * len(item.steps)
-            else:
+            if not isinstance(item, Run):
                 out[item] = r
+                continue
+            r = rows_or_error(item, r)  # its rows, or its error (refused whole: nothing applied, so MISSING)
+            if isinstance(r, list):
+                out[item.start:item.start + len(r)] = map(step_result, item.steps, r)
+            elif not refused_whole(r):
+                out[item.start:item.start + len(item.steps)] = [r] * len(item.steps)
         return out
+
+
+def refused_whole(r) -> bool:
+    """Whether a run's result says the daemon refused it whole, so that nothing was applied: any error reply
+    but `internal` (a bug, after which something may have been applied)."""
+    return isinstance(r, ServerError) and r.code != P.INTERNAL
 
 
 def rows_or_error(run: Run, r):

@@ -20,10 +20,8 @@ import itertools
 
 import zmq
 
-from lstm_stream import protocol as P
-
 from ._api import result_of
-from .coalesce import MAX_RUN, MIN_RUN, row_reply, rows_or_error, run_end, take_run
+from .coalesce import MAX_RUN, MIN_RUN, refused_whole, row_reply, rows_or_error, run_end, take_run
 from .errors import ClientError, ServerError
 
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -184,7 +182,7 @@ class Outbox:
             outcome = fut.exception()
         else:
             outcome = rows_or_error(run, result_of(run.call, fut.result()))
-        if isinstance(outcome, ServerError) and outcome.code != P.INTERNAL:
+        if refused_whole(outcome):
             for m in reversed(members):
                 if not m[2].done():
                     self._queue.appendleft([m[0], m[1], m[2], True])

@@ -98,7 +98,7 @@ def test_tasks_stepping_in_a_loop_equal_the_reference(served):
         np.testing.assert_array_equal(np.stack(ys[k]), ref.step(f"loop{k}", xs[k]))
 
 
-def test_a_lone_step_goes_out_at_once_and_steps_without_a_daemon_time_out(tmp_path):
+def test_queued_steps_without_a_daemon_time_out_and_the_queue_moves_on(tmp_path):
     async def main():
         async with AsyncClient(f"ipc://{tmp_path}/nobody.sock"[:100], timeout=0.3) as c:
             t0 = time.monotonic()
