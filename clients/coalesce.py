@@ -164,33 +164,35 @@ class Rounds:
     def take(self, got: list) -> None:
         """The results of the round just sent (parse of each reply, in the order next() gave the calls)."""
         for item, r in zip(self._round, got):
-            if not isinstance(item, Run):
-                self.results[item] = r
-                continue
-            r = rows_or_error(item, r)
-            if isinstance(r, list):
-                self.results[item.start:item.start + len(r)] = map(step_result, item.steps, r)
-            elif refused_whole(r):  # nothing was applied: its steps go again, one by one
+            if _place(self.results, item, r):  # refused whole, nothing applied: its steps go again, one by one
                 self._resend = list(range(item.start, item.start + len(item.steps)))
-            else:  # an internal error, an unreadable reply: every step of the run gets it
-                self.results[item.start:item.start + len(item.steps)] = [r] * len(item.steps)
 
     def partial(self, replies: list) -> list:
         """Every call's result after a round trip that failed with `replies` (this round's, MISSING where
-        none came): the results so far, this round's that came, MISSING for the rest."""
+        none came): the results so far, this round's that came, MISSING for the rest (and for a run refused
+        whole: nothing of it was applied)."""
         out = list(self.results)
         for item, r in zip(self._round, replies):
-            if r is MISSING:
-                continue
-            if not isinstance(item, Run):
-                out[item] = r
-                continue
-            r = rows_or_error(item, r)  # its rows, or its error (refused whole: nothing applied, so MISSING)
-            if isinstance(r, list):
-                out[item.start:item.start + len(r)] = map(step_result, item.steps, r)
-            elif not refused_whole(r):
-                out[item.start:item.start + len(item.steps)] = [r] * len(item.steps)
+            if r is not MISSING:
+                _place(out, item, r)
         return out
+
+
+def _place(out: list, item, r) -> bool:
+    """Put the result r of a round's item (a call's index, or a Run) in out: a run's rows through each step's
+    parse, or its error for every step (an internal error, an unreadable reply). True, with nothing put, for a
+    run the daemon refused whole."""
+    if not isinstance(item, Run):
+        out[item] = r
+        return False
+    r = rows_or_error(item, r)
+    if isinstance(r, list):
+        out[item.start:item.start + len(r)] = map(step_result, item.steps, r)
+        return False
+    if refused_whole(r):
+        return True
+    out[item.start:item.start + len(item.steps)] = [r] * len(item.steps)
+    return False
 
 
 def refused_whole(r) -> bool:

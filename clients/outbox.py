@@ -157,6 +157,11 @@ class Outbox:
         if (sent.cancelled() or sent.exception() is not None) and not fut.done():
             why = "cancelled" if sent.cancelled() else sent.exception()
             fut.set_exception(ClientError(f"could not send: {why}"))
+        self._resume()
+
+    def _resume(self):
+        """After what held the queue is done (a send, a run's reply): flush what waits at the end of this turn,
+        and wake the callers of drained() if nothing does."""
         if self._queue and not self._due and not self._blocked:
             self._schedule()
         self._wake_drained()
@@ -198,9 +203,7 @@ class Outbox:
                     f.set_result(fut.result())
                 else:
                     f.set_exception(_copy(outcome))
-        if self._queue and not self._due and not self._blocked:
-            self._schedule()
-        self._wake_drained()
+        self._resume()
 
 
 def _copy(e: BaseException) -> BaseException:
