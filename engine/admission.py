@@ -53,7 +53,7 @@ class Admission:
             return self._too_large(req, f"{what} {n} samples is over this daemon's bound of "
                                         f"{cfg.max_request_samples} (--max-request-samples); nothing was "
                                         "applied: split it", cfg.max_request_samples, "--max-request-samples")
-        if req.op == "step_many" and type(req.streams) is list and len(req.streams) > cfg.max_request_new_streams:
+        if req.op == "step_many" and isinstance(req.streams, list) and len(req.streams) > cfg.max_request_new_streams:
             try:
                 new = len(set(self.streams.unknown(req.streams)))
             except TypeError:  # an id that is not hashable: the planner refuses it

@@ -8,6 +8,7 @@ from operator import countOf
 
 import numpy as np
 
+from .idlists import IdList
 from .messages import OPS, PROTOCOL_VERSION, REQUEST_FIELDS, REQUESTS, REQUIRED, Request
 from .protocol import (BAD_REQUEST, BAD_VERSION, MAX_MODEL_NAME_LENGTH, MAX_REQUEST_ID_LENGTH, UNKNOWN_OP,
                        ProtocolError, _from_map, to_array)
@@ -95,6 +96,8 @@ _ID_TYPES = frozenset((str, int))  # msgpack decodes to exactly these (no subcla
 
 
 def _are_ids(v):
+    if type(v) is IdList:  # (idlists.py keeps only lists of str and int ids)
+        return True
     if not isinstance(v, list):
         return False
     if v and type(v[0]) is str:  # the usual list of str ids: a join checks every item in C (100 ids: 0.8 µs,

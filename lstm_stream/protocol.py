@@ -246,6 +246,7 @@ class Codec:
         self._limits: dict = {}       # message length (<= DECODE_SMALL) -> msgpack's limits for it (decode)
         self._budgeted_limits: dict = {}  # the same for longer messages (_decode_budgeted), at most 256 lengths
         self._walk = _decoding.Walker()   # the walk before a budgeted decode, with one Unpacker kept
+        self._id_lists = None             # requests' id lists decoded once (idlists.py), made by decode_request
 
     def _array_head(self, prefix: bytes, a: np.ndarray):
         """prefix + the packed array map of a up to its data (None if a is not a wire dtype in this host's
@@ -309,8 +310,10 @@ class Codec:
                     return self._ok_head + self._packer.pack(reply.id) + head + y.tobytes()
         return self.ok(reply.id, listified(result) if reply.lists else result)
 
-    def decode(self, data) -> dict:
-        """msgpack bytes -> map, with size and structure bounds (see DECODE_FACTOR); ProtocolError otherwise."""
+    def decode(self, data, *, lane: bool = False) -> dict:
+        """msgpack bytes -> map, with size and structure bounds (see DECODE_FACTOR); ProtocolError otherwise.
+        lane: a request's list of stream ids that came before is not built again (idlists.py; requests only:
+        the map is the same, its `streams` list shared with earlier maps)."""
         n = len(data)
         if n > self.max_message_bytes:
             raise ProtocolError(TOO_LARGE, f"message of {n} bytes is larger than the bound of "
@@ -324,26 +327,39 @@ class Codec:
             except ValueError as e:
                 if "exceeds max_array_len" not in str(e) or _decoding.declared(e) > n:
                     raise _decoding.refusal(e, n) from None
-                msg = self._decode_budgeted(data, n)  # a longer list: the path of large messages
+                msg = self._decode_budgeted(data, n, lane)  # a longer list: the path of large messages
             except Exception as e:  # msgpack raises ExtraData, StackError, UnicodeDecodeError...
                 raise _decoding.refusal(e, n) from None
         else:
-            msg = self._decode_budgeted(data, n)
+            msg = self._decode_budgeted(data, n, lane)
         if not isinstance(msg, dict):
             raise ProtocolError(BAD_MESSAGE, f"a message must be a msgpack map, got {type(msg).__name__}")
         return msg
 
-    def _decode_budgeted(self, data, n: int):
-        """Walk the message (nothing built), then decode it with every container charged to its budget."""
-        # (a list is charged 48 B per element: one longer than the budget pays for is refused at its header)
+    def _limits_of(self, n: int) -> dict:
+        """msgpack's limits for a budgeted decode of n bytes (a list is charged 48 B per element: one longer
+        than the budget pays for is refused at its header)."""
         limits = self._budgeted_limits.get(n)  # a client's messages of one shape have one length: built once
         if limits is None:
             if len(self._budgeted_limits) >= 256:
                 self._budgeted_limits.clear()
             limits = self._budgeted_limits[n] = _decoding.limits(n, _decoding.charge_limit(n) // 48)
+        return limits
+
+    def _decode_budgeted(self, data, n: int, lane: bool = False):
+        """Walk the message (nothing built), then decode it with every container charged to its budget (with
+        lane, first through idlists.IdLists: the map it gives is the one msgpack would build, or None)."""
+        limits = self._limits_of(n)
         budget = _decoding.Budget(_decoding.charge_limit(n), DECODE_FACTOR * n + DECODE_SLACK)
         try:
             self._walk(data)
+            if lane and n <= _idlists.REUSE_BYTES:
+                if self._id_lists is None:
+                    self._id_lists = _idlists.IdLists(MAX_MAP_LEN, MAX_STR_BYTES, _decoding.charge_limit(0) // 48)
+                msg = self._id_lists(data, limits["max_array_len"], budget)
+                if msg is not None:
+                    return msg
+                budget = _decoding.Budget(_decoding.charge_limit(n), DECODE_FACTOR * n + DECODE_SLACK)  # afresh
             return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, list_hook=budget.list,
                                    object_hook=budget.map, **limits)
         except _decoding.OverBudget as e:
@@ -356,7 +372,14 @@ class Codec:
 
     def decode_request(self, data) -> Request:
         """Bytes -> the typed Request (see parse_request); ProtocolError (carrying the id if known)."""
-        return _parsing.parse_request(self.decode(data))
+        return _parsing.parse_request(self.decode(data, lane=True))
+
+    def id_list_stats(self) -> dict:
+        """The id lists decode_request keeps (idlists.py): how many, their estimated bytes, and the requests
+        whose list came from them."""
+        lane = self._id_lists
+        return {"kept": 0, "bytes": 0, "hits": 0} if lane is None else \
+            {"kept": len(lane), "bytes": lane.bytes, "hits": lane.hits}
 
     def decode_reply(self, data) -> dict:
         """Bytes -> reply map with "id" and "ok" checked (arrays still maps: see to_array)."""
@@ -369,6 +392,7 @@ class Codec:
 # A decoded map -> its typed Request is parsing.py's (it imports this module's names, so it comes last, as a
 # module: `from . import` works while either of the two is still being imported; protocol.parse_request is it).
 from . import decoding as _decoding  # noqa: E402  (the bounded decode; it imports this module's names too)
+from . import idlists as _idlists  # noqa: E402
 from . import parsing as _parsing  # noqa: E402
 
 

@@ -128,7 +128,9 @@ class StateStore:
             return np.zeros(0, np.int64), 0
         else:
             t = type(ids[0])
-            found = self.strs.find_many(ids) if t is str else self.ints.find_many(ids) if t is int else None
+            # (a request's list from protocol's idlists.IdList carries its ids joined, which find_many needs)
+            found = self.strs.find_many(ids, getattr(ids, "joined", None)) if t is str else \
+                self.ints.find_many(ids) if t is int else None
         if found is not None:
             return found
         if not set(map(type, ids)) <= _PLAIN_ID_TYPES:  # mixed kinds, or not ids at all

@@ -12,6 +12,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from lstm_stream import protocol as P
+from lstm_stream.idlists import IdList
 from lstm_stream.messages import Reply
 
 from . import strategies as S
@@ -53,7 +54,8 @@ def decode_memory(data: bytes) -> None:
     "Memory of a request"), measured with tracemalloc as tests/clients/test_decode_bounds.py does."""
     codec = P.Codec()
     check_decode(P.Codec(), data)  # once untraced: what a first decode builds once (caches) is not the message's
-    codec.decode(msgpack.packb({"warm": "w" * P.DECODE_SMALL}))  # nor what a codec keeps (the walk's Unpacker)
+    codec.decode(msgpack.packb({"warm": "w" * P.DECODE_SMALL}), lane=True)  # nor what a codec keeps (the
+    # walk's Unpacker, the id-list lane's)
     tracemalloc.start()
     try:
         outcome = check_decode(codec, data)
@@ -104,6 +106,9 @@ def _same(got, want, name) -> None:
     elif isinstance(want, list) and want and isinstance(want[0], np.ndarray):
         for k, (g, w) in enumerate(zip(got, want, strict=True)):
             _same(g, w, f"{name}[{k}]")
+    elif type(want) is list and type(got) is IdList:  # a list of ids the decoder kept (lstm_stream/idlists.py)
+        if got != want or list(map(type, got)) != list(map(type, want)):
+            raise Failure(f"{name}: decoded {got!r}, sent {want!r}")
     elif got != want or type(got) is not type(want):
         raise Failure(f"{name}: decoded {got!r}, sent {want!r}")
 
