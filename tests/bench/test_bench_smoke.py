@@ -19,7 +19,7 @@ def test_bench_modules_import():
     import importlib
     for name in ("bench.__main__", "bench.kernel", "bench.server", "bench.startup", "bench.memory", "bench.peak",
                  "bench.servers", "bench.ab", "bench.snapshot", "bench.overload", "bench.mqtt",
-                 "bench.metrics", "bench.cluster"):
+                 "bench.metrics", "bench.cluster", "bench.wire"):
         assert callable(getattr(importlib.import_module(name), "main", None)), name
 
 
@@ -117,3 +117,21 @@ def test_snapshot_bench_measures_every_path_at_a_small_size():
     for name in ("old", "blocks", "copy", "fork", "fork-worst"):
         assert out[name]["stall"] > 0 and out[name]["total"] >= out[name]["stall"] and "extra" in out[name]
     assert out["fork"]["bytes"] > out["state_bytes"] and "| 20,000 | fork |" in snapshot.report([out])
+
+
+def test_wire_report_splits_the_ratio_by_the_daemons_kernel_time():
+    """bench.wire's report: the goal line against the raw kernel's median, the ratio against its fastest
+    round, and the daemon's kernel share and speed (or a line saying they were not read)."""
+    from types import SimpleNamespace
+
+    from bench import wire
+    model = SimpleNamespace(input_size=8, hidden_size=64, num_layers=1, output_size=4, dtype="float32")
+    r = {"median": {"one binary": 5e4, "one lists": 3.6e4, "many binary": 7.5e5, "many lists": 2.6e5,
+                    "raw kernel": 1e6},
+         "range": {"many binary": (7e5, 8e5), "raw kernel": (9e5, 1.5e6)}, "model": model, "rounds": 12,
+         "kernel": (1.32e6, 0.57)}
+    text = wire.report(r)
+    assert "**not met** (0.75× (rounds 0.70–0.80×))" in text
+    assert "against its fastest round the daemon's median is 0.50×" in text
+    assert "57% of it in kernel calls, which ran 1,320,000 stream-steps/s, 1.32× the raw kernel alone" in text
+    assert "not read" in wire.report({**r, "kernel": None})
