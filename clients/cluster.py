@@ -326,11 +326,12 @@ class ClusterClient(Routing, NumberedSteps, Api):
             return self._routed(call, src)
         return self.set_state(dst, self.get_state(src))
 
-    def pipeline(self):
+    def pipeline(self, *, merge_steps: bool = True):
         """A ClusterPipeline (clients/cluster_pipeline.py): queue calls, send each shard its share at once,
-        get the results in order."""
+        get the results in order. merge_steps: as in Client.pipeline, per shard (runs of steps sent as
+        step_many, the same results; clients/coalesce.py); False sends one request per call."""
         from .cluster_pipeline import ClusterPipeline
-        return ClusterPipeline(self)
+        return ClusterPipeline(self, merge_steps=merge_steps)
 
     # ---- lifetime ---------------------------------------------------------------------------------------
     def close(self) -> None:

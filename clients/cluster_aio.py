@@ -172,11 +172,12 @@ class AsyncClusterClient(Routing, Api):
         return dict(zip(names, results))
 
     # ---- lifetime ---------------------------------------------------------------------------------------
-    def pipeline(self):
+    def pipeline(self, *, merge_steps: bool = True):
         """An AsyncClusterPipeline (clients/cluster_pipeline.py): queue calls, send each shard its share at once
-        (`await execute()` or the end of `async with`), get the results in order."""
+        (`await execute()` or the end of `async with`), get the results in order. merge_steps: as in
+        ClusterClient.pipeline."""
         from .cluster_pipeline import AsyncClusterPipeline
-        return AsyncClusterPipeline(self)
+        return AsyncClusterPipeline(self, merge_steps=merge_steps)
 
     async def close(self) -> None:
         """Close every shard's client."""

@@ -12,6 +12,11 @@ exception in its place; a Timeout is raised with the replies that came. A call r
 (nothing applied) is sent again to its owner under the refreshed map, after the others: calls of one stream
 keep their order unless its owner changes in between. Ops without a stream (ping, info, streams, snapshot) and
 a copy between two shards run one by one, as ClusterClient runs them.
+
+With merge_steps (the default, as for Client.pipeline), each shard's runs of plain steps go out as one
+step_many each (clients/coalesce.py: the same results, each step's own error), the shards' round trips
+together: ClusterPipeline scatters round k of every shard at once (_merged_scatter), AsyncClusterPipeline
+runs each shard's share as that shard's AsyncPipeline.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from lstm_stream import protocol as P
 
 from ._api import Call, _y
 from .client import MISSING, Queued, settled
+from .coalesce import Rounds
 from .errors import ClientError, Timeout, WrongShard
 
 _NOT_ROUTED = frozenset({"ping", "info", "streams", "snapshot", "copy"})
@@ -47,7 +53,7 @@ class ClusterPipeline(Queued):
                     index.append(k)
                     jobs.append((name, part))
             try:
-                got = cc._scatter(jobs)
+                got = _merged_scatter(cc, jobs) if self._merge else cc._scatter(jobs)
             except Timeout as e:
                 for k, r in zip(index, getattr(e, "replies", [MISSING] * len(jobs))):
                     _put(results, merged, k, e if r is MISSING else r)
@@ -106,7 +112,7 @@ class AsyncClusterPipeline(Queued):
                     shares.setdefault(name, []).append((k, part))
             pipes = []
             for name, share in shares.items():
-                p = cc._client(name).pipeline()
+                p = cc._client(name).pipeline(merge_steps=self._merge)
                 p._calls = [part for _, part in share]
                 pipes.append(p)
             outcomes = await asyncio.gather(*(p.execute(return_exceptions=True) for p in pipes),
@@ -183,6 +189,52 @@ def _route(cc, call) -> list:
             parse = (lambda part: lambda r: dict(zip(part, (P.to_array(y, "ys") for y in r["ys"]))))(part)
         parts.append((name, Call("step_many", fields, parse)))
     return parts
+
+
+def _merged_scatter(cc, jobs) -> list:
+    """cc._scatter(jobs), each shard's runs of plain steps sent as one step_many (a coalesce.Rounds per shard;
+    round k of every shard scattered together): the results the calls sent one by one get, in order. A
+    Timeout carries `replies` as _scatter's does (each step of a run that came, MISSING for the others)."""
+    shares: dict = {}  # shard -> the indices of its jobs, in order
+    for j, (name, _) in enumerate(jobs):
+        shares.setdefault(name, []).append(j)
+    rounds = {name: Rounds([jobs[j][1] for j in js]) for name, js in shares.items()}
+    if not any(r.merged for r in rounds.values()):
+        return cc._scatter(jobs)
+    active = list(rounds)
+    while active:
+        sent, counts = [], []
+        for name in active:
+            calls = rounds[name].next()
+            if calls is not None:
+                sent += [(name, call) for call in calls]
+                counts.append((name, len(calls)))
+        active = [name for name, _ in counts]
+        if not sent:
+            break
+        try:
+            got = cc._scatter(sent)
+        except Timeout as e:
+            replies, at, partial = getattr(e, "replies", None) or [MISSING] * len(sent), 0, {}
+            for name, n in counts:
+                partial[name] = rounds[name].partial(replies[at:at + n])
+                at += n
+            e.replies = _by_job(len(jobs), shares, {name: partial.get(name, r.results) for name, r in rounds.items()})
+            raise
+        at = 0
+        for name, n in counts:
+            rounds[name].take(got[at:at + n])
+            at += n
+    return _by_job(len(jobs), shares, {name: r.results for name, r in rounds.items()})
+
+
+def _by_job(n: int, shares: dict, per_shard: dict) -> list:
+    """Each shard's results (in its jobs' order) put back in the order of all the jobs."""
+    out = [MISSING] * n
+    for name, js in shares.items():
+        for j, r in zip(js, per_shard[name]):
+            out[j] = r
+    return out
 
 
 def _put(results, merged, k, r) -> None:

@@ -339,3 +339,119 @@ def test_shards_with_curve_keys(model, tmp_path):
             e.stop()
     with pytest.raises(InputError, match="--namespaces on is not supported on cluster shards"):
         ShardEngine("s0", str(tmp_path / "x"), first, model=model[0], options={**options, "namespaces": "on"})
+
+
+def _pipeline_calls(rng, ids, rounds, bad=True):
+    """Steps of every id, round after round; with bad, one of wrong size and one holding a NaN among them."""
+    calls = [(i, rng.normal(size=4).astype(np.float32)) for _ in range(rounds) for i in ids]
+    if bad:
+        calls[57] = (calls[57][0], np.ones(5, np.float32))  # another shape: it ends a run, and goes alone
+        x = calls[130][1].copy()
+        x[2] = np.nan
+        calls[130] = (calls[130][0], x)  # its run is refused whole, then sent one by one
+    return calls
+
+
+def _requests(m) -> int:
+    total = 0
+    for name in NAMES:
+        with Client(m.endpoints[name], timeout=10) as c:
+            total += c.info()["counters"]["requests"]
+    return total
+
+
+def _check_twins(calls, results, model):
+    """Each merged result is what the same call sent alone got, and what an offline Streams gives."""
+    ref = ls.Streams(model, threads=1)
+    for (i, x), merged, alone in zip(calls, results[True], results[False]):
+        try:
+            want = ref.step(i, x)
+        except InputError:
+            assert type(merged) is type(alone) and merged.code == alone.code == "bad_input", (merged, alone)
+            continue
+        assert np.array_equal(merged, want) and np.array_equal(alone, want)
+        assert merged.dtype == alone.dtype and merged.shape == alone.shape
+
+
+@pytest.mark.parametrize("stale, bad", [(False, False), (False, True), (True, True)],
+                         ids=["full map", "full map, bad steps", "stale map, bad steps"])
+def test_a_merged_pipeline_gives_what_one_request_per_call_gives(cluster, model, stale, bad):
+    """ClusterPipeline's runs of steps go to each shard as step_many (merge_steps, the default): the same
+    results, errors and states as one request per call, in far fewer requests when no run is refused; from a
+    stale map, the merged runs refused as wrong_shard go again one by one, then to their owners."""
+    m, _ = cluster
+    ids = [f"m{k}" for k in range(40)]
+    calls = _pipeline_calls(np.random.default_rng(11), ids, 5, bad)
+    start = ShardMap(1, [Shard("s1", m.endpoints["s1"])]) if stale else m
+    results, requests = {}, {}
+    with ClusterClient(start, timeout=10) as c:
+        for merge in (True, False):
+            before = _requests(m)
+            p = c.pipeline(merge_steps=merge)
+            for i, x in calls:
+                p.step(f"{merge}-{i}", x)
+            results[merge] = p.execute(return_exceptions=True)
+            requests[merge] = _requests(m) - before - len(NAMES)  # (less the info requests that counted)
+        _check_twins(calls, results, model[1])
+        for i in ids:
+            a, b = c.get_state(f"True-{i}"), c.get_state(f"False-{i}")
+            assert a.steps == b.steps and np.array_equal(a.h, b.h) and np.array_equal(a.c, b.c)
+    assert requests[False] >= len(calls)
+    if not bad:  # a run of each shard's steps in one request (up to a run's size)
+        assert requests[True] <= 2 * len(NAMES), requests
+
+
+def test_an_async_merged_pipeline_gives_what_one_request_per_call_gives(cluster, model):
+    """AsyncClusterClient.pipeline(merge_steps=...): each shard's share as its AsyncPipeline, merged or not,
+    with the same results and far fewer requests merged."""
+    import asyncio
+
+    from clients import AsyncClusterClient
+    m, _ = cluster
+    calls = _pipeline_calls(np.random.default_rng(12), [f"n{k}" for k in range(40)], 5, bad=False)
+    results, requests = {}, {}
+
+    async def main():
+        async with AsyncClusterClient(m, timeout=10) as c:
+            for merge in (True, False):
+                before = _requests(m)
+                p = c.pipeline(merge_steps=merge)
+                for i, x in calls:
+                    p.step(f"{merge}-{i}", x)
+                results[merge] = await p.execute(return_exceptions=True)
+                requests[merge] = _requests(m) - before - len(NAMES)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+    _check_twins(calls, results, model[1])
+    assert requests[False] >= len(calls) and requests[True] <= 2 * len(NAMES), requests
+
+
+def test_a_merged_pipeline_that_times_out_on_one_shard_keeps_the_others_results(cluster, model):
+    """A shard that never answers (a silent socket in its place in the map): the merged pipeline raises
+    Timeout after its deadline, with every other shard's steps answered in `results` (bit-identical to an
+    offline run) and the Timeout in place of the silent shard's."""
+    import zmq
+
+    from clients import Timeout
+    m, _ = cluster
+    ctx = zmq.Context.instance()
+    silent = ctx.socket(zmq.ROUTER)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        shards = [Shard(n, f"tcp://127.0.0.1:{port}" if n == "s1" else m.endpoints[n]) for n in NAMES]
+        calls = _pipeline_calls(np.random.default_rng(13), [f"t{k}" for k in range(40)], 3, bad=False)
+        ref = ls.Streams(model[1], threads=1)
+        with ClusterClient(ShardMap(m.version, shards), timeout=1, retries=0) as c:
+            p = c.pipeline()
+            for i, x in calls:
+                p.step(i, x)
+            with pytest.raises(Timeout):
+                p.execute()
+        for (i, x), r in zip(calls, p.results):
+            if m.owner(i) == "s1":
+                assert isinstance(r, Timeout)
+            else:
+                assert np.array_equal(r, ref.step(i, x))
+        assert any(m.owner(i) == "s1" for i, _ in calls) and any(m.owner(i) != "s1" for i, _ in calls)
+    finally:
+        silent.close(0)
