@@ -18,7 +18,8 @@ from clients import Client, ClientError, LogFailed
 
 I = 4
 STREAMS = 16
-MAX_STEPS = 6000  # inputs prepared per stream (a round sends a few hundred)
+MAX_STEPS = 20_000  # inputs prepared per stream (a round sends a few hundred to a few thousand: pipelines of
+# STREAMS steps go out merged as one step_many, so a fast disk's fsyncs let a round's 0.6 s send thousands)
 
 
 class Load:
@@ -33,7 +34,7 @@ class Load:
 
     def _run(self):
         with Client(self.endpoint, timeout=2, retries=0) as c:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and max(self.acked) < len(self.inputs[0]):  # (inputs left to send)
                 p = c.pipeline()
                 for k in range(STREAMS):
                     n = self.acked[k]
