@@ -28,6 +28,7 @@ class ReplyReader:
         self._codec = codec
         self._head = codec._ok_head  # map of 4, "v", 1, "id"
         self._ys: dict = {}  # bytes from after the id to y's data -> (dtype, shape, nbytes)
+        self._pack = codec._packer.pack  # (an id as the daemon packs it: msgpack's shortest form)
 
     def __call__(self, data) -> dict:
         reply = self._from_template(data) if self._ys else None
@@ -57,10 +58,22 @@ class ReplyReader:
         for y_head, (dtype, shape, nbytes) in self._ys.items():
             start = k + len(y_head)
             if len(data) == start + nbytes and data.startswith(y_head, k):
-                y = np.frombuffer(data, dtype, offset=start).copy()  # (a view of the bytes would be read-only)
-                if len(shape) != 1:
-                    y = y.reshape(shape)
-                return {"v": P.PROTOCOL_VERSION, "id": rid, "ok": True, "y": y}
+                return {"v": P.PROTOCOL_VERSION, "id": rid, "ok": True, "y": _y_of(data, start, dtype, shape)}
+        return None
+
+    def step_y(self, data, rid: int):
+        """y of the usual reply to the step whose request id is rid (an int >= 0), read straight from its bytes,
+        or None: what __call__ gives as the reply's y when the reply is {"v": 1, "id": rid, "ok": true, "y": ...}
+        from a known template, without the map around it (Client.step's short path). Any other bytes (another
+        id, an error, a shape not learned yet) give None: read them with __call__."""
+        prefix = self._head + self._pack(rid)
+        if not data.startswith(prefix):
+            return None
+        k = len(prefix)
+        for y_head, (dtype, shape, nbytes) in self._ys.items():
+            start = k + len(y_head)
+            if len(data) == start + nbytes and data.startswith(y_head, k):
+                return _y_of(data, start, dtype, shape)
         return None
 
     def _learn(self, y_map: dict) -> None:
@@ -72,3 +85,10 @@ class ReplyReader:
         head = self._codec._array_head(P._OK_Y_KEYS, y)
         if head is not None:
             self._ys[head] = (y.dtype, y.shape, y.nbytes)
+
+
+def _y_of(data: bytes, start: int, dtype, shape) -> np.ndarray:
+    """The array of dtype and shape whose bytes end data from start: an array of its own, writable (over a
+    bytearray: one copy fewer than frombuffer(...).copy(), which matters on a call's wake-up path)."""
+    y = np.frombuffer(bytearray(data[start:]), dtype)
+    return y if len(shape) == 1 else y.reshape(shape)

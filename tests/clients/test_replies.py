@@ -106,3 +106,34 @@ def test_call_finish_takes_a_steps_array_as_the_general_path_would():
         call.finish({"v": 2, "id": 1, "ok": True, "y": y})
     with pytest.raises(ServerError):
         call.finish({"v": 1, "id": 1, "ok": False, "error": {"code": "internal", "message": "m"}})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1,), (4,), (3, 5)])
+def test_step_y_is_the_y_a_full_read_gives_for_the_usual_reply_to_that_id(dtype, shape):
+    """ReplyReader.step_y (Client.step's short path): for the usual reply to request rid, the same y as the
+    reader's map (same dtype, shape, bytes, writable, not a view of the message); None for any other id, and
+    for any message that is not the usual reply, which the caller then reads in full."""
+    rng = np.random.default_rng(abs(hash(("step_y", dtype, shape))) % 2**32)
+    enc, reader = P.Codec(), ReplyReader(P.Codec())
+    y0 = rng.standard_normal(shape).astype(dtype)
+    assert reader.step_y(enc.reply(Reply(id=1, result={"y": y0})), 1) is None  # no template learned yet
+    reader(enc.reply(Reply(id=1, result={"y": y0})))
+    for rid in [r for r in IDS if isinstance(r, int) and r >= 0]:
+        y = rng.standard_normal(shape).astype(dtype)
+        data = enc.reply(Reply(id=rid, result={"y": y}))
+        got = reader.step_y(data, rid)
+        full = reader(data)["y"]
+        assert got.dtype == full.dtype == y.dtype and got.shape == full.shape == y.shape
+        assert got.tobytes() == full.tobytes() == y.tobytes()
+        assert got.flags.writeable and not np.shares_memory(got, np.frombuffer(data, np.uint8))
+        for other in {rid + 1, max(rid - 1, 0), 2**64 - 1} - {rid}:
+            assert reader.step_y(data, other) is None
+    others = [enc.error(9, P.BUSY, "later"), enc.reply(Reply(id=9, result={"y": y0, "duplicate": True})),
+              enc.reply(Reply(id=9, result={"y": y0}, lists=True)), enc.ok(9, {"time": 1.5}),
+              enc.reply(Reply(id=9, result={"y": y0.astype("float64" if dtype == "float32" else "float32")})),
+              enc.reply(Reply(id=9, result={"y": np.concatenate([y0.ravel(), y0.ravel()])}))]
+    good = enc.reply(Reply(id=9, result={"y": y0}))
+    others += [good[:-1], good + b"\x00", b"", b"\x84"]
+    for data in others:
+        assert reader.step_y(data, 9) is None
