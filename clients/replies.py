@@ -55,11 +55,8 @@ class ReplyReader:
             if width is None:  # a negative or str id: decode in full
                 return None
             rid, k = int.from_bytes(data[k + 1:k + 1 + width], "big"), k + 1 + width
-        for y_head, (dtype, shape, nbytes) in self._ys.items():
-            start = k + len(y_head)
-            if len(data) == start + nbytes and data.startswith(y_head, k):
-                return {"v": P.PROTOCOL_VERSION, "id": rid, "ok": True, "y": _y_of(data, start, dtype, shape)}
-        return None
+        y = self._y_from(data, k)
+        return None if y is None else {"v": P.PROTOCOL_VERSION, "id": rid, "ok": True, "y": y}
 
     def step_y(self, data, rid: int):
         """y of the usual reply to the step whose request id is rid (an int >= 0), read straight from its bytes,
@@ -67,13 +64,17 @@ class ReplyReader:
         from a known template, without the map around it (Client.step's short path). Any other bytes (another
         id, an error, a shape not learned yet) give None: read them with __call__."""
         prefix = self._head + self._pack(rid)
-        if not data.startswith(prefix):
-            return None
-        k = len(prefix)
+        return self._y_from(data, len(prefix)) if data.startswith(prefix) else None
+
+    def _y_from(self, data, k: int):
+        """y of a reply whose bytes from k on are a learned y template and its data: an array of its own,
+        writable (a view of the bytes would be read-only); None if they are not."""
         for y_head, (dtype, shape, nbytes) in self._ys.items():
             start = k + len(y_head)
             if len(data) == start + nbytes and data.startswith(y_head, k):
-                return _y_of(data, start, dtype, shape)
+                # over a bytearray: one numpy array made, not two as frombuffer(...).copy() (0.38 vs 0.71 µs)
+                y = np.frombuffer(bytearray(data[start:]), dtype)
+                return y if len(shape) == 1 else y.reshape(shape)
         return None
 
     def _learn(self, y_map: dict) -> None:
@@ -86,9 +87,3 @@ class ReplyReader:
         if head is not None:
             self._ys[head] = (y.dtype, y.shape, y.nbytes)
 
-
-def _y_of(data: bytes, start: int, dtype, shape) -> np.ndarray:
-    """The array of dtype and shape whose bytes end data from start: an array of its own, writable (over a
-    bytearray: one copy fewer than frombuffer(...).copy(), which matters on a call's wake-up path)."""
-    y = np.frombuffer(bytearray(data[start:]), dtype)
-    return y if len(shape) == 1 else y.reshape(shape)
