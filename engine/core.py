@@ -82,6 +82,7 @@ class EngineCore(Admission, Ops, Reloads, Housekeeping):
         self.errors_by_op = collections.defaultdict(int)
         self.stats = None
         self.decode_stats = None  # () -> the wire's decode counters for info (WireCore sets it), or None
+        self.template_stats = None  # () -> the wire's requests-from-templates counters for info (the same)
         self.arrival = 0.0
         self._next_evict = self._started + config.evict_every
         self._next_metrics = self._started + config.metrics_every

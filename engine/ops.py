@@ -30,6 +30,7 @@ class Ops:
                 "idle_ttl": self.streams.idle_ttl, "state_bytes_per_stream": stats["state_bytes_per_stream"],
                 "slab_bytes": stats["slab_bytes"], "id_lists": stats["id_lists"], "cold": stats["cold"],
                 "decoded_id_lists": self.decode_stats() if self.decode_stats is not None else None,
+                "decoded_templates": self.template_stats() if self.template_stats is not None else None,
                 "uptime": self._clock() - self._started,
                 "pending": self._pending, "max_batch": self.config.max_batch,
                 "max_pending": self.config.max_pending, "max_message_bytes": self.config.max_message_bytes,

@@ -25,6 +25,7 @@ class WireCore:
         self.core = core
         self.codec = P.Codec(max_message_bytes=core.config.max_message_bytes)
         core.decode_stats = self.codec.id_list_stats  # (info's decoded_id_lists)
+        core.template_stats = self.codec.template_stats  # (info's decoded_templates)
 
     # The core's state, for the server loop and tests.
     streams = property(lambda self: self.core.streams, doc="The core's Streams.")

@@ -229,7 +229,8 @@ _OK_Y_KEYS = msgpack.packb("ok") + msgpack.packb(True) + msgpack.packb("y")  # a
 class Codec:
     """Encoder (one reused Packer) and bounded decoder; one per socket owner, not shared between threads."""
 
-    def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES, model: str | None = None):
+    def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES, model: str | None = None,
+                 templates: bool = True):
         self.max_message_bytes = max_message_bytes
         # model: the "model" field of every request encoded (a daemon serving several: engine/multimodel.py)
         self._model = {} if model is None else {"model": model}
@@ -247,6 +248,7 @@ class Codec:
         self._budgeted_limits: dict = {}  # the same for longer messages (_decode_budgeted), at most 256 lengths
         self._walk = _decoding.Walker()   # the walk before a budgeted decode, with one Unpacker kept
         self._id_lists = None             # requests' id lists decoded once (idlists.py), made by decode_request
+        self._templates = _templates.Templates() if templates else None  # requests as templates (templates.py)
 
     def _array_head(self, prefix: bytes, a: np.ndarray):
         """prefix + the packed array map of a up to its data (None if a is not a wire dtype in this host's
@@ -371,8 +373,25 @@ class Codec:
             raise _decoding.refusal(e, n) from None
 
     def decode_request(self, data) -> Request:
-        """Bytes -> the typed Request (see parse_request); ProtocolError (carrying the id if known)."""
-        return _parsing.parse_request(self.decode(data, lane=True))
+        """Bytes -> the typed Request (see parse_request); ProtocolError (carrying the id if known). A message
+        that is an earlier one's but for its int id and its binary x's bytes is made from that one's template
+        (templates.py: the same Request as the usual decode's); templates=False on the Codec turns that off."""
+        lane = self._templates
+        if lane is not None:
+            req = lane(data)
+            if req is not None:
+                return req
+        req = _parsing.parse_request(self.decode(data, lane=True))
+        if lane is not None:
+            lane.learn(data, req)
+        return req
+
+    def template_stats(self) -> dict:
+        """The templates decode_request keeps (templates.py): how many, their estimated bytes, and the requests
+        made from them."""
+        lane = self._templates
+        return {"kept": 0, "bytes": 0, "hits": 0} if lane is None else \
+            {"kept": len(lane), "bytes": lane.bytes, "hits": lane.hits}
 
     def id_list_stats(self) -> dict:
         """The id lists decode_request keeps (idlists.py): how many, their estimated bytes, and the requests
@@ -393,6 +412,7 @@ class Codec:
 # module: `from . import` works while either of the two is still being imported; protocol.parse_request is it).
 from . import decoding as _decoding  # noqa: E402  (the bounded decode; it imports this module's names too)
 from . import idlists as _idlists  # noqa: E402
+from . import templates as _templates  # noqa: E402
 from . import parsing as _parsing  # noqa: E402
 
 

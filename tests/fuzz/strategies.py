@@ -316,7 +316,8 @@ def clean(data: bytes) -> bool:
 
 
 # Lists of stream ids that come again and again, as a gateway's sensors do: long enough for the daemon to keep
-# them decoded (lstm_stream/idlists.py), so that the fuzz reaches requests whose list the daemon kept.
+# them decoded (lstm_stream/idlists.py), so that the fuzz reaches requests whose list the daemon kept, and
+# requests made from templates (lstm_stream/templates.py: the same message but for an int id and x's data).
 ID_LISTS = [POOL + [f"lane-{k}" for k in range(10)], [f"gw/{k}" for k in range(40)], list(range(100, 140)),
             POOL + [f"lane-{k}" for k in range(40)]]
 

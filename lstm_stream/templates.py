@@ -1,0 +1,211 @@
+"""Requests decoded from a template (Codec.decode_request): a message that differs from one decoded before only
+in its request id and in the bytes of its binary `x` is that request again, with those two replaced.
+
+Why: a client that steps the same streams again and again (a gateway sending its sensors each tick, the Python
+client's `step`) sends messages that are byte for byte the same but for the id it counts up and the samples. The
+usual decode walks such a message three times in Python (the bounded walk, the map, the request's checks): ~8 µs
+for a `step_many` of 100 ids, about a quarter of what the daemon spends on a message outside the kernel
+(docs/benchmarks.md, "Requests from templates"). Here it is a slice, a dict lookup and the request's
+construction: ~2.5 µs.
+
+How: a template is kept the second time a message with its key comes (a set of key hashes remembers the first:
+one-off messages cost no memory). The key is the message with two holes cut out, and where they are: the
+request id's bytes (a msgpack int) and the payload of x's `data` (a bin). The holes' places (from the message's
+start for the id, from its end for the payload) are learnt from the messages that made templates (a few
+layouts, newest first); a message is looked up at each.
+
+Exact by construction: the usual decode is a function of the bytes. A message whose bytes outside the holes equal
+a template's, with holes of the same places and sizes, is read by msgpack exactly as the template was up to the
+id (same bytes), then an int of the same size (any int is a valid id: parse_request takes every int), then the
+same bytes up to the payload (so the payload is the same bin's, of the same length), then any bytes there (x's
+data is not looked into by the decode: NaN and Inf are the planner's business), then the same bytes again. So
+every bound, every charge of the decode budget and every check comes out as it did for the template, and the
+request is the template's with the id and x replaced; x as _from_map makes it (a read-only view, here of the
+message). tests/clients/test_templates.py checks the two decodes against each other on requests and mutations.
+
+Only requests `step` and `step_many` with an int id and a binary x as their one array, on a little-endian host
+(where _from_map makes no copy), become templates. The fields besides id and x (the stream or the id list,
+seq, model, lists) are the template's own objects, shared with every request made from it; the daemon never
+changes a request in place (engine/access.py's namespaces give a request new lists), as for idlists.py's lists.
+"""
+from __future__ import annotations
+
+import sys
+
+import msgpack
+import numpy as np
+
+from .messages import REQUEST_FIELDS
+
+# msgpack int formats -> the encoded size: positive and negative fixint, uint 8-64, int 8-64
+_INT_SIZE = {**{b: 1 for b in range(0x00, 0x80)}, **{b: 1 for b in range(0xE0, 0x100)},
+             0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9}
+_SIGNED = frozenset((0xD0, 0xD1, 0xD2, 0xD3))
+_BIN_HEADS = {0xC4: 2, 0xC5: 3, 0xC6: 5}  # bin 8, 16, 32 -> the header's size
+MAX_LAYOUTS = 4  # hole places looked at per message (a client's messages have one or two)
+OPS = ("step", "step_many")
+
+
+def _int_at(data: bytes, at: int, size: int):
+    """The msgpack int at data[at:at + size] (its format byte at `at`)."""
+    f = data[at]
+    if size == 1:
+        return f if f < 0x80 else f - 0x100
+    return int.from_bytes(data[at + 1:at + size], "big", signed=f in _SIGNED)
+
+
+class _Template:
+    __slots__ = ("cls", "lists", "model", "values", "xk", "dtype", "count", "shape")
+
+    def __init__(self, req, xk: int, values: list):
+        self.cls, self.lists, self.model, self.xk = type(req), req.lists, req.model, xk
+        x = values[xk]
+        self.dtype, self.count, self.shape = x.dtype, x.size, None if x.ndim == 1 else x.shape
+        values[xk] = None  # (not the first message's array)
+        self.values = values
+
+
+class Templates:
+    """The lane: call(data) -> the Request, or None (decode it the usual way, then learn(data, request)).
+
+    Bounded as idlists.IdLists is: the templates take at most max_bytes (estimated: the key's bytes and ~300 B
+    a template), the set of first sightings at most max_seen hashes; either starts again empty when full."""
+
+    __slots__ = ("_kept", "_layouts", "_seen", "_bytes", "hits", "max_bytes", "max_seen")
+
+    def __init__(self, *, max_bytes: int = 16 << 20, max_seen: int = 65_536):
+        self.max_bytes, self.max_seen = max_bytes, max_seen
+        self.hits = 0  # requests made from a template (lifetime)
+        self._kept: dict = {}  # key -> _Template
+        # where the holes were: (the id's offset, the payload's start and end counted from the message's end, the
+        # size of the bin header before the payload and its format byte)
+        self._layouts: list = []
+        self._seen: set = set()
+        self._bytes = 0
+
+    def __len__(self):
+        return len(self._kept)
+
+    @property
+    def bytes(self) -> int:
+        """The estimated bytes of the templates kept (at most max_bytes)."""
+        return self._bytes
+
+    def __call__(self, data):
+        """The request data encodes, made from a template; None if no template has data's key."""
+        if not self._kept or type(data) is not bytes:
+            return None
+        n = len(data)
+        for at, start, end, head, fmt in self._layouts:
+            pay, stop = n - start, n - end
+            if pay <= at + 2 or at >= n or data[pay - head] != fmt:  # (not x's bin header there: no template)
+                continue
+            size = _INT_SIZE.get(data[at])
+            if size is None or at + size > pay - 2:
+                continue
+            t = self._kept.get((at, size, start, end, data[:at] + data[at + size:pay] + data[stop:]))
+            if t is None:
+                continue
+            x = np.frombuffer(data, t.dtype, t.count, pay)
+            if t.shape is not None:
+                x = x.reshape(t.shape)
+            values = t.values.copy()
+            values[t.xk] = x
+            req = t.cls(_int_at(data, at, size), t.lists, *values)
+            if t.model is not None:
+                req.model = t.model
+            self.hits += 1
+            return req
+        return None
+
+    def learn(self, data, req) -> None:
+        """After the usual decode gave `req` for `data`: keep data as a template if it may be one and its key
+        came before (else remember the key's hash)."""
+        if req.op not in OPS or type(req.id) is not int or type(data) is not bytes or sys.byteorder != "little":
+            return
+        names = list(REQUEST_FIELDS[req.op])
+        values = [getattr(req, name) for name in names]
+        xk = names.index("x")
+        x = values[xk]
+        if type(x) is not np.ndarray or getattr(req, "xs", None) is not None:
+            return
+        holes = _holes(data, x.nbytes)
+        if holes is None:
+            return
+        at, size, head, pay, stop = holes
+        if at + size > pay - 2:  # (the layouts have the id first; a message with x first is not looked up)
+            return
+        n = len(data)
+        if _INT_SIZE.get(data[at]) != size or _int_at(data, at, size) != req.id \
+                or data[pay:stop] != x.tobytes():  # (what the usual decode made of those bytes: checked)
+            return
+        key = (at, size, n - pay, n - stop, data[:at] + data[at + size:pay] + data[stop:])
+        h = hash(key)
+        if h not in self._seen:
+            if len(self._seen) >= self.max_seen:
+                self._seen.clear()
+            self._seen.add(h)
+            return
+        if key in self._kept:
+            return
+        cost = len(key[4]) + 300
+        if self._bytes + cost > self.max_bytes:
+            self.clear()
+            if cost > self.max_bytes:
+                return
+        self._kept[key] = _Template(req, xk, values)
+        self._bytes += cost
+        layout = key[0], key[2], key[3], head, data[pay - head]
+        if layout in self._layouts:
+            self._layouts.remove(layout)
+        self._layouts.insert(0, layout)
+        del self._layouts[MAX_LAYOUTS:]
+
+    def clear(self) -> None:
+        """Forget every template (and the first sightings)."""
+        self._kept.clear()
+        self._seen.clear()
+        self._layouts.clear()
+        self._bytes = 0
+
+
+def _holes(data: bytes, nbytes: int):
+    """(the request id's offset and size, the size of the bin header of x's data, its payload's start and end)
+    in a request map that the usual decode took, or None unless each is there exactly once (a top-level "id",
+    a top-level "x" map with one "data", a bin of nbytes)."""
+    u = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(data), 1024))
+    u.feed(data)
+    ident = payload = None
+    try:
+        for _ in range(u.read_map_header()):
+            key = u.unpack()
+            if key == "id":
+                if ident is not None:
+                    return None
+                at = u.tell()
+                u.skip()
+                ident = at, u.tell() - at
+            elif key == "x":
+                if payload is not None:
+                    return None
+                for _ in range(u.read_map_header()):
+                    if u.unpack() == "data":
+                        if payload is not None:
+                            return None
+                        at = u.tell()
+                        u.skip()
+                        head = _BIN_HEADS.get(data[at])
+                        if head is None or u.tell() - at - head != nbytes:
+                            return None
+                        payload = head, at + head, u.tell()
+                    else:
+                        u.skip()
+                if payload is None:
+                    return None
+            else:
+                u.skip()
+    except Exception:  # (not a map of those things: no template)
+        return None
+    if ident is None or payload is None or u.tell() != len(data):
+        return None
+    return ident + payload
