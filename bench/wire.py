@@ -35,11 +35,14 @@ import zmq
 from . import common
 from .contenders import RawKernel
 from .loadgen import LoadGen, step_pool
+from .servers import wire_array
 
 ROUNDS = 6
 BLOCK_S = 1.0
 MANY = 100
 READY_TIMEOUT_S = 180
+FLOOR_MESSAGES = 8192  # messages of the socket floor's block (queued up front)
+FLOOR_TURN = 8  # messages read per poll in the socket floor's loop (the daemon's turns held ~8 at this load)
 
 
 def lists_pool(pool: list) -> list:
@@ -62,6 +65,46 @@ def random_model(I: int = 8, H: int = 64, O: int = 4, seed: int = 0):
     return ls.LSTMModel.from_arrays({"weight_ih_l0": u(4 * H, I), "weight_hh_l0": u(4 * H, H),
                                      "bias_ih_l0": u(4 * H), "bias_hh_l0": u(4 * H),
                                      "head.weight": u(O, H), "head.bias": u(O)})
+
+
+def socket_floor(ctx, pool: list, reply: bytes, n: int = FLOOR_MESSAGES) -> float:
+    """µs a message of a bare ROUTER loop over loopback TCP, measured on the loop's thread: the calls the
+    daemon's loop makes per message and nothing else (per poll: up to FLOOR_TURN messages, each two receives
+    and the RCVMORE look, then per message two sends: identity and `reply`). The requests are queued up front,
+    so no time is spent waiting for them: what the socket costs the loop at least, whatever the loop does
+    with the bytes."""
+    srv, cli = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        for sock in (srv, cli):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+        cli.connect(f"tcp://127.0.0.1:{srv.bind_to_random_port('tcp://127.0.0.1')}")
+        for k in range(n):
+            cli.send(pool[k % len(pool)])
+        nb, more, rcvmore = int(zmq.NOBLOCK), int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.RCVMORE)
+        poller = zmq.Poller()
+        poller.register(srv, zmq.POLLIN)
+        time.sleep(0.5)  # every message over the connection first (~20 MB over loopback)
+        done, t0 = 0, time.perf_counter()
+        while done < n:
+            poller.poll(0)
+            turn = []
+            for _ in range(FLOOR_TURN):
+                try:
+                    frames = [srv.recv(nb), srv.recv(nb)]
+                except zmq.Again:
+                    break
+                srv.getsockopt(rcvmore)
+                turn.append(frames)
+            for ident, _ in turn:
+                srv.send(ident, more)
+                srv.send(reply, nb)
+            done += len(turn)
+        return (time.perf_counter() - t0) / n * 1e6
+    finally:
+        srv.close(0)
+        cli.close(0)
 
 
 def kernel_reading(port: int) -> tuple:
@@ -111,6 +154,9 @@ def run(rounds: int = ROUNDS, block_s: float = BLOCK_S) -> dict:
                                  k=(MANY if name.startswith("many") else 1): k * gen.throughput(p, w, block_s))
                           for name, p in pools.items()}
                 blocks["raw kernel"] = lambda: statistics.median(raw() for _ in range(max(1, int(block_s / 0.05))))
+                reply = msgpack.packb({"v": 1, "id": 0, "ok": True, "y": wire_array(
+                    np.zeros((MANY, model.output_size), np.float32))})  # a 100-stream reply's size
+                blocks["socket floor"] = lambda: socket_floor(ctx, pools["many binary"], reply)
                 if port is not None:
                     many = blocks["many binary"]
 
@@ -174,10 +220,27 @@ def split_lines(r: dict, raw: float, ratio: float) -> list:
     if r.get("kernel") is None:
         return lines + ["(The daemon's kernel time was not read: prometheus_client is not installed.)", ""]
     rate, share = r["kernel"]
+    lines += budget_lines(r, raw, rate)
     return lines + [f"Where the daemon's time goes at {MANY} streams per message, binary x (its endpoint's kernel time, "
             f"medians over the blocks): {share:.0%} of it in kernel calls, which ran {rate:,.0f} stream-steps/s, "
             f"{rate / raw:.2f}× the raw kernel alone; {share:.2f} × {rate / raw:.2f} = {share * rate / raw:.2f}, "
             f"against the {ratio:.2f}× measured (the rest of its time: ZeroMQ, decode, planning, replies).", ""]
+
+
+def budget_lines(r: dict, raw: float, rate: float) -> list:
+    """What 0.8× leaves for everything outside the kernel, a message, against what the socket alone costs."""
+    daemon, floor = r["median"]["many binary"], r["median"].get("socket floor")
+    if floor is None:
+        return []
+    kernel_us = MANY / rate * 1e6  # a message's kernel time at the daemon's kernel speed
+    budget = MANY / (0.8 * raw) * 1e6 - kernel_us
+    rest = MANY / daemon * 1e6 - kernel_us
+    return [f"The budget, a message of {MANY} streams: its kernel time at the daemon's kernel speed is "
+            f"{kernel_us:.1f} µs, so 0.8× the raw kernel leaves {budget:.1f} µs for everything else (receiving, "
+            f"decoding, planning, replying, sending, polling); the daemon spends {rest:.1f} µs on it. A bare "
+            f"ROUTER loop's receives and sends alone take {floor:.1f} µs a message on the loop's thread (medians; "
+            f"rounds {r['range']['socket floor'][0]:.1f}–{r['range']['socket floor'][1]:.1f} µs; `socket_floor`: "
+            "requests queued up front, no decode, nothing else).", ""]
 
 
 def main(argv=None) -> int:
