@@ -43,6 +43,12 @@ _INT_SIZE = {**{b: 1 for b in range(0x00, 0x80)}, **{b: 1 for b in range(0xE0, 0
 _SIGNED = frozenset((0xD0, 0xD1, 0xD2, 0xD3))
 _BIN_HEADS = {0xC4: 2, 0xC5: 3, 0xC6: 5}  # bin 8, 16, 32 -> the header's size
 MAX_LAYOUTS = 4  # hole places looked at per message (a client's messages have one or two)
+# Finding a message's holes walks it (~3 µs: half a one-sample step's decode). Messages that never come again (a
+# seq that counts up, ids that change) would pay that each time for nothing: after LEARN_FREELY messages
+# without a new template, only one in LEARN_EVERY is looked at (a message that does come again is still
+# caught, a few sightings later).
+LEARN_FREELY = 64
+LEARN_EVERY = 16
 OPS = ("step", "step_many")
 
 
@@ -71,7 +77,7 @@ class Templates:
     Bounded as idlists.IdLists is: the templates take at most max_bytes (estimated: the key's bytes and ~300 B
     a template), the set of first sightings at most max_seen hashes; either starts again empty when full."""
 
-    __slots__ = ("_kept", "_layouts", "_seen", "_bytes", "hits", "max_bytes", "max_seen")
+    __slots__ = ("_kept", "_layouts", "_seen", "_bytes", "_misses", "hits", "looked", "max_bytes", "max_seen")
 
     def __init__(self, *, max_bytes: int = 16 << 20, max_seen: int = 65_536):
         self.max_bytes, self.max_seen = max_bytes, max_seen
@@ -82,6 +88,8 @@ class Templates:
         self._layouts: list = []
         self._seen: set = set()
         self._bytes = 0
+        self._misses = 0  # messages learn() took since the last template was made
+        self.looked = 0  # messages whose holes were looked for (lifetime)
 
     def __len__(self):
         return len(self._kept)
@@ -123,12 +131,16 @@ class Templates:
         came before (else remember the key's hash)."""
         if req.op not in OPS or type(req.id) is not int or type(data) is not bytes or sys.byteorder != "little":
             return
+        x = req.x
+        if type(x) is not np.ndarray or x.flags.writeable or getattr(req, "xs", None) is not None:
+            return  # (a writable x was not a view of a bin: nested lists)
+        self._misses += 1
+        if self._misses > LEARN_FREELY and self._misses % LEARN_EVERY:
+            return
+        self.looked += 1
         names = list(REQUEST_FIELDS[req.op])
         values = [getattr(req, name) for name in names]
         xk = names.index("x")
-        x = values[xk]
-        if type(x) is not np.ndarray or getattr(req, "xs", None) is not None:
-            return
         holes = _holes(data, x.nbytes)
         if holes is None:
             return
@@ -155,6 +167,7 @@ class Templates:
                 return
         self._kept[key] = _Template(req, xk, values)
         self._bytes += cost
+        self._misses = 0
         layout = key[0], key[2], key[3], head, data[pay - head]
         if layout in self._layouts:
             self._layouts.remove(layout)

@@ -160,6 +160,25 @@ def test_templates_are_bounded():
     assert 0 < len(lane) < 20
 
 
+def test_messages_that_never_come_again_are_looked_at_only_now_and_then():
+    """A walk for a message's holes costs about half a one-sample decode: after LEARN_FREELY messages without a
+    new template only one in LEARN_EVERY is walked, and a message that comes again is still kept."""
+    from lstm_stream.templates import LEARN_EVERY, LEARN_FREELY
+    codec = P.Codec()
+    lane = codec._templates
+    for seq in range(1, 1001):  # exactly-once steps: the seq makes every message another
+        twin(codec, step(seq, seq=seq))
+    assert len(lane) == 0 and LEARN_FREELY <= lane.looked <= LEARN_FREELY + 1000 // LEARN_EVERY + 1
+    for rid in range(4 * LEARN_EVERY):  # then one that comes again: kept after a few sightings
+        twin(codec, step(rid % 100, stream="again"))
+    assert len(lane) == 1 and lane.hits > 0
+    lists = [msgpack.packb({"v": 1, "id": k, "op": "step", "stream": "a", "x": [1.0, 2.0]}) for k in range(9)]
+    looked = lane.looked
+    for data in lists:  # nested lists: never walked
+        twin(codec, data)
+    assert lane.looked == looked
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_mutated_messages_decode_as_the_usual_decode_says(data):
