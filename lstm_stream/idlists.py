@@ -40,6 +40,17 @@ class _Declined(Exception):
     pass
 
 
+def first_sighting(seen: set, h: int, max_seen: int) -> bool:
+    """Whether hash h is new to `seen` (then added; the set starts again empty once it holds max_seen): what
+    the id lists and the templates (templates.py) keep is kept at its second sighting, so one-offs cost a hash."""
+    if h in seen:
+        return False
+    if len(seen) >= max_seen:
+        seen.clear()
+    seen.add(h)
+    return True
+
+
 class IdList(list):
     """A request's list of stream ids as IdLists keeps it (shared by every request whose list has its bytes:
     never changed in place). joined: "\\0".join(ids) for a list of strs (None otherwise), which the str id
@@ -161,11 +172,7 @@ class IdLists:
         return kept
 
     def _keep(self, span: bytes, kept: tuple) -> None:
-        h = hash(span)
-        if h not in self._seen:
-            if len(self._seen) >= self.max_seen:
-                self._seen.clear()
-            self._seen.add(h)
+        if first_sighting(self._seen, hash(span), self.max_seen):
             return
         size = 3 * len(span) + 64 * len(kept[0]) + 256  # the bytes key, the join, the list's slots and strs
         if self._bytes + size > self.max_bytes:

@@ -35,6 +35,7 @@ import sys
 import msgpack
 import numpy as np
 
+from .idlists import first_sighting
 from .messages import REQUEST_FIELDS
 
 # msgpack int formats -> the encoded size: positive and negative fixint, uint 8-64, int 8-64
@@ -152,13 +153,7 @@ class Templates:
                 or data[pay:stop] != x.tobytes():  # (what the usual decode made of those bytes: checked)
             return
         key = (at, size, n - pay, n - stop, data[:at] + data[at + size:pay] + data[stop:])
-        h = hash(key)
-        if h not in self._seen:
-            if len(self._seen) >= self.max_seen:
-                self._seen.clear()
-            self._seen.add(h)
-            return
-        if key in self._kept:
+        if first_sighting(self._seen, hash(key), self.max_seen) or key in self._kept:
             return
         cost = len(key[4]) + 300
         if self._bytes + cost > self.max_bytes:
