@@ -1,5 +1,6 @@
-"""Requests decoded from a template (Codec.decode_request): a message that differs from one decoded before only
-in its request id and in the bytes of its binary `x` is that request again, with those two replaced.
+"""Requests decoded from a template (Codec.decode_request): a message that differs from one decoded before only in
+its request id, in the bytes of its binary `x` (and in a `step`'s seq written after x) is that request again,
+with those replaced.
 
 Why: a client that steps the same streams again and again (a gateway sending its sensors each tick, the Python
 client's `step`) sends messages that are byte for byte the same but for the id it counts up and the samples. The
@@ -9,24 +10,27 @@ for a `step_many` of 100 ids, about a quarter of what the daemon spends on a mes
 construction: ~2.5 µs.
 
 How: a template is kept the second time a message with its key comes (a set of key hashes remembers the first:
-one-off messages cost no memory). The key is the message with two holes cut out, and where they are: the
-request id's bytes (a msgpack int) and the payload of x's `data` (a bin). The holes' places (from the message's
-start for the id, from its end for the payload) are learnt from the messages that made templates (a few
-layouts, newest first); a message is looked up at each.
+one-off messages cost no memory). The key is the message with its holes cut out, and where they are: the request
+id's bytes (a msgpack int), the payload of x's `data` (a bin) and, in a `step` whose `seq` comes after x (as the
+Python client writes it: an exactly-once client counts it up on every step), the seq's int. The holes' places
+(from the message's start for the id, from its end for the payload) are learnt from the messages that made
+templates (a few layouts, newest first); a message is looked up at each.
 
 Exact by construction: the usual decode is a function of the bytes. A message whose bytes outside the holes equal
 a template's, with holes of the same places and sizes, is read by msgpack exactly as the template was up to the
-id (same bytes), then an int of the same size (any int is a valid id: parse_request takes every int), then the
-same bytes up to the payload (so the payload is the same bin's, of the same length), then any bytes there (x's
-data is not looked into by the decode: NaN and Inf are the planner's business), then the same bytes again. So
-every bound, every charge of the decode budget and every check comes out as it did for the template, and the
-request is the template's with the id and x replaced; x as _from_map makes it (a read-only view, here of the
-message). tests/clients/test_templates.py checks the two decodes against each other on requests and mutations.
+id (same bytes), then an int of the same size (any int is a valid id, and a valid seq: parse_request takes every
+int for both; what a seq means is the planner's business), then the same bytes up to the payload (so the payload
+is the same bin's, of the same length), then any bytes there (x's data is not looked into by the decode: NaN and
+Inf are the planner's business), then the same bytes again (and the seq's int, as the id's). So every bound,
+every charge of the decode budget and every check comes out as it did for the template, and the request is the
+template's with the id, x (and seq) replaced; x as _from_map makes it (a read-only view, here of the message).
+tests/clients/test_templates.py checks the two decodes against each other on requests and mutations.
 
 Only requests `step` and `step_many` with an int id and a binary x as their one array, on a little-endian host
-(where _from_map makes no copy), become templates. The fields besides id and x (the stream or the id list,
-seq, model, lists) are the template's own objects, shared with every request made from it; the daemon never
-changes a request in place (engine/access.py's namespaces give a request new lists), as for idlists.py's lists.
+(where _from_map makes no copy), become templates. The fields besides id, x and such a seq (the stream or the id
+list, model, lists, a seq written before x) are the template's own objects, shared with every request made from
+it; the daemon never changes a request in place (engine/access.py's namespaces give a request new lists), as for
+idlists.py's lists.
 """
 from __future__ import annotations
 
@@ -44,8 +48,8 @@ _INT_SIZE = {**{b: 1 for b in range(0x00, 0x80)}, **{b: 1 for b in range(0xE0, 0
 _SIGNED = frozenset((0xD0, 0xD1, 0xD2, 0xD3))
 _BIN_HEADS = {0xC4: 2, 0xC5: 3, 0xC6: 5}  # bin 8, 16, 32 -> the header's size
 MAX_LAYOUTS = 4  # hole places looked at per message (a client's messages have one or two)
-# Finding a message's holes walks it (~3 µs: half a one-sample step's decode). Messages that never come again (a
-# seq that counts up, ids that change) would pay that each time for nothing: after LEARN_FREELY messages
+# Finding a message's holes walks it (~3 µs: half a one-sample step's decode). Messages that never come again (ids
+# that change, a seq written before x) would pay that each time for nothing: after LEARN_FREELY messages
 # without a new template, only one in LEARN_EVERY is looked at (a message that does come again is still
 # caught, a few sightings later).
 LEARN_FREELY = 64
@@ -62,10 +66,10 @@ def _int_at(data: bytes, at: int, size: int):
 
 
 class _Template:
-    __slots__ = ("cls", "lists", "model", "values", "xk", "dtype", "count", "shape")
+    __slots__ = ("cls", "lists", "model", "values", "xk", "sk", "dtype", "count", "shape")
 
-    def __init__(self, req, xk: int, values: list):
-        self.cls, self.lists, self.model, self.xk = type(req), req.lists, req.model, xk
+    def __init__(self, req, xk: int, sk: int, values: list):
+        self.cls, self.lists, self.model, self.xk, self.sk = type(req), req.lists, req.model, xk, sk
         x = values[xk]
         self.dtype, self.count, self.shape = x.dtype, x.size, None if x.ndim == 1 else x.shape
         values[xk] = None  # (not the first message's array)
@@ -105,14 +109,22 @@ class Templates:
         if not self._kept or type(data) is not bytes:
             return None
         n = len(data)
-        for at, start, end, head, fmt in self._layouts:
+        for at, start, end, head, fmt, back in self._layouts:
             pay, stop = n - start, n - end
             if pay <= at + 2 or at >= n or data[pay - head] != fmt:  # (not x's bin header there: no template)
                 continue
             size = _INT_SIZE.get(data[at])
             if size is None or at + size > pay - 2:
                 continue
-            t = self._kept.get((at, size, start, end, data[:at] + data[at + size:pay] + data[stop:]))
+            if back:  # a seq after the payload: a third hole
+                q = n - back
+                qsize = _INT_SIZE.get(data[q]) if stop <= q else None
+                if qsize is None or q + qsize > n:
+                    continue
+                rest = data[stop:q] + data[q + qsize:]
+            else:
+                qsize, rest = 0, data[stop:]
+            t = self._kept.get((at, size, start, end, back, qsize, data[:at] + data[at + size:pay] + rest))
             if t is None:
                 continue
             x = np.frombuffer(data, t.dtype, t.count, pay)
@@ -120,6 +132,8 @@ class Templates:
                 x = x.reshape(t.shape)
             values = t.values.copy()
             values[t.xk] = x
+            if back:
+                values[t.sk] = _int_at(data, q, qsize)
             req = t.cls(_int_at(data, at, size), t.lists, *values)
             if t.model is not None:
                 req.model = t.model
@@ -145,25 +159,30 @@ class Templates:
         holes = _holes(data, x.nbytes)
         if holes is None:
             return
-        at, size, head, pay, stop = holes
+        at, size, head, pay, stop, q, qsize = holes
         if at + size > pay - 2:  # (the layouts have the id first; a message with x first is not looked up)
             return
         n = len(data)
         if _INT_SIZE.get(data[at]) != size or _int_at(data, at, size) != req.id \
                 or data[pay:stop] != x.tobytes():  # (what the usual decode made of those bytes: checked)
             return
-        key = (at, size, n - pay, n - stop, data[:at] + data[at + size:pay] + data[stop:])
+        if q < stop or type(getattr(req, "seq", None)) is not int or _INT_SIZE.get(data[q]) != qsize \
+                or _int_at(data, q, qsize) != req.seq:  # no seq, or not an int after the payload: no third hole
+            q = qsize = 0
+        back = n - q if qsize else 0
+        rest = data[stop:q] + data[q + qsize:] if qsize else data[stop:]
+        key = (at, size, n - pay, n - stop, back, qsize, data[:at] + data[at + size:pay] + rest)
         if first_sighting(self._seen, hash(key), self.max_seen) or key in self._kept:
             return
-        cost = len(key[4]) + 300
+        cost = len(key[-1]) + 300
         if self._bytes + cost > self.max_bytes:
             self.clear()
             if cost > self.max_bytes:
                 return
-        self._kept[key] = _Template(req, xk, values)
+        self._kept[key] = _Template(req, xk, names.index("seq") if back else -1, values)
         self._bytes += cost
         self._misses = 0
-        layout = key[0], key[2], key[3], head, data[pay - head]
+        layout = key[0], key[2], key[3], head, data[pay - head], back
         if layout in self._layouts:
             self._layouts.remove(layout)
         self._layouts.insert(0, layout)
@@ -178,12 +197,14 @@ class Templates:
 
 
 def _holes(data: bytes, nbytes: int):
-    """(the request id's offset and size, the size of the bin header of x's data, its payload's start and end)
-    in a request map that the usual decode took, or None unless each is there exactly once (a top-level "id",
-    a top-level "x" map with one "data", a bin of nbytes)."""
+    """(the request id's offset and size, the size of the bin header of x's data, its payload's start and end,
+    the offset and size of the value of a top-level "seq" or (0, 0)) in a request map that the usual decode
+    took, or None unless each is there exactly once (a top-level "id", a top-level "x" map with one "data", a
+    bin of nbytes; at most one "seq")."""
     u = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(data), 1024))
     u.feed(data)
     ident = payload = None
+    seq = (0, 0)
     try:
         for _ in range(u.read_map_header()):
             key = u.unpack()
@@ -193,6 +214,12 @@ def _holes(data: bytes, nbytes: int):
                 at = u.tell()
                 u.skip()
                 ident = at, u.tell() - at
+            elif key == "seq":
+                if seq[1]:
+                    return None
+                at = u.tell()
+                u.skip()
+                seq = at, u.tell() - at
             elif key == "x":
                 if payload is not None:
                     return None
@@ -216,4 +243,4 @@ def _holes(data: bytes, nbytes: int):
         return None
     if ident is None or payload is None or u.tell() != len(data):
         return None
-    return ident + payload
+    return ident + payload + seq

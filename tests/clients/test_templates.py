@@ -100,11 +100,32 @@ def test_step_in_every_shape_and_dtype(shape, dtype):
     assert codec._templates.hits == 3
 
 
+def test_a_seq_after_x_is_a_hole_too():
+    """Exactly-once steps (the Python client writes seq after x): one template for a stream whatever its seq."""
+    codec = P.Codec()
+    for seq in range(1, 40):
+        got = twin(codec, step(seq + 1000, seq=seq, seed=seq))
+        assert ("seq", (int, seq)) in got[5]
+    assert len(codec._templates) == 1 and codec._templates.hits == 37
+    for seq in (127, 128, 255, 256, 2**40, -1, -2**63, 2**64 - 1):  # other sizes: a template each, made again
+        for k in range(3):
+            twin(codec, step(k, seq=seq + k if seq + k < 2**64 else seq - k))
+    before = msgpack.packb({"v": 1, "id": 1, "op": "step", "seq": 5, "stream": "a",
+                            "x": P.array_map(np.ones(3, np.float32))})
+    for k in range(3):  # a seq before x is part of the key: the same seq comes again, another does not match
+        twin(codec, before)
+        twin(codec, before.replace(b"\xa3seq\x05", b"\xa3seq\x06"))
+    nil = [msgpack.packb({"v": 1, "id": k, "op": "step", "stream": "a", "x": P.array_map(np.ones(3, np.float32)),
+                          "seq": None}) for k in range(4)]
+    for data in nil:  # a nil seq: no hole (nil is not an int), the template holds None
+        assert ("seq", (type(None), None)) in twin(codec, data)[5]
+
+
 def test_the_other_fields_come_with_the_template():
     codec = P.Codec()
     for rid in range(4):
-        got = twin(codec, step(rid, seq=41, model="m-1", lists=True))
-        assert got[3] is True and got[4] == "m-1" and ("seq", (int, 41)) in got[5]
+        got = twin(codec, step(rid, seq=41 + rid, model="m-1", lists=True))
+        assert got[3] is True and got[4] == "m-1" and ("seq", (int, 41 + rid)) in got[5]
     for rid in range(4):
         twin(codec, step_many(rid, ids=list(range(100, 160)), model="other"))
     assert codec._templates.hits == 4
@@ -166,8 +187,8 @@ def test_messages_that_never_come_again_are_looked_at_only_now_and_then():
     from lstm_stream.templates import LEARN_EVERY, LEARN_FREELY
     codec = P.Codec()
     lane = codec._templates
-    for seq in range(1, 1001):  # exactly-once steps: the seq makes every message another
-        twin(codec, step(seq, seq=seq))
+    for k in range(1, 1001):  # steps to ever new streams: every message another
+        twin(codec, step(k, stream=f"new-{k}"))
     assert len(lane) == 0 and LEARN_FREELY <= lane.looked <= LEARN_FREELY + 1000 // LEARN_EVERY + 1
     for rid in range(4 * LEARN_EVERY):  # then one that comes again: kept after a few sightings
         twin(codec, step(rid % 100, stream="again"))
@@ -186,7 +207,7 @@ def test_mutated_messages_decode_as_the_usual_decode_says(data):
     flips, truncation, splices, other ids, other payloads): each decoded as a codec without templates does."""
     codec = P.Codec()
     seeds = [step_many(1), step(2), step(3, shape=(4, 3), dtype=np.float64),
-             step_many(4, ids=list(range(200, 264)), seq=None)]
+             step_many(4, ids=list(range(200, 264)), seq=None), step(5, seq=300)]
     for seed in seeds:
         for _ in range(2):
             twin(codec, seed)
@@ -234,3 +255,21 @@ def test_a_daemon_steps_requests_from_templates_as_any_others():
         np.testing.assert_array_equal(P.to_array(msgpack.unpackb(reply)["y"]), alone.step("solo", one))
     info = wire.call({"v": 1, "id": "i", "op": "info"})["decoded_templates"]
     assert info == {"kept": 2, "bytes": wire.codec._templates.bytes, "hits": 8}
+    codec = P.Codec()
+    for seq in range(1, 8):  # exactly-once steps, each sent twice: the resend is answered from its receipt
+        one = rng.standard_normal(3).astype(np.float32)
+        data = codec.request("step", 200 + seq, {"stream": "once", "x": one, "seq": seq})
+        replies = []
+        for _ in range(2):
+            assert wire.submit(None, data) is None
+            (_, reply), = wire.step()
+            replies.append(msgpack.unpackb(reply))
+        want = alone.step("once", one)
+        for k, rep in enumerate(replies):
+            assert rep["ok"] and rep["seq"] == seq and rep.get("duplicate", False) == (k == 1)
+            np.testing.assert_array_equal(P.to_array(rep["y"]), want)
+    gap = codec.request("step", 300, {"stream": "once", "x": np.ones(3, np.float32), "seq": 9})
+    assert wire.submit(None, gap) is None
+    (_, reply), = wire.step()
+    assert msgpack.unpackb(reply)["error"]["code"] == P.SEQ_GAP
+    assert wire.codec._templates.hits >= 8 + 10
