@@ -23,8 +23,10 @@ int for both; what a seq means is the planner's business), then the same bytes u
 is the same bin's, of the same length), then any bytes there (x's data is not looked into by the decode: NaN and
 Inf are the planner's business), then the same bytes again (and the seq's int, as the id's). So every bound,
 every charge of the decode budget and every check comes out as it did for the template, and the request is the
-template's with the id, x (and seq) replaced; x as _from_map makes it (a read-only view, here of the message).
-tests/clients/test_templates.py checks the two decodes against each other on requests and mutations.
+template's with the id, x (and seq) replaced; x as _from_map makes it (a read-only view of its own copy of the
+payload, as the bin's bytes object is there: aligned, where a view into the message would not be, which made the
+planner's copy of it slower). tests/clients/test_templates.py checks the two decodes against each other on requests
+and mutations.
 
 Only requests `step` and `step_many` with an int id and a binary x as their one array, on a little-endian host
 (where _from_map makes no copy), become templates. The fields besides id, x and such a seq (the stream or the id
@@ -66,12 +68,12 @@ def _int_at(data: bytes, at: int, size: int):
 
 
 class _Template:
-    __slots__ = ("cls", "lists", "model", "values", "xk", "sk", "dtype", "count", "shape")
+    __slots__ = ("cls", "lists", "model", "values", "xk", "sk", "dtype", "shape")
 
     def __init__(self, req, xk: int, sk: int, values: list):
         self.cls, self.lists, self.model, self.xk, self.sk = type(req), req.lists, req.model, xk, sk
         x = values[xk]
-        self.dtype, self.count, self.shape = x.dtype, x.size, None if x.ndim == 1 else x.shape
+        self.dtype, self.shape = x.dtype, None if x.ndim == 1 else x.shape
         values[xk] = None  # (not the first message's array)
         self.values = values
 
@@ -127,7 +129,7 @@ class Templates:
             t = self._kept.get((at, size, start, end, back, qsize, data[:at] + data[at + size:pay] + rest))
             if t is None:
                 continue
-            x = np.frombuffer(data, t.dtype, t.count, pay)
+            x = np.frombuffer(data[pay:stop], t.dtype)  # (its own bytes, as the usual decode's bin: aligned)
             if t.shape is not None:
                 x = x.reshape(t.shape)
             values = t.values.copy()

@@ -30,7 +30,7 @@ def outcome(codec, data):
 
 def comparable(v):
     if isinstance(v, np.ndarray):
-        return "array", v.dtype.str, v.shape, v.tobytes(), v.flags.writeable, v.flags.c_contiguous
+        return "array", v.dtype.str, v.shape, v.tobytes(), v.flags.writeable, v.flags.c_contiguous, v.flags.aligned
     if isinstance(v, list):
         return "list", [comparable(i) for i in v]
     return type(v), v
