@@ -107,7 +107,8 @@ class _Builder:
     def __init__(self, streams):
         self.streams = streams
         self._I, self._dt = streams.model.input_size, np.dtype(streams.model.dtype)
-        self.ids, self.lengths, self.blocks, self.spans, self.refused = [], [], [], [], []
+        self.ids, self.blocks, self.spans, self.refused = [], [], [], []
+        self._lengths: list | None = None  # rows per segment; None while every segment is one row (the usual)
         self.slots: list | None = []   # per request: its ids' slots while every id is known, else None
         self.new: set = set()          # ids this plan creates
         self.samples = 0
@@ -134,7 +135,7 @@ class _Builder:
             if T != len(ids):
                 raise InputError(f"x has {T} rows but 'streams' lists {len(ids)} ids; expected one row per "
                                  "stream")
-            lengths, blocks, form, n = [1] * T, [block], "rows", T
+            lengths, blocks, form, n = None, [block], "rows", T
         else:  # step_many, an array per stream
             ids, xs = req.streams, req.xs
             if len(xs) != len(ids):
@@ -156,7 +157,7 @@ class _Builder:
         block, T, one = self._rows(req.x, "x")
         if self.pending is None:  # the first seq of the plan: count the rows already planned per stream
             self.pending, self.seqs = {}, [-1] * len(self.ids)
-            for i, n, span in zip(self.ids, self.lengths, self._segment_spans()):
+            for i, n, span in zip(self.ids, self._all_lengths(), self._segment_spans()):
                 rows, _ = self.pending.get(i, (0, None))
                 self.pending[i] = (rows + n, span)
         stream, seq = req.stream, req.seq
@@ -205,7 +206,8 @@ class _Builder:
             return
         n = len(req.streams)
         self.seqs.extend([-1] * n)
-        for i, T in zip(req.streams, self.lengths[len(self.lengths) - n:]):
+        lengths = self._all_lengths()
+        for i, T in zip(req.streams, lengths[len(lengths) - n:]):
             rows, _ = self.pending.get(i, (0, None))
             self.pending[i] = (rows + T, span)
 
@@ -221,21 +223,34 @@ class _Builder:
                 self.slots = None
             else:
                 self.slots.append(slot)
+        if T != 1 and self._lengths is None:
+            self._lengths = [1] * len(self.ids)
         self.ids.append(req.stream)
-        self.lengths.append(T)
+        if self._lengths is not None:
+            self._lengths.append(T)
         self.blocks.append(block)
         self.samples += T
 
+    def _all_lengths(self) -> list:
+        """The rows of every segment so far, as a list (made now if all were one row)."""
+        if self._lengths is None:
+            self._lengths = [1] * len(self.ids)
+        return self._lengths
+
     def _append(self, req, ids, lengths, n, blocks, form, slots):
-        """A step_many's segments: ids[k] gets lengths[k] rows (n in all) of the blocks."""
+        """A step_many's segments: ids[k] gets lengths[k] rows (n in all; lengths None: one each) of the
+        blocks."""
         self.spans.append(Span(req, self.samples, n, form))
         if self.slots is not None:
             if slots is None:
                 self.slots = None
             else:
                 self.slots.append(slots)
+        if lengths is not None:
+            self._all_lengths().extend(lengths)
+        elif self._lengths is not None:
+            self._lengths.extend([1] * len(ids))
         self.ids.extend(ids)
-        self.lengths.extend(lengths)
         self.blocks.extend(blocks)
         self.samples += n
 
@@ -277,7 +292,8 @@ class _Builder:
         X = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=None)).reshape(self.samples, self._I)
         if not X.flags.writeable:  # a view of the message: the kernels take writable arrays only (one type)
             X = X.copy()
-        lengths = None if self.samples == len(self.ids) else np.array(self.lengths, np.int64)
+        lengths = None if self._lengths is None or self.samples == len(self.ids) else \
+            np.array(self._lengths, np.int64)
         slots = None
         if self.slots is not None and not self.new:
             parts = self.slots
