@@ -37,6 +37,7 @@ class StateStore:
         self.steps = np.zeros(cap, np.int64)
         self.last_seen = np.zeros(cap, np.float64)
         self._kind = np.zeros(cap, np.int8)  # per slot: _FREE, _INT or _STR
+        self.marks = np.zeros(cap, np.uint8)  # distinct()'s scratch, all zero between calls
         self.ints = IntIds(cap, _return_freed_memory)
         self.strs = StrIds(cap, _return_freed_memory)
         self._by_kind: tuple[IdIndex | None, ...] = (None, self.ints, self.strs)  # the index of a slot's kind
@@ -229,6 +230,7 @@ class StateStore:
         self.steps = _resized(self.steps, cap)
         self.last_seen = _resized(self.last_seen, cap)
         self._kind = _resized(self._kind, cap)
+        self.marks = np.zeros(cap, np.uint8)
         self.ints.grow(cap)
         self.strs.grow(cap)
         if self._on_grow is not None:
@@ -254,14 +256,41 @@ def _increasing(slots):
     return min(k, slots.shape[0])
 
 
-def distinct(slots) -> bool:
+def distinct(slots, marks=None) -> bool:
     """True when no value appears twice in slots (int64): at once when they increase (streams created together
-    and stepped in that order), else by numpy sorting a copy (a compiled np.sort would cost seconds of cold
-    start for a rare case)."""
+    and stepped in that order); else with marks (a StateStore's: one byte per slot, all zero) by marking each
+    slot once, in one compiled pass (a turn's 800 slots in any order: ~1 µs, against ~11 µs for the sort);
+    else, or for a slot outside marks, by numpy sorting a copy (a compiled np.sort would cost seconds of cold
+    start)."""
     if _increasing(slots) >= slots.shape[0]:
         return True
+    if marks is not None:
+        seen = _marked_twice(slots, marks)
+        if seen >= 0:
+            return seen == 0
     s = np.sort(slots)
     return bool((s[1:] != s[:-1]).all())
+
+
+@njit(cache=True, nogil=True)
+def _marked_twice(slots, marks):
+    """1 if a value of slots appears twice, 0 if not, -1 if one is not an index of marks; marks (uint8, all
+    zero) is all zero again after."""
+    n, size = slots.shape[0], marks.shape[0]
+    out, k = 0, 0
+    while k < n:
+        s = slots[k]
+        if s < 0 or s >= size:
+            out = -1
+            break
+        if marks[s]:
+            out = 1
+            break
+        marks[s] = 1
+        k += 1
+    for j in range(k):
+        marks[slots[j]] = 0
+    return out
 
 
 _malloc_trim = None

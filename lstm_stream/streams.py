@@ -329,7 +329,7 @@ class Streams(ColdTier, SnapshotIO, ModelSwap):
             ids = self._ids(ids)  # normalises and checks the new ids, raises StoreFullError before any change
             slots = self._slots_creating(ids, now)
         n = len(slots)
-        if distinct(slots):  # distinct streams (the usual case): each segment is one stream's rows
+        if distinct(slots, self._store.marks):  # distinct streams (the usual case): each segment is one stream's rows
             offsets = np.arange(n + 1, dtype=np.int64) if lengths is None else self._offsets(lengths)
             Y = self._backend.run(slots, offsets, X)
             self._store.account(slots, offsets, now)

@@ -92,6 +92,7 @@ def _ids(model):
     st.account(slots, np.arange(41, dtype=np.int64), 1.0)
     st.remove(5)
     distinct(slots[::-1].copy())
+    distinct(slots[::-1].copy(), st.marks)
 
 
 def _serving(model):

@@ -123,6 +123,9 @@ def test_distinct_agrees_with_a_set(values):
     """distinct(): the increasing fast path and the sorting one agree with set() on any list of slots."""
     a = np.array(values, np.int64)
     assert distinct(a) == (len(set(values)) == len(values))
+    marks = np.zeros(61, np.uint8)  # the compiled pass over a store's marks: the same answer, marks left zero
+    assert distinct(a, marks) == (len(set(values)) == len(values)) and not marks.any()
+    assert distinct(a, np.zeros(30, np.uint8)) == (len(set(values)) == len(values))  # slots past the marks
     inc = np.unique(a)  # increasing and distinct; then one repeat at every place
     assert distinct(inc)
     for k in range(1, len(inc)):
