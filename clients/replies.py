@@ -17,7 +17,6 @@ from lstm_stream import protocol as P
 from .errors import BadReply
 
 MAX_SHAPES = 8   # y heads remembered (a step of T rows answers (T, O): T varies, so keep few)
-_UINT = {0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8}  # msgpack's unsigned int markers -> bytes that follow
 
 
 class ReplyReader:
@@ -47,14 +46,10 @@ class ReplyReader:
         head, k = self._head, len(self._head)
         if not data.startswith(head):
             return None
-        marker = data[k]
-        if marker < 0x80:  # positive fixint
-            rid, k = marker, k + 1
-        else:
-            width = _UINT.get(marker)
-            if width is None:  # a negative or str id: decode in full
-                return None
-            rid, k = int.from_bytes(data[k + 1:k + 1 + width], "big"), k + 1 + width
+        size = P.INT_SIZES.get(data[k])
+        if size is None:  # a str or nil id: decode in full
+            return None
+        rid, k = P.int_at(data, k, size), k + size
         y = self._y_from(data, k)
         return None if y is None else {"v": P.PROTOCOL_VERSION, "id": rid, "ok": True, "y": y}
 
@@ -86,4 +81,3 @@ class ReplyReader:
         head = self._codec._array_head(P._OK_Y_KEYS, y)
         if head is not None:
             self._ys[head] = (y.dtype, y.shape, y.nbytes)
-

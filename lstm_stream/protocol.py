@@ -213,6 +213,21 @@ def lists_of(a: np.ndarray) -> list:
     return np.asarray(a).tolist()
 
 
+# msgpack's int formats -> the encoded size: positive and negative fixint, uint 8-64, int 8-64
+INT_SIZES = {**{b: 1 for b in range(0x00, 0x80)}, **{b: 1 for b in range(0xE0, 0x100)},
+             0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9}
+_SIGNED_INTS = frozenset((0xD0, 0xD1, 0xD2, 0xD3))
+
+
+def int_at(data: bytes, at: int, size: int) -> int:
+    """The msgpack int at data[at:at + size], whose format byte data[at] has that size (INT_SIZES): what
+    msgpack decodes there, read without it (templates.py's request ids and seqs, clients/replies.py's ids)."""
+    f = data[at]
+    if size == 1:
+        return f if f < 0x80 else f - 0x100
+    return int.from_bytes(data[at + 1:at + size], "big", signed=f in _SIGNED_INTS)
+
+
 # ---- encoding and decoding -------------------------------------------------------------------------
 def _default(obj):
     if isinstance(obj, np.ndarray):
@@ -374,8 +389,8 @@ class Codec:
 
     def decode_request(self, data) -> Request:
         """Bytes -> the typed Request (see parse_request); ProtocolError (carrying the id if known). A message
-        that is an earlier one's but for its int id and its binary x's bytes is made from that one's template
-        (templates.py: the same Request as the usual decode's); templates=False on the Codec turns that off."""
+        that is an earlier one's but for its int id, its binary x's bytes (and a seq after x) is made from that
+        one's template (templates.py: the same Request as the usual decode's); templates=False turns that off."""
         lane = self._templates
         if lane is not None:
             req = lane(data)

@@ -43,11 +43,9 @@ import numpy as np
 
 from .idlists import first_sighting
 from .messages import REQUEST_FIELDS
+from .protocol import INT_SIZES as _INT_SIZE
+from .protocol import int_at as _int_at
 
-# msgpack int formats -> the encoded size: positive and negative fixint, uint 8-64, int 8-64
-_INT_SIZE = {**{b: 1 for b in range(0x00, 0x80)}, **{b: 1 for b in range(0xE0, 0x100)},
-             0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9}
-_SIGNED = frozenset((0xD0, 0xD1, 0xD2, 0xD3))
 _BIN_HEADS = {0xC4: 2, 0xC5: 3, 0xC6: 5}  # bin 8, 16, 32 -> the header's size
 MAX_LAYOUTS = 4  # hole places looked at per message (a client's messages have one or two)
 # Finding a message's holes walks it (~3 µs: half a one-sample step's decode). Messages that never come again (ids
@@ -57,14 +55,6 @@ MAX_LAYOUTS = 4  # hole places looked at per message (a client's messages have o
 LEARN_FREELY = 64
 LEARN_EVERY = 16
 OPS = ("step", "step_many")
-
-
-def _int_at(data: bytes, at: int, size: int):
-    """The msgpack int at data[at:at + size] (its format byte at `at`)."""
-    f = data[at]
-    if size == 1:
-        return f if f < 0x80 else f - 0x100
-    return int.from_bytes(data[at + 1:at + size], "big", signed=f in _SIGNED)
 
 
 class _Template:
@@ -91,7 +81,7 @@ class Templates:
         self.hits = 0  # requests made from a template (lifetime)
         self._kept: dict = {}  # key -> _Template
         # where the holes were: (the id's offset, the payload's start and end counted from the message's end, the
-        # size of the bin header before the payload and its format byte)
+        # size of the bin header before the payload and its format byte, the seq's offset from the end or 0)
         self._layouts: list = []
         self._seen: set = set()
         self._bytes = 0
@@ -118,15 +108,12 @@ class Templates:
             size = _INT_SIZE.get(data[at])
             if size is None or at + size > pay - 2:
                 continue
+            q, qsize = n - back, 0
             if back:  # a seq after the payload: a third hole
-                q = n - back
                 qsize = _INT_SIZE.get(data[q]) if stop <= q else None
                 if qsize is None or q + qsize > n:
                     continue
-                rest = data[stop:q] + data[q + qsize:]
-            else:
-                qsize, rest = 0, data[stop:]
-            t = self._kept.get((at, size, start, end, back, qsize, data[:at] + data[at + size:pay] + rest))
+            t = self._kept.get(_key(data, at, size, pay, stop, q, qsize))
             if t is None:
                 continue
             x = np.frombuffer(data[pay:stop], t.dtype)  # (its own bytes, as the usual decode's bin: aligned)
@@ -164,16 +151,14 @@ class Templates:
         at, size, head, pay, stop, q, qsize = holes
         if at + size > pay - 2:  # (the layouts have the id first; a message with x first is not looked up)
             return
-        n = len(data)
         if _INT_SIZE.get(data[at]) != size or _int_at(data, at, size) != req.id \
                 or data[pay:stop] != x.tobytes():  # (what the usual decode made of those bytes: checked)
             return
         if q < stop or type(getattr(req, "seq", None)) is not int or _INT_SIZE.get(data[q]) != qsize \
                 or _int_at(data, q, qsize) != req.seq:  # no seq, or not an int after the payload: no third hole
             q = qsize = 0
-        back = n - q if qsize else 0
-        rest = data[stop:q] + data[q + qsize:] if qsize else data[stop:]
-        key = (at, size, n - pay, n - stop, back, qsize, data[:at] + data[at + size:pay] + rest)
+        key = _key(data, at, size, pay, stop, q, qsize)
+        back = key[4]
         if first_sighting(self._seen, hash(key), self.max_seen) or key in self._kept:
             return
         cost = len(key[-1]) + 300
@@ -196,6 +181,16 @@ class Templates:
         self._seen.clear()
         self._layouts.clear()
         self._bytes = 0
+
+
+def _key(data: bytes, at: int, size: int, pay: int, stop: int, q: int, qsize: int) -> tuple:
+    """A template's key: where the holes are (the id's offset and size; the payload's start and end and the
+    seq's offset, each from the end, 0 for no seq; the seq's size) and the message's bytes without them."""
+    n = len(data)
+    if qsize:
+        return at, size, n - pay, n - stop, n - q, qsize, data[:at] + data[at + size:pay] + data[stop:q] + \
+            data[q + qsize:]
+    return at, size, n - pay, n - stop, 0, 0, data[:at] + data[at + size:pay] + data[stop:]
 
 
 def _holes(data: bytes, nbytes: int):
