@@ -135,3 +135,26 @@ def test_wire_report_splits_the_ratio_by_the_daemons_kernel_time():
     assert "against its fastest round the daemon's median is 0.50×" in text
     assert "57% of it in kernel calls, which ran 1,320,000 stream-steps/s, 1.32× the raw kernel alone" in text
     assert "not read" in wire.report({**r, "kernel": None})
+
+
+def test_wire_in_process_block_serves_the_pool_and_the_report_sets_it_against_the_goal():
+    """bench.wire's in_process block: the daemon's request path without a socket serves every message of the
+    pool (a positive rate, each reply checked); the report's line names its ratio and whether it meets 0.8×."""
+    from types import SimpleNamespace
+
+    from bench import wire
+    from bench.loadgen import step_pool
+    model = wire.random_model(seed=3)
+    block = wire.in_process(model, step_pool(3 * wire.MANY, model.input_size, per_message=wire.MANY), per_turn=2)
+    assert block(0.05) > 0 and block(0.05) > 0  # (the second call: the streams exist)
+    shape = SimpleNamespace(input_size=8, hidden_size=64, num_layers=1, output_size=4, dtype="float32")
+    r = {"median": {"one binary": 5e4, "one lists": 3.6e4, "many binary": 7.5e5, "many lists": 2.6e5,
+                    "raw kernel": 1e6, "socket floor": 6.0, "in process": 7.8e5},
+         "range": {"many binary": (7e5, 8e5), "raw kernel": (9e5, 1.5e6), "socket floor": (5.5, 7.0),
+                   "in process": (7e5, 8.5e5)}, "model": shape, "rounds": 12, "kernel": (1e6, 0.75)}
+    text = wire.report(r)
+    assert "780,000 stream-steps/s, 0.78× the raw kernel (rounds 0.70–0.85×)" in text
+    assert "take about 28.2 µs a message there" in text and "misses the 0.8× goal" in text
+    assert "meets the 0.8× goal" in wire.report({**r, "median": {**r["median"], "in process": 8.2e5}})
+    assert "in_process" not in wire.report({**r, "median": {k: v for k, v in r["median"].items()
+                                                             if k != "in process"}})
