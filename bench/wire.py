@@ -261,6 +261,7 @@ def report(r: dict) -> str:
                               "streams per call (1 thread)", ratio >= 0.8,
                               f"{ratio:.2f}× (rounds {lo:.2f}–{hi:.2f}×)"), "",
              *split_lines(r, raw, ratio),
+             *request_path_lines(r, raw),
              *common.machine_lines()]
     return "\n".join(lines)
 
@@ -294,12 +295,14 @@ def budget_lines(r: dict, raw: float, rate: float) -> list:
             f"decoding, planning, replying, sending, polling); the daemon spends {rest:.1f} µs on it. A bare "
             f"ROUTER loop's receives and sends alone take {floor:.1f} µs a message on the loop's thread (medians; "
             f"rounds {r['range']['socket floor'][0]:.1f}–{r['range']['socket floor'][1]:.1f} µs; `socket_floor`: "
-            "requests queued up front, no decode, nothing else).", "", *request_path_lines(r, raw, kernel_us)]
+            "requests queued up front, no decode, nothing else).", ""]
 
 
-def request_path_lines(r: dict, raw: float, kernel_us: float) -> list:
+def request_path_lines(r: dict, raw: float) -> list:
     """The socket and the kernel without the request path (bench/ceiling.py), and the request path without the
-    socket (in_process), against the raw kernel: what 0.8× leaves the request path, and what it takes."""
+    socket (in_process), against the raw kernel: what 0.8× leaves the request path, and what it takes (a
+    message's time less its kernel time at the daemon's kernel speed, or the raw kernel's without metrics)."""
+    kernel_us = MANY / (r["kernel"][0] if r.get("kernel") else raw) * 1e6
     lines, left = [], None
     ceiling = r["median"].get("kernel behind the socket")
     if ceiling is not None:
@@ -317,7 +320,7 @@ def request_path_lines(r: dict, raw: float, kernel_us: float) -> list:
                   f"process, {FLOOR_TURN} messages submitted a turn, then one step): {inproc:,.0f} stream-steps/s, "
                   f"{inproc / raw:.2f}× the raw kernel (rounds {lo:.2f}–{hi:.2f}×); decoding, admission, planning, "
                   f"replies and encoding take about {rest:.1f} µs a message there"
-                  + ("." if left is None else f", against the {left:.1f} µs left them.") , ""]
+                  + ("." if left is None else f", against the {left:.1f} µs left them."), ""]
     return lines
 
 
