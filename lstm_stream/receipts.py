@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .slabs import Slab
+
 NONE = -1  # no receipt
 
 
@@ -21,16 +23,13 @@ class Receipts:
     """Per slot: seq (int64, NONE when there is none), rows (int32), y (capacity, O) of the last row."""
 
     def __init__(self, capacity: int, out_size: int, dtype):
-        self.seq = np.full(capacity, NONE, np.int64)
-        self.rows = np.zeros(capacity, np.int32)
-        self.y = np.zeros((capacity, out_size), dtype)
+        self._slabs = (Slab(capacity, (), np.int64, fill=NONE), Slab(capacity, (), np.int32),
+                       Slab(capacity, (out_size,), dtype))  # grown in place (slabs.py)
+        self.seq, self.rows, self.y = (slab.array for slab in self._slabs)
         self._many: dict = {}  # slot -> (rows, O) outputs of a receipt of several rows
 
     def grow(self, capacity: int) -> None:
-        n = len(self.seq)
-        self.seq = np.concatenate([self.seq, np.full(capacity - n, NONE, np.int64)])
-        self.rows = np.concatenate([self.rows, np.zeros(capacity - n, np.int32)])
-        self.y = np.concatenate([self.y, np.zeros((capacity - n, self.y.shape[1]), self.y.dtype)])
+        self.seq, self.rows, self.y = (slab.grow(capacity) for slab in self._slabs)
 
     def clear(self, slot) -> None:
         """Forget the receipt of a slot, or of an int64 array of slots (streams created, reset, overwritten or

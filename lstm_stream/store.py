@@ -15,6 +15,7 @@ from numba import njit
 from . import jitcache  # noqa: F401  (where the compiled functions are cached; before any @njit)
 from .errors import InputError, StoreFullError, UnknownStreamError
 from .ids import IdIndex, IntIds, StrIds
+from .slabs import Slab
 from .state import check_id
 
 _FREE, _INT, _STR = 0, 1, 2  # a slot's kind of id (StateStore._kind)
@@ -34,10 +35,10 @@ class StateStore:
         self._high = 0                  # slots ever handed out (the high-water mark)
         self._on_grow = on_grow         # callback(new_capacity) that grows the backend's slabs
         cap = max(1, initial_capacity if max_streams is None else min(initial_capacity, max_streams))
-        self.steps = np.zeros(cap, np.int64)
-        self.last_seen = np.zeros(cap, np.float64)
-        self._kind = np.zeros(cap, np.int8)  # per slot: _FREE, _INT or _STR
-        self.marks = np.zeros(cap, np.uint8)  # distinct()'s scratch, all zero between calls
+        # per-slot arrays, each grown in place (slabs.py): a step count, a last-seen time, the slot's kind of
+        # id (_FREE, _INT or _STR) and distinct()'s scratch mark (all zero between calls)
+        self._slabs = [Slab(cap, (), dt) for dt in (np.int64, np.float64, np.int8, np.uint8)]
+        self.steps, self.last_seen, self._kind, self.marks = (slab.array for slab in self._slabs)
         self.ints = IntIds(cap, _return_freed_memory)
         self.strs = StrIds(cap, _return_freed_memory)
         self._by_kind: tuple[IdIndex | None, ...] = (None, self.ints, self.strs)  # the index of a slot's kind
@@ -227,10 +228,7 @@ class StateStore:
             cap *= 2
         if self.max_streams is not None:
             cap = max(need, min(cap, self.max_streams))
-        self.steps = _resized(self.steps, cap)
-        self.last_seen = _resized(self.last_seen, cap)
-        self._kind = _resized(self._kind, cap)
-        self.marks = np.zeros(cap, np.uint8)
+        self.steps, self.last_seen, self._kind, self.marks = (slab.grow(cap) for slab in self._slabs)
         self.ints.grow(cap)
         self.strs.grow(cap)
         if self._on_grow is not None:
@@ -320,9 +318,3 @@ def _plain(stream_id):
         return check_id(stream_id)
     except InputError:
         return None
-
-
-def _resized(a: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros((n,) + a.shape[1:], a.dtype)
-    out[: a.shape[0]] = a
-    return out

@@ -61,13 +61,14 @@ class CPUBackend:
     def __init__(self, model, capacity: int, *, threads=None):
         from ..kernels import cpu  # numba loads here, not at `import lstm_stream`
         from ..kernels.layout import aligned_zeros
+        from ..slabs import Slab
 
         self._k = cpu
         dt = np.dtype(model.dtype)
         L, H, P = model.num_layers, model.hidden_size, model.state_size
-        self._zeros = aligned_zeros
-        self.h = aligned_zeros((capacity, L, P), dt)
-        self.c = aligned_zeros((capacity, L, H), dt)
+        # grown in place, on cache lines, huge pages advised (slabs.py)
+        self._slabs = Slab(capacity, (L, P), dt, huge=True), Slab(capacity, (L, H), dt, huge=True)
+        self.h, self.c = (slab.array for slab in self._slabs)
         max_threads = os.cpu_count() or 1
         if threads is not None and (type(threads) is not int or not 1 <= threads <= max_threads):
             raise BackendError(f"threads must be an int between 1 and {max_threads} (this machine's CPUs), "
@@ -116,12 +117,8 @@ class CPUBackend:
         return self.h, self.c
 
     def grow(self, capacity: int) -> None:
-        """Enlarge the slabs to `capacity` slots, keeping every stream's state."""
-        for name in ("h", "c"):
-            old = getattr(self, name)
-            new = self._zeros((capacity,) + old.shape[1:], old.dtype)
-            new[: old.shape[0]] = old
-            setattr(self, name, new)
+        """Enlarge the slabs to `capacity` slots, keeping every stream's state (in place: slabs.py)."""
+        self.h, self.c = (slab.grow(capacity) for slab in self._slabs)
 
     def run(self, slots, offsets, x):
         """Advance each slots[s] over rows offsets[s]:offsets[s+1] of x; returns y (N, O)."""

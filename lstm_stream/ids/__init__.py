@@ -60,9 +60,12 @@ def warm_up() -> None:
     for index, ids in ((IntIds(64), list(range(-20, 19)) + [2**63 - 1]),
                        (StrIds(64), [f"warm-up-stream-{k:03d}-of-the-id-tables" for k in range(39)] + ["\u00e9"])):
         index.add(ids[0], 0)
-        index.add_many(ids[1:], np.arange(1, 40))  # the table grows (rehash); the str arena too (compact)
+        index.add_many(ids[1:], np.arange(1, 40))  # the table grows (rehash); the str arena too (in place)
         index.get(ids[0])
         index.find_many(ids)                       # str: by end offsets (one id is not ASCII)
         index.find_many(ids[:20])                  # str: joined with NUL
         index.ids_of(np.arange(40))
+        for slot in range(20):                     # str: a third of the arena garbage, then ids it has no
+            index.remove(slot)                     # room for: compacted
+        index.add_many(ids[:20], np.arange(20))
         index.remove(0)

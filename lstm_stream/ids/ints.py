@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from ..jitcache import entry_point  # (importing jitcache first sets where compiled functions are cached)
+from ..slabs import Slab
 from ..state import INT64_MAX, INT64_MIN
 from . import probe
 from .probe import EMPTY, LOW, OPTS, delete_slot, home, place, rehash, table_capacity, tag_of
@@ -83,7 +84,8 @@ class IntIds:
     def __init__(self, capacity: int, released=lambda: None):
         self._released = released               # called after the table was replaced (to hand memory back)
         self.kv = new_table(16)                 # (rows, 2) int64 (read-only outside; replaced as it grows)
-        self.keys = np.zeros(0, np.int64)       # per slot: its int id, from the first int id on
+        self.keys = np.zeros(0, np.int64)       # per slot: its int id, from the first int id on (slabs.py)
+        self._slab = None                       # keys' Slab once made
         self.capacity = capacity
         self.n = 0
         self._find = None                       # find's compiled entry point (get)
@@ -148,13 +150,14 @@ class IntIds:
     def grow(self, capacity: int) -> None:
         """Per-slot ids for `capacity` slots (the owner's slabs grew)."""
         self.capacity = capacity
-        if len(self.keys):
-            self.keys = _resized(self.keys, capacity)
+        if self._slab is not None:
+            self.keys = self._slab.grow(capacity)
 
     def _fit(self, n_keys: int) -> None:
         """Room for n_keys: the per-slot ids made, the table doubled to keep the load <= 1/2."""
-        if len(self.keys) < self.capacity:
-            self.keys = _resized(self.keys, self.capacity)
+        if self._slab is None:
+            self._slab = Slab(self.capacity, (), np.int64)
+            self.keys = self._slab.array
         if 2 * n_keys <= self.kv.shape[0]:
             return
         kv = new_table(table_capacity(n_keys))
@@ -180,9 +183,3 @@ def _as_keys(ids):
         return np.array(ids, np.int64)
     except OverflowError:  # beyond int64: not ids of ours
         return None
-
-
-def _resized(a: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros(n, a.dtype)
-    out[: len(a)] = a
-    return out

@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 from .. import jitcache  # noqa: F401  (where the compiled functions are cached; before any @njit)
+from ..slabs import small_pages
 
 OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}  # every compiled function of the package
 EMPTY = -1
@@ -21,7 +22,7 @@ LOW = 0xFFFFFFFF  # a row's slot bits
 
 def new_table(rows: int, width: int) -> np.ndarray:
     """An empty table of `rows` rows (a power of two) of `width` int64 columns."""
-    kv = np.empty((rows, width), np.int64)
+    kv = small_pages((rows, width), np.int64)  # (written whole here, on the loop: slabs.small_pages)
     kv[:, -1] = EMPTY
     return kv
 

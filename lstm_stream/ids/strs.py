@@ -2,7 +2,7 @@
 
 Why: a str id kept as a dict key costs ~140 bytes (the dict entry, the str object, the slot as an int object,
 the slot -> id array), a large share of a small model's state per stream. Here an id costs its bytes in the
-arena (which doubles, so up to twice that), 12 bytes of per-slot offset and length, and 16-32 bytes of table.
+arena (which doubles, in place, so up to twice that), 12 bytes of per-slot offset and length, and 16-32 bytes of table.
 
 Layout. arena (uint8) holds the ids' bytes back to back; soff[slot] / slen[slot] locate a slot's id (slen -1:
 no str id in that slot). kv is a probe.py table of width 1, row tag << 32 | slot: most non-matching rows are
@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 from ..jitcache import entry_point  # (importing jitcache first sets where compiled functions are cached)
+from ..slabs import Slab
 from .groups import IdGroups
 from .probe import EMPTY, LOW, OPTS, delete_slot, home, new_table, place, rehash, table_capacity, tag_of
 
@@ -31,6 +32,9 @@ HOT_MAX = 65_536
 # find_many remembers lists of at least this many ids whole (IdGroups); shorter ones cost no more to look up
 # id by id, and are first looked for among the ids found lately.
 GROUP_MIN_IDS = 16
+# Bytes of address space reserved for the arena (slabs.py): it doubles in place up to this (ids of 16 bytes for
+# 16M streams at most), and by a copy beyond.
+ARENA_RESERVE = 1 << 28
 
 
 @njit(**OPTS)
@@ -179,12 +183,14 @@ class StrIds:
     def __init__(self, capacity: int, released=lambda: None):
         self._released = released               # called after arrays were replaced (to hand memory back)
         self.kv = new_table(16, 1)              # (rows, 1) int64 (read-only outside; replaced as it grows)
-        self.arena = np.empty(1024, np.uint8)
+        self._arena = Slab(1024, (), np.uint8, reserve=ARENA_RESERVE)  # grown in place (slabs.py)
+        self.arena = self._arena.array
         self.used = 0                           # arena bytes written
         self.garbage = 0                        # of which belong to removed ids
         self.capacity = capacity
-        self.soff = np.zeros(0, np.int64)       # per slot, from the first str id on
+        self.soff = np.zeros(0, np.int64)       # per slot, from the first str id on (grown in place: slabs.py)
         self.slen = np.full(0, -1, np.int32)
+        self._slabs = None                      # (soff's Slab, slen's) once made
         self.n = 0
         self.groups = IdGroups()                # whole lists of known ids -> their slots (cleared by remove)
         self._hot: dict = {}                    # str id -> slot, ids get() found lately (emptied by remove)
@@ -304,15 +310,14 @@ class StrIds:
     def grow(self, capacity: int) -> None:
         """Per-slot arrays for `capacity` slots (the owner's slabs grew)."""
         self.capacity = capacity
-        if len(self.soff):
+        if self._slabs is not None:
             self._resize()
 
     def _resize(self):
-        soff = np.zeros(self.capacity, np.int64)
-        slen = np.full(self.capacity, -1, np.int32)
-        soff[:len(self.soff)] = self.soff
-        slen[:len(self.slen)] = self.slen
-        self.soff, self.slen = soff, slen
+        """soff and slen for `capacity` slots: made on the first str id, then grown in place."""
+        if self._slabs is None:
+            self._slabs = Slab(self.capacity, (), np.int64), Slab(self.capacity, (), np.int32, fill=-1)
+        self.soff, self.slen = (slab.grow(self.capacity) for slab in self._slabs)
 
     def _fit_table(self, n_keys: int) -> None:
         if 2 * n_keys <= self.kv.shape[0]:
@@ -323,18 +328,22 @@ class StrIds:
         self._released()
 
     def _fit_arena(self, extra: int) -> None:
-        """Room for `extra` more bytes at the arena's end: compact in place when removed ids hold a quarter of
-        it and that makes room, else double it (copying only the live ids), so it stays at least half used."""
+        """Room for `extra` more bytes at the arena's end. While removed ids hold less than a quarter of it, it
+        doubles in place (slabs.py: no copy). Else its live ids are compacted, copied back to back into a new
+        arena (the same size if that makes room, else doubled until they fit), so it stays at least half used
+        by live ids, bar the garbage a doubling in place keeps (under an eighth)."""
         size = self.arena.shape[0]
         if self.used + extra <= size:
             return
+        if self.garbage < size // 4:
+            while self.used + extra > size:
+                size *= 2
+            self.arena = self._arena.grow(size)
+            return
         live = self.used - self.garbage
-        if live + extra > size or self.garbage < size // 4:
-            while live + extra > size:
-                size *= 2
-            if size == self.arena.shape[0]:
-                size *= 2
-        out = np.empty(size, np.uint8)
-        self.used = compact(self.arena, self.soff, self.slen, out)
-        self.arena, self.garbage = out, 0
+        while live + extra > size:
+            size *= 2
+        arena = Slab(size, (), np.uint8, reserve=max(size, ARENA_RESERVE))
+        self.used = compact(self.arena, self.soff, self.slen, arena.array)
+        self._arena, self.arena, self.garbage = arena, arena.array, 0
         self._released()

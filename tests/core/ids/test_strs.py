@@ -77,6 +77,37 @@ def test_arena_compacts_instead_of_growing_when_ids_come_and_go():
     assert [o.t.get(f"stream-{k:06d}") is not None for k in range(19_940, 20_000)] == [False] * 10 + [True] * 50
 
 
+def test_arena_doubles_in_place_while_little_of_it_is_garbage():
+    """Ids only added: the arena grows in its reservation (slabs.py), the bytes already there never move; a
+    removal leaving under a quarter garbage still grows it in place; a quarter or more compacts it."""
+    o = Owner(64)
+    first = o.t.arena
+    for k in range(5000):
+        o.t.add(f"stream-{k:06d}", o.slot())
+    assert o.t.arena.shape[0] >= 5000 * 13 and np.shares_memory(first, o.t.arena) and o.t.garbage == 0
+    grown = o.t.arena
+    for k in range(0, 5000, 10):  # a tenth removed: garbage, not compacted
+        slot = o.t.get(f"stream-{k:06d}")
+        o.t.remove(slot)
+        o.free.append(slot)
+    size, garbage = o.t.arena.shape[0], o.t.garbage
+    while o.t.used + 13 <= size:  # fill it, then one more: doubled in place, the garbage kept
+        o.t.add(f"more-{o.t.used:07d}", o.slot())
+    o.t.add(f"more-{o.t.used:07d}", o.slot())
+    assert o.t.arena.shape[0] == 2 * size and o.t.garbage == garbage and np.shares_memory(grown, o.t.arena)
+    for k in range(5000):  # most of the rest removed: the next room made by compaction
+        if k % 10:
+            slot = o.t.get(f"stream-{k:06d}")
+            o.t.remove(slot)
+            o.free.append(slot)
+    while o.t.garbage:
+        o.t.add(f"last-{o.t.used:07d}", o.slot())
+    live = np.array(sorted(set(range(o.high)) - set(o.free)), np.int64)
+    ids = o.t.ids_of(live)
+    assert o.t.used == sum(len(i) for i in ids) and len(ids) == len(o.t)  # compacted: no garbage left
+    assert [o.t.get(i) for i in ids] == live.tolist() and o.t.get("stream-000001") is None
+
+
 def test_find_many_takes_the_callers_join_and_refuses_other_kinds():
     o = Owner(4)
     for i in ("a", "b"):
