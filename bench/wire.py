@@ -310,8 +310,9 @@ def request_path_lines(r: dict, raw: float) -> list:
         left = MANY / (0.8 * raw) * 1e6 - MANY / ceiling * 1e6
         lines += [f"The kernel behind the socket (`bench.ceiling`: a loop like the daemon's under the same load, one "
                   f"kernel call a turn and a pre-encoded reply a message; no decode, queues, planning or encoding): "
-                  f"{ceiling:,.0f} stream-steps/s, {ceiling / raw:.2f}× the raw kernel (rounds {lo:.2f}–{hi:.2f}×), "
-                  f"the ceiling of any request path here; 0.8× leaves the request path {left:.1f} µs a message.", ""]
+                  f"{ceiling:,.0f} stream-steps/s, {ceiling / raw:.2f}× the raw kernel (rounds "
+                  f"{lo:.2f}–{hi:.2f}×), the ceiling of any request path here; 0.8× leaves the request path "
+                  f"{left:.1f} µs a message.", ""]
     inproc = r["median"].get("in process")
     if inproc is not None:
         lo, hi = (v / raw for v in r["range"]["in process"])

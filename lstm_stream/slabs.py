@@ -120,4 +120,3 @@ def small_pages(shape, dtype) -> np.ndarray:
     if mapped is None:
         return np.empty(shape, dtype)
     return np.frombuffer(mapped, dtype).reshape(shape)
-

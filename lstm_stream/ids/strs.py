@@ -343,7 +343,7 @@ class StrIds:
         live = self.used - self.garbage
         while live + extra > size:
             size *= 2
-        arena = Slab(size, (), np.uint8, reserve=max(size, ARENA_RESERVE))
+        arena = Slab(size, (), np.uint8, reserve=ARENA_RESERVE)  # (a Slab reserves at least its rows)
         self.used = compact(self.arena, self.soff, self.slen, arena.array)
         self._arena, self.arena, self.garbage = arena, arena.array, 0
         self._released()
